@@ -1,0 +1,170 @@
+//! Cross-shard messaging: the only way shards talk to each other.
+//!
+//! Every shard owns one inbox with two crossbeam (lock-free) channels:
+//! - `data`, bounded by `[bus] capacity`, carries publishes. A full data
+//!   channel is backpressure: the publishing connection stops being read
+//!   until there is room, so the pressure reaches the publisher through TCP.
+//! - `control` carries interest changes, their acknowledgements and shutdown.
+//!   It is unbounded in type but bounded by construction: a connection has at
+//!   most one unacknowledged subscribe in flight (it is not read while it
+//!   waits), so a shard's control backlog is at most about three messages per
+//!   connection of the sending shards. Control messages are never dropped.
+//!
+//! A shard with an empty inbox sleeps in its io_uring; a sender rings its
+//! [`Doorbell`] (one byte on a socketpair) only when the shard said it is
+//! about to sleep, so a busy shard costs no syscall per message.
+
+pub mod interest;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+pub use interest::{InterestMap, ShardSet};
+
+/// A publish crossing to another shard: the frame is already encoded and
+/// shared (`Bytes` is a reference count), the topic is shared too. One such
+/// message goes to each interested shard, never one per subscriber.
+#[derive(Debug, Clone)]
+pub struct PublishMsg {
+    pub topic: Arc<str>,
+    pub frame: Bytes,
+}
+
+/// Control traffic between shards.
+#[derive(Debug)]
+pub enum ControlMsg {
+    /// Shard `from` gained (`on`) or lost its first/last subscriber of `topic`.
+    /// With a `token`, the receiver answers [`ControlMsg::InterestApplied`]
+    /// once its interest map includes it.
+    Interest { topic: Arc<str>, from: usize, on: bool, token: Option<u64> },
+    /// The interest change with this token is applied on the sending shard.
+    InterestApplied { token: u64 },
+    /// Stop accepting, close every client with 1001, drain, exit.
+    Shutdown,
+}
+
+/// Wakes a sleeping shard. Shared by every thread that sends to the shard.
+#[derive(Debug)]
+pub struct Doorbell {
+    /// Set by the owning shard right before it sleeps; a sender that swaps it
+    /// back to false owes the shard one ring.
+    armed: AtomicBool,
+    tx: UnixStream,
+}
+
+impl Doorbell {
+    /// Creates the bell and the socket the owning shard waits on.
+    pub fn new() -> std::io::Result<(Arc<Doorbell>, UnixStream)> {
+        let (tx, rx) = UnixStream::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok((Arc::new(Doorbell { armed: AtomicBool::new(false), tx }), rx))
+    }
+
+    /// Marks the owning shard as about to sleep. It must check its channels
+    /// once more after this and before sleeping.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Marks the owning shard awake (it found work after arming).
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+    }
+
+    /// Wakes the shard if it is (about to be) asleep.
+    pub fn ring(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            // A full socket buffer means a wake-up is already pending.
+            let _ = (&self.tx).write(&[1]);
+        }
+    }
+}
+
+/// The sending side of one shard's inbox, held by every other shard.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    data: Sender<PublishMsg>,
+    control: Sender<ControlMsg>,
+    bell: Arc<Doorbell>,
+}
+
+/// The receiving side, owned by the shard itself.
+#[derive(Debug)]
+pub struct Inbox {
+    pub data: Receiver<PublishMsg>,
+    pub control: Receiver<ControlMsg>,
+    pub bell: Arc<Doorbell>,
+    /// The socket the bell rings; the shard waits on it when idle.
+    pub bell_rx: UnixStream,
+}
+
+impl Mailbox {
+    /// Hands a publish to the shard; gives it back when the shard's data
+    /// channel is full (the caller waits and retries).
+    pub fn try_publish(&self, msg: PublishMsg) -> Result<(), PublishMsg> {
+        match self.data.try_send(msg) {
+            Ok(()) => {
+                self.bell.ring();
+                Ok(())
+            }
+            Err(TrySendError::Full(msg)) => Err(msg),
+            // The shard is gone (shutting down): nobody there to deliver to.
+            Err(TrySendError::Disconnected(_)) => Ok(()),
+        }
+    }
+
+    pub fn control(&self, msg: ControlMsg) {
+        // Disconnected only during shutdown, when the message no longer matters.
+        let _ = self.control.send(msg);
+        self.bell.ring();
+    }
+}
+
+/// Builds the inboxes of `shards` shards and the mailboxes that reach them.
+pub fn build(shards: usize, capacity: usize) -> std::io::Result<(Vec<Mailbox>, Vec<Inbox>)> {
+    let mut mailboxes = Vec::with_capacity(shards);
+    let mut inboxes = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (data_tx, data_rx) = crossbeam_channel::bounded(capacity);
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let (bell, bell_rx) = Doorbell::new()?;
+        mailboxes.push(Mailbox { data: data_tx, control: control_tx, bell: bell.clone() });
+        inboxes.push(Inbox { data: data_rx, control: control_rx, bell, bell_rx });
+    }
+    Ok((mailboxes, inboxes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn bell_rings_only_when_armed() {
+        let (bell, mut rx) = Doorbell::new().unwrap();
+        bell.ring();
+        let mut buf = [0u8; 8];
+        assert!(rx.read(&mut buf).is_err(), "unarmed bell must not write");
+        bell.arm();
+        bell.ring();
+        bell.ring();
+        assert_eq!(rx.read(&mut buf).unwrap(), 1, "one ring per arming");
+    }
+
+    #[test]
+    fn full_data_channel_hands_the_message_back() {
+        let (mailboxes, inboxes) = build(1, 2).unwrap();
+        let msg = PublishMsg { topic: "t".into(), frame: Bytes::from_static(b"x") };
+        assert!(mailboxes[0].try_publish(msg.clone()).is_ok());
+        assert!(mailboxes[0].try_publish(msg.clone()).is_ok());
+        assert!(mailboxes[0].try_publish(msg.clone()).is_err());
+        inboxes[0].data.try_recv().unwrap();
+        assert!(mailboxes[0].try_publish(msg).is_ok());
+    }
+}

@@ -1,0 +1,513 @@
+//! Configuration: TOML text -> [`RawConfig`] (the file's shape) -> [`Config`]
+//! (validated, typed).
+//!
+//! The defaults are `tuning/shardcast.toml` itself, embedded at build time, so
+//! the documented defaults and the running ones cannot drift apart. A user file
+//! is merged key by key onto them: a key the defaults do not have is an
+//! unknown key, a value of another TOML type than the default's is a wrong
+//! type, and both are reported with the full key name before anything runs.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The default configuration, as shipped in `tuning/shardcast.toml`.
+pub const DEFAULTS_TOML: &str = include_str!("../tuning/shardcast.toml");
+
+/// Hard upper bound on shards; [`crate::bus::ShardSet`] is sized for it.
+pub const MAX_SHARDS: usize = 256;
+
+/// A configuration problem, naming the key, the value and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("unknown config key `{key}`")]
+    UnknownKey { key: String },
+    #[error("config key `{key}` has the wrong type: expected {expected}, found {found}")]
+    WrongType { key: String, expected: &'static str, found: &'static str },
+    #[error("config key `{key}` has an invalid value {value}: {expected}")]
+    Invalid { key: &'static str, value: String, expected: &'static str },
+}
+
+/// The file's shape. Every field is present after merging onto the defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub limits: RawLimits,
+    pub queue: RawQueue,
+    pub bus: RawBus,
+    pub heartbeat: RawHeartbeat,
+    pub shutdown: RawShutdown,
+    pub log: RawLog,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: String,
+    pub shards: u64,
+    pub pin_cores: bool,
+    pub node_id: String,
+    pub ws_path: String,
+    pub echo_path: String,
+    pub metrics_path: String,
+    pub allowed_origins: Vec<String>,
+    pub max_connections: u64,
+    pub handshake_timeout_ms: u64,
+    pub max_handshake_bytes: u64,
+    pub backlog: u64,
+    pub read_buffer_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_message_bytes: u64,
+    pub max_topics_per_connection: u64,
+    pub max_topic_len: u64,
+    pub publish_rate: u64,
+    pub publish_burst: u64,
+    pub rate_limit_disconnect: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub max_messages: u64,
+    pub max_bytes: u64,
+    pub overflow: String,
+    pub close_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBus {
+    pub capacity: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeartbeat {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: String,
+    pub format: String,
+}
+
+/// What a full client queue does ([`QueueConfig::overflow`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop everything queued, send close 1013 "slow consumer", close.
+    Disconnect,
+    /// Drop the oldest queued frames until the new one fits.
+    DropOldest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration every part of the server reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub queue: QueueConfig,
+    pub bus: BusConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    /// The effective configuration in file form, for `--print-config`.
+    pub raw: RawConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Resolved shard count (never 0).
+    pub shards: usize,
+    pub pin_cores: bool,
+    /// Resolved node id (never empty).
+    pub node_id: String,
+    pub ws_path: String,
+    /// `None` when disabled.
+    pub echo_path: Option<String>,
+    /// `None` when disabled.
+    pub metrics_path: Option<String>,
+    /// Empty = any origin.
+    pub allowed_origins: Vec<String>,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub max_handshake_bytes: usize,
+    pub backlog: i32,
+    pub read_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub max_message_bytes: usize,
+    pub max_topics_per_connection: usize,
+    pub max_topic_len: usize,
+    /// Tokens per second; 0 = unlimited.
+    pub publish_rate: u32,
+    pub publish_burst: u32,
+    /// 0 = never close for rate limiting.
+    pub rate_limit_disconnect: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub overflow: Overflow,
+    pub close_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeartbeatConfig {
+    /// `None` = never ping.
+    pub interval: Option<Duration>,
+    /// `None` = never time out.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Command-line overrides applied on top of the file, validated like it.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub shards: Option<u64>,
+}
+
+impl Config {
+    /// The embedded defaults, validated.
+    pub fn defaults() -> Config {
+        Config::from_toml("", &Overrides::default()).expect("embedded defaults are valid")
+    }
+
+    /// Loads `path` (or only the defaults when `None`) and applies `overrides`.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?,
+            None => String::new(),
+        };
+        Config::from_toml(&text, overrides)
+    }
+
+    /// Parses a user TOML text merged onto the defaults.
+    pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut merged: toml::Table =
+            toml::from_str(DEFAULTS_TOML).expect("embedded defaults are valid TOML");
+        let user: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        merge(&mut merged, user, "")?;
+        let server = merged.get_mut("server").and_then(|v| v.as_table_mut()).expect("defaults have [server]");
+        if let Some(listen) = &overrides.listen {
+            server.insert("listen".into(), toml::Value::String(listen.clone()));
+        }
+        if let Some(shards) = overrides.shards {
+            let shards = i64::try_from(shards).map_err(|_| ConfigError::Invalid {
+                key: "server.shards",
+                value: shards.to_string(),
+                expected: "at most 256",
+            })?;
+            server.insert("shards".into(), toml::Value::Integer(shards));
+        }
+        let raw: RawConfig = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| {
+            // Types were checked against the defaults; what is left is a
+            // range problem such as a negative number for an unsigned key.
+            ConfigError::Syntax(e.to_string())
+        })?;
+        validate(raw)
+    }
+}
+
+/// Merges `user` onto `base`, rejecting keys the defaults lack and values of
+/// another TOML type than the default's.
+fn merge(base: &mut toml::Table, user: toml::Table, prefix: &str) -> Result<(), ConfigError> {
+    for (key, value) in user {
+        let full = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let Some(slot) = base.get_mut(&key) else {
+            return Err(ConfigError::UnknownKey { key: full });
+        };
+        match (slot, value) {
+            (toml::Value::Table(b), toml::Value::Table(u)) => merge(b, u, &full)?,
+            (slot, value) if slot.same_type(&value) => {
+                if let (toml::Value::Array(_), toml::Value::Array(items)) = (&*slot, &value) {
+                    if let Some(bad) = items.iter().find(|v| !v.is_str()) {
+                        return Err(ConfigError::WrongType {
+                            key: full,
+                            expected: "array of strings",
+                            found: bad.type_str(),
+                        });
+                    }
+                }
+                *slot = value;
+            }
+            (slot, value) => {
+                return Err(ConfigError::WrongType {
+                    key: full,
+                    expected: slot.type_str(),
+                    found: value.type_str(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn invalid(key: &'static str, value: impl fmt::Display, expected: &'static str) -> ConfigError {
+    ConfigError::Invalid { key, value: value.to_string(), expected }
+}
+
+/// Checks a `u64` lies in `lo..=hi` and converts it.
+fn ranged<T: TryFrom<u64>>(key: &'static str, v: u64, lo: u64, hi: u64, expected: &'static str) -> Result<T, ConfigError> {
+    if v < lo || v > hi {
+        return Err(invalid(key, v, expected));
+    }
+    T::try_from(v).map_err(|_| invalid(key, v, expected))
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn optional_ms(v: u64) -> Option<Duration> {
+    (v > 0).then(|| ms(v))
+}
+
+fn check_path(key: &'static str, path: &str, may_be_empty: bool) -> Result<Option<String>, ConfigError> {
+    if path.is_empty() && may_be_empty {
+        return Ok(None);
+    }
+    if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#') {
+        return Err(invalid(key, format!("{path:?}"), "an absolute URL path such as \"/ws\", without spaces, query or fragment"));
+    }
+    Ok(Some(path.to_string()))
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let s = &raw.server;
+    let listen: SocketAddr = s
+        .listen
+        .parse()
+        .map_err(|_| invalid("server.listen", format!("{:?}", s.listen), "an IP:PORT socket address such as \"127.0.0.1:8080\""))?;
+    let shards = match s.shards {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_SHARDS),
+        n => ranged("server.shards", n, 1, MAX_SHARDS as u64, "0 (one per online core) or 1..=256")?,
+    };
+    let node_id = if s.node_id.is_empty() {
+        format!("{}-{}", hostname(), std::process::id())
+    } else if s.node_id.len() > 128 || s.node_id.chars().any(char::is_control) {
+        return Err(invalid("server.node_id", format!("{:?}", s.node_id), "at most 128 bytes without control characters"));
+    } else {
+        s.node_id.clone()
+    };
+    let ws_path = check_path("server.ws_path", &s.ws_path, false)?.expect("non-empty");
+    let echo_path = check_path("server.echo_path", &s.echo_path, true)?;
+    let metrics_path = check_path("server.metrics_path", &s.metrics_path, true)?;
+    if echo_path.as_deref() == Some(&ws_path) || metrics_path.as_deref() == Some(&ws_path) || (echo_path.is_some() && echo_path == metrics_path) {
+        return Err(invalid("server.ws_path", format!("{ws_path:?}"), "ws_path, echo_path and metrics_path must differ"));
+    }
+    let server = ServerConfig {
+        listen,
+        shards,
+        pin_cores: s.pin_cores,
+        node_id,
+        ws_path,
+        echo_path,
+        metrics_path,
+        allowed_origins: s.allowed_origins.clone(),
+        max_connections: ranged("server.max_connections", s.max_connections, 1, 100_000_000, "1..=100000000")?,
+        handshake_timeout: ms(ranged::<u64>("server.handshake_timeout_ms", s.handshake_timeout_ms, 1, 3_600_000, "1..=3600000 ms")?),
+        max_handshake_bytes: ranged("server.max_handshake_bytes", s.max_handshake_bytes, 256, 1 << 20, "256..=1048576 bytes")?,
+        backlog: ranged("server.backlog", s.backlog, 1, 65_535, "1..=65535")?,
+        read_buffer_bytes: ranged("server.read_buffer_bytes", s.read_buffer_bytes, 4096, 16 << 20, "4096..=16777216 bytes")?,
+    };
+    let l = &raw.limits;
+    let limits = LimitsConfig {
+        max_message_bytes: ranged("limits.max_message_bytes", l.max_message_bytes, 128, 64 << 20, "128..=67108864 bytes")?,
+        max_topics_per_connection: ranged("limits.max_topics_per_connection", l.max_topics_per_connection, 1, 1_000_000, "1..=1000000")?,
+        max_topic_len: ranged("limits.max_topic_len", l.max_topic_len, 1, 65_536, "1..=65536 bytes")?,
+        publish_rate: ranged("limits.publish_rate", l.publish_rate, 0, 100_000_000, "0 (unlimited)..=100000000 per second")?,
+        publish_burst: ranged("limits.publish_burst", l.publish_burst, 1, 100_000_000, "1..=100000000")?,
+        rate_limit_disconnect: ranged("limits.rate_limit_disconnect", l.rate_limit_disconnect, 0, 100_000_000, "0 (never)..=100000000")?,
+    };
+    let q = &raw.queue;
+    let overflow = match q.overflow.as_str() {
+        "disconnect" => Overflow::Disconnect,
+        "drop_oldest" => Overflow::DropOldest,
+        other => return Err(invalid("queue.overflow", format!("{other:?}"), "\"disconnect\" or \"drop_oldest\"")),
+    };
+    let queue = QueueConfig {
+        max_messages: ranged("queue.max_messages", q.max_messages, 1, 10_000_000, "1..=10000000")?,
+        max_bytes: ranged("queue.max_bytes", q.max_bytes, 1024, 1 << 32, "1024..=4294967296 bytes")?,
+        overflow,
+        close_timeout: ms(ranged::<u64>("queue.close_timeout_ms", q.close_timeout_ms, 1, 600_000, "1..=600000 ms")?),
+    };
+    let bus = BusConfig { capacity: ranged("bus.capacity", raw.bus.capacity, 1, 10_000_000, "1..=10000000 messages")? };
+    let h = &raw.heartbeat;
+    let heartbeat = HeartbeatConfig {
+        interval: optional_ms(ranged::<u64>("heartbeat.interval_ms", h.interval_ms, 0, 86_400_000, "0 (off)..=86400000 ms")?),
+        timeout: optional_ms(ranged::<u64>("heartbeat.timeout_ms", h.timeout_ms, 0, 86_400_000, "0 (off)..=86400000 ms")?),
+    };
+    let shutdown = ShutdownConfig {
+        drain_timeout: ms(ranged::<u64>("shutdown.drain_timeout_ms", raw.shutdown.drain_timeout_ms, 0, 3_600_000, "0..=3600000 ms")?),
+    };
+    let level = raw.log.level.to_ascii_lowercase();
+    if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
+        return Err(invalid("log.level", format!("{:?}", raw.log.level), "one of trace, debug, info, warn, error"));
+    }
+    let format = match raw.log.format.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => return Err(invalid("log.format", format!("{other:?}"), "\"text\" or \"json\"")),
+    };
+    Ok(Config { server, limits, queue, bus, heartbeat, shutdown, log: LogConfig { level, format }, raw })
+}
+
+impl RawConfig {
+    /// The configuration as TOML, as `--print-config` shows it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serialises")
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // within it or truncates.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "shardcast".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, &Overrides::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::defaults();
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.server.ws_path, "/ws");
+        assert_eq!(c.server.echo_path.as_deref(), Some("/echo"));
+        assert_eq!(c.server.max_connections, 100_000);
+        assert_eq!(c.limits.max_message_bytes, 65_536);
+        assert_eq!(c.limits.publish_rate, 1000);
+        assert_eq!(c.limits.publish_burst, 2000);
+        assert_eq!(c.queue.max_messages, 1024);
+        assert_eq!(c.queue.max_bytes, 1_048_576);
+        assert_eq!(c.queue.overflow, Overflow::Disconnect);
+        assert_eq!(c.heartbeat.interval, Some(Duration::from_secs(25)));
+        assert_eq!(c.heartbeat.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(5));
+        assert!(c.server.shards >= 1);
+    }
+
+    #[test]
+    fn print_config_round_trips() {
+        let c = Config::defaults();
+        let again = Config::from_toml(&c.raw.to_toml(), &Overrides::default()).unwrap();
+        assert_eq!(c.raw, again.raw);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        assert_eq!(err("[server]\nshardz = 2"), "unknown config key `server.shardz`");
+        assert_eq!(err("[nope]\na = 1"), "unknown config key `nope`");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        assert_eq!(
+            err("[server]\nshards = \"two\""),
+            "config key `server.shards` has the wrong type: expected integer, found string"
+        );
+        assert!(err("[server]\nallowed_origins = [1]").contains("server.allowed_origins"));
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        assert!(err("[queue]\noverflow = \"maybe\"").contains("queue.overflow"));
+        assert!(err("[server]\nlisten = \"nowhere\"").contains("server.listen"));
+        assert!(err("[server]\nshards = 999").contains("server.shards"));
+        assert!(err("[queue]\nmax_messages = 0").contains("queue.max_messages"));
+        assert!(err("[server]\nws_path = \"ws\"").contains("server.ws_path"));
+        assert!(err("[log]\nlevel = \"loud\"").contains("log.level"));
+        assert!(err("[limits]\nmax_message_bytes = -1").contains("max_message_bytes"));
+    }
+
+    #[test]
+    fn overrides_apply_and_validate() {
+        let o = Overrides { listen: Some("127.0.0.1:0".into()), shards: Some(3) };
+        let c = Config::from_toml("", &o).unwrap();
+        assert_eq!(c.server.shards, 3);
+        assert_eq!(c.server.listen.port(), 0);
+        let bad = Overrides { listen: Some("x".into()), shards: None };
+        assert!(Config::from_toml("", &bad).unwrap_err().to_string().contains("server.listen"));
+    }
+
+    #[test]
+    fn empty_echo_path_disables_it() {
+        let c = Config::from_toml("[server]\necho_path = \"\"", &Overrides::default()).unwrap();
+        assert_eq!(c.server.echo_path, None);
+    }
+
+    #[test]
+    fn tuning_profiles_load() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(Some(&path), &Overrides::default())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1);
+    }
+}

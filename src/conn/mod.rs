@@ -1,0 +1,588 @@
+//! One connection, from accept to close, as one task on its shard.
+//!
+//! The task reads the HTTP upgrade (bounded in size and time), then loops:
+//! flush the outbox with vectored writes, read what the socket has into the
+//! shard's scratch buffer, decode frames, act on them. Only bytes of an
+//! incomplete frame (or fragmented message) are copied into memory of the
+//! connection's own, and freed as soon as the frame completes.
+
+mod peer;
+
+pub use peer::{ConnId, Outbox, Peer, Pushed};
+
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Future};
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use tracing::debug;
+
+use crate::metrics::ShardStats;
+use crate::protocol::{close, json, Command, ErrorCode, RequestError};
+use crate::shard::{PendingPublish, Shard, SubscribeOutcome};
+use crate::ws::frame::{self, Opcode};
+use crate::ws::handshake::{self, Decision, Endpoint};
+
+/// Frames gathered into one `sendmsg`.
+const MAX_IOVECS: usize = 64;
+
+/// Reads handled per wake-up before the task yields to its neighbours.
+const READ_BUDGET: usize = 16;
+
+/// Pause before retrying a publish whose destination shard's channel is full.
+const BUS_RETRY: Duration = Duration::from_micros(200);
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let timeout = shard.config.server.handshake_timeout;
+    let upgraded = glommio::timer::timeout(timeout, async { Ok(handshake(&shard, &mut stream).await) }).await;
+    let Ok(Some((endpoint, leftover))) = upgraded else { return };
+    let peer = Rc::new(Peer::new(shard.next_conn_id(), Instant::now()));
+    shard.add_peer(peer.clone());
+    if endpoint == Endpoint::PubSub {
+        let welcome = json::welcome_frame(&peer.id.to_string(), &shard.config.server.node_id, shard.index);
+        peer.push(welcome, &shard.config.queue, shard.stats());
+    }
+    let mut conn = Conn {
+        shard: shard.clone(),
+        peer,
+        stream,
+        endpoint,
+        partial: leftover,
+        resume: true,
+        fragment: None,
+        topics: Vec::new(),
+        bucket: TokenBucket::new(shard.config.limits.publish_rate, shard.config.limits.publish_burst),
+        limited: RateStrikes::default(),
+        close_received: false,
+        input_closed: false,
+        blocked: None,
+    };
+    poll_fn(|cx| conn.poll_serve(cx)).await;
+    shard.remove_peer(conn.peer.id, &conn.topics);
+    debug!(conn = %conn.peer.id, "closed");
+}
+
+/// Reads and answers the HTTP upgrade request. Returns the endpoint and the
+/// bytes that followed the request, or `None` when the connection was refused.
+async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<(Endpoint, Vec<u8>)> {
+    let server = &shard.config.server;
+    let rules = handshake::Rules {
+        ws_path: &server.ws_path,
+        echo_path: server.echo_path.as_deref(),
+        metrics_path: server.metrics_path.as_deref(),
+        allowed_origins: &server.allowed_origins,
+    };
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let decision = loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match handshake::decide(&buf, &rules) {
+            Decision::Incomplete if buf.len() >= server.max_handshake_bytes => {
+                break Decision::Refuse {
+                    status: 431,
+                    reason: "Request Header Fields Too Large",
+                    body: "request too large\n",
+                    extra_headers: "",
+                }
+            }
+            Decision::Incomplete => continue,
+            decided => break decided,
+        }
+    };
+    let reply = match decision {
+        Decision::Upgrade { endpoint, response, consumed } => {
+            let open = shard.node_connections.fetch_add(1, Ordering::Relaxed);
+            if open >= server.max_connections {
+                shard.node_connections.fetch_sub(1, Ordering::Relaxed);
+                handshake::response(503, "Service Unavailable", "Retry-After: 1\r\n", "text/plain", b"server is at max_connections\n")
+            } else {
+                if stream.write_all(&response).await.is_err() {
+                    shard.node_connections.fetch_sub(1, Ordering::Relaxed);
+                    return None;
+                }
+                buf.drain(..consumed);
+                buf.shrink_to_fit();
+                return Some((endpoint, buf));
+            }
+        }
+        Decision::Metrics => {
+            let page = ShardStats::render(&shard.all_stats);
+            handshake::response(200, "OK", "", "text/plain; version=0.0.4", page.as_bytes())
+        }
+        Decision::Refuse { status, reason, body, extra_headers } => {
+            handshake::response(status, reason, extra_headers, "text/plain", body.as_bytes())
+        }
+        Decision::Incomplete => unreachable!("loop exits only with a decision"),
+    };
+    ShardStats::add(&shard.stats().handshakes_rejected, u64::from(!reply.starts_with(b"HTTP/1.1 200")));
+    let _ = stream.write_all(&reply).await;
+    let _ = stream.close().await;
+    None
+}
+
+/// A message being reassembled from fragments. Bounded by `max_message_bytes`.
+struct Fragment {
+    opcode: Opcode,
+    data: Vec<u8>,
+}
+
+/// Why the connection stops reading input.
+enum Blocked {
+    /// A publish waits for room on another shard's channel.
+    Bus { pending: PendingPublish, retry: Option<Timer> },
+}
+
+/// A connection after the upgrade. Owned by its task.
+struct Conn {
+    shard: Rc<Shard>,
+    peer: Rc<Peer>,
+    stream: TcpStream,
+    endpoint: Endpoint,
+    /// Received bytes not yet decoded (an incomplete frame, or input left when
+    /// the connection blocked). Empty, with no capacity, most of the time.
+    partial: Vec<u8>,
+    /// `partial` may hold complete frames to decode before reading more
+    /// (the connection blocked while decoding, or the handshake read past
+    /// the request).
+    resume: bool,
+    fragment: Option<Fragment>,
+    /// Topics this connection is subscribed to (canonical names from the registry).
+    topics: Vec<Rc<str>>,
+    bucket: TokenBucket,
+    limited: RateStrikes,
+    /// The client sent its close frame.
+    close_received: bool,
+    /// Input is ignored from now on (protocol error, or close received).
+    input_closed: bool,
+    blocked: Option<Blocked>,
+}
+
+impl Conn {
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.peer.set_waker(cx.waker());
+        let mut budget = READ_BUDGET;
+        loop {
+            if self.peer.is_aborted() {
+                return Poll::Ready(());
+            }
+            match self.poll_flush(cx) {
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if self.peer.closing_since().is_some() => {
+                    // Our close frame is out. If the client already sent its
+                    // own, or will never (it broke the protocol), we are done;
+                    // otherwise keep reading for its close, until close_timeout.
+                    if self.close_received {
+                        return Poll::Ready(());
+                    }
+                }
+                _ => {}
+            }
+            if !self.poll_unblocked(cx) {
+                return Poll::Pending;
+            }
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            budget -= 1;
+            if self.resume {
+                self.resume = false;
+                let mut buf = std::mem::take(&mut self.partial);
+                let used = self.process(&mut buf);
+                self.keep_unprocessed(buf, used);
+                continue;
+            }
+            let shard = self.shard.clone();
+            let mut scratch = shard.scratch.borrow_mut();
+            let n = match Pin::new(&mut self.stream).poll_read(cx, &mut scratch) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(n)) => n,
+            };
+            self.peer.last_seen.set(Instant::now());
+            if self.partial.is_empty() {
+                let used = self.process(&mut scratch[..n]);
+                if used < n {
+                    self.partial = scratch[used..n].to_vec();
+                }
+            } else {
+                let mut buf = std::mem::take(&mut self.partial);
+                buf.extend_from_slice(&scratch[..n]);
+                drop(scratch);
+                let used = self.process(&mut buf);
+                self.keep_unprocessed(buf, used);
+            }
+        }
+    }
+
+    /// Keeps `buf[used..]` for later, releasing the buffer when nothing is left.
+    fn keep_unprocessed(&mut self, mut buf: Vec<u8>, used: usize) {
+        if used < buf.len() {
+            buf.drain(..used);
+            self.partial = buf;
+        } else {
+            self.partial = Vec::new();
+        }
+    }
+
+    /// Whether input may be read. Registers the waker otherwise.
+    fn poll_unblocked(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.peer.awaiting_interest.get() {
+            return false;
+        }
+        let Some(Blocked::Bus { pending, retry }) = &mut self.blocked else { return true };
+        loop {
+            if let Some(timer) = retry {
+                if Pin::new(timer).poll(cx).is_pending() {
+                    return false;
+                }
+            }
+            if self.shard.retry_publish(pending) {
+                self.blocked = None;
+                return true;
+            }
+            *retry = Some(Timer::new(BUS_RETRY));
+        }
+    }
+
+    /// Writes as much of the outbox as the socket takes, in vectored writes.
+    /// Ready(Ok) when the outbox is empty.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut out = self.peer.outbox();
+            if out.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let iov: IovBatch = out.slices(MAX_IOVECS).collect();
+            match send_vectored(self.stream.as_raw_fd(), iov.as_slice()) {
+                Ok(n) => out.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Wait for writability through the reactor: glommio's
+                    // poll_write retries the send and registers the waker.
+                    let head = out.head().expect("outbox not empty");
+                    drop(out);
+                    match Pin::new(&mut self.stream).poll_write(cx, &head) {
+                        Poll::Ready(Ok(n)) => self.peer.outbox().consume(n),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Decodes and handles the frames in `buf`; returns how many bytes were
+    /// used. Stops early at an incomplete frame or when the connection blocks.
+    fn process(&mut self, buf: &mut [u8]) -> usize {
+        let max = self.shard.config.limits.max_message_bytes;
+        let mut pos = 0;
+        while pos < buf.len() {
+            if self.input_closed {
+                return buf.len();
+            }
+            if self.blocked.is_some() || self.peer.awaiting_interest.get() {
+                // Decode the rest once unblocked, before reading more.
+                self.resume = true;
+                break;
+            }
+            let header = match frame::parse_header(&buf[pos..]) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(close::PROTOCOL_ERROR, e.reason());
+                    return buf.len();
+                }
+            };
+            let so_far = self.fragment.as_ref().map_or(0, |f| f.data.len() as u64);
+            if !header.opcode.is_control() && header.payload_len + so_far > max as u64 {
+                self.fail(close::TOO_BIG, "message too big");
+                return buf.len();
+            }
+            let total = header.header_len + header.payload_len as usize;
+            if buf.len() - pos < total {
+                break;
+            }
+            let payload = &mut buf[pos + header.header_len..pos + total];
+            frame::unmask(payload, header.mask.expect("client frames are masked"), 0);
+            pos += total;
+            self.on_frame(header.opcode, header.fin, payload);
+        }
+        pos
+    }
+
+    fn on_frame(&mut self, opcode: Opcode, fin: bool, payload: &mut [u8]) {
+        match opcode {
+            Opcode::Ping => self.send(frame::build(Opcode::Pong, &[payload])),
+            Opcode::Pong => {}
+            Opcode::Close => self.on_close(payload),
+            Opcode::Text | Opcode::Binary if self.fragment.is_some() => {
+                self.fail(close::PROTOCOL_ERROR, "expected a continuation frame")
+            }
+            Opcode::Text | Opcode::Binary if fin => self.on_message(opcode, payload),
+            Opcode::Text | Opcode::Binary => self.fragment = Some(Fragment { opcode, data: payload.to_vec() }),
+            Opcode::Continuation => {
+                let Some(fragment) = &mut self.fragment else {
+                    return self.fail(close::PROTOCOL_ERROR, "continuation without a message");
+                };
+                fragment.data.extend_from_slice(payload);
+                if fin {
+                    let Fragment { opcode, mut data } = self.fragment.take().expect("present");
+                    self.on_message(opcode, &mut data);
+                }
+            }
+        }
+    }
+
+    fn on_close(&mut self, payload: &[u8]) {
+        self.close_received = true;
+        self.input_closed = true;
+        let code = match payload {
+            [] => close::NORMAL,
+            [_] => return self.fail(close::PROTOCOL_ERROR, "close frame with a 1-byte payload"),
+            [hi, lo, reason @ ..] => {
+                let code = u16::from_be_bytes([*hi, *lo]);
+                if !frame::close_code_allowed(code) {
+                    return self.fail(close::PROTOCOL_ERROR, "invalid close code");
+                }
+                if simdutf8::basic::from_utf8(reason).is_err() {
+                    return self.fail(close::INVALID_PAYLOAD, "close reason is not UTF-8");
+                }
+                code
+            }
+        };
+        // Echo the client's code, after anything already queued for it.
+        self.peer.close(code, "", true);
+    }
+
+    /// Closes the connection for a protocol violation; further input is ignored.
+    fn fail(&mut self, code: u16, reason: &str) {
+        ShardStats::add(&self.shard.stats().protocol_errors, 1);
+        debug!(conn = %self.peer.id, code, reason, "protocol error");
+        self.input_closed = true;
+        // The client may never answer a broken conversation: don't wait for it.
+        self.close_received = true;
+        self.fragment = None;
+        self.peer.close(code, reason, false);
+    }
+
+    fn send(&self, frame: bytes::Bytes) {
+        self.peer.push(frame, &self.shard.config.queue, self.shard.stats());
+    }
+
+    fn on_message(&mut self, opcode: Opcode, data: &mut [u8]) {
+        if opcode == Opcode::Text && simdutf8::basic::from_utf8(data).is_err() {
+            return self.fail(close::INVALID_PAYLOAD, "text message is not valid UTF-8");
+        }
+        match self.endpoint {
+            Endpoint::Echo => self.send(frame::build(opcode, &[data])),
+            // Protocol v1 is JSON; a binary frame holding JSON is accepted too.
+            Endpoint::PubSub => self.on_request(data),
+        }
+    }
+
+    fn on_request(&mut self, data: &[u8]) {
+        let request = match json::parse_request(data) {
+            Ok(r) => r,
+            Err(e) => return self.reply_error(e),
+        };
+        let id = request.id;
+        let limits = &self.shard.config.limits;
+        match request.command {
+            Command::Ping => self.send(json::pong_frame(id)),
+            Command::Subscribe { topic } => {
+                if let Err(why) = crate::topic::validate(&topic, limits.max_topic_len) {
+                    return self.reply_error(RequestError { id, code: ErrorCode::InvalidTopic, message: why.into() });
+                }
+                let subscribed = self.shard.registry.borrow().get(&topic).is_some_and(|e| e.subscribers.contains_key(&self.peer.id));
+                if !subscribed && self.topics.len() >= limits.max_topics_per_connection {
+                    return self.reply_error(RequestError {
+                        id,
+                        code: ErrorCode::TooManySubscriptions,
+                        message: format!("at most {} topics per connection", limits.max_topics_per_connection),
+                    });
+                }
+                let (name, outcome) = self.shard.subscribe(&self.peer, &topic, id);
+                if !subscribed {
+                    self.topics.push(name);
+                }
+                match (outcome, id) {
+                    (SubscribeOutcome::Done { .. }, Some(id)) => self.send(json::ack_frame(id)),
+                    _ => {} // no id, or the shard acks once interest is confirmed
+                }
+            }
+            Command::Unsubscribe { topic } => {
+                if let Err(why) = crate::topic::validate(&topic, limits.max_topic_len) {
+                    return self.reply_error(RequestError { id, code: ErrorCode::InvalidTopic, message: why.into() });
+                }
+                if self.shard.unsubscribe(&topic, self.peer.id) {
+                    if let Some(i) = self.topics.iter().position(|t| **t == *topic) {
+                        self.topics.swap_remove(i);
+                    }
+                }
+                if let Some(id) = id {
+                    self.send(json::ack_frame(id));
+                }
+            }
+            Command::Publish { topic, payload, skip_self } => {
+                if let Err(why) = crate::topic::validate(&topic, limits.max_topic_len) {
+                    return self.reply_error(RequestError { id, code: ErrorCode::InvalidTopic, message: why.into() });
+                }
+                let now = Instant::now();
+                if !self.bucket.take(now) {
+                    ShardStats::add(&self.shard.stats().rate_limited, 1);
+                    if self.limited.strike(now, limits.rate_limit_disconnect) {
+                        return self.fail(close::POLICY, "rate limit exceeded repeatedly");
+                    }
+                    return self.reply_error(RequestError {
+                        id,
+                        code: ErrorCode::RateLimited,
+                        message: format!("more than {} publishes per second", limits.publish_rate),
+                    });
+                }
+                if let Err(pending) = self.shard.publish(&self.peer, &topic, payload.get().as_bytes(), skip_self) {
+                    self.blocked = Some(Blocked::Bus { pending, retry: None });
+                }
+                if let Some(id) = id {
+                    self.send(json::ack_frame(id));
+                }
+            }
+        }
+    }
+
+    fn reply_error(&mut self, err: RequestError) {
+        ShardStats::add(&self.shard.stats().request_errors, 1);
+        self.send(json::error_frame(&err));
+    }
+}
+
+/// `sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL)` of several buffers.
+fn send_vectored(fd: i32, bufs: &[libc::iovec]) -> io::Result<usize> {
+    // SAFETY: every iovec points into a `Bytes` the outbox keeps alive for
+    // the duration of the call; msghdr is fully initialised.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = bufs.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Up to [`MAX_IOVECS`] buffers for one `sendmsg`, on the stack.
+struct IovBatch {
+    items: [libc::iovec; MAX_IOVECS],
+    len: usize,
+}
+
+impl IovBatch {
+    fn as_slice(&self) -> &[libc::iovec] {
+        &self.items[..self.len]
+    }
+}
+
+impl<'a> FromIterator<&'a [u8]> for IovBatch {
+    fn from_iter<I: IntoIterator<Item = &'a [u8]>>(iter: I) -> IovBatch {
+        let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        let mut batch = IovBatch { items: [empty; MAX_IOVECS], len: 0 };
+        for s in iter.into_iter().take(MAX_IOVECS) {
+            batch.items[batch.len] = libc::iovec { iov_base: s.as_ptr() as *mut _, iov_len: s.len() };
+            batch.len += 1;
+        }
+        batch
+    }
+}
+
+/// Publish rate limit: `rate` tokens per second, at most `burst` saved up.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> TokenBucket {
+        TokenBucket { rate: f64::from(rate), burst: f64::from(burst), tokens: f64::from(burst), last: Instant::now() }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Counts rate-limited publishes per one-second window.
+#[derive(Default)]
+struct RateStrikes {
+    window_start: Option<Instant>,
+    count: u32,
+}
+
+impl RateStrikes {
+    /// Records one refusal; true when the window's count exceeds `limit` (0 = never).
+    fn strike(&mut self, now: Instant, limit: u32) -> bool {
+        match self.window_start {
+            Some(start) if now.duration_since(start) < Duration::from_secs(1) => self.count += 1,
+            _ => {
+                self.window_start = Some(now);
+                self.count = 1;
+            }
+        }
+        limit > 0 && self.count > limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_burst_then_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 5);
+        assert_eq!((0..10).filter(|_| b.take(t0)).count(), 5);
+        assert!(b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+        let mut unlimited = TokenBucket::new(0, 1);
+        assert!((0..1000).all(|_| unlimited.take(t0)));
+    }
+
+    #[test]
+    fn strikes_reset_each_second() {
+        let t0 = Instant::now();
+        let mut s = RateStrikes::default();
+        assert!(!(0..3).any(|_| s.strike(t0, 3)));
+        assert!(s.strike(t0, 3));
+        assert!(!s.strike(t0 + Duration::from_secs(2), 3));
+        assert!(!(0..100).any(|_| s.strike(t0, 0)));
+    }
+}

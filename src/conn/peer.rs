@@ -1,0 +1,312 @@
+//! [`Peer`]: the part of a connection that the rest of its shard may touch
+//! (its outbound queue, its waker, its liveness clocks). The connection task
+//! owns everything else.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::task::Waker;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::config::{Overflow, QueueConfig};
+use crate::metrics::ShardStats;
+use crate::protocol::close;
+use crate::ws::frame;
+
+/// Node-unique connection id: shard index in the top 16 bits, a per-shard
+/// sequence number below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    pub fn new(shard: usize, seq: u64) -> ConnId {
+        ConnId(((shard as u64) << 48) | (seq & ((1 << 48) - 1)))
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0 >> 48, self.0 & ((1 << 48) - 1))
+    }
+}
+
+/// A client's bounded outbound queue of complete, shared frames.
+///
+/// Bounds: at most `queue.max_messages` frames and `queue.max_bytes` bytes;
+/// the frame being written (the head) is never dropped half-sent, so the
+/// stream stays well-framed whatever the policy drops.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    frames: VecDeque<Bytes>,
+    /// Bytes of all queued frames (including the written part of the head).
+    bytes: usize,
+    /// Bytes of the head frame already written to the socket.
+    head_written: usize,
+    /// When a close frame was queued: nothing more is accepted after it.
+    closing: Option<Instant>,
+}
+
+impl Outbox {
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// The queued bytes not yet written, as slices for a vectored write.
+    pub fn slices(&self, max: usize) -> impl Iterator<Item = &[u8]> {
+        self.frames.iter().take(max).enumerate().map(|(i, f)| if i == 0 { &f[self.head_written..] } else { &f[..] })
+    }
+
+    /// The unwritten part of the head frame.
+    pub fn head(&self) -> Option<Bytes> {
+        self.frames.front().map(|f| f.slice(self.head_written..))
+    }
+
+    /// Records that `n` bytes were written.
+    pub fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let head = self.frames.front().expect("wrote more than was queued");
+            let left = head.len() - self.head_written;
+            if n < left {
+                self.head_written += n;
+                return;
+            }
+            n -= left;
+            self.bytes -= head.len();
+            self.head_written = 0;
+            self.frames.pop_front();
+        }
+        if self.frames.is_empty() && self.frames.capacity() > 8 {
+            // An idle connection keeps no queue memory.
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// Drops every frame except a partly written head.
+    fn clear_unsent(&mut self) -> usize {
+        let keep = usize::from(self.head_written > 0);
+        let mut dropped = 0;
+        while self.frames.len() > keep {
+            let f = self.frames.pop_back().expect("len > keep");
+            self.bytes -= f.len();
+            dropped += 1;
+        }
+        dropped
+    }
+
+    fn enqueue(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+}
+
+/// What [`Peer::push`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Queued after dropping older frames (`drop_oldest`), or dropped because
+    /// it cannot fit even in an empty queue.
+    Dropped,
+    /// The queue overflowed under `disconnect`: the client is being closed.
+    SlowConsumer,
+    /// The connection is closing; the frame was discarded.
+    Closed,
+}
+
+/// The shared half of a connection, held by the connection task, the shard's
+/// connection table and every topic it subscribes to. Touched only by its own
+/// shard (it is `!Send`: `RefCell`/`Cell`); other shards reach it only through
+/// a `PublishMsg` that this shard fans out.
+pub struct Peer {
+    pub id: ConnId,
+    outbox: RefCell<Outbox>,
+    /// Waker of the connection task; woken when work arrives for it.
+    waker: Cell<Option<Waker>>,
+    /// Last time the client sent anything (heartbeat timeout).
+    pub last_seen: Cell<Instant>,
+    /// Last time the server pinged it.
+    pub last_ping: Cell<Instant>,
+    /// The connection must stop now, without flushing (close timeout, drain deadline).
+    aborted: Cell<bool>,
+    /// A subscribe of this connection waits for other shards to confirm interest;
+    /// its input is not read meanwhile.
+    pub awaiting_interest: Cell<bool>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("id", &self.id).field("outbox", &self.outbox).finish_non_exhaustive()
+    }
+}
+
+impl Peer {
+    pub fn new(id: ConnId, now: Instant) -> Peer {
+        Peer {
+            id,
+            outbox: RefCell::new(Outbox::default()),
+            waker: Cell::new(None),
+            last_seen: Cell::new(now),
+            last_ping: Cell::new(now),
+            aborted: Cell::new(false),
+            awaiting_interest: Cell::new(false),
+        }
+    }
+
+    pub fn outbox(&self) -> std::cell::RefMut<'_, Outbox> {
+        self.outbox.borrow_mut()
+    }
+
+    pub fn set_waker(&self, waker: &Waker) {
+        let old = self.waker.take();
+        match old {
+            Some(w) if w.will_wake(waker) => self.waker.set(Some(w)),
+            _ => self.waker.set(Some(waker.clone())),
+        }
+    }
+
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake_by_ref();
+            self.waker.set(Some(w));
+        }
+    }
+
+    /// Queues a frame under the queue bounds and overflow policy.
+    pub fn push(&self, frame: Bytes, limits: &QueueConfig, stats: &ShardStats) -> Pushed {
+        let mut out = self.outbox.borrow_mut();
+        if out.closing.is_some() {
+            return Pushed::Closed;
+        }
+        let fits = |o: &Outbox| o.frames.len() < limits.max_messages && o.bytes + frame.len() <= limits.max_bytes;
+        let mut result = Pushed::Queued;
+        if !fits(&out) {
+            match limits.overflow {
+                Overflow::Disconnect => {
+                    let dropped = out.clear_unsent();
+                    ShardStats::add(&stats.dropped_frames, dropped as u64 + 1);
+                    ShardStats::add(&stats.slow_consumer_disconnects, 1);
+                    out.enqueue(frame::close(close::TRY_AGAIN_LATER, "slow consumer"));
+                    out.closing = Some(Instant::now());
+                    drop(out);
+                    self.wake();
+                    return Pushed::SlowConsumer;
+                }
+                Overflow::DropOldest => {
+                    let keep = usize::from(out.head_written > 0);
+                    let mut dropped = 0;
+                    while !fits(&out) && out.frames.len() > keep {
+                        let old = out.frames.remove(keep).expect("len > keep");
+                        out.bytes -= old.len();
+                        dropped += 1;
+                    }
+                    if !fits(&out) {
+                        // Larger than the whole queue allows: drop the new frame.
+                        ShardStats::add(&stats.dropped_frames, dropped + 1);
+                        return Pushed::Dropped;
+                    }
+                    ShardStats::add(&stats.dropped_frames, dropped);
+                    result = if dropped > 0 { Pushed::Dropped } else { Pushed::Queued };
+                }
+            }
+        }
+        let was_empty = out.frames.is_empty();
+        out.enqueue(frame);
+        drop(out);
+        if was_empty {
+            self.wake();
+        }
+        result
+    }
+
+    /// Queues a close frame after what is queued (`keep_queue`) or instead of
+    /// it, and stops accepting frames. Does nothing if already closing.
+    pub fn close(&self, code: u16, reason: &str, keep_queue: bool) {
+        let mut out = self.outbox.borrow_mut();
+        if out.closing.is_some() {
+            return;
+        }
+        if !keep_queue {
+            out.clear_unsent();
+        }
+        out.enqueue(frame::close(code, reason));
+        out.closing = Some(Instant::now());
+        drop(out);
+        self.wake();
+    }
+
+    /// When the close frame was queued, if it was.
+    pub fn closing_since(&self) -> Option<Instant> {
+        self.outbox.borrow().closing
+    }
+
+    pub fn abort(&self) {
+        self.aborted.set(true);
+        self.wake();
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limits(max_messages: usize, max_bytes: usize, overflow: Overflow) -> QueueConfig {
+        QueueConfig { max_messages, max_bytes, overflow, close_timeout: Duration::from_secs(1) }
+    }
+
+    fn frame(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n])
+    }
+
+    #[test]
+    fn disconnect_policy_keeps_the_half_written_head_and_closes() {
+        let stats = ShardStats::default();
+        let p = Peer::new(ConnId::new(0, 1), Instant::now());
+        let q = limits(3, 1 << 20, Overflow::Disconnect);
+        for _ in 0..3 {
+            assert_eq!(p.push(frame(10), &q, &stats), Pushed::Queued);
+        }
+        p.outbox().consume(4);
+        assert_eq!(p.push(frame(10), &q, &stats), Pushed::SlowConsumer);
+        let out = p.outbox();
+        let sent: Vec<usize> = out.slices(10).map(|s| s.len()).collect();
+        assert_eq!(sent, vec![6, 2 + 2 + "slow consumer".len()]);
+        drop(out);
+        assert_eq!(p.push(frame(1), &q, &stats), Pushed::Closed);
+        assert_eq!(stats.slow_consumer_disconnects.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn drop_oldest_policy_bounds_bytes() {
+        let stats = ShardStats::default();
+        let p = Peer::new(ConnId::new(0, 1), Instant::now());
+        let q = limits(100, 1024, Overflow::DropOldest);
+        for _ in 0..50 {
+            p.push(frame(100), &q, &stats);
+        }
+        let out = p.outbox();
+        assert_eq!(out.frames.len(), 10);
+        assert!(out.bytes <= 1024);
+        drop(out);
+        assert_eq!(p.push(frame(2000), &q, &stats), Pushed::Dropped, "too big for the queue");
+    }
+
+    #[test]
+    fn consume_walks_frames_and_frees_memory() {
+        let stats = ShardStats::default();
+        let p = Peer::new(ConnId::new(0, 1), Instant::now());
+        let q = limits(100, 1 << 20, Overflow::Disconnect);
+        for _ in 0..20 {
+            p.push(frame(5), &q, &stats);
+        }
+        p.outbox().consume(12);
+        assert_eq!(p.outbox().head().unwrap().len(), 3);
+        p.outbox().consume(88);
+        assert!(p.outbox().is_empty());
+        assert_eq!(p.outbox().frames.capacity(), 0);
+    }
+}

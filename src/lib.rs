@@ -1,0 +1,40 @@
+//! shardcast: a thread-per-core WebSocket pub/sub fan-out server.
+//!
+//! # Layout
+//! - [`config`]: `tuning/shardcast.toml` -> validated [`config::Config`].
+//! - [`runtime`]: binds one `SO_REUSEPORT` listener per shard, starts one
+//!   pinned glommio executor per shard, readiness line, signals.
+//! - [`shard`]: per-core state ([`shard::Shard`]) and its tasks: accept loop,
+//!   bus loop, heartbeat sweeper, drain.
+//! - [`conn`]: one connection's task (handshake, read -> decode -> dispatch,
+//!   vectored writer) and its shared half, [`conn::Peer`] (bounded outbox).
+//! - [`ws`]: RFC 6455 frames and the HTTP upgrade.
+//! - [`protocol`]: requests, error and close codes; `json` is protocol v1.
+//! - [`topic`]: topic names and the shard-local subscriber registry.
+//! - [`bus`]: cross-shard channels (crossbeam), doorbells, interest map.
+//! - [`metrics`]: per-shard counters, `/metrics`.
+//!
+//! # Threading model
+//! One OS thread per shard, each running one glommio `LocalExecutor` pinned
+//! to one CPU. A connection lives and dies on the shard that accepted it; its
+//! state is `Rc`/`RefCell`, so the compiler keeps it there. Shards share only
+//! the crossbeam channels of the [`bus`], read-only configuration, and
+//! relaxed atomic counters (stats, the node-wide connection count).
+//!
+//! # Message path
+//! A publish is parsed on its connection's shard, its outgoing frame is built
+//! once ([`protocol::json::message_frame`]), queued to the shard's local
+//! subscribers, and sent as one [`bus::PublishMsg`] to each other shard that
+//! has subscribers of the topic (per the replicated [`bus::InterestMap`]).
+//! Each receiving shard queues the same `Bytes` to its own subscribers.
+//! See `docs/architecture.md`.
+
+pub mod bus;
+pub mod config;
+pub mod conn;
+pub mod metrics;
+pub mod protocol;
+pub mod runtime;
+pub mod shard;
+pub mod topic;
+pub mod ws;

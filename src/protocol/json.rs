@@ -1,0 +1,222 @@
+//! Protocol v1: JSON objects in text frames (`docs/protocol.md`).
+//!
+//! Requests are decoded without building a DOM: each known field is captured
+//! as a borrowed [`RawValue`] and then typed one by one, so a wrong-typed field
+//! gets `bad_request` naming it, and a publish payload is validated once and
+//! then embedded verbatim in the outgoing frame.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use super::{Command, ErrorCode, Request, RequestError};
+use crate::ws::frame::{self, Opcode};
+
+/// The request object with every field still raw. Unknown fields are ignored
+/// so that newer clients can send extra fields to older servers.
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "present")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    topic: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    skip_self: Option<&'a RawValue>,
+}
+
+/// `Some(raw)` for any present value, `null` included (serde's `Option`
+/// would turn `null` into "absent").
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+fn bad(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> RequestError {
+    RequestError { id, code, message: message.into() }
+}
+
+fn string_field<'a>(raw: &'a RawValue, id: Option<u64>, name: &str) -> Result<Cow<'a, str>, RequestError> {
+    let text = raw.get();
+    if let Ok(s) = serde_json::from_str::<&'a str>(text) {
+        return Ok(Cow::Borrowed(s));
+    }
+    // Strings with escapes cannot be borrowed.
+    serde_json::from_str::<String>(text)
+        .map(Cow::Owned)
+        .map_err(|_| bad(id, ErrorCode::BadRequest, format!("field `{name}` must be a string")))
+}
+
+/// Decodes one request from a text frame's bytes (already valid UTF-8).
+pub fn parse_request(text: &[u8]) -> Result<Request<'_>, RequestError> {
+    let first = text.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        let message = if serde_json::from_slice::<&RawValue>(text).is_ok() {
+            "request must be a JSON object"
+        } else {
+            "request is not valid JSON"
+        };
+        return Err(bad(None, ErrorCode::BadJson, message));
+    }
+    let raw: RawRequest<'_> = serde_json::from_slice(text)
+        .map_err(|e| bad(None, ErrorCode::BadJson, format!("request is not valid JSON: {e}")))?;
+    let id = match raw.id {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_str::<u64>(v.get())
+                .map_err(|_| bad(None, ErrorCode::BadRequest, "field `id` must be an unsigned integer"))?,
+        ),
+    };
+    let kind = raw.kind.ok_or_else(|| bad(id, ErrorCode::BadRequest, "missing field `type`"))?;
+    let kind = string_field(kind, id, "type")?;
+    let topic = || -> Result<Cow<'_, str>, RequestError> {
+        let t = raw.topic.ok_or_else(|| bad(id, ErrorCode::BadRequest, "missing field `topic`"))?;
+        string_field(t, id, "topic")
+    };
+    let command = match &*kind {
+        "subscribe" => Command::Subscribe { topic: topic()? },
+        "unsubscribe" => Command::Unsubscribe { topic: topic()? },
+        "publish" => {
+            let topic = topic()?;
+            let payload = raw.payload.ok_or_else(|| bad(id, ErrorCode::BadRequest, "missing field `payload`"))?;
+            let skip_self = match raw.skip_self {
+                None => false,
+                Some(v) => serde_json::from_str::<bool>(v.get())
+                    .map_err(|_| bad(id, ErrorCode::BadRequest, "field `skip_self` must be a boolean"))?,
+            };
+            Command::Publish { topic, payload, skip_self }
+        }
+        "ping" => Command::Ping,
+        other => {
+            let mut shown: String = other.chars().take(64).collect();
+            if shown.len() < other.len() {
+                shown.push('…');
+            }
+            return Err(bad(id, ErrorCode::UnknownType, format!("unknown request type {shown:?}")));
+        }
+    };
+    Ok(Request { id, command })
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing a string to memory cannot fail");
+}
+
+fn text_frame(body: &[u8]) -> Bytes {
+    frame::build(Opcode::Text, &[body])
+}
+
+/// `{"type":"message","topic":T,"payload":P}` as a complete text frame: built
+/// once per publish and shared by every recipient on every shard.
+pub fn message_frame(topic: &str, payload: &[u8]) -> Bytes {
+    let mut quoted = Vec::with_capacity(topic.len() + 2);
+    push_json_str(&mut quoted, topic);
+    frame::build(
+        Opcode::Text,
+        &[br#"{"type":"message","topic":"#, &quoted, br#","payload":"#, payload, b"}"],
+    )
+}
+
+pub fn welcome_frame(client: &str, node: &str, shard: usize) -> Bytes {
+    let mut body = Vec::with_capacity(64 + client.len() + node.len());
+    body.extend_from_slice(br#"{"type":"welcome","client":"#);
+    push_json_str(&mut body, client);
+    body.extend_from_slice(br#","node":"#);
+    push_json_str(&mut body, node);
+    body.extend_from_slice(format!(r#","shard":{shard}}}"#).as_bytes());
+    text_frame(&body)
+}
+
+pub fn ack_frame(id: u64) -> Bytes {
+    text_frame(format!(r#"{{"type":"ack","id":{id}}}"#).as_bytes())
+}
+
+pub fn pong_frame(id: Option<u64>) -> Bytes {
+    match id {
+        Some(id) => text_frame(format!(r#"{{"type":"pong","id":{id}}}"#).as_bytes()),
+        None => text_frame(br#"{"type":"pong"}"#),
+    }
+}
+
+pub fn error_frame(err: &RequestError) -> Bytes {
+    let mut body = Vec::with_capacity(64 + err.message.len());
+    body.extend_from_slice(br#"{"type":"error","#);
+    if let Some(id) = err.id {
+        body.extend_from_slice(format!(r#""id":{id},"#).as_bytes());
+    }
+    body.extend_from_slice(br#""code":""#);
+    body.extend_from_slice(err.code.as_str().as_bytes());
+    body.extend_from_slice(br#"","message":"#);
+    push_json_str(&mut body, &err.message);
+    body.push(b'}');
+    text_frame(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(frame: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(&frame[frame::header_len(frame.len() - 2)..]).unwrap()
+    }
+
+    fn code(text: &str) -> (Option<u64>, ErrorCode) {
+        let e = parse_request(text.as_bytes()).unwrap_err();
+        (e.id, e.code)
+    }
+
+    #[test]
+    fn parses_every_request() {
+        let r = parse_request(br#"{"type":"subscribe","topic":"news","id":1}"#).unwrap();
+        assert_eq!(r.id, Some(1));
+        assert!(matches!(r.command, Command::Subscribe { ref topic } if topic == "news"));
+        let r = parse_request(br#"{"type":"unsubscribe","topic":"n\"ews"}"#).unwrap();
+        assert!(matches!(r.command, Command::Unsubscribe { ref topic } if topic == "n\"ews"));
+        let r = parse_request(br#" {"type":"publish","topic":"t","payload":{"a": [1, 2]},"skip_self":true} "#).unwrap();
+        match r.command {
+            Command::Publish { payload, skip_self, .. } => {
+                assert_eq!(payload.get(), r#"{"a": [1, 2]}"#);
+                assert!(skip_self);
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = parse_request(br#"{"type":"publish","topic":"t","payload":null}"#).unwrap();
+        assert!(matches!(r.command, Command::Publish { payload, .. } if payload.get() == "null"));
+        assert!(matches!(parse_request(br#"{"type":"ping","extra":1}"#).unwrap().command, Command::Ping));
+    }
+
+    #[test]
+    fn classifies_bad_input() {
+        assert_eq!(code("nope"), (None, ErrorCode::BadJson));
+        assert_eq!(code("[1,2]"), (None, ErrorCode::BadJson));
+        assert_eq!(code(r#"{"type":"ping""#), (None, ErrorCode::BadJson));
+        assert_eq!(code(r#"{"id":5}"#), (Some(5), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":7,"id":5}"#), (Some(5), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"ping","id":-1}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"ping","id":null}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"subscribe","id":2}"#), (Some(2), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"subscribe","topic":3}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"publish","topic":"t"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"publish","topic":"t","payload":1,"skip_self":"y"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"dance","id":9}"#), (Some(9), ErrorCode::UnknownType));
+    }
+
+    #[test]
+    fn frames_are_valid_json() {
+        let m = message_frame("a\"b", br#"{"x":1}"#);
+        assert_eq!(body(&m), serde_json::json!({"type":"message","topic":"a\"b","payload":{"x":1}}));
+        assert_eq!(body(&ack_frame(7)), serde_json::json!({"type":"ack","id":7}));
+        assert_eq!(body(&pong_frame(Some(3))), serde_json::json!({"type":"pong","id":3}));
+        let e = RequestError { id: None, code: ErrorCode::RateLimited, message: "slow \"down\"".into() };
+        assert_eq!(body(&error_frame(&e)), serde_json::json!({"type":"error","code":"rate_limited","message":"slow \"down\""}));
+        assert_eq!(
+            body(&welcome_frame("c1", "n", 2)),
+            serde_json::json!({"type":"welcome","client":"c1","node":"n","shard":2})
+        );
+    }
+}

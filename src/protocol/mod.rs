@@ -1,0 +1,86 @@
+//! The client protocol, independent of how it is encoded on the wire.
+//!
+//! [`Request`] is what a client asks for; [`ErrorCode`] and [`close`] are the
+//! one table of client-visible failure outcomes. `json.rs` is protocol v1's
+//! codec (JSON text frames, see `docs/protocol.md`).
+
+pub mod json;
+
+use serde_json::value::RawValue;
+
+/// A decoded client request. Borrowed from the frame it was read from.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The client's correlation id; a request with one gets exactly one reply.
+    pub id: Option<u64>,
+    pub command: Command<'a>,
+}
+
+#[derive(Debug)]
+pub enum Command<'a> {
+    Subscribe { topic: std::borrow::Cow<'a, str> },
+    Unsubscribe { topic: std::borrow::Cow<'a, str> },
+    /// `payload` is valid JSON, kept verbatim (never re-serialised).
+    Publish { topic: std::borrow::Cow<'a, str>, payload: &'a RawValue, skip_self: bool },
+    Ping,
+}
+
+/// Error codes of `{"type":"error"}` replies. After any of them the connection
+/// stays usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The frame is not JSON, or not a JSON object.
+    BadJson,
+    /// A field is missing or has the wrong type.
+    BadRequest,
+    /// `type` names no request this server knows.
+    UnknownType,
+    /// Empty, longer than `limits.max_topic_len`, or with control characters.
+    InvalidTopic,
+    /// Subscribing would exceed `limits.max_topics_per_connection`.
+    TooManySubscriptions,
+    /// The publish token bucket is empty; the publish was dropped.
+    RateLimited,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidTopic => "invalid_topic",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// A request the server refuses, with the id to answer it under (when the id
+/// itself could be read).
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestError {
+    pub id: Option<u64>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// WebSocket close codes the server sends (RFC 6455 section 7.4).
+pub mod close {
+    /// Normal closure: the client asked to close, or the close handshake completed.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down (SIGINT/SIGTERM).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (bad framing, reserved bits or opcodes).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame (or close reason) was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Policy: repeated rate-limit abuse, or no traffic within `heartbeat.timeout_ms`.
+    pub const POLICY: u16 = 1008;
+    /// A message was larger than `limits.max_message_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server failed while handling the connection.
+    pub const INTERNAL: u16 = 1011;
+    /// The client did not read fast enough and its queue overflowed ("slow consumer").
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}

@@ -1,0 +1,163 @@
+//! Process-level wiring: bind one SO_REUSEPORT listener per shard, start one
+//! pinned glommio executor per shard, print the readiness line, and turn
+//! SIGINT/SIGTERM into a graceful drain.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{info, warn};
+
+use crate::bus::{self, ControlMsg};
+use crate::config::Config;
+use crate::metrics::ShardStats;
+use crate::shard::{self, tasks::ShardInit};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot set up the cross-shard bus: {0}")]
+    Bus(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start shard {shard}: {reason}")]
+    Shard { shard: usize, reason: String },
+}
+
+/// Creates one listening socket for a shard.
+fn listener(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket)
+}
+
+/// Binds `count` listeners on the same address. With port 0, the first one
+/// picks the port and the rest join it.
+pub fn bind_all(addr: SocketAddr, count: usize, backlog: i32) -> Result<(SocketAddr, Vec<Socket>), RuntimeError> {
+    let bind_err = |source| RuntimeError::Bind { addr, source };
+    let first = listener(addr, backlog).map_err(bind_err)?;
+    let bound = first.local_addr().map_err(bind_err)?.as_socket().expect("an IP socket");
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(listener(bound, backlog).map_err(bind_err)?);
+    }
+    Ok((bound, sockets))
+}
+
+/// CPUs this process may run on (respects taskset and cgroup cpusets).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// Warns when the host limits cannot hold `max_connections`.
+fn check_host_limits(config: &Config) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let wanted = config.server.max_connections as u64 + 64 + config.server.shards as u64 * 8;
+    if lim.rlim_cur < wanted {
+        warn!(
+            nofile = lim.rlim_cur,
+            max_connections = config.server.max_connections,
+            "the open-file limit (RLIMIT_NOFILE) is below server.max_connections; connections beyond about {} will be refused at accept. \
+             Raise it (LimitNOFILE= in tuning/shardcast.service, or ulimit -n) or lower server.max_connections",
+            lim.rlim_cur.saturating_sub(64)
+        );
+    }
+}
+
+/// Runs the server until SIGINT/SIGTERM and a completed drain.
+pub fn run(config: Config) -> Result<(), RuntimeError> {
+    let config = Arc::new(config);
+    let shards = config.server.shards;
+    check_host_limits(&config);
+    let (addr, sockets) = bind_all(config.server.listen, shards, config.server.backlog)?;
+    let (mailboxes, inboxes) = bus::build(shards, config.bus.capacity).map_err(RuntimeError::Bus)?;
+    let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
+    let node_connections = Arc::new(AtomicUsize::new(0));
+    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(RuntimeError::Signals)?;
+    let cpus = allowed_cpus();
+
+    let (ready_tx, ready_rx) = mpsc::channel::<usize>();
+    let mut handles = Vec::with_capacity(shards);
+    for (index, (listener, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
+        let placement = match (config.server.pin_cores, cpus.is_empty()) {
+            (true, false) => Placement::Fixed(cpus[index % cpus.len()]),
+            _ => Placement::Unbound,
+        };
+        let init = ShardInit {
+            index,
+            config: config.clone(),
+            listener,
+            inbox,
+            mailboxes: mailboxes.clone(),
+            stats: stats.clone(),
+            node_connections: node_connections.clone(),
+        };
+        let ready = ready_tx.clone();
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{index}"))
+            .spawn(move || shard::run(init, move || {
+                let _ = ready.send(index);
+            }))
+            .map_err(|e| RuntimeError::Shard { shard: index, reason: e.to_string() })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        ready_rx.recv().map_err(|_| RuntimeError::Shard { shard: 0, reason: "a shard exited during start-up".into() })?;
+    }
+    info!(shards, node = %config.server.node_id, "accepting connections");
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "listening on ws://{addr}");
+    let _ = stdout.flush();
+    drop(stdout);
+
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    info!(signal, "shutting down");
+    // A second signal stops at once.
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            warn!("second signal: exiting without draining");
+            std::process::exit(1);
+        }
+    });
+    for mailbox in &mailboxes {
+        mailbox.control(ControlMsg::Shutdown);
+    }
+    let budget = config.shutdown.drain_timeout + config.queue.close_timeout + Duration::from_secs(2);
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for h in handles {
+            let _ = h.join();
+        }
+        let _ = done_tx.send(());
+    });
+    if done_rx.recv_timeout(budget).is_err() {
+        warn!("shards did not stop in time; exiting");
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! One shard: the state a single pinned executor owns, and its tasks
+//! (accept loop, bus loop, heartbeat sweeper, drain on shutdown).
+//!
+//! Everything in [`Shard`] is `!Send` and touched only by its own executor.
+//! Other shards reach it only through its [`Inbox`].
+
+pub mod tasks;
+
+pub use tasks::run;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::bus::{ControlMsg, InterestMap, Mailbox, PublishMsg, ShardSet};
+use crate::config::Config;
+use crate::conn::{ConnId, Peer};
+use crate::metrics::ShardStats;
+use crate::protocol::json;
+use crate::topic::Registry;
+
+/// A publish that could not yet be handed to every interested shard because
+/// their data channels were full. Its connection is not read until it is.
+#[derive(Debug)]
+pub struct PendingPublish {
+    msg: PublishMsg,
+    remaining: ShardSet,
+}
+
+/// Subscribers waiting for the other shards to confirm a topic's interest.
+#[derive(Debug)]
+struct PendingInterest {
+    topic: Rc<str>,
+    /// Shards that have not answered yet.
+    remaining: usize,
+    /// Connections to release (and ack, when their request had an id).
+    waiters: Vec<(Rc<Peer>, Option<u64>)>,
+}
+
+/// Outcome of [`Shard::subscribe`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubscribeOutcome {
+    /// Effective everywhere now.
+    Done { added: bool },
+    /// Effective once the other shards confirm; the shard will ack and wake
+    /// the connection.
+    Waiting,
+}
+
+/// Per-core state. Created on the shard's own thread; never leaves it.
+pub struct Shard {
+    pub index: usize,
+    pub config: Arc<Config>,
+    /// Topic -> local subscribers. This shard only.
+    pub registry: RefCell<Registry>,
+    /// Replica of topic -> interested shards, updated by `ControlMsg::Interest`.
+    interest: RefCell<InterestMap>,
+    /// Every open WebSocket connection of this shard (heartbeats, shutdown).
+    pub peers: RefCell<HashMap<ConnId, Rc<Peer>, ahash::RandomState>>,
+    /// Mailboxes of all shards, indexed by shard (this shard's own is unused).
+    mailboxes: Vec<Mailbox>,
+    /// Every shard's stats; this shard writes only `stats[index]`.
+    pub all_stats: Arc<[ShardStats]>,
+    /// Open WebSocket connections on the whole node (`server.max_connections`).
+    pub node_connections: Arc<AtomicUsize>,
+    /// Read scratch space shared by all connections of the shard: a connection
+    /// borrows it only for the duration of one non-blocking read and the
+    /// synchronous parsing that follows, so idle connections hold no buffer.
+    pub scratch: RefCell<Vec<u8>>,
+    /// The heartbeat ping frame, encoded once.
+    pub ping_frame: Bytes,
+    pending_interest: RefCell<HashMap<u64, PendingInterest>>,
+    next_conn: Cell<u64>,
+    next_token: Cell<u64>,
+    pub shutting_down: Cell<bool>,
+}
+
+impl Shard {
+    pub fn new(
+        index: usize,
+        config: Arc<Config>,
+        mailboxes: Vec<Mailbox>,
+        all_stats: Arc<[ShardStats]>,
+        node_connections: Arc<AtomicUsize>,
+    ) -> Shard {
+        let scratch = vec![0; config.server.read_buffer_bytes];
+        Shard {
+            index,
+            config,
+            registry: RefCell::default(),
+            interest: RefCell::default(),
+            peers: RefCell::default(),
+            mailboxes,
+            all_stats,
+            node_connections,
+            scratch: RefCell::new(scratch),
+            ping_frame: crate::ws::frame::build(crate::ws::frame::Opcode::Ping, &[]),
+            pending_interest: RefCell::default(),
+            next_conn: Cell::new(0),
+            next_token: Cell::new(0),
+            shutting_down: Cell::new(false),
+        }
+    }
+
+    pub fn stats(&self) -> &ShardStats {
+        &self.all_stats[self.index]
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        let seq = self.next_conn.get() + 1;
+        self.next_conn.set(seq);
+        ConnId::new(self.index, seq)
+    }
+
+    fn others(&self) -> impl Iterator<Item = (usize, &Mailbox)> {
+        self.mailboxes.iter().enumerate().filter(move |(i, _)| *i != self.index)
+    }
+
+    /// Subscribes `peer` to `topic` (validated). When this is the topic's
+    /// first subscriber here and other shards exist, the subscription becomes
+    /// effective only once every other shard has recorded this shard's
+    /// interest: a publish anywhere after the ack is guaranteed to arrive.
+    pub fn subscribe(&self, peer: &Rc<Peer>, topic: &str, ack: Option<u64>) -> (Rc<str>, SubscribeOutcome) {
+        let mut registry = self.registry.borrow_mut();
+        let sub = registry.subscribe(topic, peer);
+        let entry = registry.get_mut(topic).expect("just subscribed");
+        if sub.first && self.mailboxes.len() > 1 {
+            let token = self.next_token.get() + 1;
+            self.next_token.set(token);
+            entry.pending_interest = Some(token);
+            let shared: Arc<str> = topic.into();
+            for (_, mailbox) in self.others() {
+                mailbox.control(ControlMsg::Interest { topic: shared.clone(), from: self.index, on: true, token: Some(token) });
+            }
+            self.pending_interest.borrow_mut().insert(
+                token,
+                PendingInterest { topic: sub.name.clone(), remaining: self.mailboxes.len() - 1, waiters: Vec::new() },
+            );
+        }
+        match entry.pending_interest {
+            Some(token) => {
+                let mut pending = self.pending_interest.borrow_mut();
+                let wait = pending.get_mut(&token).expect("pending token is tracked");
+                wait.waiters.push((peer.clone(), ack));
+                peer.awaiting_interest.set(true);
+                (sub.name, SubscribeOutcome::Waiting)
+            }
+            None => (sub.name, SubscribeOutcome::Done { added: sub.added }),
+        }
+    }
+
+    /// Removes `id` from `topic`; tells the other shards when it was the last
+    /// local subscriber. Returns whether it was subscribed.
+    pub fn unsubscribe(&self, topic: &str, id: ConnId) -> bool {
+        let Some(last) = self.registry.borrow_mut().unsubscribe(topic, id) else {
+            return false;
+        };
+        if last && self.mailboxes.len() > 1 {
+            let shared: Arc<str> = topic.into();
+            for (_, mailbox) in self.others() {
+                mailbox.control(ControlMsg::Interest { topic: shared.clone(), from: self.index, on: false, token: None });
+            }
+        }
+        true
+    }
+
+    /// Delivers a publish: to this shard's subscribers directly, and as one
+    /// message to each other interested shard. Per-publisher order holds
+    /// because a connection with a [`PendingPublish`] is not read until it
+    /// completes, and each shard-to-shard channel is FIFO.
+    pub fn publish(&self, origin: &Peer, topic: &str, payload: &[u8], skip_self: bool) -> Result<(), PendingPublish> {
+        let frame = json::message_frame(topic, payload);
+        ShardStats::add(&self.stats().publishes, 1);
+        self.deliver_local(topic, &frame, skip_self.then_some(origin.id));
+        let remaining = self.interest.borrow().shards(topic);
+        if remaining.is_empty() {
+            return Ok(());
+        }
+        let mut pending = PendingPublish { msg: PublishMsg { topic: topic.into(), frame }, remaining };
+        if self.retry_publish(&mut pending) {
+            Ok(())
+        } else {
+            Err(pending)
+        }
+    }
+
+    /// Tries to hand a pending publish to the shards still missing it.
+    /// Returns true when it is complete.
+    pub fn retry_publish(&self, pending: &mut PendingPublish) -> bool {
+        for shard in pending.remaining.iter().collect::<Vec<_>>() {
+            if shard == self.index || self.mailboxes[shard].try_publish(pending.msg.clone()).is_ok() {
+                pending.remaining.remove(shard);
+            }
+        }
+        if !pending.remaining.is_empty() {
+            ShardStats::add(&self.stats().bus_full_waits, 1);
+        }
+        pending.remaining.is_empty()
+    }
+
+    /// Queues `frame` to every local subscriber of `topic` except `skip`.
+    pub fn deliver_local(&self, topic: &str, frame: &Bytes, skip: Option<ConnId>) {
+        let registry = self.registry.borrow();
+        let Some(entry) = registry.get(topic) else { return };
+        let limits = &self.config.queue;
+        let stats = self.stats();
+        let mut delivered = 0;
+        for (id, peer) in &entry.subscribers {
+            if Some(*id) != skip {
+                peer.push(frame.clone(), limits, stats);
+                delivered += 1;
+            }
+        }
+        ShardStats::add(&stats.deliveries, delivered);
+    }
+
+    /// Applies one control message from another shard.
+    fn on_control(&self, msg: ControlMsg) {
+        match msg {
+            ControlMsg::Interest { topic, from, on, token } => {
+                self.interest.borrow_mut().set(&topic, from, on);
+                if let Some(token) = token {
+                    self.mailboxes[from].control(ControlMsg::InterestApplied { token });
+                }
+            }
+            ControlMsg::InterestApplied { token } => {
+                let mut pending = self.pending_interest.borrow_mut();
+                let Some(wait) = pending.get_mut(&token) else { return };
+                wait.remaining -= 1;
+                if wait.remaining > 0 {
+                    return;
+                }
+                let wait = pending.remove(&token).expect("present");
+                drop(pending);
+                if let Some(entry) = self.registry.borrow_mut().get_mut(&wait.topic) {
+                    if entry.pending_interest == Some(token) {
+                        entry.pending_interest = None;
+                    }
+                }
+                for (peer, ack) in wait.waiters {
+                    if let Some(id) = ack {
+                        peer.push(json::ack_frame(id), &self.config.queue, self.stats());
+                    }
+                    peer.awaiting_interest.set(false);
+                    peer.wake();
+                }
+            }
+            ControlMsg::Shutdown => unreachable!("handled by the bus loop"),
+        }
+    }
+
+    /// Registers a new connection with the shard.
+    pub fn add_peer(&self, peer: Rc<Peer>) {
+        self.peers.borrow_mut().insert(peer.id, peer);
+        let stats = self.stats();
+        ShardStats::add(&stats.connections, 1);
+        ShardStats::add(&stats.connections_total, 1);
+    }
+
+    /// Forgets a closed connection and its subscriptions.
+    pub fn remove_peer(&self, id: ConnId, topics: &[Rc<str>]) {
+        for topic in topics {
+            self.unsubscribe(topic, id);
+        }
+        self.peers.borrow_mut().remove(&id);
+        ShardStats::sub(&self.stats().connections, 1);
+        self.node_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// One heartbeat pass: ping connections due for it, close silent ones,
+    /// abort ones whose close handshake took too long.
+    fn sweep(&self, now: Instant) {
+        let hb = &self.config.heartbeat;
+        let close_timeout = self.config.queue.close_timeout;
+        for peer in self.peers.borrow().values() {
+            if let Some(since) = peer.closing_since() {
+                if now.duration_since(since) >= close_timeout {
+                    peer.abort();
+                }
+                continue;
+            }
+            if let Some(timeout) = hb.timeout {
+                if now.duration_since(peer.last_seen.get()) >= timeout {
+                    ShardStats::add(&self.stats().heartbeat_timeouts, 1);
+                    peer.close(crate::protocol::close::POLICY, "heartbeat timeout", false);
+                    continue;
+                }
+            }
+            if let Some(interval) = hb.interval {
+                if now.duration_since(peer.last_ping.get()) >= interval {
+                    peer.last_ping.set(now);
+                    peer.push(self.ping_frame.clone(), &self.config.queue, self.stats());
+                }
+            }
+        }
+    }
+}

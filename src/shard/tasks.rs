@@ -1,0 +1,167 @@
+//! The tasks every shard runs on its executor.
+
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::AsyncReadExt;
+use glommio::net::{TcpListener, UnixStream};
+use glommio::{spawn_local, timer::sleep};
+use tracing::{debug, info, warn};
+
+use super::Shard;
+use crate::bus::{ControlMsg, Inbox, Mailbox};
+use crate::config::Config;
+use crate::metrics::ShardStats;
+use crate::protocol::close;
+
+/// How many cross-shard publishes the bus loop delivers before yielding to
+/// the shard's connections.
+const BUS_BATCH: usize = 1024;
+
+/// How often a shard logs that accept() keeps failing (e.g. EMFILE).
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Pause after an accept() failure, so a descriptor shortage does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Everything a shard needs, built on the main thread and moved to its own.
+pub struct ShardInit {
+    pub index: usize,
+    pub config: Arc<Config>,
+    pub listener: socket2::Socket,
+    pub inbox: Inbox,
+    pub mailboxes: Vec<Mailbox>,
+    pub stats: Arc<[ShardStats]>,
+    pub node_connections: Arc<AtomicUsize>,
+}
+
+/// The shard's whole life, run inside its pinned executor. `ready` is called
+/// once it accepts connections.
+pub async fn run(init: ShardInit, ready: impl FnOnce()) {
+    let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections } = init;
+    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections));
+    // SAFETY: the fd is a bound, listening TCP socket whose ownership moves here.
+    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let accept = spawn_local(accept_loop(shard.clone(), listener)).detach();
+    let sweeper = spawn_local(sweep_loop(shard.clone())).detach();
+    ready();
+    bus_loop(&shard, inbox).await;
+    accept.cancel();
+    drain(&shard).await;
+    sweeper.cancel();
+    debug!(shard = index, "shard stopped");
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let mut last_logged: Option<Instant> = None;
+    let mut failures_since_log = 0u64;
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                spawn_local(crate::conn::serve(shard.clone(), stream)).detach();
+            }
+            Err(err) => {
+                let err: std::io::Error = err.into();
+                ShardStats::add(&shard.stats().accept_errors, 1);
+                failures_since_log += 1;
+                let now = Instant::now();
+                if last_logged.is_none_or(|t| now.duration_since(t) >= ACCEPT_ERROR_LOG_INTERVAL) {
+                    let hint = match err.raw_os_error() {
+                        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                            " (out of file descriptors: raise LimitNOFILE / ulimit -n, see tuning/README.md); new connections wait in the backlog"
+                        }
+                        _ => "",
+                    };
+                    warn!(shard = shard.index, failures = failures_since_log, "accept failed: {err}{hint}");
+                    last_logged = Some(now);
+                    failures_since_log = 0;
+                }
+                sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Delivers cross-shard traffic; sleeps on the doorbell when there is none.
+/// Returns when told to shut down.
+async fn bus_loop(shard: &Shard, inbox: Inbox) {
+    // SAFETY: the fd is one end of a socketpair whose ownership moves here.
+    let mut bell = unsafe { UnixStream::from_raw_fd(inbox.bell_rx.into_raw_fd()) };
+    let mut rings = [0u8; 64];
+    loop {
+        let mut busy = false;
+        while let Ok(msg) = inbox.control.try_recv() {
+            if let ControlMsg::Shutdown = msg {
+                return;
+            }
+            shard.on_control(msg);
+            busy = true;
+        }
+        let mut n = 0;
+        while n < BUS_BATCH {
+            let Ok(msg) = inbox.data.try_recv() else { break };
+            shard.deliver_local(&msg.topic, &msg.frame, None);
+            n += 1;
+        }
+        ShardStats::add(&shard.stats().bus_received, n as u64);
+        if busy || n > 0 {
+            // Let the connections just woken write before taking more.
+            futures_lite::future::yield_now().await;
+            continue;
+        }
+        inbox.bell.arm();
+        if !inbox.control.is_empty() || !inbox.data.is_empty() {
+            inbox.bell.disarm();
+            continue;
+        }
+        if let Err(err) = bell.read(&mut rings).await {
+            warn!(shard = shard.index, "doorbell failed: {err}; polling the bus instead");
+            sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Heartbeats and close timeouts, checked a few times per shortest period.
+async fn sweep_loop(shard: Rc<Shard>) {
+    let cfg = &shard.config;
+    let shortest = [cfg.heartbeat.interval, cfg.heartbeat.timeout, Some(cfg.queue.close_timeout)]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("close_timeout is always set");
+    let tick = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        sleep(tick).await;
+        shard.sweep(Instant::now());
+    }
+}
+
+/// Graceful shutdown: every client gets what is queued for it, then close
+/// 1001; after `shutdown.drain_timeout_ms` the rest are cut.
+async fn drain(shard: &Shard) {
+    shard.shutting_down.set(true);
+    let peers: Vec<_> = shard.peers.borrow().values().cloned().collect();
+    info!(shard = shard.index, connections = peers.len(), "draining");
+    for peer in &peers {
+        peer.close(close::GOING_AWAY, "server shutting down", true);
+    }
+    drop(peers);
+    let deadline = Instant::now() + shard.config.shutdown.drain_timeout;
+    while !shard.peers.borrow().is_empty() && Instant::now() < deadline {
+        sleep(Duration::from_millis(5)).await;
+    }
+    let left: Vec<_> = shard.peers.borrow().values().cloned().collect();
+    if !left.is_empty() {
+        warn!(shard = shard.index, connections = left.len(), "drain timeout; closing the rest");
+        for peer in &left {
+            peer.abort();
+        }
+        // Let the aborted tasks run once and release their sockets.
+        for _ in 0..3 {
+            futures_lite::future::yield_now().await;
+        }
+    }
+}

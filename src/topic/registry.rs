@@ -1,0 +1,80 @@
+//! Topic -> subscribers of this shard.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use indexmap::IndexMap;
+
+use crate::conn::{ConnId, Peer};
+
+/// One topic's local subscribers, dense for fast fan-out iteration;
+/// `swap_remove` keeps unsubscribe O(1).
+pub type Subscribers = IndexMap<ConnId, Rc<Peer>, ahash::RandomState>;
+
+#[derive(Debug)]
+pub struct TopicEntry {
+    /// The canonical name; connections keep clones of this `Rc` as their
+    /// subscription list, so equal topics compare by pointer.
+    pub name: Rc<str>,
+    pub subscribers: Subscribers,
+    /// While the other shards have not yet confirmed this shard's interest,
+    /// the token of that confirmation round.
+    pub pending_interest: Option<u64>,
+}
+
+/// What a subscribe changed.
+#[derive(Debug)]
+pub struct Subscribed {
+    pub name: Rc<str>,
+    /// The connection was not subscribed before.
+    pub added: bool,
+    /// The topic had no subscriber on this shard before.
+    pub first: bool,
+}
+
+/// Topics with at least one subscriber on this shard. Touched only by the
+/// owning shard; other shards reach these subscribers through
+/// `PublishMsg`s. Bounded by connections x `max_topics_per_connection`;
+/// a topic disappears with its last subscriber.
+#[derive(Debug, Default)]
+pub struct Registry {
+    topics: HashMap<Rc<str>, TopicEntry, ahash::RandomState>,
+}
+
+impl Registry {
+    pub fn subscribe(&mut self, topic: &str, peer: &Rc<Peer>) -> Subscribed {
+        if let Some(entry) = self.topics.get_mut(topic) {
+            let added = entry.subscribers.insert(peer.id, peer.clone()).is_none();
+            return Subscribed { name: entry.name.clone(), added, first: false };
+        }
+        let name: Rc<str> = topic.into();
+        let mut subscribers = Subscribers::default();
+        subscribers.insert(peer.id, peer.clone());
+        self.topics.insert(name.clone(), TopicEntry { name: name.clone(), subscribers, pending_interest: None });
+        Subscribed { name, added: true, first: true }
+    }
+
+    /// Removes `id` from `topic`. Returns `Some(last)` when it was subscribed,
+    /// `last` telling whether the topic has no local subscriber left.
+    pub fn unsubscribe(&mut self, topic: &str, id: ConnId) -> Option<bool> {
+        let entry = self.topics.get_mut(topic)?;
+        entry.subscribers.swap_remove(&id)?;
+        let last = entry.subscribers.is_empty();
+        if last {
+            self.topics.remove(topic);
+        }
+        Some(last)
+    }
+
+    pub fn get(&self, topic: &str) -> Option<&TopicEntry> {
+        self.topics.get(topic)
+    }
+
+    pub fn get_mut(&mut self, topic: &str) -> Option<&mut TopicEntry> {
+        self.topics.get_mut(topic)
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+}

@@ -1,0 +1,186 @@
+//! The HTTP/1.1 upgrade request: parsed with httparse, answered here.
+//!
+//! Pure functions over bytes, so every refusal is unit-tested without a
+//! socket; the connection task does the I/O and the timeout.
+
+/// Which WebSocket endpoint a request upgraded to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    PubSub,
+    Echo,
+}
+
+/// The paths and policies the handshake checks against.
+#[derive(Debug)]
+pub struct Rules<'a> {
+    pub ws_path: &'a str,
+    pub echo_path: Option<&'a str>,
+    pub metrics_path: Option<&'a str>,
+    pub allowed_origins: &'a [String],
+}
+
+/// What to do with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// More bytes are needed to see the whole request.
+    Incomplete,
+    /// Upgrade: `response` is the 101; `consumed` bytes were the request
+    /// (anything after them is already WebSocket data).
+    Upgrade { endpoint: Endpoint, response: Vec<u8>, consumed: usize },
+    /// Serve the metrics page.
+    Metrics,
+    /// Refuse with this status and short text.
+    Refuse { status: u16, reason: &'static str, body: &'static str, extra_headers: &'static str },
+}
+
+fn refuse(status: u16, reason: &'static str, body: &'static str) -> Decision {
+    Decision::Refuse { status, reason, body, extra_headers: "" }
+}
+
+const MAX_HEADERS: usize = 48;
+
+fn header<'a>(req: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a [u8]> {
+    req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+}
+
+fn has_token(value: Option<&[u8]>, token: &str) -> bool {
+    value.is_some_and(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
+}
+
+/// Decides what to answer to the request at the start of `buf`.
+pub fn decide(buf: &[u8], rules: &Rules<'_>) -> Decision {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let consumed = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Decision::Incomplete,
+        Err(httparse::Error::TooManyHeaders) => {
+            return refuse(431, "Request Header Fields Too Large", "too many headers\n")
+        }
+        Err(_) => return refuse(400, "Bad Request", "malformed HTTP request\n"),
+    };
+    let path = req.path.unwrap_or("/");
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let endpoint = if path == rules.ws_path {
+        Endpoint::PubSub
+    } else if Some(path) == rules.echo_path {
+        Endpoint::Echo
+    } else if Some(path) == rules.metrics_path && req.method == Some("GET") {
+        return Decision::Metrics;
+    } else {
+        return refuse(404, "Not Found", "no such endpoint\n");
+    };
+    if req.method != Some("GET") {
+        return Decision::Refuse {
+            status: 405,
+            reason: "Method Not Allowed",
+            body: "WebSocket endpoints accept only GET upgrade requests\n",
+            extra_headers: "Allow: GET\r\n",
+        };
+    }
+    if !has_token(header(&req, "upgrade"), "websocket") || !has_token(header(&req, "connection"), "upgrade") {
+        return Decision::Refuse {
+            status: 426,
+            reason: "Upgrade Required",
+            body: "this endpoint speaks WebSocket only\n",
+            extra_headers: "Upgrade: websocket\r\nConnection: Upgrade\r\n",
+        };
+    }
+    if header(&req, "sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
+        return Decision::Refuse {
+            status: 426,
+            reason: "Upgrade Required",
+            body: "unsupported WebSocket version; use 13\n",
+            extra_headers: "Sec-WebSocket-Version: 13\r\n",
+        };
+    }
+    let Some(key) = header(&req, "sec-websocket-key").map(<[u8]>::trim_ascii).filter(|k| k.len() == 24) else {
+        return refuse(400, "Bad Request", "missing or malformed Sec-WebSocket-Key\n");
+    };
+    if !rules.allowed_origins.is_empty() {
+        // A request without Origin is not from a browser; only browsers are
+        // subject to the origin policy.
+        if let Some(origin) = header(&req, "origin") {
+            if !rules.allowed_origins.iter().any(|o| o.as_bytes() == origin) {
+                return refuse(403, "Forbidden", "origin not allowed\n");
+            }
+        }
+    }
+    let accept = tungstenite::handshake::derive_accept_key(key);
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes();
+    Decision::Upgrade { endpoint, response, consumed }
+}
+
+/// A complete short HTTP response that closes the connection.
+pub fn response(status: u16, reason: &str, extra_headers: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\n{extra_headers}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: Rules<'static> = Rules { ws_path: "/ws", echo_path: Some("/echo"), metrics_path: Some("/metrics"), allowed_origins: &[] };
+
+    fn upgrade(path: &str, extra: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    fn status(d: Decision) -> u16 {
+        match d {
+            Decision::Refuse { status, .. } => status,
+            Decision::Upgrade { .. } => 101,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn upgrades_with_the_rfc_accept_key_and_keeps_trailing_bytes() {
+        let mut req = upgrade("/ws?token=1", "").into_bytes();
+        let len = req.len();
+        req.extend_from_slice(b"\x81\x80");
+        match decide(&req, &RULES) {
+            Decision::Upgrade { endpoint, response, consumed } => {
+                assert_eq!(endpoint, Endpoint::PubSub);
+                assert_eq!(consumed, len);
+                let text = String::from_utf8(response).unwrap();
+                assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(decide(upgrade("/echo", "").as_bytes(), &RULES), Decision::Upgrade { endpoint: Endpoint::Echo, .. }));
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(decide(b"GET /ws HTTP/1.1\r\nHost:", &RULES), Decision::Incomplete);
+        assert_eq!(status(decide(b"\x16\x03\x01garbage\r\n\r\n", &RULES)), 400);
+        assert_eq!(status(decide(upgrade("/nope", "").as_bytes(), &RULES)), 404);
+        assert_eq!(status(decide(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", &RULES)), 426);
+        assert_eq!(status(decide(upgrade("/ws", "").replace("13", "8").as_bytes(), &RULES)), 426);
+        assert_eq!(status(decide(upgrade("/ws", "").replace("GET", "POST").as_bytes(), &RULES)), 405);
+        let no_key = upgrade("/ws", "").replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
+        assert_eq!(status(decide(no_key.as_bytes(), &RULES)), 400);
+        assert_eq!(decide(b"GET /metrics HTTP/1.1\r\n\r\n", &RULES), Decision::Metrics);
+    }
+
+    #[test]
+    fn origin_policy() {
+        let allowed = ["https://good.example".to_string()];
+        let rules = Rules { allowed_origins: &allowed, ..RULES };
+        assert_eq!(status(decide(upgrade("/ws", "Origin: https://evil.example\r\n").as_bytes(), &rules)), 403);
+        assert_eq!(status(decide(upgrade("/ws", "Origin: https://good.example\r\n").as_bytes(), &rules)), 101);
+        assert_eq!(status(decide(upgrade("/ws", "").as_bytes(), &rules)), 101);
+    }
+}
