@@ -377,7 +377,9 @@ impl Conn {
         // The client may never answer a broken conversation: don't wait for it.
         self.close_received = true;
         self.fragment = None;
-        self.peer.close(code, reason, false);
+        // Replies already queued (e.g. the rate_limited errors before a 1008)
+        // go out before the close frame.
+        self.peer.close(code, reason, true);
     }
 
     fn send(&self, frame: bytes::Bytes) {

@@ -1,0 +1,187 @@
+//! Slow consumers, heartbeats, echo, configuration and shutdown.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use tungstenite::Message;
+
+use crate::util::{Client, Server, BIN};
+
+/// Publishes `count` messages of `size` bytes to `topic`.
+fn flood(publisher: &mut Client, topic: &str, count: u64, size: usize) {
+    let filler = "x".repeat(size);
+    for n in 0..count {
+        publisher.publish(topic, json!({"n": n, "fill": filler}));
+    }
+}
+
+#[test]
+fn slow_consumer_is_closed_with_1013_while_others_get_everything() {
+    const N: u64 = 20_000;
+    let server = Server::start(
+        "[limits]\npublish_rate = 0\n[queue]\nmax_messages = 256\nmax_bytes = 262144\nclose_timeout_ms = 20000\n",
+        &["--shards", "2"],
+    );
+    let mut stalled = server.client();
+    stalled.subscribe("firehose");
+    let mut reader = server.client();
+    reader.subscribe("firehose");
+    let rss_before = server.rss_kib();
+    let reading = std::thread::spawn(move || {
+        for n in 0..N {
+            assert_eq!(reader.recv()["payload"]["n"], json!(n));
+        }
+    });
+    let mut publisher = server.client();
+    flood(&mut publisher, "firehose", N, 1000);
+    reading.join().expect("the reading subscriber got every message in order");
+    let rss_after = server.rss_kib();
+    assert!(rss_after < rss_before + 64 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB");
+    // The stalled client now reads: whatever reached its socket, in order, then 1013.
+    let mut last = None;
+    let (code, reason) = loop {
+        match stalled.ws.read().unwrap() {
+            Message::Text(t) => {
+                let n = serde_json::from_str::<serde_json::Value>(&t).unwrap()["payload"]["n"].as_u64().unwrap();
+                assert!(last.is_none_or(|l| n == l + 1), "gap inside the delivered prefix");
+                last = Some(n);
+            }
+            Message::Close(Some(f)) => break (u16::from(f.code), f.reason.to_string()),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
+    assert!(last.unwrap_or(0) < N - 1, "the stalled client cannot have received everything");
+    assert!(server.metric("slow_consumer_disconnects") >= 1);
+}
+
+#[test]
+fn drop_oldest_keeps_the_slow_consumer_and_bounds_memory() {
+    const N: u64 = 20_000;
+    let server = Server::start(
+        "[limits]\npublish_rate = 0\n[queue]\nmax_messages = 128\nmax_bytes = 131072\noverflow = \"drop_oldest\"\n",
+        &["--shards", "1"],
+    );
+    let mut stalled = server.client();
+    stalled.subscribe("firehose");
+    let mut publisher = server.client();
+    let rss_before = server.rss_kib();
+    flood(&mut publisher, "firehose", N, 1000);
+    assert_eq!(publisher.request(json!({"type":"ping"}), 1)["type"], "pong");
+    assert!(server.rss_kib() < rss_before + 64 * 1024);
+    // Still connected; sees an increasing subsequence ending with the last message.
+    let mut last = None;
+    while last != Some(N - 1) {
+        let n = stalled.recv()["payload"]["n"].as_u64().unwrap();
+        assert!(last.is_none_or(|l| n > l), "order kept despite drops");
+        last = Some(n);
+    }
+    assert!(server.metric("dropped_frames") > 0);
+    assert_eq!(server.metric("slow_consumer_disconnects"), 0);
+}
+
+#[test]
+fn heartbeat_pings_and_closes_a_silent_client() {
+    let server = Server::start("[heartbeat]\ninterval_ms = 100\ntimeout_ms = 600\n", &["--shards", "1"]);
+    let mut lively = server.client();
+    let mut silent = server.client();
+    // The lively client reads (and so answers pings) for longer than the timeout.
+    let mut pings = 0;
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = lively.ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    }
+    let until = std::time::Instant::now() + Duration::from_millis(1200);
+    while std::time::Instant::now() < until {
+        match lively.ws.read() {
+            Ok(Message::Ping(_)) => pings += 1,
+            Ok(other) => panic!("{other:?}"),
+            Err(tungstenite::Error::Io(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(pings >= 5, "server pinged {pings} times");
+    assert_eq!(silent.expect_close().0, 1008);
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = lively.ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    assert_eq!(lively.request(json!({"type":"ping"}), 1)["type"], "pong");
+}
+
+#[test]
+fn client_ping_is_answered() {
+    let server = Server::start("", &["--shards", "1"]);
+    let mut c = server.client();
+    c.send_raw(Message::Ping(b"hi".to_vec().into()));
+    loop {
+        match c.ws.read().unwrap() {
+            Message::Pong(p) => break assert_eq!(&p[..], b"hi"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn echo_returns_text_and_binary_exactly() {
+    let server = Server::start("", &["--shards", "2"]);
+    let mut c = Client::connect(&server.url("/echo"));
+    c.send_raw(Message::text("héllo"));
+    assert_eq!(c.recv_message(), Message::text("héllo"));
+    let blob: Vec<u8> = (0..70_000u32).map(|i| (i * 7) as u8).collect();
+    let server_big = Server::start("[limits]\nmax_message_bytes = 100000\n", &["--shards", "1"]);
+    let mut big = Client::connect(&server_big.url("/echo"));
+    big.send_raw(Message::binary(blob.clone()));
+    assert_eq!(big.recv_message(), Message::binary(blob));
+    c.send_raw(Message::binary(vec![0u8, 255, 1]));
+    assert_eq!(c.recv_message(), Message::binary(vec![0u8, 255, 1]));
+    c.ws.close(None).unwrap();
+    loop {
+        match c.ws.read() {
+            Ok(Message::Close(Some(f))) => break assert_eq!(u16::from(f.code), 1000),
+            Ok(Message::Close(None)) => break,
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let disabled = Server::start("[server]\necho_path = \"\"\n", &["--shards", "1"]);
+    assert_eq!(crate::util::refused_status(&disabled.url("/echo"), None), 404);
+}
+
+#[test]
+fn sigterm_sends_1001_and_exits_zero() {
+    let mut server = Server::start("", &["--shards", "2"]);
+    let mut clients = server.clients_on_every_shard(2);
+    for c in &mut clients {
+        c.subscribe("t");
+    }
+    server.signal(libc::SIGTERM);
+    for c in &mut clients {
+        assert_eq!(c.expect_close(), (1001, "server shutting down".to_string()));
+    }
+    drop(clients);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn invalid_config_exits_nonzero_naming_the_key() {
+    for (toml, key) in [
+        ("[server]\nshards = \"many\"\n", "server.shards"),
+        ("[queue]\noverflow = \"explode\"\n", "queue.overflow"),
+        ("[bogus]\nx = 1\n", "bogus"),
+        ("[server]\nlisten = 5\n", "server.listen"),
+    ] {
+        let err = Server::try_start(toml, &[]).err().expect("must not start");
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    let out = Command::new(BIN).args(["--config", "/nonexistent.toml"]).output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+}
+
+#[test]
+fn print_config_shows_the_effective_config() {
+    let out = Command::new(BIN).args(["--print-config", "--shards", "3"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("shards = 3"), "{text}");
+    assert!(text.contains("overflow = \"disconnect\""), "{text}");
+}

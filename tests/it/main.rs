@@ -1,0 +1,8 @@
+//! Integration tests: the real `shardcast` binary, real WebSocket clients.
+//! One test binary (faster to link); one module per area.
+
+mod util;
+
+mod errors;
+mod lifecycle;
+mod pubsub;

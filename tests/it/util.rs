@@ -1,0 +1,239 @@
+//! Test helpers: start the real `shardcast` binary on an ephemeral port and
+//! drive it with a real WebSocket client (tungstenite).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shardcast");
+
+/// A running server; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    _config: Option<tempfile::NamedTempFile>,
+}
+
+impl Server {
+    /// Starts `shardcast --listen 127.0.0.1:0 [--config <toml>] <args>`.
+    pub fn start(config: &str, args: &[&str]) -> Server {
+        Server::try_start(config, args).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    pub fn try_start(config: &str, args: &[&str]) -> Result<Server, String> {
+        let file = (!config.is_empty()).then(|| {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            f.write_all(config.as_bytes()).unwrap();
+            f
+        });
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(f) = &file {
+            cmd.arg("--config").arg(f.path());
+        }
+        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
+        let Some(addr) = line.trim().strip_prefix("listening on ws://") else {
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).ok();
+            return Err(format!("no readiness line; stdout {line:?}, stderr {err}"));
+        };
+        let addr = addr.to_string();
+        Ok(Server { child, addr, _config: file })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.url("/ws"))
+    }
+
+    /// Connects until one client lands on each of `shards` shards.
+    pub fn clients_on_every_shard(&self, shards: usize) -> Vec<Client> {
+        let mut found: Vec<Option<Client>> = (0..shards).map(|_| None).collect();
+        for _ in 0..200 {
+            let c = self.client();
+            let s = c.shard;
+            if found[s].is_none() {
+                found[s] = Some(c);
+            }
+            if found.iter().all(Option::is_some) {
+                return found.into_iter().map(Option::unwrap).collect();
+            }
+        }
+        panic!("the kernel never spread 200 connections over {shards} shards");
+    }
+
+    /// Resident set size of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+    }
+
+    /// A metric summed over shards, from `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let page = http_get(&self.addr, "/metrics");
+        page.lines()
+            .filter(|l| l.starts_with(&format!("shardcast_{name}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Raw HTTP GET; returns the whole response.
+pub fn http_get(addr: &str, path: &str) -> String {
+    raw_request(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+}
+
+/// Sends raw bytes and returns everything the server answers before closing.
+pub fn raw_request(addr: &str, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The HTTP status of a WebSocket handshake refused by the server.
+pub fn refused_status(url: &str, origin: Option<&str>) -> u16 {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("Origin", o.parse().unwrap());
+    }
+    match tungstenite::connect(req) {
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Ok(_) => 101,
+        Err(e) => panic!("unexpected handshake error {e}"),
+    }
+}
+
+/// A WebSocket client that knows protocol v1.
+pub struct Client {
+    pub ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    pub shard: usize,
+    pub id: String,
+}
+
+impl Client {
+    pub fn connect(url: &str) -> Client {
+        let (ws, _) = tungstenite::connect(url).unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+        let mut c = Client { ws, shard: usize::MAX, id: String::new() };
+        if url.ends_with("/ws") {
+            let w = c.recv();
+            assert_eq!(w["type"], "welcome", "{w}");
+            c.shard = w["shard"].as_u64().unwrap() as usize;
+            c.id = w["client"].as_str().unwrap().to_string();
+        }
+        c
+    }
+
+    pub fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).unwrap();
+    }
+
+    pub fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).unwrap();
+    }
+
+    /// Next data message (pings are answered by tungstenite and skipped).
+    pub fn recv_message(&mut self) -> Message {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+                Ok(m) => return m,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    pub fn recv(&mut self) -> Value {
+        match self.recv_message() {
+            Message::Text(t) => serde_json::from_str(&t).unwrap(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Sends a request with an id and returns the reply.
+    pub fn request(&mut self, mut v: Value, id: u64) -> Value {
+        v["id"] = json!(id);
+        self.send(v);
+        let r = self.recv();
+        assert_eq!(r["id"], json!(id), "reply to request {id}: {r}");
+        r
+    }
+
+    pub fn subscribe(&mut self, topic: &str) {
+        let r = self.request(json!({"type":"subscribe","topic":topic}), 1_000_000);
+        assert_eq!(r["type"], "ack", "{r}");
+    }
+
+    pub fn publish(&mut self, topic: &str, payload: Value) {
+        self.send(json!({"type":"publish","topic":topic,"payload":payload}));
+    }
+
+    /// Reads until the server's close frame; returns its code and reason.
+    pub fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(Some(f))) => return (f.code.into(), f.reason.to_string()),
+                Ok(Message::Close(None)) => return (CloseCode::Status.into(), String::new()),
+                Ok(_) => continue,
+                Err(e) => panic!("connection ended without a close frame: {e}"),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives within `wait`.
+    pub fn expect_silence(&mut self, wait: Duration) {
+        if let MaybeTlsStream::Plain(s) = self.ws.get_ref() {
+            s.set_read_timeout(Some(wait)).unwrap();
+        }
+        match self.ws.read() {
+            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Ok(Message::Ping(_)) => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+        if let MaybeTlsStream::Plain(s) = self.ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+    }
+}
