@@ -43,6 +43,7 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub queue: RawQueue,
     pub bus: RawBus,
+    pub redis: RawRedis,
     pub heartbeat: RawHeartbeat,
     pub shutdown: RawShutdown,
     pub log: RawLog,
@@ -94,6 +95,19 @@ pub struct RawBus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: String,
+    pub channel_prefix: String,
+    pub bridge_shard: u64,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub buffer_messages: u64,
+    pub batch_messages: u64,
+    pub pipeline_depth: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawHeartbeat {
     pub interval_ms: u64,
     pub timeout_ms: u64,
@@ -134,6 +148,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
     pub bus: BusConfig,
+    /// `None` when `[redis] url` is empty (single node).
+    pub redis: Option<RedisConfig>,
     pub heartbeat: HeartbeatConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
@@ -186,6 +202,19 @@ pub struct QueueConfig {
 #[derive(Debug, Clone)]
 pub struct BusConfig {
     pub capacity: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The URL as given (it may hold a password: never log it whole).
+    pub url: String,
+    pub channel_prefix: String,
+    pub bridge_shard: usize,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub buffer_messages: usize,
+    pub batch_messages: usize,
+    pub pipeline_depth: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -381,6 +410,36 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         close_timeout: ms(ranged::<u64>("queue.close_timeout_ms", q.close_timeout_ms, 1, 600_000, "1..=600000 ms")?),
     };
     let bus = BusConfig { capacity: ranged("bus.capacity", raw.bus.capacity, 1, 10_000_000, "1..=10000000 messages")? };
+    let r = &raw.redis;
+    let redis = if r.url.is_empty() {
+        None
+    } else {
+        if !(r.url.starts_with("redis://")) || redis::parse_redis_url(&r.url).is_none() {
+            return Err(invalid("redis.url", "(hidden: may contain a password)", "\"\" or redis://[:password@]host:port[/db]"));
+        }
+        let bridge_shard = ranged("redis.bridge_shard", r.bridge_shard, 0, MAX_SHARDS as u64 - 1, "0..=255")?;
+        if bridge_shard >= server.shards {
+            return Err(invalid("redis.bridge_shard", bridge_shard, "less than the number of shards"));
+        }
+        let reconnect_min = ms(ranged::<u64>("redis.reconnect_min_ms", r.reconnect_min_ms, 1, 3_600_000, "1..=3600000 ms")?);
+        let reconnect_max = ms(ranged::<u64>("redis.reconnect_max_ms", r.reconnect_max_ms, 1, 3_600_000, "1..=3600000 ms")?);
+        if reconnect_max < reconnect_min {
+            return Err(invalid("redis.reconnect_max_ms", r.reconnect_max_ms, "at least redis.reconnect_min_ms"));
+        }
+        if r.channel_prefix.chars().any(char::is_control) || r.channel_prefix.len() > 256 {
+            return Err(invalid("redis.channel_prefix", format!("{:?}", r.channel_prefix), "at most 256 bytes without control characters"));
+        }
+        Some(RedisConfig {
+            url: r.url.clone(),
+            channel_prefix: r.channel_prefix.clone(),
+            bridge_shard,
+            reconnect_min,
+            reconnect_max,
+            buffer_messages: ranged("redis.buffer_messages", r.buffer_messages, 1, 100_000_000, "1..=100000000")?,
+            batch_messages: ranged("redis.batch_messages", r.batch_messages, 1, 100_000, "1..=100000")?,
+            pipeline_depth: ranged("redis.pipeline_depth", r.pipeline_depth, 1, 1024, "1..=1024")?,
+        })
+    };
     let h = &raw.heartbeat;
     let heartbeat = HeartbeatConfig {
         interval: optional_ms(ranged::<u64>("heartbeat.interval_ms", h.interval_ms, 0, 86_400_000, "0 (off)..=86400000 ms")?),
@@ -398,7 +457,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         "json" => LogFormat::Json,
         other => return Err(invalid("log.format", format!("{other:?}"), "\"text\" or \"json\"")),
     };
-    Ok(Config { server, limits, queue, bus, heartbeat, shutdown, log: LogConfig { level, format }, raw })
+    Ok(Config { server, limits, queue, bus, redis, heartbeat, shutdown, log: LogConfig { level, format }, raw })
 }
 
 impl RawConfig {
@@ -488,6 +547,16 @@ mod tests {
         assert_eq!(c.server.listen.port(), 0);
         let bad = Overrides { listen: Some("x".into()), shards: None };
         assert!(Config::from_toml("", &bad).unwrap_err().to_string().contains("server.listen"));
+    }
+
+    #[test]
+    fn redis_section_validates() {
+        assert!(Config::defaults().redis.is_none());
+        let c = Config::from_toml("[server]\nshards = 2\n[redis]\nurl = \"redis://:pw@127.0.0.1:6379/3\"\nbridge_shard = 1", &Overrides::default()).unwrap();
+        assert_eq!(c.redis.unwrap().bridge_shard, 1);
+        assert!(err("[server]\nshards = 2\n[redis]\nurl = \"redis://x:1\"\nbridge_shard = 2").contains("redis.bridge_shard"));
+        assert!(err("[redis]\nurl = \"http://x\"").contains("redis.url"));
+        assert!(err("[redis]\nurl = \"redis://x:1\"\nreconnect_min_ms = 10\nreconnect_max_ms = 5").contains("redis.reconnect_max_ms"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`protocol`]: requests, error and close codes; `json` is protocol v1.
 //! - [`topic`]: topic names and the shard-local subscriber registry.
 //! - [`bus`]: cross-shard channels (crossbeam), doorbells, interest map.
+//! - [`bridge`]: Redis pub/sub between nodes (bridge shard only), FlatBuffers envelopes.
 //! - [`metrics`]: per-shard counters, `/metrics`.
 //!
 //! # Threading model
@@ -29,6 +30,7 @@
 //! Each receiving shard queues the same `Bytes` to its own subscribers.
 //! See `docs/architecture.md`.
 
+pub mod bridge;
 pub mod bus;
 pub mod config;
 pub mod conn;

@@ -44,6 +44,12 @@ stats! {
     protocol_errors: "counter", "Connections closed for WebSocket protocol violations (1002/1007/1009).";
     heartbeat_timeouts: "counter", "Connections closed for sending nothing within heartbeat.timeout_ms.";
     accept_errors: "counter", "accept() failures (EMFILE, ENFILE, ...).";
+    redis_connected: "gauge", "1 while the bridge's Redis connections are up (bridge shard only).";
+    redis_connects: "counter", "Successful Redis (re)connections of the bridge.";
+    redis_published: "counter", "Messages PUBLISHed to Redis (acknowledged by Redis).";
+    redis_received: "counter", "Messages received from Redis and fanned out on this node.";
+    redis_dropped: "counter", "Outbound messages dropped: buffer overflow, or lost with a failed connection.";
+    redis_bad_messages: "counter", "Messages from Redis refused (bad envelope, bad JSON, bad topic, too big).";
 }
 
 impl ShardStats {

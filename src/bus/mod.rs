@@ -33,6 +33,11 @@ pub use interest::{InterestMap, ShardSet};
 pub struct PublishMsg {
     pub topic: Arc<str>,
     pub frame: Bytes,
+    /// The payload, as a slice of `frame`.
+    pub payload: Bytes,
+    /// Set only on the copy sent to the Redis bridge shard: publish it to
+    /// the other nodes as well as delivering it locally.
+    pub forward: bool,
 }
 
 /// Control traffic between shards.
@@ -160,7 +165,8 @@ mod tests {
     #[test]
     fn full_data_channel_hands_the_message_back() {
         let (mailboxes, inboxes) = build(1, 2).unwrap();
-        let msg = PublishMsg { topic: "t".into(), frame: Bytes::from_static(b"x") };
+        let frame = Bytes::from_static(b"x");
+        let msg = PublishMsg { topic: "t".into(), payload: frame.clone(), frame, forward: false };
         assert!(mailboxes[0].try_publish(msg.clone()).is_ok());
         assert!(mailboxes[0].try_publish(msg.clone()).is_ok());
         assert!(mailboxes[0].try_publish(msg.clone()).is_err());

@@ -114,12 +114,21 @@ fn text_frame(body: &[u8]) -> Bytes {
 /// `{"type":"message","topic":T,"payload":P}` as a complete text frame: built
 /// once per publish and shared by every recipient on every shard.
 pub fn message_frame(topic: &str, payload: &[u8]) -> Bytes {
+    message_frame_with_payload(topic, payload).0
+}
+
+/// [`message_frame`], plus the payload as a slice of the frame (no copy), for
+/// the Redis bridge.
+pub fn message_frame_with_payload(topic: &str, payload: &[u8]) -> (Bytes, Bytes) {
+    const PREFIX: &[u8] = br#"{"type":"message","topic":"#;
+    const MIDDLE: &[u8] = br#","payload":"#;
     let mut quoted = Vec::with_capacity(topic.len() + 2);
     push_json_str(&mut quoted, topic);
-    frame::build(
-        Opcode::Text,
-        &[br#"{"type":"message","topic":"#, &quoted, br#","payload":"#, payload, b"}"],
-    )
+    let frame = frame::build(Opcode::Text, &[PREFIX, &quoted, MIDDLE, payload, b"}"]);
+    let end = frame.len() - 1;
+    let start = end - payload.len();
+    let payload = frame.slice(start..end);
+    (frame, payload)
 }
 
 pub fn welcome_frame(client: &str, node: &str, shard: usize) -> Bytes {
@@ -162,7 +171,12 @@ mod tests {
     use super::*;
 
     fn body(frame: &Bytes) -> serde_json::Value {
-        serde_json::from_slice(&frame[frame::header_len(frame.len() - 2)..]).unwrap()
+        let header = match frame[1] & 0x7f {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        serde_json::from_slice(&frame[header..]).unwrap()
     }
 
     fn code(text: &str) -> (Option<u64>, ErrorCode) {
@@ -204,6 +218,14 @@ mod tests {
         assert_eq!(code(r#"{"type":"publish","topic":"t"}"#), (None, ErrorCode::BadRequest));
         assert_eq!(code(r#"{"type":"publish","topic":"t","payload":1,"skip_self":"y"}"#), (None, ErrorCode::BadRequest));
         assert_eq!(code(r#"{"type":"dance","id":9}"#), (Some(9), ErrorCode::UnknownType));
+    }
+
+    #[test]
+    fn payload_slice_is_inside_the_frame() {
+        let big = format!("[{}]", "1,".repeat(40_000) + "1");
+        let (frame, payload) = message_frame_with_payload("t", big.as_bytes());
+        assert_eq!(&payload[..], big.as_bytes());
+        assert!(frame.as_ptr_range().contains(&payload.as_ptr()));
     }
 
     #[test]

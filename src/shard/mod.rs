@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::bridge::Bridge;
 use crate::bus::{ControlMsg, InterestMap, Mailbox, PublishMsg, ShardSet};
 use crate::config::Config;
 use crate::conn::{ConnId, Peer};
@@ -30,6 +31,8 @@ use crate::topic::Registry;
 pub struct PendingPublish {
     msg: PublishMsg,
     remaining: ShardSet,
+    /// The shard whose copy must carry `forward` (the bridge), if any.
+    forward_to: Option<usize>,
 }
 
 /// Subscribers waiting for the other shards to confirm a topic's interest.
@@ -75,6 +78,10 @@ pub struct Shard {
     /// The heartbeat ping frame, encoded once.
     pub ping_frame: Bytes,
     pending_interest: RefCell<HashMap<u64, PendingInterest>>,
+    /// The Redis bridge, on the bridge shard only.
+    pub bridge: Option<Rc<Bridge>>,
+    /// The bridge shard's index when Redis is configured.
+    bridge_shard: Option<usize>,
     next_conn: Cell<u64>,
     next_token: Cell<u64>,
     pub shutting_down: Cell<bool>,
@@ -89,6 +96,12 @@ impl Shard {
         node_connections: Arc<AtomicUsize>,
     ) -> Shard {
         let scratch = vec![0; config.server.read_buffer_bytes];
+        let bridge_shard = config.redis.as_ref().map(|r| r.bridge_shard);
+        let bridge = config
+            .redis
+            .as_ref()
+            .filter(|r| r.bridge_shard == index)
+            .map(|r| Rc::new(Bridge::new(r.clone(), config.server.node_id.clone())));
         Shard {
             index,
             config,
@@ -101,6 +114,8 @@ impl Shard {
             scratch: RefCell::new(scratch),
             ping_frame: crate::ws::frame::build(crate::ws::frame::Opcode::Ping, &[]),
             pending_interest: RefCell::default(),
+            bridge,
+            bridge_shard,
             next_conn: Cell::new(0),
             next_token: Cell::new(0),
             shutting_down: Cell::new(false),
@@ -128,6 +143,9 @@ impl Shard {
     pub fn subscribe(&self, peer: &Rc<Peer>, topic: &str, ack: Option<u64>) -> (Rc<str>, SubscribeOutcome) {
         let mut registry = self.registry.borrow_mut();
         let sub = registry.subscribe(topic, peer);
+        if sub.first {
+            self.node_interest_changed(topic, true);
+        }
         let entry = registry.get_mut(topic).expect("just subscribed");
         if sub.first && self.mailboxes.len() > 1 {
             let token = self.next_token.get() + 1;
@@ -160,6 +178,10 @@ impl Shard {
         let Some(last) = self.registry.borrow_mut().unsubscribe(topic, id) else {
             return false;
         };
+        if last {
+            let elsewhere = !self.interest.borrow().shards(topic).is_empty();
+            self.node_interest_changed(topic, elsewhere);
+        }
         if last && self.mailboxes.len() > 1 {
             let shared: Arc<str> = topic.into();
             for (_, mailbox) in self.others() {
@@ -174,14 +196,36 @@ impl Shard {
     /// because a connection with a [`PendingPublish`] is not read until it
     /// completes, and each shard-to-shard channel is FIFO.
     pub fn publish(&self, origin: &Peer, topic: &str, payload: &[u8], skip_self: bool) -> Result<(), PendingPublish> {
-        let frame = json::message_frame(topic, payload);
+        let (frame, payload) = json::message_frame_with_payload(topic, payload);
         ShardStats::add(&self.stats().publishes, 1);
         self.deliver_local(topic, &frame, skip_self.then_some(origin.id));
+        let mut remaining = self.interest.borrow().shards(topic);
+        let mut forward_to = None;
+        match (&self.bridge, self.bridge_shard) {
+            (Some(bridge), _) => bridge.enqueue(topic, &payload, self.stats()),
+            (None, Some(bridge_shard)) => {
+                remaining.insert(bridge_shard);
+                forward_to = Some(bridge_shard);
+            }
+            (None, None) => {}
+        }
+        self.dispatch(PublishMsg { topic: topic.into(), frame, payload, forward: false }, remaining, forward_to)
+    }
+
+    /// Fans out a message that came from another node (through the bridge):
+    /// local subscribers and other interested shards, never back to Redis.
+    pub fn fan_out_remote(&self, topic: &str, payload: &[u8]) -> Result<(), PendingPublish> {
+        let (frame, payload) = json::message_frame_with_payload(topic, payload);
+        self.deliver_local(topic, &frame, None);
         let remaining = self.interest.borrow().shards(topic);
+        self.dispatch(PublishMsg { topic: topic.into(), frame, payload, forward: false }, remaining, None)
+    }
+
+    fn dispatch(&self, msg: PublishMsg, remaining: ShardSet, forward_to: Option<usize>) -> Result<(), PendingPublish> {
         if remaining.is_empty() {
             return Ok(());
         }
-        let mut pending = PendingPublish { msg: PublishMsg { topic: topic.into(), frame }, remaining };
+        let mut pending = PendingPublish { msg, remaining, forward_to };
         if self.retry_publish(&mut pending) {
             Ok(())
         } else {
@@ -193,7 +237,8 @@ impl Shard {
     /// Returns true when it is complete.
     pub fn retry_publish(&self, pending: &mut PendingPublish) -> bool {
         for shard in pending.remaining.iter().collect::<Vec<_>>() {
-            if shard == self.index || self.mailboxes[shard].try_publish(pending.msg.clone()).is_ok() {
+            let msg = PublishMsg { forward: pending.forward_to == Some(shard), ..pending.msg.clone() };
+            if shard == self.index || self.mailboxes[shard].try_publish(msg).is_ok() {
                 pending.remaining.remove(shard);
             }
         }
@@ -201,6 +246,25 @@ impl Shard {
             ShardStats::add(&self.stats().bus_full_waits, 1);
         }
         pending.remaining.is_empty()
+    }
+
+    /// Tells the bridge (on the bridge shard) whether the node has
+    /// subscribers of `topic`.
+    fn node_interest_changed(&self, topic: &str, interested: bool) {
+        if let Some(bridge) = &self.bridge {
+            bridge.set_interest(topic, interested);
+        }
+    }
+
+    /// A publish from another shard: deliver it here and, on the bridge
+    /// shard, pass it on to Redis.
+    fn on_publish(&self, msg: PublishMsg) {
+        self.deliver_local(&msg.topic, &msg.frame, None);
+        if msg.forward {
+            if let Some(bridge) = &self.bridge {
+                bridge.enqueue(&msg.topic, &msg.payload, self.stats());
+            }
+        }
     }
 
     /// Queues `frame` to every local subscriber of `topic` except `skip`.
@@ -223,7 +287,11 @@ impl Shard {
     fn on_control(&self, msg: ControlMsg) {
         match msg {
             ControlMsg::Interest { topic, from, on, token } => {
-                self.interest.borrow_mut().set(&topic, from, on);
+                let mut interest = self.interest.borrow_mut();
+                interest.set(&topic, from, on);
+                let node_wide = !interest.shards(&topic).is_empty() || self.registry.borrow().get(&topic).is_some();
+                drop(interest);
+                self.node_interest_changed(&topic, node_wide);
                 if let Some(token) = token {
                     self.mailboxes[from].control(ControlMsg::InterestApplied { token });
                 }

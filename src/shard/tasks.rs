@@ -47,11 +47,15 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let accept = spawn_local(accept_loop(shard.clone(), listener)).detach();
     let sweeper = spawn_local(sweep_loop(shard.clone())).detach();
+    let bridge = shard.bridge.clone().map(|b| crate::bridge::spawn(shard.clone(), b)).unwrap_or_default();
     ready();
     bus_loop(&shard, inbox).await;
     accept.cancel();
     drain(&shard).await;
     sweeper.cancel();
+    for task in bridge {
+        task.cancel();
+    }
     debug!(shard = index, "shard stopped");
 }
 
@@ -103,7 +107,7 @@ async fn bus_loop(shard: &Shard, inbox: Inbox) {
         let mut n = 0;
         while n < BUS_BATCH {
             let Ok(msg) = inbox.data.try_recv() else { break };
-            shard.deliver_local(&msg.topic, &msg.frame, None);
+            shard.on_publish(msg);
             n += 1;
         }
         ShardStats::add(&shard.stats().bus_received, n as u64);

@@ -6,3 +6,4 @@ mod util;
 mod errors;
 mod lifecycle;
 mod pubsub;
+mod redis;

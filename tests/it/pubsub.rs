@@ -42,7 +42,10 @@ fn payload_is_delivered_verbatim() {
 #[test]
 fn ten_thousand_messages_keep_publisher_order_on_every_subscriber() {
     const N: u64 = 10_000;
-    let server = Server::start(UNLIMITED, &["--shards", "2"]);
+    // Queues big enough for the whole run: this test is about order and
+    // loss, not about slow consumers.
+    let config = format!("{UNLIMITED}[queue]\nmax_messages = 20000\nmax_bytes = 16777216\n");
+    let server = Server::start(&config, &["--shards", "2"]);
     let mut subscribers = server.clients_on_every_shard(2);
     subscribers.push(server.client());
     subscribers.push(server.client());

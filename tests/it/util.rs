@@ -2,6 +2,7 @@
 //! drive it with a real WebSocket client (tungstenite).
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ pub struct Server {
     pub child: Child,
     pub addr: String,
     _config: Option<tempfile::NamedTempFile>,
+    log: tempfile::NamedTempFile,
 }
 
 impl Server {
@@ -32,8 +34,9 @@ impl Server {
             f.write_all(config.as_bytes()).unwrap();
             f
         });
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["--listen", "127.0.0.1:0"]).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args).stdout(Stdio::piped()).stderr(log.reopen().unwrap());
         if let Some(f) = &file {
             cmd.arg("--config").arg(f.path());
         }
@@ -42,12 +45,17 @@ impl Server {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
         let Some(addr) = line.trim().strip_prefix("listening on ws://") else {
-            let mut err = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut err).ok();
+            let _ = child.wait();
+            let err = std::fs::read_to_string(log.path()).unwrap_or_default();
             return Err(format!("no readiness line; stdout {line:?}, stderr {err}"));
         };
         let addr = addr.to_string();
-        Ok(Server { child, addr, _config: file })
+        Ok(Server { child, addr, _config: file, log })
+    }
+
+    /// Everything the server logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -235,5 +243,100 @@ impl Client {
         if let MaybeTlsStream::Plain(s) = self.ws.get_ref() {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real `redis-server` on a loopback port, without persistence; killed when dropped.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    password: Option<String>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Redis::start_on(free_port(), None)
+    }
+
+    pub fn start_on(port: u16, password: Option<&str>) -> Redis {
+        let mut r = Redis { child: None, port, password: password.map(str::to_string) };
+        r.restart();
+        r
+    }
+
+    /// (Re)starts the server on the same port.
+    pub fn restart(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        self.child = Some(cmd.spawn().expect("redis-server is installed (tests/run.sh installs it)"));
+        eventually(Duration::from_secs(10), "redis-server to accept connections", || {
+            self.connection_opt().is_some()
+        });
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    fn connection_opt(&self) -> Option<redis::Connection> {
+        let mut c = redis::Client::open(self.url()).ok()?.get_connection().ok()?;
+        redis::cmd("PING").query::<String>(&mut c).ok()?;
+        Some(c)
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        self.connection_opt().expect("redis is up")
+    }
+
+    /// Channels with at least one subscriber (`PUBSUB CHANNELS`).
+    pub fn channels(&self) -> Vec<String> {
+        let mut v: Vec<String> = redis::cmd("PUBSUB").arg("CHANNELS").query(&mut self.connection()).unwrap();
+        v.sort();
+        v
+    }
+
+    /// Subscribers of one channel (`PUBSUB NUMSUB`).
+    pub fn numsub(&self, channel: &str) -> u64 {
+        let (_, n): (String, u64) = redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query(&mut self.connection()).unwrap();
+        n
+    }
+
+    pub fn publish(&self, channel: &str, data: &[u8]) -> u64 {
+        redis::cmd("PUBLISH").arg(channel).arg(data).query(&mut self.connection()).unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -1,0 +1,100 @@
+//! The Redis wire format between nodes: a FlatBuffers [`Envelope`]
+//! (`schemas/bridge.fbs`), or, from any other Redis client, a bare JSON value.
+
+use flatbuffers::FlatBufferBuilder;
+use serde_json::value::RawValue;
+
+#[allow(clippy::all, unused_imports, dead_code, non_snake_case, unsafe_op_in_unsafe_fn, mismatched_lifetime_syntaxes)]
+#[path = "generated/bridge_generated.rs"]
+mod generated;
+
+pub use generated::shardcast::bridge::{Envelope, EnvelopeArgs, Flags};
+
+/// A message read from Redis, borrowed from the push that carried it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// Published by a shardcast node.
+    Node { origin: &'a str, payload: &'a [u8] },
+    /// Published by another Redis client: the bytes are the JSON payload.
+    External { payload: &'a [u8] },
+}
+
+/// Why a message from Redis was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadMessage {
+    /// Neither a valid envelope nor a JSON value.
+    Undecodable,
+    /// An envelope whose payload is not a JSON value.
+    PayloadNotJson,
+}
+
+/// Encodes one envelope into `builder` (reset first) and returns its bytes.
+pub fn encode<'b>(builder: &'b mut FlatBufferBuilder<'static>, origin: &str, topic: &str, payload: &[u8]) -> &'b [u8] {
+    builder.reset();
+    let origin = builder.create_string(origin);
+    let topic = builder.create_string(topic);
+    let payload = builder.create_vector(payload);
+    let env = Envelope::create(
+        builder,
+        &EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags: Flags::Json, seq: 0, user: None },
+    );
+    generated::shardcast::bridge::finish_envelope_buffer(builder, env);
+    builder.finished_data()
+}
+
+fn is_json(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<&RawValue>(bytes).is_ok()
+}
+
+/// Verifies and decodes untrusted bytes from Redis.
+pub fn decode(bytes: &[u8]) -> Result<Incoming<'_>, BadMessage> {
+    if bytes.len() >= 8 && generated::shardcast::bridge::envelope_buffer_has_identifier(bytes) {
+        if let Ok(env) = generated::shardcast::bridge::root_as_envelope(bytes) {
+            let payload = env.payload().bytes();
+            if !is_json(payload) {
+                return Err(BadMessage::PayloadNotJson);
+            }
+            return Ok(Incoming::Node { origin: env.origin(), payload });
+        }
+    }
+    if is_json(bytes) {
+        return Ok(Incoming::External { payload: bytes });
+    }
+    Err(BadMessage::Undecodable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let mut b = FlatBufferBuilder::new();
+        let bytes = encode(&mut b, "node-a", "news", br#"{"x":1}"#).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: br#"{"x":1}"# }));
+    }
+
+    #[test]
+    fn bare_json_is_external() {
+        assert_eq!(decode(b" [1, 2] "), Ok(Incoming::External { payload: b" [1, 2] " }));
+        assert_eq!(decode(b"\"SCB1SCB1\""), Ok(Incoming::External { payload: b"\"SCB1SCB1\"" }));
+    }
+
+    #[test]
+    fn garbage_is_refused_never_panics() {
+        let mut b = FlatBufferBuilder::new();
+        let good = encode(&mut b, "n", "t", b"1").to_vec();
+        assert_eq!(decode(b"not json"), Err(BadMessage::Undecodable));
+        assert_eq!(decode(b""), Err(BadMessage::Undecodable));
+        for cut in 0..good.len() {
+            let _ = decode(&good[..cut]);
+        }
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0xff;
+            let _ = decode(&bad);
+        }
+        let not_json = encode(&mut b, "n", "t", b"{oops").to_vec();
+        assert_eq!(decode(&not_json), Err(BadMessage::PayloadNotJson));
+    }
+}

@@ -1,0 +1,334 @@
+//! The Redis bridge: fan-out across nodes. Lives on one shard per node
+//! (`[redis] bridge_shard`); other shards reach it only through the bus.
+//!
+//! Two Redis connections, both driven by the bridge shard's executor (no
+//! thread ever blocks on Redis):
+//! - the publisher pipelines `PUBLISH prefix+topic envelope` commands, up to
+//!   `batch_messages` per write and `pipeline_depth` writes ahead of Redis'
+//!   replies, from a buffer bounded by `buffer_messages` (oldest dropped);
+//! - the subscriber `SUBSCRIBE`s exactly the topics with a local subscriber
+//!   somewhere on the node, and turns pushes into the same encode-once
+//!   fan-out as a local publish.
+//!
+//! Both reconnect with exponential backoff; the subscriber re-subscribes
+//! everything on reconnect. Delivery across nodes is at most once.
+
+pub mod envelope;
+mod resp;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashSet, VecDeque};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use flatbuffers::FlatBufferBuilder;
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use glommio::timer::sleep;
+use redis::Value;
+use tracing::{debug, info, warn};
+
+use crate::config::RedisConfig;
+use crate::metrics::ShardStats;
+use crate::shard::Shard;
+use resp::{BridgeError, RespReader};
+
+/// Bytes read from a Redis connection per read call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Channels per SUBSCRIBE command when re-subscribing after a reconnect.
+const SUBSCRIBE_CHUNK: usize = 1000;
+
+/// A single-task wake-up flag (`!Send`, shard-local).
+#[derive(Default)]
+struct Signal {
+    raised: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.raised.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// The bridge shard's Redis state. Touched only by the bridge shard.
+pub struct Bridge {
+    config: RedisConfig,
+    node_id: String,
+    /// Topics with at least one subscriber on this node: what the subscriber
+    /// connection must be SUBSCRIBEd to. Bounded by the node's topics.
+    wanted: RefCell<HashSet<Rc<str>, ahash::RandomState>>,
+    /// SUBSCRIBE (true) / UNSUBSCRIBE (false) not yet sent. Kept only while
+    /// connected (a reconnect re-subscribes `wanted`), so bounded by the
+    /// changes of one connection's lifetime between two writes.
+    changes: RefCell<VecDeque<(Rc<str>, bool)>>,
+    changed: Signal,
+    /// Packed PUBLISH commands waiting for the publisher connection.
+    /// At most `buffer_messages`; the oldest is dropped beyond.
+    outbound: RefCell<VecDeque<Vec<u8>>>,
+    outbound_ready: Signal,
+    subscribed_connected: Cell<bool>,
+    builder: RefCell<FlatBufferBuilder<'static>>,
+}
+
+impl Bridge {
+    pub fn new(config: RedisConfig, node_id: String) -> Bridge {
+        Bridge {
+            config,
+            node_id,
+            wanted: RefCell::default(),
+            changes: RefCell::default(),
+            changed: Signal::default(),
+            outbound: RefCell::default(),
+            outbound_ready: Signal::default(),
+            subscribed_connected: Cell::new(false),
+            builder: RefCell::new(FlatBufferBuilder::with_capacity(1024)),
+        }
+    }
+
+    fn channel(&self, topic: &str) -> String {
+        format!("{}{}", self.config.channel_prefix, topic)
+    }
+
+    /// Records whether the node has local interest in `topic` now, and
+    /// queues the SUBSCRIBE/UNSUBSCRIBE that follows.
+    pub fn set_interest(&self, topic: &str, interested: bool) {
+        let mut wanted = self.wanted.borrow_mut();
+        let changed = if interested {
+            !wanted.contains(topic) && wanted.insert(Rc::from(topic))
+        } else {
+            wanted.remove(topic)
+        };
+        if changed && self.subscribed_connected.get() {
+            self.changes.borrow_mut().push_back((Rc::from(topic), interested));
+            self.changed.raise();
+        }
+    }
+
+    /// Queues a publish for the other nodes.
+    pub fn enqueue(&self, topic: &str, payload: &[u8], stats: &ShardStats) {
+        let mut builder = self.builder.borrow_mut();
+        let envelope = envelope::encode(&mut builder, &self.node_id, topic, payload);
+        let command = redis::cmd("PUBLISH").arg(self.channel(topic)).arg(envelope).get_packed_command();
+        drop(builder);
+        let mut outbound = self.outbound.borrow_mut();
+        if outbound.len() >= self.config.buffer_messages {
+            outbound.pop_front();
+            ShardStats::add(&stats.redis_dropped, 1);
+        }
+        outbound.push_back(command);
+        drop(outbound);
+        self.outbound_ready.raise();
+    }
+
+    /// A safe description of the server for logs (the URL may hold a password).
+    fn server_name(&self) -> String {
+        match redis::parse_redis_url(&self.config.url) {
+            Some(u) => format!("{}:{}", u.host_str().unwrap_or("?"), u.port().unwrap_or(6379)),
+            None => "redis".into(),
+        }
+    }
+}
+
+/// Starts the bridge's two connection tasks on the current (bridge) shard.
+pub fn spawn(shard: Rc<Shard>, bridge: Rc<Bridge>) -> Vec<glommio::task::JoinHandle<()>> {
+    vec![
+        glommio::spawn_local(reconnecting(shard.clone(), bridge.clone(), Role::Publisher)).detach(),
+        glommio::spawn_local(reconnecting(shard, bridge, Role::Subscriber)).detach(),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Publisher,
+    Subscriber,
+}
+
+/// Keeps one connection up, with exponential backoff between attempts.
+async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, role: Role) {
+    let cfg = &bridge.config;
+    let mut backoff = cfg.reconnect_min;
+    let mut warned = false;
+    loop {
+        match resp::connect(&cfg.url).await {
+            Ok(stream) => {
+                info!(role = ?role, server = %bridge.server_name(), "redis connected");
+                ShardStats::add(&shard.stats().redis_connects, 1);
+                backoff = cfg.reconnect_min;
+                warned = false;
+                let result = match role {
+                    Role::Publisher => run_publisher(&shard, &bridge, stream).await,
+                    Role::Subscriber => run_subscriber(&shard, &bridge, stream).await,
+                };
+                if role == Role::Subscriber {
+                    bridge.subscribed_connected.set(false);
+                    ShardStats::sub(&shard.stats().redis_connected, 1);
+                }
+                let err = result.expect_err("connection loops only end in error");
+                warn!(role = ?role, server = %bridge.server_name(), "redis connection lost: {err}; reconnecting");
+            }
+            Err(err) => {
+                // Log the first failure as a warning and the rest quietly,
+                // but always name an authentication problem.
+                if !warned || matches!(err, BridgeError::Refused(_)) {
+                    warn!(role = ?role, server = %bridge.server_name(), retry_in_ms = backoff.as_millis() as u64, "redis unavailable: {err}; local fan-out continues, retrying");
+                    warned = true;
+                } else {
+                    debug!(role = ?role, "redis still unavailable: {err}");
+                }
+            }
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(cfg.reconnect_max);
+    }
+}
+
+/// Writes pipelined PUBLISH batches and counts Redis' replies.
+async fn run_publisher(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) -> Result<(), BridgeError> {
+    let cfg = &bridge.config;
+    let stats = shard.stats();
+    let mut reader = RespReader::new(READ_CHUNK, shard.config.limits.max_message_bytes);
+    // Sizes of the batches written and not yet fully answered.
+    let mut in_flight: VecDeque<usize> = VecDeque::new();
+    let mut packed = Vec::new();
+    loop {
+        let has_outbound = !bridge.outbound.borrow().is_empty();
+        if has_outbound && in_flight.len() < cfg.pipeline_depth {
+            packed.clear();
+            let mut outbound = bridge.outbound.borrow_mut();
+            let n = outbound.len().min(cfg.batch_messages);
+            for command in outbound.drain(..n) {
+                packed.extend_from_slice(&command);
+            }
+            drop(outbound);
+            in_flight.push_back(n);
+            if let Err(e) = stream.write_all(&packed).await {
+                ShardStats::add(&stats.redis_dropped, in_flight.iter().sum::<usize>() as u64);
+                return Err(e.into());
+            }
+            continue;
+        }
+        if in_flight.is_empty() {
+            bridge.outbound_ready.wait().await;
+            continue;
+        }
+        let replies = match reader.read_values(&mut stream).await {
+            Ok(v) => v,
+            Err(e) => {
+                ShardStats::add(&stats.redis_dropped, in_flight.iter().sum::<usize>() as u64);
+                return Err(e);
+            }
+        };
+        for reply in replies {
+            if let Value::ServerError(e) = &reply {
+                warn!("redis refused a PUBLISH: {e:?}");
+                ShardStats::add(&stats.redis_dropped, 1);
+            } else {
+                ShardStats::add(&stats.redis_published, 1);
+            }
+            let head = in_flight.front_mut().ok_or(BridgeError::Protocol("reply without a request"))?;
+            *head -= 1;
+            if *head == 0 {
+                in_flight.pop_front();
+            }
+        }
+    }
+}
+
+/// Keeps the SUBSCRIBE set in line with local interest and fans out pushes.
+async fn run_subscriber(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) -> Result<(), BridgeError> {
+    let mut reader = RespReader::new(READ_CHUNK, shard.config.limits.max_message_bytes);
+    // Everything wanted now, then changes as they come.
+    let wanted: Vec<Rc<str>> = bridge.wanted.borrow().iter().cloned().collect();
+    for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
+        let mut cmd = redis::cmd("SUBSCRIBE");
+        for topic in chunk {
+            cmd.arg(bridge.channel(topic));
+        }
+        stream.write_all(&cmd.get_packed_command()).await?;
+    }
+    bridge.changes.borrow_mut().clear();
+    bridge.subscribed_connected.set(true);
+    ShardStats::add(&shard.stats().redis_connected, 1);
+    loop {
+        let changes: Vec<(Rc<str>, bool)> = bridge.changes.borrow_mut().drain(..).collect();
+        if !changes.is_empty() {
+            let mut packed = Vec::new();
+            for (topic, on) in changes {
+                redis::cmd(if on { "SUBSCRIBE" } else { "UNSUBSCRIBE" }).arg(bridge.channel(&topic)).write_packed_command(&mut packed);
+            }
+            stream.write_all(&packed).await?;
+        }
+        let pushes = futures_lite::future::or(async { Some(reader.read_values(&mut stream).await) }, async {
+            bridge.changed.wait().await;
+            None
+        })
+        .await;
+        let Some(pushes) = pushes else { continue };
+        for push in pushes? {
+            on_push(shard, bridge, push).await;
+        }
+    }
+}
+
+/// Handles one value pushed by Redis on the subscriber connection.
+async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
+    let stats = shard.stats();
+    let Value::Array(parts) = push else {
+        ShardStats::add(&stats.redis_bad_messages, 1);
+        return;
+    };
+    let [Value::BulkString(kind), Value::BulkString(channel), Value::BulkString(data)] = parts.as_slice() else {
+        // subscribe/unsubscribe confirmations: [kind, channel, count].
+        return;
+    };
+    if kind.as_slice() != b"message" {
+        return;
+    }
+    let topic = std::str::from_utf8(channel)
+        .ok()
+        .and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()))
+        .filter(|t| crate::topic::validate(t, shard.config.limits.max_topic_len).is_ok());
+    let Some(topic) = topic else {
+        ShardStats::add(&stats.redis_bad_messages, 1);
+        return;
+    };
+    let payload = match envelope::decode(data) {
+        Ok(envelope::Incoming::Node { origin, .. }) if origin == bridge.node_id => return,
+        Ok(envelope::Incoming::Node { payload, .. }) | Ok(envelope::Incoming::External { payload }) => payload,
+        Err(bad) => {
+            ShardStats::add(&stats.redis_bad_messages, 1);
+            debug!(topic, ?bad, "refused a message from redis");
+            return;
+        }
+    };
+    if payload.len() > shard.config.limits.max_message_bytes {
+        ShardStats::add(&stats.redis_bad_messages, 1);
+        return;
+    }
+    ShardStats::add(&stats.redis_received, 1);
+    if let Err(mut pending) = shard.fan_out_remote(topic, payload) {
+        // Backpressure: stop reading Redis until every shard took it.
+        while !shard.retry_publish(&mut pending) {
+            sleep(Duration::from_micros(200)).await;
+        }
+    }
+}
