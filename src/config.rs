@@ -65,6 +65,7 @@ pub struct RawServer {
     pub max_handshake_bytes: u64,
     pub backlog: u64,
     pub read_buffer_bytes: u64,
+    pub write_buffer_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +178,7 @@ pub struct ServerConfig {
     pub max_handshake_bytes: usize,
     pub backlog: i32,
     pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -387,6 +389,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         max_handshake_bytes: ranged("server.max_handshake_bytes", s.max_handshake_bytes, 256, 1 << 20, "256..=1048576 bytes")?,
         backlog: ranged("server.backlog", s.backlog, 1, 65_535, "1..=65535")?,
         read_buffer_bytes: ranged("server.read_buffer_bytes", s.read_buffer_bytes, 4096, 16 << 20, "4096..=16777216 bytes")?,
+        write_buffer_bytes: ranged("server.write_buffer_bytes", s.write_buffer_bytes, 4096, 16 << 20, "4096..=16777216 bytes")?,
     };
     let l = &raw.limits;
     let limits = LimitsConfig {

@@ -258,16 +258,36 @@ impl Conn {
         }
     }
 
-    /// Writes as much of the outbox as the socket takes, in vectored writes.
+    /// Writes as much of the outbox as the socket takes. Small frames are
+    /// copied into the shard's write scratch and sent with one `send` (one
+    /// kernel copy of one buffer beats many tiny iovecs); a frame too large
+    /// for the scratch goes out as a vectored write straight from the queue.
     /// Ready(Ok) when the outbox is empty.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let shard = self.shard.clone();
         loop {
             let mut out = self.peer.outbox();
             if out.is_empty() {
                 return Poll::Ready(Ok(()));
             }
-            let iov: IovBatch = out.slices(MAX_IOVECS).collect();
-            match send_vectored(self.stream.as_raw_fd(), iov.as_slice()) {
+            let mut scratch = shard.write_scratch.borrow_mut();
+            scratch.clear();
+            let cap = scratch.capacity();
+            for slice in out.slices(usize::MAX) {
+                if scratch.len() + slice.len() > cap {
+                    break;
+                }
+                scratch.extend_from_slice(slice);
+            }
+            let sent = if scratch.is_empty() {
+                let iov: IovBatch = out.slices(MAX_IOVECS).collect();
+                send_vectored(self.stream.as_raw_fd(), iov.as_slice())
+            } else {
+                let one = [libc::iovec { iov_base: scratch.as_mut_ptr().cast(), iov_len: scratch.len() }];
+                send_vectored(self.stream.as_raw_fd(), &one)
+            };
+            drop(scratch);
+            match sent {
                 Ok(n) => out.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Wait for writability through the reactor: glommio's

@@ -75,6 +75,10 @@ pub struct Shard {
     /// borrows it only for the duration of one non-blocking read and the
     /// synchronous parsing that follows, so idle connections hold no buffer.
     pub scratch: RefCell<Vec<u8>>,
+    /// Write staging space shared by all connections of the shard: small
+    /// queued frames are copied here and sent in one syscall. Borrowed only
+    /// within one non-blocking send. Its capacity is `write_buffer_bytes`.
+    pub write_scratch: RefCell<Vec<u8>>,
     /// The heartbeat ping frame, encoded once.
     pub ping_frame: Bytes,
     pending_interest: RefCell<HashMap<u64, PendingInterest>>,
@@ -96,6 +100,7 @@ impl Shard {
         node_connections: Arc<AtomicUsize>,
     ) -> Shard {
         let scratch = vec![0; config.server.read_buffer_bytes];
+        let write_scratch = Vec::with_capacity(config.server.write_buffer_bytes);
         let bridge_shard = config.redis.as_ref().map(|r| r.bridge_shard);
         let bridge = config
             .redis
@@ -112,6 +117,7 @@ impl Shard {
             all_stats,
             node_connections,
             scratch: RefCell::new(scratch),
+            write_scratch: RefCell::new(write_scratch),
             ping_frame: crate::ws::frame::build(crate::ws::frame::Opcode::Ping, &[]),
             pending_interest: RefCell::default(),
             bridge,

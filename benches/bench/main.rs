@@ -1,0 +1,419 @@
+//! shardcast-bench: the load generator users run to measure shardcast (or
+//! any server speaking protocol v1, docs/protocol.md) on their own hardware.
+//!
+//! Scenarios: `fanout`, `rooms`, `idle`, `connect`, `echo`, and `compare`
+//! (one scenario against shardcast and the tokio baseline, alternating).
+//! Every run reports the server's CPU seconds and RSS (`--server-pid`, or
+//! `--spawn "CMD"`), the generator's own CPU, and the efficiency figure
+//! "per server CPU-second". The generator runs on one thread; see
+//! benches/README.md for pinning server and generator to different cores.
+
+mod proc;
+mod progress;
+mod report;
+mod scenarios;
+mod ws;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use progress::Progress;
+use report::Report;
+use ws::Target;
+
+#[derive(Debug, Parser)]
+#[command(name = "shardcast-bench", version, about = "Load generator for shardcast and protocol-v1 servers")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// S subscribers on T topics, P publishers, payload B, at rate R or --max.
+    Fanout(FanoutArgs),
+    /// C clients in rooms of K, each publishing r msg/s to its room.
+    Rooms(RoomsArgs),
+    /// Open N subscribed connections and hold them: server RSS per connection, idle CPU.
+    Idle(IdleArgs),
+    /// Handshakes per second: connect, handshake, subscribe, ack, close.
+    Connect(ConnectArgs),
+    /// Round trips on the echo endpoint.
+    Echo(EchoArgs),
+    /// Run one scenario against shardcast and the baseline, alternating.
+    Compare(CompareArgs),
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Server URL; the path is the scenario's (/ws, or /echo for echo).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// Measured seconds (after warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Warm-up seconds, not measured.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Print one JSON object per run instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Report this server process's CPU and RSS.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Start the server with this shell command, wait for its `listening on`
+    /// line, measure it, stop it after (its address replaces --url's).
+    #[arg(long, value_name = "CMD")]
+    spawn: Option<String>,
+    /// Draw the latency distribution to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Source addresses to spread connections over (127.0.0.2, 127.0.0.3, ...);
+    /// 0 = let the kernel choose. Each address has ~28k ephemeral ports.
+    #[arg(long, default_value_t = 0)]
+    sources: usize,
+    #[arg(long, hide = true, default_value_t = 0)]
+    source_offset: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Total publishes per second (all publishers).
+    #[arg(long, conflicts_with = "max")]
+    rate: Option<f64>,
+    /// As fast as the server sustains, with at most --window messages per publisher in flight.
+    #[arg(long)]
+    max: bool,
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RoomsArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, default_value_t = 2000)]
+    clients: usize,
+    #[arg(long, default_value_t = 10)]
+    room_size: usize,
+    /// Publishes per second per client.
+    #[arg(long, default_value_t = 10.0)]
+    msg_rate: f64,
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    #[arg(long, default_value_t = 100)]
+    topics: usize,
+    /// Internal: run as a child holding connections until stdin closes.
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Concurrent connectors.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EchoArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Rounds per server (alternating shardcast, baseline, shardcast, ...).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Command starting shardcast (default: the shardcast binary next to this one, port 0).
+    #[arg(long, value_name = "CMD")]
+    shardcast: Option<String>,
+    /// Command starting the baseline (default: shardcast-baseline next to this one, port 0).
+    #[arg(long, value_name = "CMD")]
+    baseline: Option<String>,
+    /// The scenario and its options, e.g. `--scenario fanout --subscribers 1000 --max`.
+    #[arg(long)]
+    scenario: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    rest: Vec<String>,
+}
+
+/// Resolved options of one run.
+pub struct Run {
+    pub url: String,
+    pub target: Target,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub server_pid: Option<u32>,
+    pub sources: usize,
+    pub source_offset: usize,
+}
+
+fn common(s: &Scenario) -> &CommonArgs {
+    match s {
+        Scenario::Fanout(a) => &a.common,
+        Scenario::Rooms(a) => &a.common,
+        Scenario::Idle(a) => &a.common,
+        Scenario::Connect(a) => &a.common,
+        Scenario::Echo(a) => &a.common,
+        Scenario::Compare(_) => unreachable!("compare has no common options"),
+    }
+}
+
+/// Connections one process may open, leaving room for its own files.
+pub fn fd_budget() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (lim.rlim_cur as usize).saturating_sub(100).max(1)
+}
+
+/// Raises the soft open-file limit to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: get/setrlimit on structs we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Starts a child process holding `count` idle connections.
+pub fn spawn_idle_child(run: &Run, count: usize, topics: usize, offset: usize) -> Result<Child, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    Command::new(exe)
+        .args(["idle", "--child", "--url", &run.url])
+        .args(["--connections", &count.to_string(), "--topics", &topics.to_string()])
+        .args(["--sources", &run.sources.to_string(), "--source-offset", &offset.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start an idle child: {e}"))
+}
+
+/// Waits for a child's `connected` line.
+pub fn await_child_ready(child: &mut Child) -> Result<(), String> {
+    let stdout = child.stdout.take().ok_or("child has no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
+    if line.trim() == "connected" {
+        Ok(())
+    } else {
+        Err(format!("idle child failed: {}", line.trim()))
+    }
+}
+
+fn main() {
+    raise_fd_limit();
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Compare(c) => compare(c),
+        Scenario::Idle(a) if a.child => idle_child(&a),
+        s => run_once(&s).map(|r| r.print(common(&s).json)),
+    };
+    if let Err(e) = result {
+        eprintln!("shardcast-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs one scenario (spawning the server if asked) and returns its report.
+fn run_once(s: &Scenario) -> Result<Report, String> {
+    let c = common(s);
+    let spawned = c.spawn.as_deref().map(proc::Spawned::start).transpose()?;
+    let path = match s {
+        Scenario::Echo(_) => "/echo",
+        _ => "/ws",
+    };
+    let mut target = Target::parse(&c.url)?;
+    if let Some(sp) = &spawned {
+        target = Target::parse(&format!("ws://{}{}", sp.addr, path))?;
+    } else if matches!(s, Scenario::Echo(_)) {
+        target = target.with_path(path);
+    }
+    let run = Run {
+        url: format!("ws://{}{}", target.addr, target.path),
+        target,
+        duration: Duration::from_secs_f64(c.duration.max(0.1)),
+        warmup: Duration::from_secs_f64(c.warmup.max(0.0)),
+        server_pid: spawned.as_ref().map(proc::Spawned::pid).or(c.server_pid),
+        sources: c.sources,
+        source_offset: c.source_offset,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let local = tokio::task::LocalSet::new();
+    let (report, hist) = local.block_on(&rt, async {
+        match s {
+            Scenario::Fanout(a) => scenarios::fanout(&run, a, &Progress::new("deliveries")).await.map(|(r, h)| (r, Some(h))),
+            Scenario::Rooms(a) => scenarios::rooms(&run, a, &Progress::new("deliveries")).await.map(|(r, h)| (r, Some(h))),
+            Scenario::Idle(a) => scenarios::idle(&run, a, &Progress::new("connections")).await.map(|r| (r, None)),
+            Scenario::Connect(a) => scenarios::connect(&run, a, &Progress::new("handshakes")).await.map(|(r, h)| (r, Some(h))),
+            Scenario::Echo(a) => scenarios::echo(&run, a, &Progress::new("round trips")).await.map(|(r, h)| (r, Some(h))),
+            Scenario::Compare(_) => unreachable!(),
+        }
+    })?;
+    if let (Some(path), Some(h)) = (&c.plot, &hist) {
+        report::plot(path, &format!("shardcast-bench {}: latency", report.scenario), h)?;
+    }
+    drop(spawned);
+    Ok(report)
+}
+
+/// Child of `idle`: hold connections until stdin closes.
+fn idle_child(a: &IdleArgs) -> Result<(), String> {
+    let target = Target::parse(&a.common.url)?;
+    let run = Run {
+        url: a.common.url.clone(),
+        target,
+        duration: Duration::ZERO,
+        warmup: Duration::ZERO,
+        server_pid: None,
+        sources: a.common.sources,
+        source_offset: a.common.source_offset,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let stop = std::rc::Rc::new(tokio::sync::Notify::new());
+        if let Err(e) = scenarios::hold_idle(&run, a.connections, a.topics, stop).await {
+            println!("error {e}");
+            return;
+        }
+        println!("connected");
+        let _ = std::io::stdout().flush();
+        // Hold until the parent closes our stdin.
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 16];
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn sibling(name: &str) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        return Err(format!("{} not found; build it with cargo build --release --bins", path.display()));
+    }
+    Ok(path.display().to_string())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// `compare`: the same scenario against shardcast and the baseline,
+/// alternating rounds; prints medians and ratios.
+fn compare(c: CompareArgs) -> Result<(), String> {
+    let shardcast = match c.shardcast {
+        Some(cmd) => cmd,
+        None => format!("{} --listen 127.0.0.1:0 --config {}", sibling("shardcast")?, bench_config()?),
+    };
+    let baseline = match c.baseline {
+        Some(cmd) => cmd,
+        None => format!("{} --listen 127.0.0.1:0", sibling("shardcast-baseline")?),
+    };
+    let mut results: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
+    let mut json = false;
+    for round in 0..c.rounds.max(1) {
+        for (i, cmd) in [&shardcast, &baseline].into_iter().enumerate() {
+            let mut argv = vec!["shardcast-bench".to_string(), c.scenario.clone()];
+            argv.extend(c.rest.iter().cloned());
+            argv.extend(["--spawn".to_string(), cmd.clone()]);
+            let cli = Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
+            json = common(&cli.scenario).json;
+            let report = run_once(&cli.scenario)?;
+            eprintln!(
+                "round {} {}: {:.0} {}/s, {} per server CPU-s",
+                round + 1,
+                ["shardcast", "baseline"][i],
+                report.ops_per_second,
+                report.ops_kind,
+                report.ops_per_server_cpu_second.map_or("-".into(), |v| format!("{v:.0}"))
+            );
+            if json {
+                let mut v = serde_json::to_value(&report).expect("serialises");
+                v["server_name"] = ["shardcast", "baseline"][i].into();
+                v["round"] = (round + 1).into();
+                println!("{v}");
+            }
+            results[i].push(report);
+        }
+    }
+    if json {
+        return Ok(());
+    }
+    type Metric = fn(&Report) -> Option<f64>;
+    let metrics: [(&str, Metric); 7] = [
+        ("ops/s", |r| Some(r.ops_per_second)),
+        ("ops per server CPU-s", |r| r.ops_per_server_cpu_second),
+        ("server CPU %", |r| r.server.as_ref().map(|s| s.cpu_percent)),
+        ("p50 latency µs", |r| r.latency.as_ref().map(|l| l.p50_us)),
+        ("p99 latency µs", |r| r.latency.as_ref().map(|l| l.p99_us)),
+        ("server RSS after MiB", |r| r.server.as_ref().map(|s| s.rss_after_bytes as f64 / 1048576.0)),
+        ("lost + out of order", |r| Some((r.lost + r.out_of_order) as f64)),
+    ];
+    let rows: Vec<Vec<String>> = metrics
+        .iter()
+        .map(|(name, f)| {
+            let a = median(results[0].iter().filter_map(f).collect());
+            let b = median(results[1].iter().filter_map(f).collect());
+            let ratio = if b != 0.0 && a.is_finite() && b.is_finite() { format!("{:.2}x", a / b) } else { "-".into() };
+            vec![name.to_string(), format!("{a:.1}"), format!("{b:.1}"), ratio]
+        })
+        .collect();
+    println!("scenario {} {} — medians of {} rounds each, alternating", c.scenario, c.rest.join(" "), c.rounds);
+    report::print_table(&["", "shardcast", "baseline", "shardcast/baseline"], &rows);
+    Ok(())
+}
+
+/// The server config the benches use (rate limits off, roomy queues).
+fn bench_config() -> Result<String, String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/server.toml");
+    if std::path::Path::new(path).exists() {
+        Ok(path.to_string())
+    } else {
+        Err(format!("{path} not found; pass --shardcast \"CMD\""))
+    }
+}

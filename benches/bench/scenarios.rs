@@ -1,0 +1,551 @@
+//! The load scenarios. Everything runs on one thread (a tokio current-thread
+//! runtime with a `LocalSet`), so the generator's cost is one core at most
+//! and shared state is plain `Cell`/`RefCell`.
+
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, Ipv4Addr};
+use std::rc::Rc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+use tokio::task::spawn_local;
+
+use crate::progress::Progress;
+use crate::report::{Latency, Report, Window};
+use crate::ws::{field, put_frame, Target, Ws, OP_TEXT};
+use crate::{ConnectArgs, EchoArgs, FanoutArgs, IdleArgs, RoomsArgs, Run};
+
+/// Connections opened at once while setting up.
+const SETUP_PARALLELISM: usize = 256;
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
+
+/// The i-th source address: 127.0.0.2, 127.0.0.3, ... (`sources` of them),
+/// or the kernel's choice when `sources` is 0.
+pub fn source(i: usize, sources: usize, offset: usize) -> Option<IpAddr> {
+    (sources > 0).then(|| {
+        let n = 2 + ((i + offset) % sources) as u32;
+        IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + n))
+    })
+}
+
+/// Opens `n` connections, `SETUP_PARALLELISM` at a time; `prepare` runs on
+/// each (e.g. welcome + subscribe).
+async fn connect_many<F, Fut>(run: &Run, target: &Target, n: usize, prepare: F) -> Result<Vec<Ws>, String>
+where
+    F: Fn(usize, Ws) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = std::io::Result<Ws>> + 'static,
+{
+    let mut out = Vec::with_capacity(n);
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<_> = (i..(i + SETUP_PARALLELISM).min(n))
+            .map(|j| {
+                let target = target.clone();
+                let prepare = prepare.clone();
+                let src = source(j, run.sources, run.source_offset);
+                spawn_local(async move {
+                    let ws = Ws::connect(&target, src, false).await?;
+                    prepare(j, ws).await
+                })
+            })
+            .collect();
+        for task in batch {
+            let ws = task.await.map_err(|e| e.to_string())?.map_err(|e| format!("connection {i}: {e}"))?;
+            out.push(ws);
+        }
+        i = (i + SETUP_PARALLELISM).min(n);
+    }
+    Ok(out)
+}
+
+/// `{"s":SEQ,"p":PUB,"t":NANOS,"x":"..."}` padded to `size` bytes.
+fn payload(seq: u64, publisher: usize, size: usize) -> String {
+    let mut p = format!(r#"{{"s":{seq},"p":{publisher},"t":{},"x":""#, now_ns());
+    let pad = size.saturating_sub(p.len() + 2);
+    p.extend(std::iter::repeat_n('x', pad));
+    p.push_str("\"}");
+    p
+}
+
+fn publish_frame(out: &mut Vec<u8>, topic: &str, payload: &str) {
+    let req = format!(r#"{{"type":"publish","topic":"{topic}","payload":{payload}}}"#);
+    put_frame(out, OP_TEXT, req.as_bytes());
+}
+
+/// Per-subscriber bookkeeping of sequence numbers from each publisher.
+struct SeqCheck {
+    /// Next expected sequence number per publisher.
+    next: RefCell<Vec<u64>>,
+    lost: Cell<u64>,
+    duplicated: Cell<u64>,
+    out_of_order: Cell<u64>,
+}
+
+impl SeqCheck {
+    fn new(publishers: usize) -> SeqCheck {
+        SeqCheck { next: RefCell::new(vec![0; publishers]), lost: Cell::new(0), duplicated: Cell::new(0), out_of_order: Cell::new(0) }
+    }
+
+    fn see(&self, publisher: usize, seq: u64) {
+        let mut next = self.next.borrow_mut();
+        let Some(expected) = next.get_mut(publisher) else { return };
+        match seq.cmp(expected) {
+            std::cmp::Ordering::Equal => *expected += 1,
+            std::cmp::Ordering::Greater => {
+                self.lost.set(self.lost.get() + (seq - *expected));
+                *expected = seq + 1;
+            }
+            std::cmp::Ordering::Less if seq + 1 == *expected => self.duplicated.set(self.duplicated.get() + 1),
+            std::cmp::Ordering::Less => {
+                // Counted as lost when skipped; it arrived after all.
+                self.out_of_order.set(self.out_of_order.get() + 1);
+                self.lost.set(self.lost.get().saturating_sub(1));
+            }
+        }
+    }
+}
+
+/// Shared by the subscriber readers of one run.
+struct Deliveries {
+    total: Cell<u64>,
+    per_publisher: Vec<Cell<u64>>,
+    hist: RefCell<Histogram<u64>>,
+    recording: Cell<bool>,
+    /// Publishers waiting for deliveries (`--max` window).
+    room: Notify,
+}
+
+impl Deliveries {
+    fn new(publishers: usize) -> Rc<Deliveries> {
+        Rc::new(Deliveries {
+            total: Cell::new(0),
+            per_publisher: (0..publishers).map(|_| Cell::new(0)).collect(),
+            hist: RefCell::new(new_hist()),
+            recording: Cell::new(false),
+            room: Notify::new(),
+        })
+    }
+
+    /// Records one message frame; returns (publisher, seq) when it is ours.
+    fn record(&self, text: &[u8]) -> Option<(usize, u64)> {
+        if !text.starts_with(br#"{"type":"message""#) {
+            return None;
+        }
+        let seq = field(text, br#""s":"#)?;
+        let publisher = field(text, br#""p":"#)? as usize;
+        let sent = field(text, br#""t":"#)?;
+        if self.recording.get() {
+            let _ = self.hist.borrow_mut().record(now_ns().saturating_sub(sent).max(1));
+        }
+        self.total.set(self.total.get() + 1);
+        if let Some(c) = self.per_publisher.get(publisher) {
+            c.set(c.get() + 1);
+        }
+        self.room.notify_waiters();
+        Some((publisher, seq))
+    }
+}
+
+/// Warm-up, then the measured window; returns the window's deliveries and measurements.
+async fn measure(run: &Run, progress: &Progress, counter: impl Fn() -> u64, recording: Option<&Cell<bool>>) -> (u64, crate::report::Measured) {
+    progress.phase("warm-up");
+    tick_until(progress, Instant::now() + run.warmup, &counter).await;
+    if let Some(r) = recording {
+        r.set(true);
+    }
+    let window = Window::start(run.server_pid);
+    let before = counter();
+    progress.phase("measuring");
+    tick_until(progress, Instant::now() + run.duration, &counter).await;
+    let ops = counter() - before;
+    if let Some(r) = recording {
+        r.set(false);
+    }
+    (ops, window.finish())
+}
+
+async fn tick_until(progress: &Progress, until: Instant, counter: &impl Fn() -> u64) {
+    let mut last = (Instant::now(), counter());
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200).min(until.saturating_duration_since(Instant::now()))).await;
+        let now = (Instant::now(), counter());
+        let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-9);
+        progress.rate(rate);
+        last = now;
+    }
+}
+
+fn with_latency(mut r: Report, hist: &Histogram<u64>) -> Report {
+    r.latency = Latency::from_hist(hist);
+    r
+}
+
+pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
+    let target = run.target.clone();
+    let topics = a.topics.max(1);
+    let topic = |i: usize| format!("fanout-{}", i % topics);
+    progress.phase("connecting subscribers");
+    let subs = connect_many(run, &target, a.subscribers, move |i, mut ws| {
+        let t = format!("fanout-{}", i % topics);
+        async move {
+            ws.welcome_and_subscribe(&t).await?;
+            Ok(ws)
+        }
+    })
+    .await?;
+    let deliveries = Deliveries::new(a.publishers);
+    let mut checks = Vec::new();
+    for mut ws in subs {
+        let check = Rc::new(SeqCheck::new(a.publishers));
+        checks.push(check.clone());
+        let d = deliveries.clone();
+        spawn_local(async move {
+            while let Ok(true) = ws
+                .read_frames(|op, text| {
+                    if op == OP_TEXT {
+                        if let Some((p, s)) = d.record(text) {
+                            check.see(p, s);
+                        }
+                    }
+                })
+                .await
+            {}
+        });
+    }
+    progress.phase("connecting publishers");
+    let publishers = connect_many(run, &target, a.publishers, |_, mut ws| async move {
+        ws.next_text().await?;
+        Ok(ws)
+    })
+    .await?;
+    let stop = Rc::new(Cell::new(false));
+    let sent: Rc<Vec<Cell<u64>>> = Rc::new((0..a.publishers).map(|_| Cell::new(0)).collect());
+    let mut tasks = Vec::new();
+    for (p, ws) in publishers.into_iter().enumerate() {
+        let subscribers_of_topic = (0..a.subscribers).filter(|i| i % topics == p % topics).count() as u64;
+        let t = topic(p);
+        let (stop, sent, d) = (stop.clone(), sent.clone(), deliveries.clone());
+        let (size, window) = (a.payload, a.window as u64);
+        let rate = a.rate.map(|r| r / a.publishers as f64);
+        tasks.push(spawn_local(async move {
+            let mut ws = ws;
+            let mut buf = Vec::with_capacity(64 * 1024);
+            let started = Instant::now();
+            // The reader half is not needed: publishers are not subscribed.
+            while !stop.get() {
+                let n = sent[p].get();
+                let batch = match rate {
+                    Some(r) => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        let due = (started.elapsed().as_secs_f64() * r) as u64;
+                        due.saturating_sub(n).min(10_000)
+                    }
+                    None => {
+                        // --max: at most `window` messages per publisher in flight.
+                        let done = if subscribers_of_topic == 0 { n } else { d.per_publisher[p].get() / subscribers_of_topic };
+                        let room = (done + window).saturating_sub(n).min(64);
+                        if room == 0 {
+                            let _ = tokio::time::timeout(Duration::from_millis(50), d.room.notified()).await;
+                            continue;
+                        }
+                        room
+                    }
+                };
+                buf.clear();
+                for i in 0..batch {
+                    publish_frame(&mut buf, &t, &payload(n + i, p, size));
+                }
+                if batch > 0 {
+                    if ws.stream.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                    sent[p].set(n + batch);
+                }
+            }
+            ws
+        }));
+    }
+    let d = deliveries.clone();
+    let (ops, m) = measure(run, progress, move || d.total.get(), Some(&deliveries.recording)).await;
+    stop.set(true);
+    let mut keep = Vec::new();
+    for t in tasks {
+        keep.push(t.await.map_err(|e| e.to_string())?);
+    }
+    // Drain: wait until deliveries stop arriving.
+    progress.phase("draining");
+    let mut last = u64::MAX;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while deliveries.total.get() != last && Instant::now() < deadline {
+        last = deliveries.total.get();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut report = Report::new("fanout", &run.url, m, "deliveries", ops);
+    for (i, check) in checks.iter().enumerate() {
+        let next = check.next.borrow();
+        for (p, sent) in sent.iter().enumerate() {
+            if p % topics == i % topics {
+                report.lost += sent.get().saturating_sub(next[p]);
+            }
+        }
+        report.lost += check.lost.get();
+        report.duplicated += check.duplicated.get();
+        report.out_of_order += check.out_of_order.get();
+    }
+    let hist = deliveries.hist.borrow().clone();
+    let report = with_latency(report, &hist)
+        .detail("subscribers", a.subscribers as f64)
+        .detail("topics", topics as f64)
+        .detail("publishers", a.publishers as f64)
+        .detail("payload_bytes", a.payload as f64)
+        .detail("published", sent.iter().map(Cell::get).sum::<u64>() as f64);
+    drop(keep);
+    Ok((report, hist))
+}
+
+pub async fn rooms(run: &Run, a: &RoomsArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
+    let size = a.room_size.max(1);
+    progress.phase("connecting clients");
+    let clients = connect_many(run, &run.target, a.clients, move |i, mut ws| async move {
+        ws.welcome_and_subscribe(&format!("room-{}", i / size)).await?;
+        Ok(ws)
+    })
+    .await?;
+    let deliveries = Deliveries::new(a.clients);
+    let checks: Vec<Rc<SeqCheck>> = (0..a.clients).map(|_| Rc::new(SeqCheck::new(a.clients))).collect();
+    let stop = Rc::new(Cell::new(false));
+    let sent: Rc<Vec<Cell<u64>>> = Rc::new((0..a.clients).map(|_| Cell::new(0)).collect());
+    let interval = Duration::from_secs_f64(1.0 / a.msg_rate.max(0.001));
+    for (i, mut ws) in clients.into_iter().enumerate() {
+        let (stop, sent, d, check) = (stop.clone(), sent.clone(), deliveries.clone(), checks[i].clone());
+        let topic = format!("room-{}", i / size);
+        let payload_size = a.payload;
+        spawn_local(async move {
+            // Spread the clients' ticks over the interval.
+            let phase = interval.mul_f64((i as f64 * 0.618_034) % 1.0);
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut buf = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        if stop.get() { continue; }
+                        buf.clear();
+                        let n = sent[i].get();
+                        publish_frame(&mut buf, &topic, &payload(n, i, payload_size));
+                        if ws.stream.write_all(&buf).await.is_err() { return; }
+                        sent[i].set(n + 1);
+                    }
+                    r = ws.read_frames(|op, text| {
+                        if op == OP_TEXT {
+                            if let Some((p, s)) = d.record(text) { check.see(p, s); }
+                        }
+                    }) => {
+                        if !matches!(r, Ok(true)) { return; }
+                    }
+                }
+            }
+        });
+    }
+    let d = deliveries.clone();
+    let (ops, m) = measure(run, progress, move || d.total.get(), Some(&deliveries.recording)).await;
+    stop.set(true);
+    progress.phase("draining");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut report = Report::new("rooms", &run.url, m, "deliveries", ops);
+    for (i, check) in checks.iter().enumerate() {
+        let next = check.next.borrow();
+        let room = i / size;
+        for p in (room * size)..((room + 1) * size).min(a.clients) {
+            report.lost += sent[p].get().saturating_sub(next[p]);
+        }
+        report.lost += check.lost.get();
+        report.duplicated += check.duplicated.get();
+        report.out_of_order += check.out_of_order.get();
+    }
+    let offered = a.clients as f64 * a.msg_rate * size as f64;
+    let hist = deliveries.hist.borrow().clone();
+    let report = with_latency(report, &hist)
+        .detail("clients", a.clients as f64)
+        .detail("room_size", size as f64)
+        .detail("offered_deliveries_per_second", offered);
+    Ok((report, hist))
+}
+
+/// Opens and holds `n` subscribed connections in this process. Returns once
+/// all are connected; they answer pings until `stop`.
+pub async fn hold_idle(run: &Run, n: usize, topics: usize, stop: Rc<Notify>) -> Result<(), String> {
+    let topics = topics.max(1);
+    let conns = connect_many(run, &run.target, n, move |i, mut ws| async move {
+        ws.welcome_and_subscribe(&format!("idle-{}", i % topics)).await?;
+        Ok(ws)
+    })
+    .await?;
+    for mut ws in conns {
+        let stop = stop.clone();
+        spawn_local(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.notified() => return,
+                    r = ws.read_frames(|_, _| {}) => if !matches!(r, Ok(true)) { return },
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+pub async fn idle(run: &Run, a: &IdleArgs, progress: &Progress) -> Result<Report, String> {
+    let pid = run.server_pid;
+    let before = pid.and_then(crate::proc::usage);
+    progress.phase("connecting");
+    let per_proc = crate::fd_budget();
+    let mut children = Vec::new();
+    let stop = Rc::new(Notify::new());
+    if a.connections > per_proc {
+        // Spread over child processes, each within its own open-file limit.
+        let mut offset = 0;
+        while offset < a.connections {
+            let k = per_proc.min(a.connections - offset);
+            children.push(crate::spawn_idle_child(run, k, a.topics, offset)?);
+            offset += k;
+        }
+        for c in &mut children {
+            crate::await_child_ready(c)?;
+        }
+    } else {
+        hold_idle(run, a.connections, a.topics, stop.clone()).await?;
+    }
+    progress.phase("settling");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let connected = pid.and_then(crate::proc::usage);
+    let (_, m) = measure(run, progress, || 0, None).await;
+    stop.notify_waiters();
+    drop(children);
+    let mut report = Report::new("idle", &run.url, m, "connections", a.connections as u64);
+    report.ops_per_second = 0.0;
+    report.ops_per_server_cpu_second = None;
+    if let (Some(b), Some(c)) = (before, connected) {
+        let per_conn = c.rss_bytes.saturating_sub(b.rss_bytes) as f64 / a.connections.max(1) as f64;
+        report = report
+            .detail("server_rss_per_connection_bytes", per_conn.round())
+            .detail("server_rss_before_connecting_bytes", b.rss_bytes as f64)
+            .detail("server_rss_connected_bytes", c.rss_bytes as f64);
+    }
+    if let Some(s) = &report.server {
+        let idle_cpu = s.cpu_percent;
+        report = report.detail("server_idle_cpu_percent", (idle_cpu * 1000.0).round() / 1000.0);
+    }
+    Ok(report.detail("processes", children_count(a.connections, per_proc) as f64))
+}
+
+fn children_count(n: usize, per_proc: usize) -> usize {
+    if n > per_proc {
+        n.div_ceil(per_proc)
+    } else {
+        1
+    }
+}
+
+pub async fn connect(run: &Run, a: &ConnectArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
+    let done = Rc::new(Cell::new(0u64));
+    let failed = Rc::new(Cell::new(0u64));
+    let recording = Rc::new(Cell::new(false));
+    let hist = Rc::new(RefCell::new(new_hist()));
+    let stop = Rc::new(Cell::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..a.concurrency {
+        let (done, failed, recording, hist, stop) = (done.clone(), failed.clone(), recording.clone(), hist.clone(), stop.clone());
+        let target = run.target.clone();
+        let (sources, offset, stride) = (run.sources, run.source_offset, a.concurrency);
+        tasks.push(spawn_local(async move {
+            let mut i = w;
+            while !stop.get() {
+                let started = now_ns();
+                let cycle = async {
+                    let mut ws = Ws::connect(&target, source(i, sources, offset), true).await?;
+                    ws.welcome_and_subscribe("connect").await?;
+                    let mut close = Vec::new();
+                    put_frame(&mut close, crate::ws::OP_CLOSE, &1000u16.to_be_bytes());
+                    ws.stream.write_all(&close).await
+                };
+                match cycle.await {
+                    Ok(()) => {
+                        done.set(done.get() + 1);
+                        if recording.get() {
+                            let _ = hist.borrow_mut().record(now_ns() - started);
+                        }
+                    }
+                    Err(_) => {
+                        failed.set(failed.get() + 1);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                i += stride;
+            }
+        }));
+    }
+    let d = done.clone();
+    let (ops, m) = measure(run, progress, move || d.get(), Some(&recording)).await;
+    stop.set(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let hist = hist.borrow().clone();
+    let report = with_latency(Report::new("connect", &run.url, m, "handshakes", ops), &hist)
+        .detail("concurrency", a.concurrency as f64)
+        .detail("failed", failed.get() as f64);
+    Ok((report, hist))
+}
+
+pub async fn echo(run: &Run, a: &EchoArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
+    progress.phase("connecting");
+    let conns = connect_many(run, &run.target, a.connections, |_, ws| async move { Ok(ws) }).await?;
+    let trips = Rc::new(Cell::new(0u64));
+    let recording = Rc::new(Cell::new(false));
+    let hist = Rc::new(RefCell::new(new_hist()));
+    let stop = Rc::new(Cell::new(false));
+    let message = "e".repeat(a.payload);
+    let mut tasks = Vec::new();
+    for mut ws in conns {
+        let (trips, recording, hist, stop, message) = (trips.clone(), recording.clone(), hist.clone(), stop.clone(), message.clone());
+        tasks.push(spawn_local(async move {
+            while !stop.get() {
+                let started = now_ns();
+                if ws.send_text(message.as_bytes()).await.is_err() || ws.next_text().await.is_err() {
+                    return;
+                }
+                trips.set(trips.get() + 1);
+                if recording.get() {
+                    let _ = hist.borrow_mut().record(now_ns() - started);
+                }
+            }
+        }));
+    }
+    let t = trips.clone();
+    let (ops, m) = measure(run, progress, move || t.get(), Some(&recording)).await;
+    stop.set(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let hist = hist.borrow().clone();
+    let report = with_latency(Report::new("echo", &run.url, m, "round_trips", ops), &hist)
+        .detail("connections", a.connections as f64)
+        .detail("payload_bytes", a.payload as f64);
+    Ok((report, hist))
+}

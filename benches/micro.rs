@@ -1,0 +1,106 @@
+//! Micro-benchmarks of the hot paths (criterion; `cargo bench --bench micro`):
+//! encoding one publish's frame, parsing a request, queueing one message to
+//! 1,000 local subscribers, one cross-shard hop, subscribe + unsubscribe.
+//!
+//! These run without sockets: they measure the server's own CPU cost per
+//! operation, which bounds what the end-to-end benches can show.
+
+use std::hint::black_box;
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use shardcast::bus::{self, PublishMsg};
+use shardcast::config::{Config, Overrides};
+use shardcast::conn::Peer;
+use shardcast::metrics::ShardStats;
+use shardcast::protocol::json;
+use shardcast::shard::Shard;
+
+const PUBLISH: &[u8] = br#"{"type":"publish","topic":"news","payload":{"s":12345,"p":0,"t":987654321,"x":"xxxxxxxxxxxxxxxxxx"},"id":7}"#;
+const PAYLOAD: &[u8] = br#"{"s":12345,"p":0,"t":987654321,"x":"xxxxxxxxxxxxxxxxxx"}"#;
+
+fn shard(shards: usize) -> (Shard, Vec<bus::Inbox>) {
+    let config = Config::from_toml("[queue]\nmax_messages = 1000000\nmax_bytes = 4294967296\n", &Overrides { listen: None, shards: Some(shards as u64) }).unwrap();
+    let (mailboxes, inboxes) = bus::build(shards, 1 << 16).unwrap();
+    let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
+    (Shard::new(0, Arc::new(config), mailboxes, stats, Arc::new(AtomicUsize::new(0))), inboxes)
+}
+
+fn codec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("codec");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_message_frame_64B", |b| b.iter(|| json::message_frame(black_box("news"), black_box(PAYLOAD))));
+    g.bench_function("parse_publish_request", |b| b.iter(|| json::parse_request(black_box(PUBLISH)).is_ok()));
+    g.finish();
+}
+
+fn fanout(c: &mut Criterion) {
+    let (shard, _inboxes) = shard(1);
+    let peers: Vec<Rc<Peer>> = (0..1000).map(|_| Rc::new(Peer::new(shard.next_conn_id(), Instant::now()))).collect();
+    for p in &peers {
+        shard.subscribe(p, "news", None);
+    }
+    let frame = json::message_frame("news", PAYLOAD);
+    let mut g = c.benchmark_group("fanout");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("enqueue_to_1000_local_subscribers", |b| {
+        b.iter(|| {
+            shard.deliver_local("news", &frame, None);
+            // Empty the queues as a writer would (outside the measured cost
+            // would be better; this keeps memory flat and is a few ns each).
+            for p in &peers {
+                let mut out = p.outbox();
+                let len: usize = out.slices(1).map(<[u8]>::len).sum();
+                out.consume(len);
+            }
+        })
+    });
+    g.finish();
+}
+
+fn cross_shard(c: &mut Criterion) {
+    let (mailboxes, inboxes) = bus::build(2, 1 << 16).unwrap();
+    let frame = json::message_frame("news", PAYLOAD);
+    let msg = PublishMsg { topic: "news".into(), payload: frame.slice(0..1), frame, forward: false };
+    let mut g = c.benchmark_group("bus");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("cross_shard_hop_send_recv", |b| {
+        b.iter(|| {
+            mailboxes[1].try_publish(msg.clone()).unwrap();
+            black_box(inboxes[1].data.try_recv().unwrap());
+        })
+    });
+    g.finish();
+}
+
+fn topics(c: &mut Criterion) {
+    let (shard, _inboxes) = shard(1);
+    let peer = Rc::new(Peer::new(shard.next_conn_id(), Instant::now()));
+    let others: Vec<Rc<Peer>> = (0..100).map(|_| Rc::new(Peer::new(shard.next_conn_id(), Instant::now()))).collect();
+    for p in &others {
+        shard.subscribe(p, "busy", None);
+    }
+    let mut g = c.benchmark_group("topic");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("subscribe_unsubscribe_busy_topic", |b| {
+        b.iter(|| {
+            shard.subscribe(&peer, black_box("busy"), None);
+            shard.unsubscribe("busy", peer.id);
+        })
+    });
+    g.bench_function("subscribe_unsubscribe_new_topic", |b| {
+        b.iter(|| {
+            shard.subscribe(&peer, black_box("fresh"), None);
+            shard.unsubscribe("fresh", peer.id);
+        })
+    });
+    g.finish();
+    let _ = Bytes::new();
+}
+
+criterion_group!(benches, codec, fanout, cross_shard, topics);
+criterion_main!(benches);
