@@ -32,6 +32,7 @@
 
 pub mod bridge;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod metrics;

@@ -10,7 +10,6 @@ mod peer;
 
 pub use peer::{ConnId, Outbox, Peer, Pushed};
 
-use std::future::poll_fn;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -24,6 +23,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use tracing::debug;
 
+use crate::clock::Stamp;
 use crate::metrics::ShardStats;
 use crate::protocol::{close, json, Command, ErrorCode, RequestError};
 use crate::shard::{PendingPublish, Shard, SubscribeOutcome};
@@ -40,19 +40,66 @@ const READ_BUDGET: usize = 16;
 const BUS_RETRY: Duration = Duration::from_micros(200);
 
 /// Serves one accepted TCP connection until it closes.
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+///
+/// A hand-written future rather than an `async fn`: an idle connection's
+/// memory is mostly this task, and an enum of "upgrading" (boxed, freed once
+/// done) and "serving" (the [`Conn`]) is as small as it can be.
+pub fn serve(shard: Rc<Shard>, stream: TcpStream) -> Serve {
+    Serve::Upgrading(Box::pin(upgrade(shard, stream)))
+}
+
+pub enum Serve {
+    Upgrading(Pin<Box<dyn Future<Output = Option<Conn>>>>),
+    Serving(Conn),
+    Done,
+}
+
+impl Future for Serve {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                Serve::Upgrading(upgrading) => match upgrading.as_mut().poll(cx) {
+                    Poll::Ready(Some(conn)) => *this = Serve::Serving(conn),
+                    Poll::Ready(None) => {
+                        *this = Serve::Done;
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                Serve::Serving(conn) => {
+                    if conn.poll_serve(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    conn.shard.remove_peer(conn.peer.id, &conn.topics);
+                    debug!(conn = %conn.peer.id, "closed");
+                    *this = Serve::Done;
+                    return Poll::Ready(());
+                }
+                Serve::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// The handshake, under `handshake_timeout_ms`; the connection, registered
+/// with its shard, once upgraded.
+async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Conn> {
     let _ = stream.set_nodelay(true);
     let timeout = shard.config.server.handshake_timeout;
     let upgraded = glommio::timer::timeout(timeout, async { Ok(handshake(&shard, &mut stream).await) }).await;
-    let Ok(Some((endpoint, leftover))) = upgraded else { return };
+    let Ok(Some((endpoint, leftover))) = upgraded else { return None };
     let peer = Rc::new(Peer::new(shard.next_conn_id(), Instant::now()));
     shard.add_peer(peer.clone());
     if endpoint == Endpoint::PubSub {
         let welcome = json::welcome_frame(&peer.id.to_string(), &shard.config.server.node_id, shard.index);
         peer.push(welcome, &shard.config.queue, shard.stats());
     }
-    let mut conn = Conn {
-        shard: shard.clone(),
+    let bucket = TokenBucket::new(shard.config.limits.publish_burst);
+    Some(Conn {
+        shard,
         peer,
         stream,
         endpoint,
@@ -60,15 +107,12 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         resume: true,
         fragment: None,
         topics: Vec::new(),
-        bucket: TokenBucket::new(shard.config.limits.publish_rate, shard.config.limits.publish_burst),
+        bucket,
         limited: RateStrikes::default(),
         close_received: false,
         input_closed: false,
         blocked: None,
-    };
-    poll_fn(|cx| conn.poll_serve(cx)).await;
-    shard.remove_peer(conn.peer.id, &conn.topics);
-    debug!(conn = %conn.peer.id, "closed");
+    })
 }
 
 /// Reads and answers the HTTP upgrade request. Returns the endpoint and the
@@ -81,16 +125,20 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<(Endpoint, V
         metrics_path: server.metrics_path.as_deref(),
         allowed_origins: &server.allowed_origins,
     };
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
+    let mut buf = Vec::new();
+    let mut filled = 0;
     let decision = loop {
-        let n = stream.read(&mut chunk).await.ok()?;
+        // Read straight into the request buffer, growing it up to the limit.
+        if filled == buf.len() {
+            buf.resize((buf.len() * 2).clamp(1024, server.max_handshake_bytes.max(1024)), 0);
+        }
+        let n = stream.read(&mut buf[filled..]).await.ok()?;
         if n == 0 {
             return None;
         }
-        buf.extend_from_slice(&chunk[..n]);
-        match handshake::decide(&buf, &rules) {
-            Decision::Incomplete if buf.len() >= server.max_handshake_bytes => {
+        filled += n;
+        match handshake::decide(&buf[..filled], &rules) {
+            Decision::Incomplete if filled >= server.max_handshake_bytes => {
                 break Decision::Refuse {
                     status: 431,
                     reason: "Request Header Fields Too Large",
@@ -113,9 +161,7 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<(Endpoint, V
                     shard.node_connections.fetch_sub(1, Ordering::Relaxed);
                     return None;
                 }
-                buf.drain(..consumed);
-                buf.shrink_to_fit();
-                return Some((endpoint, buf));
+                return Some((endpoint, buf[consumed..filled].to_vec()));
             }
         }
         Decision::Metrics => {
@@ -146,7 +192,7 @@ enum Blocked {
 }
 
 /// A connection after the upgrade. Owned by its task.
-struct Conn {
+pub struct Conn {
     shard: Rc<Shard>,
     peer: Rc<Peer>,
     stream: TcpStream,
@@ -158,7 +204,8 @@ struct Conn {
     /// (the connection blocked while decoding, or the handshake read past
     /// the request).
     resume: bool,
-    fragment: Option<Fragment>,
+    /// Boxed: most connections never fragment, and an idle one must be small.
+    fragment: Option<Box<Fragment>>,
     /// Topics this connection is subscribed to (canonical names from the registry).
     topics: Vec<Rc<str>>,
     bucket: TokenBucket,
@@ -167,7 +214,8 @@ struct Conn {
     close_received: bool,
     /// Input is ignored from now on (protocol error, or close received).
     input_closed: bool,
-    blocked: Option<Blocked>,
+    /// Boxed: rare, and large.
+    blocked: Option<Box<Blocked>>,
 }
 
 impl Conn {
@@ -212,7 +260,7 @@ impl Conn {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(n)) => n,
             };
-            self.peer.last_seen.set(Instant::now());
+            self.peer.last_seen.set(Stamp::now());
             if self.partial.is_empty() {
                 let used = self.process(&mut scratch[..n]);
                 if used < n {
@@ -243,7 +291,7 @@ impl Conn {
         if self.peer.awaiting_interest.get() {
             return false;
         }
-        let Some(Blocked::Bus { pending, retry }) = &mut self.blocked else { return true };
+        let Some(Blocked::Bus { pending, retry }) = self.blocked.as_deref_mut() else { return true };
         loop {
             if let Some(timer) = retry {
                 if Pin::new(timer).poll(cx).is_pending() {
@@ -354,14 +402,14 @@ impl Conn {
                 self.fail(close::PROTOCOL_ERROR, "expected a continuation frame")
             }
             Opcode::Text | Opcode::Binary if fin => self.on_message(opcode, payload),
-            Opcode::Text | Opcode::Binary => self.fragment = Some(Fragment { opcode, data: payload.to_vec() }),
+            Opcode::Text | Opcode::Binary => self.fragment = Some(Box::new(Fragment { opcode, data: payload.to_vec() })),
             Opcode::Continuation => {
                 let Some(fragment) = &mut self.fragment else {
                     return self.fail(close::PROTOCOL_ERROR, "continuation without a message");
                 };
                 fragment.data.extend_from_slice(payload);
                 if fin {
-                    let Fragment { opcode, mut data } = self.fragment.take().expect("present");
+                    let Fragment { opcode, mut data } = *self.fragment.take().expect("present");
                     self.on_message(opcode, &mut data);
                 }
             }
@@ -440,6 +488,8 @@ impl Conn {
                 }
                 let (name, outcome) = self.shard.subscribe(&self.peer, &topic, id);
                 if !subscribed {
+                    // Most connections hold one or a few topics: grow one at a time.
+                    self.topics.reserve_exact(1);
                     self.topics.push(name);
                 }
                 match (outcome, id) {
@@ -465,7 +515,7 @@ impl Conn {
                     return self.reply_error(RequestError { id, code: ErrorCode::InvalidTopic, message: why.into() });
                 }
                 let now = Instant::now();
-                if !self.bucket.take(now) {
+                if !self.bucket.take(now, limits.publish_rate, limits.publish_burst) {
                     ShardStats::add(&self.shard.stats().rate_limited, 1);
                     if self.limited.strike(now, limits.rate_limit_disconnect) {
                         return self.fail(close::POLICY, "rate limit exceeded repeatedly");
@@ -477,7 +527,7 @@ impl Conn {
                     });
                 }
                 if let Err(pending) = self.shard.publish(&self.peer, &topic, payload.get().as_bytes(), skip_self) {
-                    self.blocked = Some(Blocked::Bus { pending, retry: None });
+                    self.blocked = Some(Box::new(Blocked::Bus { pending, retry: None }));
                 }
                 if let Some(id) = id {
                     self.send(json::ack_frame(id));
@@ -533,26 +583,30 @@ impl<'a> FromIterator<&'a [u8]> for IovBatch {
     }
 }
 
-/// Publish rate limit: `rate` tokens per second, at most `burst` saved up.
+fn micros(now: Instant) -> u64 {
+    Stamp::from(now).micros()
+}
+
+/// Publish rate limit: `rate` tokens per second, at most `burst` saved up
+/// (the limits come from the shard's config, so they are not stored here).
 struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+    tokens: f32,
+    last_us: u64,
 }
 
 impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> TokenBucket {
-        TokenBucket { rate: f64::from(rate), burst: f64::from(burst), tokens: f64::from(burst), last: Instant::now() }
+    fn new(burst: u32) -> TokenBucket {
+        TokenBucket { tokens: burst as f32, last_us: micros(Instant::now()) }
     }
 
-    fn take(&mut self, now: Instant) -> bool {
-        if self.rate == 0.0 {
+    fn take(&mut self, now: Instant, rate: u32, burst: u32) -> bool {
+        if rate == 0 {
             return true;
         }
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        let now_us = micros(now);
+        let elapsed = now_us.saturating_sub(self.last_us) as f32 / 1e6;
+        self.last_us = now_us;
+        self.tokens = (self.tokens + elapsed * rate as f32).min(burst as f32);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -565,19 +619,19 @@ impl TokenBucket {
 /// Counts rate-limited publishes per one-second window.
 #[derive(Default)]
 struct RateStrikes {
-    window_start: Option<Instant>,
+    window_start_us: u64,
     count: u32,
 }
 
 impl RateStrikes {
     /// Records one refusal; true when the window's count exceeds `limit` (0 = never).
     fn strike(&mut self, now: Instant, limit: u32) -> bool {
-        match self.window_start {
-            Some(start) if now.duration_since(start) < Duration::from_secs(1) => self.count += 1,
-            _ => {
-                self.window_start = Some(now);
-                self.count = 1;
-            }
+        let now_us = micros(now);
+        if self.count > 0 && now_us.saturating_sub(self.window_start_us) < 1_000_000 {
+            self.count += 1;
+        } else {
+            self.window_start_us = now_us;
+            self.count = 1;
         }
         limit > 0 && self.count > limit
     }
@@ -590,12 +644,13 @@ mod tests {
     #[test]
     fn token_bucket_allows_burst_then_rate() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(10, 5);
-        assert_eq!((0..10).filter(|_| b.take(t0)).count(), 5);
-        assert!(b.take(t0 + Duration::from_millis(100)));
-        assert!(!b.take(t0 + Duration::from_millis(100)));
-        let mut unlimited = TokenBucket::new(0, 1);
-        assert!((0..1000).all(|_| unlimited.take(t0)));
+        let mut b = TokenBucket::new(5);
+        b.last_us = micros(t0);
+        assert_eq!((0..10).filter(|_| b.take(t0, 10, 5)).count(), 5);
+        assert!(b.take(t0 + Duration::from_millis(100), 10, 5));
+        assert!(!b.take(t0 + Duration::from_millis(100), 10, 5));
+        let mut unlimited = TokenBucket::new(1);
+        assert!((0..1000).all(|_| unlimited.take(t0, 0, 1)));
     }
 
     #[test]
@@ -606,5 +661,26 @@ mod tests {
         assert!(s.strike(t0, 3));
         assert!(!s.strike(t0 + Duration::from_secs(2), 3));
         assert!(!(0..100).any(|_| s.strike(t0, 0)));
+    }
+}
+/// Idle connections must stay small: these sizes are most of what one costs
+/// (with glommio's poll source and the shard's maps; see benches/README.md).
+#[cfg(test)]
+mod footprint {
+    #[test]
+    fn idle_connection_structures_stay_small() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap();
+        ex.run(async {
+            let l = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let s = glommio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (m, _) = crate::bus::build(1, 4).unwrap();
+            let cfg = std::sync::Arc::new(crate::config::Config::defaults());
+            let stats: std::sync::Arc<[crate::metrics::ShardStats]> = vec![crate::metrics::ShardStats::default()].into();
+            let shard = std::rc::Rc::new(crate::shard::Shard::new(0, cfg, m, stats, Default::default()));
+            let task = super::serve(shard, s);
+            assert!(std::mem::size_of_val(&task) <= 256, "connection task is {} bytes", std::mem::size_of_val(&task));
+            // Rc<Peer> must fit mimalloc's 128-byte size class.
+            assert!(std::mem::size_of::<super::Peer>() + 16 <= 128, "Peer is {} bytes", std::mem::size_of::<super::Peer>());
+        });
     }
 }

@@ -7,6 +7,8 @@ use std::collections::VecDeque;
 use std::task::Waker;
 use std::time::Instant;
 
+use crate::clock::Stamp;
+
 use bytes::Bytes;
 
 use crate::config::{Overflow, QueueConfig};
@@ -44,7 +46,7 @@ pub struct Outbox {
     /// Bytes of the head frame already written to the socket.
     head_written: usize,
     /// When a close frame was queued: nothing more is accepted after it.
-    closing: Option<Instant>,
+    closing: Option<Stamp>,
 }
 
 impl Outbox {
@@ -123,9 +125,9 @@ pub struct Peer {
     /// Waker of the connection task; woken when work arrives for it.
     waker: Cell<Option<Waker>>,
     /// Last time the client sent anything (heartbeat timeout).
-    pub last_seen: Cell<Instant>,
+    pub last_seen: Cell<Stamp>,
     /// Last time the server pinged it.
-    pub last_ping: Cell<Instant>,
+    pub last_ping: Cell<Stamp>,
     /// The connection must stop now, without flushing (close timeout, drain deadline).
     aborted: Cell<bool>,
     /// A subscribe of this connection waits for other shards to confirm interest;
@@ -145,8 +147,8 @@ impl Peer {
             id,
             outbox: RefCell::new(Outbox::default()),
             waker: Cell::new(None),
-            last_seen: Cell::new(now),
-            last_ping: Cell::new(now),
+            last_seen: Cell::new(Stamp::from(now)),
+            last_ping: Cell::new(Stamp::from(now)),
             aborted: Cell::new(false),
             awaiting_interest: Cell::new(false),
         }
@@ -186,7 +188,7 @@ impl Peer {
                     ShardStats::add(&stats.dropped_frames, dropped as u64 + 1);
                     ShardStats::add(&stats.slow_consumer_disconnects, 1);
                     out.enqueue(frame::close(close::TRY_AGAIN_LATER, "slow consumer"));
-                    out.closing = Some(Instant::now());
+                    out.closing = Some(Stamp::now());
                     drop(out);
                     self.wake();
                     return Pushed::SlowConsumer;
@@ -229,13 +231,13 @@ impl Peer {
             out.clear_unsent();
         }
         out.enqueue(frame::close(code, reason));
-        out.closing = Some(Instant::now());
+        out.closing = Some(Stamp::now());
         drop(out);
         self.wake();
     }
 
     /// When the close frame was queued, if it was.
-    pub fn closing_since(&self) -> Option<Instant> {
+    pub fn closing_since(&self) -> Option<Stamp> {
         self.outbox.borrow().closing
     }
 

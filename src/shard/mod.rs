@@ -13,11 +13,11 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::bridge::Bridge;
+use crate::clock::Stamp;
 use crate::bus::{ControlMsg, InterestMap, Mailbox, PublishMsg, ShardSet};
 use crate::config::Config;
 use crate::conn::{ConnId, Peer};
@@ -348,25 +348,25 @@ impl Shard {
 
     /// One heartbeat pass: ping connections due for it, close silent ones,
     /// abort ones whose close handshake took too long.
-    fn sweep(&self, now: Instant) {
+    fn sweep(&self, now: Stamp) {
         let hb = &self.config.heartbeat;
         let close_timeout = self.config.queue.close_timeout;
         for peer in self.peers.borrow().values() {
             if let Some(since) = peer.closing_since() {
-                if now.duration_since(since) >= close_timeout {
+                if now.since(since) >= close_timeout {
                     peer.abort();
                 }
                 continue;
             }
             if let Some(timeout) = hb.timeout {
-                if now.duration_since(peer.last_seen.get()) >= timeout {
+                if now.since(peer.last_seen.get()) >= timeout {
                     ShardStats::add(&self.stats().heartbeat_timeouts, 1);
                     peer.close(crate::protocol::close::POLICY, "heartbeat timeout", false);
                     continue;
                 }
             }
             if let Some(interval) = hb.interval {
-                if now.duration_since(peer.last_ping.get()) >= interval {
+                if now.since(peer.last_ping.get()) >= interval {
                     peer.last_ping.set(now);
                     peer.push(self.ping_frame.clone(), &self.config.queue, self.stats());
                 }

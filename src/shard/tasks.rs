@@ -139,7 +139,7 @@ async fn sweep_loop(shard: Rc<Shard>) {
     let tick = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         sleep(tick).await;
-        shard.sweep(Instant::now());
+        shard.sweep(crate::clock::Stamp::now());
     }
 }
 
