@@ -3,6 +3,7 @@
 
 mod util;
 
+mod bench;
 mod errors;
 mod lifecycle;
 mod pubsub;

@@ -1,0 +1,89 @@
+//! The bundled benches never rot: a tiny run of every scenario against the
+//! real server, checking the figures they print are there and sane.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_shardcast-bench");
+const SERVER: &str = env!("CARGO_BIN_EXE_shardcast");
+const BASELINE: &str = env!("CARGO_BIN_EXE_shardcast-baseline");
+
+fn spawn_cmd() -> String {
+    format!("{SERVER} --listen 127.0.0.1:0 --shards 1 --config {}/benches/server.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `shardcast-bench <args> --json` and returns its JSON lines.
+fn bench(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(BENCH).args(args).args(["--duration", "0.5", "--warmup", "0.2", "--json"]).output().unwrap();
+    assert!(out.status.success(), "shardcast-bench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn one(args: &[&str]) -> Value {
+    let mut v = bench(args);
+    assert_eq!(v.len(), 1, "one JSON object per run");
+    v.remove(0)
+}
+
+fn assert_measured(r: &Value, kind: &str) {
+    assert_eq!(r["ops_kind"], kind, "{r}");
+    assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["server"]["cpu_seconds"].as_f64().is_some(), "server CPU reported: {r}");
+    assert!(r["server"]["rss_after_bytes"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["ops_per_server_cpu_second"].as_f64().is_some(), "{r}");
+    assert!(r["generator_cpu_seconds"].as_f64().is_some(), "{r}");
+}
+
+#[test]
+fn fanout_smoke() {
+    let svg = tempfile::Builder::new().suffix(".svg").tempfile().unwrap();
+    let spawn = spawn_cmd();
+    let r = one(&["fanout", "--spawn", &spawn, "--subscribers", "20", "--topics", "2", "--publishers", "2", "--max", "--plot", svg.path().to_str().unwrap()]);
+    assert_measured(&r, "deliveries");
+    assert_eq!((r["lost"].as_u64(), r["duplicated"].as_u64(), r["out_of_order"].as_u64()), (Some(0), Some(0), Some(0)), "{r}");
+    assert!(r["latency"]["p99_us"].as_f64().unwrap() > 0.0);
+    assert!(std::fs::read_to_string(svg.path()).unwrap().contains("<svg"));
+    let fixed = one(&["fanout", "--spawn", &spawn, "--subscribers", "5", "--rate", "200"]);
+    assert_eq!(fixed["lost"], 0, "{fixed}");
+}
+
+#[test]
+fn rooms_smoke() {
+    let r = one(&["rooms", "--spawn", &spawn_cmd(), "--clients", "20", "--room-size", "5", "--msg-rate", "20"]);
+    assert_measured(&r, "deliveries");
+    assert_eq!(r["lost"], 0, "{r}");
+}
+
+#[test]
+fn idle_smoke() {
+    let r = one(&["idle", "--spawn", &spawn_cmd(), "--connections", "200"]);
+    assert!(r["details"]["server_rss_per_connection_bytes"].as_f64().is_some(), "{r}");
+    assert!(r["details"]["server_idle_cpu_percent"].as_f64().is_some(), "{r}");
+}
+
+#[test]
+fn connect_smoke() {
+    let r = one(&["connect", "--spawn", &spawn_cmd(), "--concurrency", "4"]);
+    assert_measured(&r, "handshakes");
+}
+
+#[test]
+fn echo_smoke() {
+    let r = one(&["echo", "--spawn", &spawn_cmd(), "--connections", "4"]);
+    assert_measured(&r, "round_trips");
+}
+
+#[test]
+fn compare_smoke_runs_both_servers_alternately() {
+    let baseline = format!("{BASELINE} --listen 127.0.0.1:0 --threads 1");
+    let runs = bench(&[
+        "compare", "--rounds", "1", "--shardcast", &spawn_cmd(), "--baseline", &baseline,
+        "--scenario", "fanout", "--subscribers", "10", "--max",
+    ]);
+    let names: Vec<&str> = runs.iter().map(|r| r["server_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["shardcast", "baseline"]);
+    for r in &runs {
+        assert_eq!(r["lost"], 0, "{r}");
+    }
+}
