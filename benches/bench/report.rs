@@ -69,6 +69,7 @@ pub struct Window {
     pid: Option<u32>,
     server: Option<Usage>,
     generator_cpu: f64,
+    others: Vec<(u32, Option<Usage>)>,
 }
 
 /// Deltas over the window.
@@ -76,11 +77,19 @@ pub struct Measured {
     pub seconds: f64,
     pub server: Option<ServerUsage>,
     pub generator_cpu_seconds: f64,
+    /// CPU seconds of each `--also-pid` process over the window.
+    pub others: Vec<(u32, f64)>,
 }
 
 impl Window {
-    pub fn start(pid: Option<u32>) -> Window {
-        Window { started: Instant::now(), pid, server: pid.and_then(proc::usage), generator_cpu: proc::self_cpu_seconds() }
+    pub fn start(pid: Option<u32>, others: &[u32]) -> Window {
+        Window {
+            started: Instant::now(),
+            pid,
+            server: pid.and_then(proc::usage),
+            generator_cpu: proc::self_cpu_seconds(),
+            others: others.iter().map(|&p| (p, proc::usage(p))).collect(),
+        }
     }
 
     pub fn finish(self) -> Measured {
@@ -95,13 +104,19 @@ impl Window {
             }),
             _ => None,
         };
-        Measured { seconds, server, generator_cpu_seconds: proc::self_cpu_seconds() - self.generator_cpu }
+        let others = self
+            .others
+            .iter()
+            .filter_map(|&(p, before)| Some((p, proc::usage(p)?.cpu_seconds - before?.cpu_seconds)))
+            .collect();
+        Measured { seconds, server, generator_cpu_seconds: proc::self_cpu_seconds() - self.generator_cpu, others }
     }
 }
 
 impl Report {
     pub fn new(scenario: &str, url: &str, m: Measured, ops_kind: &'static str, ops: u64) -> Report {
         let per_cpu = m.server.as_ref().filter(|s| s.cpu_seconds > 0.0).map(|s| ops as f64 / s.cpu_seconds);
+        let details = m.others.iter().map(|(p, cpu)| (format!("pid_{p}_cpu_seconds"), (cpu * 1000.0).round() / 1000.0)).collect();
         Report {
             scenario: scenario.to_string(),
             url: url.to_string(),
@@ -116,7 +131,7 @@ impl Report {
             latency: None,
             server: m.server,
             generator_cpu_seconds: m.generator_cpu_seconds,
-            details: BTreeMap::new(),
+            details,
         }
     }
 

@@ -168,7 +168,7 @@ async fn measure(run: &Run, progress: &Progress, counter: impl Fn() -> u64, reco
     if let Some(r) = recording {
         r.set(true);
     }
-    let window = Window::start(run.server_pid);
+    let window = Window::start(run.server_pid, &run.also_pids);
     let before = counter();
     progress.phase("measuring");
     tick_until(progress, Instant::now() + run.duration, &counter).await;
@@ -228,11 +228,19 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
         });
     }
     progress.phase("connecting publishers");
-    let publishers = connect_many(run, &target, a.publishers, |_, mut ws| async move {
+    let publish_target = match &a.publish_url {
+        Some(url) => Target::parse(url)?,
+        None => target.clone(),
+    };
+    let publishers = connect_many(run, &publish_target, a.publishers, |_, mut ws| async move {
         ws.next_text().await?;
         Ok(ws)
     })
     .await?;
+    if a.publish_url.is_some() {
+        // Publishing from another node: let its bridge's SUBSCRIBE reach Redis.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let stop = Rc::new(Cell::new(false));
     let sent: Rc<Vec<Cell<u64>>> = Rc::new((0..a.publishers).map(|_| Cell::new(0)).collect());
     let mut tasks = Vec::new();

@@ -256,7 +256,12 @@ async fn run_publisher(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) ->
 /// Keeps the SUBSCRIBE set in line with local interest and fans out pushes.
 async fn run_subscriber(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) -> Result<(), BridgeError> {
     let mut reader = RespReader::new(READ_CHUNK, shard.config.limits.max_message_bytes);
-    // Everything wanted now, then changes as they come.
+    // Everything wanted now, then changes as they come. Snapshot and start
+    // queueing changes in one step (no await between), so a change made while
+    // the snapshot is being written is queued, not lost.
+    bridge.changes.borrow_mut().clear();
+    bridge.subscribed_connected.set(true);
+    ShardStats::add(&shard.stats().redis_connected, 1);
     let wanted: Vec<Rc<str>> = bridge.wanted.borrow().iter().cloned().collect();
     for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
         let mut cmd = redis::cmd("SUBSCRIBE");
@@ -265,9 +270,6 @@ async fn run_subscriber(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) -
         }
         stream.write_all(&cmd.get_packed_command()).await?;
     }
-    bridge.changes.borrow_mut().clear();
-    bridge.subscribed_connected.set(true);
-    ShardStats::add(&shard.stats().redis_connected, 1);
     loop {
         let changes: Vec<(Rc<str>, bool)> = bridge.changes.borrow_mut().drain(..).collect();
         if !changes.is_empty() {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::util::{Client, Server};
+use crate::util::Server;
 
 const UNLIMITED: &str = "[limits]\npublish_rate = 0\n";
 
