@@ -68,6 +68,8 @@ fn main() {
     });
 }
 
+// The handshake callback's error type is tungstenite's HTTP response.
+#[allow(clippy::result_large_err)]
 async fn serve(stream: TcpStream, id: u64, topics: Topics) {
     let _ = stream.set_nodelay(true);
     let mut path = String::new();

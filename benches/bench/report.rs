@@ -23,7 +23,7 @@ pub struct Latency {
 impl Latency {
     /// From a histogram of nanoseconds.
     pub fn from_hist(h: &Histogram<u64>) -> Option<Latency> {
-        (h.len() > 0).then(|| {
+        (!h.is_empty()).then(|| {
             let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
             Latency { p50_us: us(0.5), p90_us: us(0.9), p99_us: us(0.99), p999_us: us(0.999), max_us: h.max() as f64 / 1000.0, samples: h.len() }
         })
@@ -211,7 +211,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 /// Draws the latency distribution (latency against percentile) as SVG.
 pub fn plot(path: &Path, title: &str, hist: &Histogram<u64>) -> Result<(), String> {
     use plotters::prelude::*;
-    if hist.len() == 0 {
+    if hist.is_empty() {
         return Err("no latency samples to plot".into());
     }
     // x = "nines": 0 -> p0, 1 -> p90, 2 -> p99, 3 -> p99.9 ...

@@ -265,7 +265,7 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
                     }
                     None => {
                         // --max: at most `window` messages per publisher in flight.
-                        let done = if subscribers_of_topic == 0 { n } else { d.per_publisher[p].get() / subscribers_of_topic };
+                        let done = d.per_publisher[p].get().checked_div(subscribers_of_topic).unwrap_or(n);
                         let room = (done + window).saturating_sub(n).min(64);
                         if room == 0 {
                             let _ = tokio::time::timeout(Duration::from_millis(50), d.room.notified()).await;

@@ -213,12 +213,14 @@ async fn run_publisher(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) ->
         let has_outbound = !bridge.outbound.borrow().is_empty();
         if has_outbound && in_flight.len() < cfg.pipeline_depth {
             packed.clear();
-            let mut outbound = bridge.outbound.borrow_mut();
-            let n = outbound.len().min(cfg.batch_messages);
-            for command in outbound.drain(..n) {
-                packed.extend_from_slice(&command);
-            }
-            drop(outbound);
+            let n = {
+                let mut outbound = bridge.outbound.borrow_mut();
+                let n = outbound.len().min(cfg.batch_messages);
+                for command in outbound.drain(..n) {
+                    packed.extend_from_slice(&command);
+                }
+                n
+            };
             in_flight.push_back(n);
             if let Err(e) = stream.write_all(&packed).await {
                 ShardStats::add(&stats.redis_dropped, in_flight.iter().sum::<usize>() as u64);

@@ -48,6 +48,9 @@ pub fn serve(shard: Rc<Shard>, stream: TcpStream) -> Serve {
     Serve::Upgrading(Box::pin(upgrade(shard, stream)))
 }
 
+// The size difference is the point: the upgrading state is boxed so the
+// long-lived serving state sets the task's size.
+#[allow(clippy::large_enum_variant)]
 pub enum Serve {
     Upgrading(Pin<Box<dyn Future<Output = Option<Conn>>>>),
     Serving(Conn),
@@ -228,13 +231,11 @@ impl Conn {
             }
             match self.poll_flush(cx) {
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(())) if self.peer.closing_since().is_some() => {
-                    // Our close frame is out. If the client already sent its
-                    // own, or will never (it broke the protocol), we are done;
-                    // otherwise keep reading for its close, until close_timeout.
-                    if self.close_received {
-                        return Poll::Ready(());
-                    }
+                // Our close frame is out. If the client already sent its own,
+                // or never will (it broke the protocol), we are done; otherwise
+                // keep reading for its close, until close_timeout.
+                Poll::Ready(Ok(())) if self.peer.closing_since().is_some() && self.close_received => {
+                    return Poll::Ready(());
                 }
                 _ => {}
             }
@@ -492,9 +493,10 @@ impl Conn {
                     self.topics.reserve_exact(1);
                     self.topics.push(name);
                 }
-                match (outcome, id) {
-                    (SubscribeOutcome::Done { .. }, Some(id)) => self.send(json::ack_frame(id)),
-                    _ => {} // no id, or the shard acks once interest is confirmed
+                // Without an id there is no ack; while waiting, the shard acks
+                // once the other shards confirmed the interest.
+                if let (SubscribeOutcome::Done, Some(id)) = (outcome, id) {
+                    self.send(json::ack_frame(id));
                 }
             }
             Command::Unsubscribe { topic } => {
@@ -527,7 +529,7 @@ impl Conn {
                     });
                 }
                 if let Err(pending) = self.shard.publish(&self.peer, &topic, payload.get().as_bytes(), skip_self) {
-                    self.blocked = Some(Box::new(Blocked::Bus { pending, retry: None }));
+                    self.blocked = Some(Box::new(Blocked::Bus { pending: *pending, retry: None }));
                 }
                 if let Some(id) = id {
                     self.send(json::ack_frame(id));

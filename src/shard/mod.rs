@@ -49,7 +49,7 @@ struct PendingInterest {
 #[derive(Debug, PartialEq, Eq)]
 pub enum SubscribeOutcome {
     /// Effective everywhere now.
-    Done { added: bool },
+    Done,
     /// Effective once the other shards confirm; the shard will ack and wake
     /// the connection.
     Waiting,
@@ -174,7 +174,7 @@ impl Shard {
                 peer.awaiting_interest.set(true);
                 (sub.name, SubscribeOutcome::Waiting)
             }
-            None => (sub.name, SubscribeOutcome::Done { added: sub.added }),
+            None => (sub.name, SubscribeOutcome::Done),
         }
     }
 
@@ -201,7 +201,7 @@ impl Shard {
     /// message to each other interested shard. Per-publisher order holds
     /// because a connection with a [`PendingPublish`] is not read until it
     /// completes, and each shard-to-shard channel is FIFO.
-    pub fn publish(&self, origin: &Peer, topic: &str, payload: &[u8], skip_self: bool) -> Result<(), PendingPublish> {
+    pub fn publish(&self, origin: &Peer, topic: &str, payload: &[u8], skip_self: bool) -> Result<(), Box<PendingPublish>> {
         let (frame, payload) = json::message_frame_with_payload(topic, payload);
         ShardStats::add(&self.stats().publishes, 1);
         self.deliver_local(topic, &frame, skip_self.then_some(origin.id));
@@ -220,14 +220,16 @@ impl Shard {
 
     /// Fans out a message that came from another node (through the bridge):
     /// local subscribers and other interested shards, never back to Redis.
-    pub fn fan_out_remote(&self, topic: &str, payload: &[u8]) -> Result<(), PendingPublish> {
+    pub fn fan_out_remote(&self, topic: &str, payload: &[u8]) -> Result<(), Box<PendingPublish>> {
         let (frame, payload) = json::message_frame_with_payload(topic, payload);
         self.deliver_local(topic, &frame, None);
         let remaining = self.interest.borrow().shards(topic);
         self.dispatch(PublishMsg { topic: topic.into(), frame, payload, forward: false }, remaining, None)
     }
 
-    fn dispatch(&self, msg: PublishMsg, remaining: ShardSet, forward_to: Option<usize>) -> Result<(), PendingPublish> {
+    /// Hands `msg` to the `remaining` shards; what could not be handed yet
+    /// comes back boxed (the rare path) for the caller to retry.
+    fn dispatch(&self, msg: PublishMsg, remaining: ShardSet, forward_to: Option<usize>) -> Result<(), Box<PendingPublish>> {
         if remaining.is_empty() {
             return Ok(());
         }
@@ -235,7 +237,7 @@ impl Shard {
         if self.retry_publish(&mut pending) {
             Ok(())
         } else {
-            Err(pending)
+            Err(Box::new(pending))
         }
     }
 

@@ -165,7 +165,7 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    build(Opcode::Close, &[&code.to_be_bytes(), reason[..end].as_bytes()])
+    build(Opcode::Close, &[&code.to_be_bytes(), &reason.as_bytes()[..end]])
 }
 
 /// Whether a close code received from a client is one RFC 6455 allows on the wire.

@@ -125,11 +125,9 @@ fn client_ping_is_answered() {
     let server = Server::start("", &["--shards", "1"]);
     let mut c = server.client();
     c.send_raw(Message::Ping(b"hi".to_vec().into()));
-    loop {
-        match c.ws.read().unwrap() {
-            Message::Pong(p) => break assert_eq!(&p[..], b"hi"),
-            other => panic!("{other:?}"),
-        }
+    match c.ws.read().unwrap() {
+        Message::Pong(p) => assert_eq!(&p[..], b"hi"),
+        other => panic!("{other:?}"),
     }
 }
 
@@ -147,13 +145,11 @@ fn echo_returns_text_and_binary_exactly() {
     c.send_raw(Message::binary(vec![0u8, 255, 1]));
     assert_eq!(c.recv_message(), Message::binary(vec![0u8, 255, 1]));
     c.ws.close(None).unwrap();
-    loop {
-        match c.ws.read() {
-            Ok(Message::Close(Some(f))) => break assert_eq!(u16::from(f.code), 1000),
-            Ok(Message::Close(None)) => break,
-            Ok(other) => panic!("{other:?}"),
-            Err(e) => panic!("{e}"),
-        }
+    match c.ws.read() {
+        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1000),
+        Ok(Message::Close(None)) => {}
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => panic!("{e}"),
     }
     let disabled = Server::start("[server]\necho_path = \"\"\n", &["--shards", "1"]);
     assert_eq!(crate::util::refused_status(&disabled.url("/echo"), None), 404);
