@@ -470,88 +470,109 @@ fn children_count(n: usize, per_proc: usize) -> usize {
     }
 }
 
+/// Closed-loop workers that each repeat one operation (a handshake cycle, a
+/// round trip) until stopped: the shared counters and the latency histogram.
+struct Loops {
+    done: Cell<u64>,
+    failed: Cell<u64>,
+    recording: Cell<bool>,
+    stop: Cell<bool>,
+    hist: RefCell<Histogram<u64>>,
+}
+
+impl Loops {
+    fn new() -> Rc<Loops> {
+        Rc::new(Loops {
+            done: Cell::new(0),
+            failed: Cell::new(0),
+            recording: Cell::new(false),
+            stop: Cell::new(false),
+            hist: RefCell::new(new_hist()),
+        })
+    }
+
+    /// Counts one completed operation that began at `started` (ns).
+    fn completed(&self, started: u64) {
+        self.done.set(self.done.get() + 1);
+        if self.recording.get() {
+            let _ = self.hist.borrow_mut().record((now_ns() - started).max(1));
+        }
+    }
+
+    /// Measures while `tasks` run, then stops and joins them.
+    async fn measure(
+        self: &Rc<Loops>,
+        run: &Run,
+        progress: &Progress,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    ) -> (u64, crate::report::Measured, Histogram<u64>) {
+        let me = self.clone();
+        let (ops, m) = measure(run, progress, move || me.done.get(), Some(&self.recording)).await;
+        self.stop.set(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        (ops, m, self.hist.borrow().clone())
+    }
+}
+
 pub async fn connect(run: &Run, a: &ConnectArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
-    let done = Rc::new(Cell::new(0u64));
-    let failed = Rc::new(Cell::new(0u64));
-    let recording = Rc::new(Cell::new(false));
-    let hist = Rc::new(RefCell::new(new_hist()));
-    let stop = Rc::new(Cell::new(false));
-    let mut tasks = Vec::new();
-    for w in 0..a.concurrency {
-        let (done, failed, recording, hist, stop) = (done.clone(), failed.clone(), recording.clone(), hist.clone(), stop.clone());
-        let target = run.target.clone();
-        let (sources, offset, stride) = (run.sources, run.source_offset, a.concurrency);
-        tasks.push(spawn_local(async move {
-            let mut i = w;
-            while !stop.get() {
-                let started = now_ns();
-                let cycle = async {
-                    let mut ws = Ws::connect(&target, source(i, sources, offset), true).await?;
-                    ws.welcome_and_subscribe("connect").await?;
-                    let mut close = Vec::new();
-                    put_frame(&mut close, crate::ws::OP_CLOSE, &1000u16.to_be_bytes());
-                    ws.stream.write_all(&close).await
-                };
-                match cycle.await {
-                    Ok(()) => {
-                        done.set(done.get() + 1);
-                        if recording.get() {
-                            let _ = hist.borrow_mut().record(now_ns() - started);
-                        }
-                    }
-                    Err(_) => {
-                        failed.set(failed.get() + 1);
+    let loops = Loops::new();
+    let tasks = (0..a.concurrency)
+        .map(|w| {
+            let loops = loops.clone();
+            let target = run.target.clone();
+            let (sources, offset, stride) = (run.sources, run.source_offset, a.concurrency);
+            spawn_local(async move {
+                let mut i = w;
+                while !loops.stop.get() {
+                    let started = now_ns();
+                    let cycle = async {
+                        let mut ws = Ws::connect(&target, source(i, sources, offset), true).await?;
+                        ws.welcome_and_subscribe("connect").await?;
+                        let mut close = Vec::new();
+                        put_frame(&mut close, crate::ws::OP_CLOSE, &1000u16.to_be_bytes());
+                        ws.stream.write_all(&close).await
+                    };
+                    if cycle.await.is_ok() {
+                        loops.completed(started);
+                    } else {
+                        loops.failed.set(loops.failed.get() + 1);
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
+                    i += stride;
                 }
-                i += stride;
-            }
-        }));
-    }
-    let d = done.clone();
-    let (ops, m) = measure(run, progress, move || d.get(), Some(&recording)).await;
-    stop.set(true);
-    for t in tasks {
-        let _ = t.await;
-    }
-    let hist = hist.borrow().clone();
+            })
+        })
+        .collect();
+    let (ops, m, hist) = loops.measure(run, progress, tasks).await;
     let report = with_latency(Report::new("connect", &run.url, m, "handshakes", ops), &hist)
         .detail("concurrency", a.concurrency as f64)
-        .detail("failed", failed.get() as f64);
+        .detail("failed", loops.failed.get() as f64);
     Ok((report, hist))
 }
 
 pub async fn echo(run: &Run, a: &EchoArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
     progress.phase("connecting");
     let conns = connect_many(run, &run.target, a.connections, |_, ws| async move { Ok(ws) }).await?;
-    let trips = Rc::new(Cell::new(0u64));
-    let recording = Rc::new(Cell::new(false));
-    let hist = Rc::new(RefCell::new(new_hist()));
-    let stop = Rc::new(Cell::new(false));
-    let message = "e".repeat(a.payload);
-    let mut tasks = Vec::new();
-    for mut ws in conns {
-        let (trips, recording, hist, stop, message) = (trips.clone(), recording.clone(), hist.clone(), stop.clone(), message.clone());
-        tasks.push(spawn_local(async move {
-            while !stop.get() {
-                let started = now_ns();
-                if ws.send_text(message.as_bytes()).await.is_err() || ws.next_text().await.is_err() {
-                    return;
+    let loops = Loops::new();
+    let message = Rc::new("e".repeat(a.payload));
+    let tasks = conns
+        .into_iter()
+        .map(|mut ws| {
+            let (loops, message) = (loops.clone(), message.clone());
+            spawn_local(async move {
+                while !loops.stop.get() {
+                    let started = now_ns();
+                    if ws.send_text(message.as_bytes()).await.is_err() || ws.next_text().await.is_err() {
+                        return;
+                    }
+                    loops.completed(started);
                 }
-                trips.set(trips.get() + 1);
-                if recording.get() {
-                    let _ = hist.borrow_mut().record(now_ns() - started);
-                }
-            }
-        }));
-    }
-    let t = trips.clone();
-    let (ops, m) = measure(run, progress, move || t.get(), Some(&recording)).await;
-    stop.set(true);
-    for t in tasks {
-        let _ = t.await;
-    }
-    let hist = hist.borrow().clone();
+            })
+        })
+        .collect();
+    let (ops, m, hist) = loops.measure(run, progress, tasks).await;
     let report = with_latency(Report::new("echo", &run.url, m, "round_trips", ops), &hist)
         .detail("connections", a.connections as f64)
         .detail("payload_bytes", a.payload as f64);

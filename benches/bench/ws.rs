@@ -34,22 +34,9 @@ impl Target {
     }
 }
 
-/// Appends a masked (zero key) client frame.
+/// Appends a final client frame masked with the zero key (valid, and free).
 pub fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    out.push(0x80 | opcode);
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=65535 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(payload);
+    shardcast::ws::frame::put_client_frame(out, opcode, true, [0; 4], payload);
 }
 
 /// Parses a server frame header: (fin+opcode byte, header length, payload length).

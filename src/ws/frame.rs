@@ -168,6 +168,29 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     build(Opcode::Close, &[&code.to_be_bytes(), &reason.as_bytes()[..end]])
 }
 
+/// Appends a client frame (masked with `mask`), as a client or a test sends it.
+/// `opcode` is the raw 4-bit opcode, so tests can send reserved ones too.
+pub fn put_client_frame(out: &mut Vec<u8>, opcode: u8, fin: bool, mask: [u8; 4], payload: &[u8]) {
+    out.push((u8::from(fin) << 7) | opcode);
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if mask != [0; 4] {
+        unmask(&mut out[start..], mask, 0);
+    }
+}
+
 /// Whether a close code received from a client is one RFC 6455 allows on the wire.
 pub fn close_code_allowed(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
@@ -178,20 +201,8 @@ mod tests {
     use super::*;
 
     fn masked(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut v = vec![(fin as u8) << 7 | opcode];
-        match payload.len() {
-            n @ 0..=125 => v.push(0x80 | n as u8),
-            n @ 126..=65535 => {
-                v.push(0x80 | 126);
-                v.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                v.push(0x80 | 127);
-                v.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        v.extend_from_slice(&mask);
-        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut v = Vec::new();
+        put_client_frame(&mut v, opcode, fin, mask, payload);
         v
     }
 
