@@ -456,6 +456,11 @@ impl Conn {
     }
 
     fn on_message(&mut self, opcode: Opcode, data: &mut [u8]) {
+        if self.peer.closing_since().is_some() {
+            // We sent our close (shutdown, slow consumer, heartbeat): only the
+            // client's close frame matters now.
+            return;
+        }
         if opcode == Opcode::Text && simdutf8::basic::from_utf8(data).is_err() {
             return self.fail(close::INVALID_PAYLOAD, "text message is not valid UTF-8");
         }
