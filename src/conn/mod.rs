@@ -378,7 +378,8 @@ impl Conn {
                 }
             };
             let so_far = self.fragment.as_ref().map_or(0, |f| f.data.len() as u64);
-            if !header.opcode.is_control() && header.payload_len + so_far > max as u64 {
+            // Saturating: a hostile 64-bit length must not wrap past the check.
+            if !header.opcode.is_control() && header.payload_len.saturating_add(so_far) > max as u64 {
                 self.fail(close::TOO_BIG, "message too big");
                 return buf.len();
             }

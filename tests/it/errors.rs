@@ -156,3 +156,55 @@ fn protocol_violation_closes_with_1002() {
     c.send_raw(Message::Frame(frame));
     assert_eq!(c.expect_close().0, 1002);
 }
+
+/// A tiny deterministic generator, so a failure reproduces.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+#[test]
+fn random_bytes_after_the_handshake_never_hurt_anyone_else() {
+    use std::io::Write;
+    let server = Server::start("", &["--shards", "2"]);
+    let mut bystander = server.client();
+    bystander.subscribe("calm");
+    let mut rng = Lcg(0x5eed);
+    for round in 0..200 {
+        let mut c = server.client();
+        let tungstenite::stream::MaybeTlsStream::Plain(stream) = c.ws.get_mut() else { unreachable!() };
+        let mut junk: Vec<u8> = (0..(rng.next() % 300)).map(|_| rng.next() as u8).collect();
+        // Half the rounds start with a plausible masked header, huge lengths included.
+        if round % 2 == 0 {
+            let lens: [&[u8]; 3] = [&[0x80 | 126, 0xff, 0xff], &[0x80 | 127, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], &[0x85]];
+            let mut head = vec![[0x01u8, 0x81, 0x00, 0x89][round % 4]];
+            head.extend_from_slice(lens[(round / 2) % 3]);
+            head.extend_from_slice(&junk);
+            junk = head;
+        }
+        let _ = stream.write_all(&junk);
+    }
+    let mut publisher = server.client();
+    publisher.publish("calm", json!("still standing"));
+    assert_eq!(bystander.recv()["payload"], "still standing");
+    assert!(server.metric("protocol_errors") > 0);
+}
+
+#[test]
+fn huge_continuation_length_after_a_fragment_closes_with_1009_not_a_crash() {
+    use std::io::Write;
+    let server = Server::start("", &["--shards", "1"]);
+    let mut c = server.client();
+    c.send_raw(Message::Frame(Frame::message(Bytes::from_static(b"{\"type\""), OpCode::Data(Data::Text), false)));
+    let tungstenite::stream::MaybeTlsStream::Plain(stream) = c.ws.get_mut() else { unreachable!() };
+    // Continuation, FIN, masked, 64-bit length 2^64 - 1 (RFC 6455 forbids the
+    // top bit; the parser accepts it): once wrapped past the size check.
+    stream.write_all(&[0x80, 0x80 | 127, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]).unwrap();
+    assert_eq!(c.expect_close().0, 1009);
+    let mut other = server.client();
+    assert_eq!(other.request(json!({"type":"ping"}), 1)["type"], "pong");
+}
