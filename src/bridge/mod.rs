@@ -17,7 +17,7 @@ pub mod envelope;
 mod resp;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -86,7 +86,20 @@ pub struct Bridge {
     outbound: RefCell<VecDeque<Vec<u8>>>,
     outbound_ready: Signal,
     subscribed_connected: Cell<bool>,
+    /// Interest acknowledgements held back until Redis confirms the topic's
+    /// SUBSCRIBE, so that a subscribe ack means delivery from every node.
+    /// Released on confirmation or when the connection drops; bounded by the
+    /// subscribes in flight (one per waiting connection).
+    confirmations: RefCell<HashMap<Rc<str>, Vec<InterestAck>, ahash::RandomState>>,
     builder: RefCell<FlatBufferBuilder<'static>>,
+}
+
+/// An interest acknowledgement the bridge owes once Redis confirms a SUBSCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterestAck {
+    /// The shard waiting for it (the bridge shard itself included).
+    pub shard: usize,
+    pub token: u64,
 }
 
 impl Bridge {
@@ -100,6 +113,7 @@ impl Bridge {
             outbound: RefCell::default(),
             outbound_ready: Signal::default(),
             subscribed_connected: Cell::new(false),
+            confirmations: RefCell::default(),
             builder: RefCell::new(FlatBufferBuilder::with_capacity(1024)),
         }
     }
@@ -109,18 +123,48 @@ impl Bridge {
     }
 
     /// Records whether the node has local interest in `topic` now, and
-    /// queues the SUBSCRIBE/UNSUBSCRIBE that follows.
-    pub fn set_interest(&self, topic: &str, interested: bool) {
+    /// queues the SUBSCRIBE/UNSUBSCRIBE that follows. With `ack`, the
+    /// acknowledgement is held until Redis confirms the SUBSCRIBE; returns
+    /// false when there is nothing to wait for (no new SUBSCRIBE, or Redis is
+    /// not connected: a subscriber is never kept waiting on Redis being down).
+    pub fn set_interest(&self, topic: &str, interested: bool, ack: Option<InterestAck>) -> bool {
         let mut wanted = self.wanted.borrow_mut();
         let changed = if interested {
             !wanted.contains(topic) && wanted.insert(Rc::from(topic))
         } else {
             wanted.remove(topic)
         };
-        if changed && self.subscribed_connected.get() {
-            self.changes.borrow_mut().push_back((Rc::from(topic), interested));
-            self.changed.raise();
+        if interested && !changed {
+            // A SUBSCRIBE for it may still be on its way: wait for the same
+            // confirmation.
+            if let (Some(ack), Some(waiting)) = (ack, self.confirmations.borrow_mut().get_mut(topic)) {
+                waiting.push(ack);
+                return true;
+            }
         }
+        if !(changed && self.subscribed_connected.get()) {
+            return false;
+        }
+        let topic: Rc<str> = Rc::from(topic);
+        self.changes.borrow_mut().push_back((topic.clone(), interested));
+        self.changed.raise();
+        match ack {
+            Some(ack) if interested => {
+                self.confirmations.borrow_mut().entry(topic).or_default().push(ack);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Acknowledgements released by Redis confirming `topic`'s SUBSCRIBE.
+    fn confirmed(&self, topic: &str) -> Vec<InterestAck> {
+        self.confirmations.borrow_mut().remove(topic).unwrap_or_default()
+    }
+
+    /// Every held acknowledgement (the subscriber connection is gone).
+    fn release_all(&self) -> Vec<InterestAck> {
+        self.confirmations.borrow_mut().drain().flat_map(|(_, acks)| acks).collect()
     }
 
     /// Queues a publish for the other nodes.
@@ -181,6 +225,9 @@ async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, role: Role) {
                 if role == Role::Subscriber {
                     bridge.subscribed_connected.set(false);
                     ShardStats::sub(&shard.stats().redis_connected, 1);
+                    for ack in bridge.release_all() {
+                        shard.interest_acked(ack);
+                    }
                 }
                 let err = result.expect_err("connection loops only end in error");
                 warn!(role = ?role, server = %bridge.server_name(), "redis connection lost: {err}; reconnecting");
@@ -300,8 +347,18 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
         ShardStats::add(&stats.redis_bad_messages, 1);
         return;
     };
+    if let [Value::BulkString(kind), Value::BulkString(channel), Value::Int(_)] = parts.as_slice() {
+        // A subscribe/unsubscribe confirmation: [kind, channel, count].
+        if kind.as_slice() == b"subscribe" {
+            let topic = std::str::from_utf8(channel).ok().and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()));
+            for ack in topic.map(|t| bridge.confirmed(t)).unwrap_or_default() {
+                shard.interest_acked(ack);
+            }
+        }
+        return;
+    }
     let [Value::BulkString(kind), Value::BulkString(channel), Value::BulkString(data)] = parts.as_slice() else {
-        // subscribe/unsubscribe confirmations: [kind, channel, count].
+        ShardStats::add(&stats.redis_bad_messages, 1);
         return;
     };
     if kind.as_slice() != b"message" {
@@ -334,5 +391,31 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
         while !shard.retry_publish(&mut pending) {
             sleep(Duration::from_micros(200)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bridge() -> Bridge {
+        let config = crate::config::Config::from_toml("[redis]\nurl = \"redis://127.0.0.1:1\"", &Default::default()).unwrap();
+        Bridge::new(config.redis.unwrap(), "node".into())
+    }
+
+    #[test]
+    fn acks_wait_for_the_subscribe_confirmation_only_while_connected() {
+        let b = bridge();
+        let ack = |shard, token| Some(InterestAck { shard, token });
+        assert!(!b.set_interest("t", true, ack(0, 1)), "not connected: nothing to wait for");
+        assert!(!b.set_interest("t", false, None));
+        b.subscribed_connected.set(true);
+        assert!(b.set_interest("t", true, ack(0, 2)), "new SUBSCRIBE: wait for it");
+        assert!(b.set_interest("t", true, ack(1, 3)), "same SUBSCRIBE still in flight: wait too");
+        assert_eq!(b.changes.borrow().len(), 1, "one SUBSCRIBE");
+        assert_eq!(b.confirmed("t"), vec![InterestAck { shard: 0, token: 2 }, InterestAck { shard: 1, token: 3 }]);
+        assert!(!b.set_interest("t", true, ack(1, 4)), "confirmed: nothing to wait for");
+        assert!(b.set_interest("u", true, ack(0, 5)));
+        assert_eq!(b.release_all(), vec![InterestAck { shard: 0, token: 5 }], "a lost connection releases everything");
     }
 }

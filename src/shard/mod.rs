@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::bridge::Bridge;
+use crate::bridge::{Bridge, InterestAck};
 use crate::clock::Stamp;
 use crate::bus::{ControlMsg, InterestMap, Mailbox, PublishMsg, ShardSet};
 use crate::config::Config;
@@ -143,28 +143,30 @@ impl Shard {
     }
 
     /// Subscribes `peer` to `topic` (validated). When this is the topic's
-    /// first subscriber here and other shards exist, the subscription becomes
-    /// effective only once every other shard has recorded this shard's
-    /// interest: a publish anywhere after the ack is guaranteed to arrive.
+    /// first subscriber here, the subscription becomes effective (and is
+    /// acked) only once every other shard has recorded this shard's interest
+    /// and, when that made the node newly interested, once Redis confirmed
+    /// the SUBSCRIBE: a publish anywhere after the ack is guaranteed to
+    /// arrive, from this node or another.
     pub fn subscribe(&self, peer: &Rc<Peer>, topic: &str, ack: Option<u64>) -> (Rc<str>, SubscribeOutcome) {
         let mut registry = self.registry.borrow_mut();
         let sub = registry.subscribe(topic, peer);
-        if sub.first {
-            self.node_interest_changed(topic, true);
-        }
         let entry = registry.get_mut(topic).expect("just subscribed");
-        if sub.first && self.mailboxes.len() > 1 {
+        if sub.first {
             let token = self.next_token.get() + 1;
-            self.next_token.set(token);
-            entry.pending_interest = Some(token);
-            let shared: Arc<str> = topic.into();
-            for (_, mailbox) in self.others() {
-                mailbox.control(ControlMsg::Interest { topic: shared.clone(), from: self.index, on: true, token: Some(token) });
+            let awaits_redis = self.node_interest_changed(topic, true, Some(InterestAck { shard: self.index, token }));
+            let remaining = self.mailboxes.len() - 1 + usize::from(awaits_redis);
+            if remaining > 0 {
+                self.next_token.set(token);
+                entry.pending_interest = Some(token);
+                let shared: Arc<str> = topic.into();
+                for (_, mailbox) in self.others() {
+                    mailbox.control(ControlMsg::Interest { topic: shared.clone(), from: self.index, on: true, token: Some(token) });
+                }
+                self.pending_interest
+                    .borrow_mut()
+                    .insert(token, PendingInterest { topic: sub.name.clone(), remaining, waiters: Vec::new() });
             }
-            self.pending_interest.borrow_mut().insert(
-                token,
-                PendingInterest { topic: sub.name.clone(), remaining: self.mailboxes.len() - 1, waiters: Vec::new() },
-            );
         }
         match entry.pending_interest {
             Some(token) => {
@@ -186,7 +188,7 @@ impl Shard {
         };
         if last {
             let elsewhere = !self.interest.borrow().shards(topic).is_empty();
-            self.node_interest_changed(topic, elsewhere);
+            self.node_interest_changed(topic, elsewhere, None);
         }
         if last && self.mailboxes.len() > 1 {
             let shared: Arc<str> = topic.into();
@@ -257,10 +259,12 @@ impl Shard {
     }
 
     /// Tells the bridge (on the bridge shard) whether the node has
-    /// subscribers of `topic`.
-    fn node_interest_changed(&self, topic: &str, interested: bool) {
-        if let Some(bridge) = &self.bridge {
-            bridge.set_interest(topic, interested);
+    /// subscribers of `topic`. Returns true when the bridge took `ack` to
+    /// release once Redis confirms the SUBSCRIBE.
+    fn node_interest_changed(&self, topic: &str, interested: bool, ack: Option<InterestAck>) -> bool {
+        match &self.bridge {
+            Some(bridge) => bridge.set_interest(topic, interested, ack),
+            None => false,
         }
     }
 
@@ -299,34 +303,47 @@ impl Shard {
                 interest.set(&topic, from, on);
                 let node_wide = !interest.shards(&topic).is_empty() || self.registry.borrow().get(&topic).is_some();
                 drop(interest);
-                self.node_interest_changed(&topic, node_wide);
-                if let Some(token) = token {
-                    self.mailboxes[from].control(ControlMsg::InterestApplied { token });
-                }
-            }
-            ControlMsg::InterestApplied { token } => {
-                let mut pending = self.pending_interest.borrow_mut();
-                let Some(wait) = pending.get_mut(&token) else { return };
-                wait.remaining -= 1;
-                if wait.remaining > 0 {
-                    return;
-                }
-                let wait = pending.remove(&token).expect("present");
-                drop(pending);
-                if let Some(entry) = self.registry.borrow_mut().get_mut(&wait.topic) {
-                    if entry.pending_interest == Some(token) {
-                        entry.pending_interest = None;
+                let ack = token.map(|token| InterestAck { shard: from, token });
+                // The bridge may hold the acknowledgement until Redis confirms.
+                if !self.node_interest_changed(&topic, node_wide, ack) {
+                    if let Some(ack) = ack {
+                        self.interest_acked(ack);
                     }
                 }
-                for (peer, ack) in wait.waiters {
-                    if let Some(id) = ack {
-                        peer.push(json::ack_frame(id), &self.config.queue, self.stats());
-                    }
-                    peer.awaiting_interest.set(false);
-                    peer.wake();
-                }
             }
+            ControlMsg::InterestApplied { token } => self.interest_acked(InterestAck { shard: self.index, token }),
             ControlMsg::Shutdown => unreachable!("handled by the bus loop"),
+        }
+    }
+
+    /// One acknowledgement of an interest round: sent to its shard, or, for
+    /// this shard's own round, counted; the last one releases (and acks) the
+    /// waiting subscribers.
+    pub fn interest_acked(&self, ack: InterestAck) {
+        if ack.shard != self.index {
+            self.mailboxes[ack.shard].control(ControlMsg::InterestApplied { token: ack.token });
+            return;
+        }
+        let token = ack.token;
+        let mut pending = self.pending_interest.borrow_mut();
+        let Some(wait) = pending.get_mut(&token) else { return };
+        wait.remaining -= 1;
+        if wait.remaining > 0 {
+            return;
+        }
+        let wait = pending.remove(&token).expect("present");
+        drop(pending);
+        if let Some(entry) = self.registry.borrow_mut().get_mut(&wait.topic) {
+            if entry.pending_interest == Some(token) {
+                entry.pending_interest = None;
+            }
+        }
+        for (peer, ack) in wait.waiters {
+            if let Some(id) = ack {
+                peer.push(json::ack_frame(id), &self.config.queue, self.stats());
+            }
+            peer.awaiting_interest.set(false);
+            peer.wake();
         }
     }
 

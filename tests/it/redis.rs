@@ -217,3 +217,23 @@ fn outbound_buffer_is_bounded_while_redis_is_down() {
     assert_eq!(publisher.request(json!({"type":"ping"}), 1)["type"], "pong");
     eventually(Duration::from_secs(5), "900 drops counted", || a.metric("redis_dropped") == 900);
 }
+
+#[test]
+fn a_subscribe_ack_means_delivery_from_other_nodes() {
+    let redis = Redis::start();
+    let a = node(&redis.url(), "");
+    let b = node(&redis.url(), "");
+    let mut subs = b.clients_on_every_shard(2);
+    let mut publisher = a.client();
+    eventually(Duration::from_secs(10), "node A's publisher connection", || a.metric("redis_connects") >= 2);
+    eventually(Duration::from_secs(10), "node B's subscriber connection", || b.metric("redis_connected") >= 1);
+    // No waiting for PUBSUB: the ack itself is the promise. Fresh topics, so
+    // every subscribe is a new SUBSCRIBE, from the bridge shard and the other.
+    for round in 0..40 {
+        let sub = &mut subs[round % 2];
+        let topic = format!("fresh-{round}");
+        sub.subscribe(&topic);
+        publisher.publish(&topic, json!(round));
+        assert_eq!(sub.recv()["payload"], json!(round), "round {round} (shard {})", sub.shard);
+    }
+}
