@@ -56,6 +56,16 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
+    // A panic is a bug. Unwinding would end only that shard's thread and
+    // leave a node that looks healthy but has lost a core's connections and
+    // listener; exit instead, so the supervisor (systemd: Restart=on-failure)
+    // restarts a whole node.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("panic: {info}; aborting so that shardcast is restarted whole");
+        default_hook(info);
+        std::process::abort();
+    }));
     match shardcast::runtime::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
