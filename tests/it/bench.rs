@@ -87,3 +87,22 @@ fn compare_smoke_runs_both_servers_alternately() {
         assert_eq!(r["lost"], 0, "{r}");
     }
 }
+
+#[test]
+fn idle_spreads_over_child_processes_beyond_the_descriptor_limit() {
+    let server = crate::util::Server::start(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/server.toml")).unwrap(),
+        &["--shards", "1"],
+    );
+    let script = format!(
+        "ulimit -n 200 && exec {BENCH} idle --url ws://{}/ws --server-pid {} --connections 300 --duration 0.3 --warmup 0 --json",
+        server.addr,
+        server.child.id()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["details"]["processes"].as_f64().unwrap() >= 2.0, "{r}");
+    assert_eq!(r["ops"], 300, "{r}");
+    assert!(server.metric("connections_total") >= 300);
+}
