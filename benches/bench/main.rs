@@ -74,7 +74,8 @@ pub struct CommonArgs {
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
     /// Source addresses to spread connections over (127.0.0.2, 127.0.0.3, ...);
-    /// 0 = let the kernel choose. Each address has ~28k ephemeral ports.
+    /// 0 = let the kernel choose (idle: one address per 20,000 connections).
+    /// Each address has ~28k ephemeral ports.
     #[arg(long, default_value_t = 0)]
     sources: usize,
     #[arg(long, hide = true, default_value_t = 0)]
@@ -175,6 +176,9 @@ pub struct CompareArgs {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     rest: Vec<String>,
 }
+
+/// Connections per source address when `idle` picks the addresses itself.
+const IDLE_PER_SOURCE: usize = 20_000;
 
 /// Resolved options of one run.
 pub struct Run {
@@ -278,7 +282,12 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
         duration: Duration::from_secs_f64(c.duration.max(0.1)),
         warmup: Duration::from_secs_f64(c.warmup.max(0.0)),
         server_pid: spawned.as_ref().map(proc::Spawned::pid).or(c.server_pid),
-        sources: c.sources,
+        sources: match s {
+            // One source address has ~28k ephemeral ports: spread big idle
+            // runs over 127.0.0.2, 127.0.0.3, ... unless told otherwise.
+            Scenario::Idle(a) if c.sources == 0 && a.connections > IDLE_PER_SOURCE => a.connections.div_ceil(IDLE_PER_SOURCE),
+            _ => c.sources,
+        },
         source_offset: c.source_offset,
         also_pids: c.also_pid.clone(),
     };
