@@ -4,6 +4,7 @@
 mod util;
 
 mod bench;
+mod conformance;
 mod errors;
 mod lifecycle;
 mod pubsub;
