@@ -243,3 +243,42 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Completes a WebSocket handshake on a raw socket that will never read again.
+fn deaf_client(addr: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    s
+}
+
+#[test]
+fn a_client_that_never_answers_our_close_is_dropped_after_close_timeout() {
+    use std::io::Read;
+    let server = Server::start("[heartbeat]\ninterval_ms = 0\ntimeout_ms = 200\n[queue]\nclose_timeout_ms = 300\n", &["--shards", "1"]);
+    let mut deaf = deaf_client(&server.addr);
+    let started = std::time::Instant::now();
+    deaf.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut all = Vec::new();
+    deaf.read_to_end(&mut all).expect("the server closes the TCP connection");
+    let waited = started.elapsed();
+    assert!(all.windows(2).any(|w| w == [0x03, 0xf0]), "close 1008 was sent first");
+    assert!(waited >= Duration::from_millis(400), "it waited for the close reply ({waited:?})");
+    assert!(waited < Duration::from_secs(5), "and then gave up ({waited:?})");
+}
+
+#[test]
+fn shutdown_gives_up_on_clients_that_never_drain_after_drain_timeout() {
+    let mut server = Server::start("[shutdown]\ndrain_timeout_ms = 300\n[queue]\nclose_timeout_ms = 60000\n", &["--shards", "2"]);
+    let _deaf: Vec<_> = (0..4).map(|_| deaf_client(&server.addr)).collect();
+    let started = std::time::Instant::now();
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300), "it waited for the clients ({took:?})");
+    assert!(took < Duration::from_secs(5), "drain_timeout_ms bounds the wait ({took:?})");
+    assert!(server.stderr().contains("drain timeout"), "{}", server.stderr());
+}

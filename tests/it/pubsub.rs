@@ -136,3 +136,27 @@ fn publishing_without_subscription_reaches_others() {
     got.sort();
     assert_eq!(got, vec![0, 1]);
 }
+
+#[test]
+fn full_cross_shard_channel_pushes_back_without_loss_or_reordering() {
+    const N: u64 = 5_000;
+    // A one-message channel: the publisher's shard must wait for the other.
+    let server = Server::start(
+        "[limits]\npublish_rate = 0\n[bus]\ncapacity = 1\n[queue]\nmax_messages = 20000\nmax_bytes = 16777216\n",
+        &["--shards", "2"],
+    );
+    let mut pair = server.clients_on_every_shard(2);
+    let mut subscriber = pair.remove(1);
+    let mut publisher = pair.remove(0);
+    subscriber.subscribe("bp");
+    let reader = std::thread::spawn(move || {
+        for n in 0..N {
+            assert_eq!(subscriber.recv()["payload"], json!(n));
+        }
+    });
+    for n in 0..N {
+        publisher.publish("bp", json!(n));
+    }
+    reader.join().expect("every message, in order, through a full channel");
+    assert!(server.metric("bus_full_waits") > 0, "the channel was full at least once");
+}
