@@ -246,7 +246,9 @@ impl Shard {
     /// Tries to hand a pending publish to the shards still missing it.
     /// Returns true when it is complete.
     pub fn retry_publish(&self, pending: &mut PendingPublish) -> bool {
-        for shard in pending.remaining.iter().collect::<Vec<_>>() {
+        // ShardSet is Copy: iterate a snapshot while removing from the original.
+        let targets = pending.remaining;
+        for shard in targets.iter() {
             let msg = PublishMsg { forward: pending.forward_to == Some(shard), ..pending.msg.clone() };
             if shard == self.index || self.mailboxes[shard].try_publish(msg).is_ok() {
                 pending.remaining.remove(shard);
