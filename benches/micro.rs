@@ -27,7 +27,7 @@ fn shard(shards: usize) -> (Shard, Vec<bus::Inbox>) {
     let config = Config::from_toml("[queue]\nmax_messages = 1000000\nmax_bytes = 4294967296\n", &Overrides { listen: None, shards: Some(shards as u64) }).unwrap();
     let (mailboxes, inboxes) = bus::build(shards, 1 << 16).unwrap();
     let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
-    (Shard::new(0, Arc::new(config), mailboxes, stats, Arc::new(AtomicUsize::new(0))), inboxes)
+    (Shard::new(0, Arc::new(config), mailboxes, stats, Arc::new(AtomicUsize::new(0)), Default::default()), inboxes)
 }
 
 fn codec(c: &mut Criterion) {
@@ -65,7 +65,7 @@ fn fanout(c: &mut Criterion) {
 fn cross_shard(c: &mut Criterion) {
     let (mailboxes, inboxes) = bus::build(2, 1 << 16).unwrap();
     let frame = json::message_frame("news", PAYLOAD);
-    let msg = PublishMsg { topic: "news".into(), payload: frame.slice(0..1), frame, forward: false };
+    let msg = PublishMsg { topic: "news".into(), payload: frame.slice(0..1), frame, sender: None, forward: false };
     let mut g = c.benchmark_group("bus");
     g.throughput(Throughput::Elements(1));
     g.bench_function("cross_shard_hop_send_recv", |b| {

@@ -10,9 +10,14 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::auth::namespace::{Access, Namespace, Namespaces};
+use crate::auth::token::{TokenPolicy, Verifier};
+use crate::auth::Glob;
 
 /// The default configuration, as shipped in `tuning/shardcast.toml`.
 pub const DEFAULTS_TOML: &str = include_str!("../tuning/shardcast.toml");
@@ -32,18 +37,21 @@ pub enum ConfigError {
     #[error("config key `{key}` has the wrong type: expected {expected}, found {found}")]
     WrongType { key: String, expected: &'static str, found: &'static str },
     #[error("config key `{key}` has an invalid value {value}: {expected}")]
-    Invalid { key: &'static str, value: String, expected: &'static str },
+    Invalid { key: String, value: String, expected: String },
 }
 
 /// The file's shape. Every field is present after merging onto the defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// `[[namespaces]]` tables (first, so that TOML output keeps them valid).
+    pub namespaces: Vec<RawNamespace>,
     pub server: RawServer,
     pub limits: RawLimits,
     pub queue: RawQueue,
     pub bus: RawBus,
     pub redis: RawRedis,
+    pub auth: RawAuth,
     pub heartbeat: RawHeartbeat,
     pub shutdown: RawShutdown,
     pub log: RawLog,
@@ -77,6 +85,32 @@ pub struct RawLimits {
     pub publish_rate: u64,
     pub publish_burst: u64,
     pub rate_limit_disconnect: u64,
+    pub max_connections_per_user: u64,
+    pub max_connections_per_ip: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub hmac_secret: String,
+    pub public_key_file: String,
+    pub audience: String,
+    pub issuer: String,
+    pub leeway_ms: u64,
+    pub allow_anonymous: bool,
+    pub require_exp: bool,
+    pub auth_timeout_ms: u64,
+    pub max_token_bytes: u64,
+    pub direct_messages: String,
+}
+
+/// One `[[namespaces]]` table. Every key is required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamespace {
+    pub pattern: String,
+    pub subscribe: String,
+    pub publish: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +185,9 @@ pub struct Config {
     pub bus: BusConfig,
     /// `None` when `[redis] url` is empty (single node).
     pub redis: Option<RedisConfig>,
+    pub auth: AuthConfig,
+    /// Topic permissions, first match wins; empty = anyone may do anything.
+    pub namespaces: Namespaces,
     pub heartbeat: HeartbeatConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
@@ -191,6 +228,24 @@ pub struct LimitsConfig {
     pub publish_burst: u32,
     /// 0 = never close for rate limiting.
     pub rate_limit_disconnect: u32,
+    /// Authenticated connections per user on this node; 0 = unlimited.
+    pub max_connections_per_user: u32,
+    /// WebSocket connections per client IP on this node; 0 = unlimited.
+    pub max_connections_per_ip: u32,
+}
+
+/// `[auth]`, with the key loaded.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `None` when neither `hmac_secret` nor `public_key_file` is set: auth
+    /// is off and every connection is anonymous.
+    pub verifier: Option<Arc<Verifier>>,
+    /// With auth on, a connection with no token is anonymous (true) or must
+    /// send an `auth` request within `auth_timeout` (false).
+    pub allow_anonymous: bool,
+    pub auth_timeout: Duration,
+    /// Who may send direct messages: `Anyone`, `Users` or `Nobody`.
+    pub direct_messages: Access,
 }
 
 #[derive(Debug, Clone)]
@@ -272,11 +327,7 @@ impl Config {
             server.insert("listen".into(), toml::Value::String(listen.clone()));
         }
         if let Some(shards) = overrides.shards {
-            let shards = i64::try_from(shards).map_err(|_| ConfigError::Invalid {
-                key: "server.shards",
-                value: shards.to_string(),
-                expected: "at most 256",
-            })?;
+            let shards = i64::try_from(shards).map_err(|_| invalid("server.shards", shards, "at most 256"))?;
             server.insert("shards".into(), toml::Value::Integer(shards));
         }
         let raw: RawConfig = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| {
@@ -299,8 +350,10 @@ fn merge(base: &mut toml::Table, user: toml::Table, prefix: &str) -> Result<(), 
         match (slot, value) {
             (toml::Value::Table(b), toml::Value::Table(u)) => merge(b, u, &full)?,
             (slot, value) if slot.same_type(&value) => {
-                if let (toml::Value::Array(_), toml::Value::Array(items)) = (&*slot, &value) {
-                    if let Some(bad) = items.iter().find(|v| !v.is_str()) {
+                if let toml::Value::Array(items) = &value {
+                    if full == "namespaces" {
+                        check_namespace_tables(items)?;
+                    } else if let Some(bad) = items.iter().find(|v| !v.is_str()) {
                         return Err(ConfigError::WrongType {
                             key: full,
                             expected: "array of strings",
@@ -322,8 +375,31 @@ fn merge(base: &mut toml::Table, user: toml::Table, prefix: &str) -> Result<(), 
     Ok(())
 }
 
-fn invalid(key: &'static str, value: impl fmt::Display, expected: &'static str) -> ConfigError {
-    ConfigError::Invalid { key, value: value.to_string(), expected }
+/// `[[namespaces]]`: tables of strings with exactly the known keys.
+fn check_namespace_tables(items: &[toml::Value]) -> Result<(), ConfigError> {
+    const KEYS: [&str; 3] = ["pattern", "subscribe", "publish"];
+    for (i, item) in items.iter().enumerate() {
+        let Some(table) = item.as_table() else {
+            return Err(ConfigError::WrongType { key: format!("namespaces[{i}]"), expected: "table", found: item.type_str() });
+        };
+        for (key, value) in table {
+            let full = format!("namespaces[{i}].{key}");
+            if !KEYS.contains(&key.as_str()) {
+                return Err(ConfigError::UnknownKey { key: full });
+            }
+            if !value.is_str() {
+                return Err(ConfigError::WrongType { key: full, expected: "string", found: value.type_str() });
+            }
+        }
+        if let Some(missing) = KEYS.iter().find(|k| !table.contains_key(**k)) {
+            return Err(invalid(format!("namespaces[{i}].{missing}"), "(missing)", "every namespace sets pattern, subscribe and publish"));
+        }
+    }
+    Ok(())
+}
+
+fn invalid(key: impl Into<String>, value: impl fmt::Display, expected: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), value: value.to_string(), expected: expected.into() }
 }
 
 /// Checks a `u64` lies in `lo..=hi` and converts it.
@@ -399,6 +475,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         publish_rate: ranged("limits.publish_rate", l.publish_rate, 0, 100_000_000, "0 (unlimited)..=100000000 per second")?,
         publish_burst: ranged("limits.publish_burst", l.publish_burst, 1, 100_000_000, "1..=100000000")?,
         rate_limit_disconnect: ranged("limits.rate_limit_disconnect", l.rate_limit_disconnect, 0, 100_000_000, "0 (never)..=100000000")?,
+        max_connections_per_user: ranged("limits.max_connections_per_user", l.max_connections_per_user, 0, 100_000_000, "0 (unlimited)..=100000000")?,
+        max_connections_per_ip: ranged("limits.max_connections_per_ip", l.max_connections_per_ip, 0, 100_000_000, "0 (unlimited)..=100000000")?,
     };
     let q = &raw.queue;
     let overflow = match q.overflow.as_str() {
@@ -443,6 +521,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             pipeline_depth: ranged("redis.pipeline_depth", r.pipeline_depth, 1, 1024, "1..=1024")?,
         })
     };
+    let auth = validate_auth(&raw.auth)?;
+    let namespaces = validate_namespaces(&raw.namespaces)?;
     let h = &raw.heartbeat;
     let heartbeat = HeartbeatConfig {
         interval: optional_ms(ranged::<u64>("heartbeat.interval_ms", h.interval_ms, 0, 86_400_000, "0 (off)..=86400000 ms")?),
@@ -460,7 +540,58 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         "json" => LogFormat::Json,
         other => return Err(invalid("log.format", format!("{other:?}"), "\"text\" or \"json\"")),
     };
-    Ok(Config { server, limits, queue, bus, redis, heartbeat, shutdown, log: LogConfig { level, format }, raw })
+    Ok(Config { server, limits, queue, bus, redis, auth, namespaces, heartbeat, shutdown, log: LogConfig { level, format }, raw })
+}
+
+fn validate_auth(a: &RawAuth) -> Result<AuthConfig, ConfigError> {
+    let public_key_pem = if a.public_key_file.is_empty() {
+        None
+    } else {
+        let text = std::fs::read(&a.public_key_file)
+            .map_err(|e| invalid("auth.public_key_file", format!("{:?}", a.public_key_file), format!("a readable PEM public key file ({e})")))?;
+        Some(text)
+    };
+    let policy = TokenPolicy {
+        hmac_secret: &a.hmac_secret,
+        public_key_pem: public_key_pem.as_deref(),
+        audience: &a.audience,
+        issuer: &a.issuer,
+        leeway_ms: ranged("auth.leeway_ms", a.leeway_ms, 0, 86_400_000, "0..=86400000 ms")?,
+        require_exp: a.require_exp,
+        max_token_bytes: ranged("auth.max_token_bytes", a.max_token_bytes, 16, 1 << 20, "16..=1048576 bytes")?,
+    };
+    let verifier = Verifier::new(&policy).map_err(|e| {
+        invalid("auth.public_key_file", format!("{:?}", a.public_key_file), format!("an RSA, EC P-256/P-384 or Ed25519 public key in PEM; found {e}"))
+    })?;
+    let direct_messages = match Access::parse(&a.direct_messages) {
+        Some(mode @ (Access::Anyone | Access::Users | Access::Nobody)) => mode,
+        _ => return Err(invalid("auth.direct_messages", format!("{:?}", a.direct_messages), "\"users\", \"anyone\" or \"nobody\"")),
+    };
+    Ok(AuthConfig {
+        verifier: verifier.map(Arc::new),
+        allow_anonymous: a.allow_anonymous,
+        auth_timeout: ms(ranged::<u64>("auth.auth_timeout_ms", a.auth_timeout_ms, 1, 3_600_000, "1..=3600000 ms")?),
+        direct_messages,
+    })
+}
+
+fn validate_namespaces(raw: &[RawNamespace]) -> Result<Namespaces, ConfigError> {
+    const MODES: &str = "\"anyone\", \"users\", \"claim\" or \"nobody\"";
+    let mut rules = Vec::with_capacity(raw.len());
+    for (i, ns) in raw.iter().enumerate() {
+        if ns.pattern.is_empty() || ns.pattern.chars().any(char::is_control) {
+            return Err(invalid(format!("namespaces[{i}].pattern"), format!("{:?}", ns.pattern), "a non-empty topic glob such as \"chat:*\""));
+        }
+        let mode = |key: &str, value: &str| {
+            Access::parse(value).ok_or_else(|| invalid(format!("namespaces[{i}].{key}"), format!("{value:?}"), MODES))
+        };
+        rules.push(Namespace {
+            pattern: Glob::new(&ns.pattern),
+            subscribe: mode("subscribe", &ns.subscribe)?,
+            publish: mode("publish", &ns.publish)?,
+        });
+    }
+    Ok(Namespaces::new(rules))
 }
 
 impl RawConfig {
@@ -560,6 +691,43 @@ mod tests {
         assert!(err("[server]\nshards = 2\n[redis]\nurl = \"redis://x:1\"\nbridge_shard = 2").contains("redis.bridge_shard"));
         assert!(err("[redis]\nurl = \"http://x\"").contains("redis.url"));
         assert!(err("[redis]\nurl = \"redis://x:1\"\nreconnect_min_ms = 10\nreconnect_max_ms = 5").contains("redis.reconnect_max_ms"));
+    }
+
+    #[test]
+    fn namespaces_load_in_order_and_round_trip() {
+        let text = "[[namespaces]]\npattern = \"chat:*\"\nsubscribe = \"users\"\npublish = \"claim\"\n[[namespaces]]\npattern = \"*\"\nsubscribe = \"anyone\"\npublish = \"nobody\"\n";
+        let c = Config::from_toml(text, &Overrides::default()).unwrap();
+        assert_eq!(c.namespaces.access("chat:1", crate::auth::Action::Publish), Access::Claim);
+        assert_eq!(c.namespaces.access("news", crate::auth::Action::Publish), Access::Nobody);
+        let again = Config::from_toml(&c.raw.to_toml(), &Overrides::default()).unwrap();
+        assert_eq!(c.raw, again.raw);
+        assert!(Config::defaults().namespaces.is_empty());
+    }
+
+    #[test]
+    fn bad_namespaces_are_named() {
+        let ns = |body: &str| err(&format!("[[namespaces]]\n{body}"));
+        assert!(ns("pattern = \"\"\nsubscribe = \"users\"\npublish = \"users\"").contains("namespaces[0].pattern"));
+        assert!(ns("pattern = \"a\"\nsubscribe = \"everyone\"\npublish = \"users\"").contains("namespaces[0].subscribe"));
+        assert!(ns("pattern = \"a\"\nsubscribe = \"users\"").contains("namespaces[0].publish"));
+        assert!(ns("pattern = \"a\"\nsubscribe = \"users\"\npublish = \"users\"\nhistory = 1").contains("namespaces[0].history"));
+        assert!(ns("pattern = 1\nsubscribe = \"users\"\npublish = \"users\"").contains("namespaces[0].pattern"));
+    }
+
+    #[test]
+    fn auth_section_validates() {
+        let c = Config::defaults();
+        assert!(c.auth.verifier.is_none(), "auth is off by default");
+        assert_eq!(c.auth.direct_messages, Access::Users);
+        let on = Config::from_toml("[auth]\nhmac_secret = \"s\"", &Overrides::default()).unwrap();
+        assert!(on.auth.verifier.is_some());
+        assert!(err("[auth]\npublic_key_file = \"/nonexistent/key.pem\"").contains("auth.public_key_file"));
+        let garbage = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(garbage.path(), "not a key").unwrap();
+        assert!(err(&format!("[auth]\npublic_key_file = {:?}", garbage.path())).contains("auth.public_key_file"));
+        assert!(err("[auth]\ndirect_messages = \"claim\"").contains("auth.direct_messages"));
+        assert!(err("[auth]\nauth_timeout_ms = 0").contains("auth.auth_timeout_ms"));
+        assert!(err("[limits]\nmax_connections_per_ip = -1").contains("max_connections_per_ip"));
     }
 
     #[test]

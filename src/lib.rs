@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: `tuning/shardcast.toml` -> validated [`config::Config`].
+//! - [`auth`]: connection tokens (JWT) -> identity, namespace permissions,
+//!   node-wide per-user / per-IP connection counts. No I/O.
 //! - [`runtime`]: binds one `SO_REUSEPORT` listener per shard, starts one
 //!   pinned glommio executor per shard, readiness line, signals.
 //! - [`shard`]: per-core state ([`shard::Shard`]) and its tasks: accept loop,
@@ -30,12 +32,14 @@
 //! Each receiving shard queues the same `Bytes` to its own subscribers.
 //! See `docs/architecture.md`.
 
+pub mod auth;
 pub mod bridge;
 pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod runtime;
 pub mod shard;

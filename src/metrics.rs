@@ -43,6 +43,12 @@ stats! {
     request_errors: "counter", "Error replies sent for bad requests.";
     protocol_errors: "counter", "Connections closed for WebSocket protocol violations (1002/1007/1009).";
     heartbeat_timeouts: "counter", "Connections closed for sending nothing within heartbeat.timeout_ms.";
+    auth_failures: "counter", "Connections closed with 4001: a bad token, or no auth request in time.";
+    token_expiries: "counter", "Connections closed with 4002: token expired without a refresh.";
+    user_limit_rejections: "counter", "Connections closed with 4008: over limits.max_connections_per_user.";
+    ip_limit_rejections: "counter", "Handshakes answered 429: over limits.max_connections_per_ip.";
+    forbidden: "counter", "Requests refused with forbidden (namespace rules, direct_messages, refresh for another user).";
+    direct_messages: "counter", "Direct messages (send requests) accepted from clients on this shard.";
     accept_errors: "counter", "accept() failures (EMFILE, ENFILE, ...).";
     redis_connected: "gauge", "1 while the bridge's Redis connections are up (bridge shard only).";
     redis_connects: "counter", "Successful Redis (re)connections of the bridge.";

@@ -15,6 +15,7 @@ use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
+use crate::auth::Admission;
 use crate::bus::{self, ControlMsg};
 use crate::config::Config;
 use crate::metrics::ShardStats;
@@ -97,6 +98,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let (mailboxes, inboxes) = bus::build(shards, config.bus.capacity).map_err(RuntimeError::Bus)?;
     let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
     let node_connections = Arc::new(AtomicUsize::new(0));
+    let admission = Arc::new(Admission::new(config.limits.max_connections_per_user, config.limits.max_connections_per_ip));
     let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(RuntimeError::Signals)?;
     let cpus = allowed_cpus();
 
@@ -115,6 +117,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             mailboxes: mailboxes.clone(),
             stats: stats.clone(),
             node_connections: node_connections.clone(),
+            admission: admission.clone(),
         };
         let ready = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(placement)

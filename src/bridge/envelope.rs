@@ -13,8 +13,9 @@ pub use generated::shardcast::bridge::{Envelope, EnvelopeArgs, Flags};
 /// A message read from Redis, borrowed from the push that carried it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming<'a> {
-    /// Published by a shardcast node.
-    Node { origin: &'a str, payload: &'a [u8] },
+    /// Published by a shardcast node. `sender` is a direct message's
+    /// verified sender (`None`: anonymous, or a topic message).
+    Node { origin: &'a str, payload: &'a [u8], sender: Option<&'a str> },
     /// Published by another Redis client: the bytes are the JSON payload.
     External { payload: &'a [u8] },
 }
@@ -29,14 +30,21 @@ pub enum BadMessage {
 }
 
 /// Encodes one envelope into `builder` (reset first) and returns its bytes.
-pub fn encode<'b>(builder: &'b mut FlatBufferBuilder<'static>, origin: &str, topic: &str, payload: &[u8]) -> &'b [u8] {
+pub fn encode<'b>(
+    builder: &'b mut FlatBufferBuilder<'static>,
+    origin: &str,
+    topic: &str,
+    payload: &[u8],
+    sender: Option<&str>,
+) -> &'b [u8] {
     builder.reset();
     let origin = builder.create_string(origin);
     let topic = builder.create_string(topic);
     let payload = builder.create_vector(payload);
+    let user = sender.map(|s| builder.create_string(s));
     let env = Envelope::create(
         builder,
-        &EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags: Flags::Json, seq: 0, user: None },
+        &EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags: Flags::Json, seq: 0, user },
     );
     generated::shardcast::bridge::finish_envelope_buffer(builder, env);
     builder.finished_data()
@@ -54,7 +62,8 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming<'_>, BadMessage> {
             if !is_json(payload) {
                 return Err(BadMessage::PayloadNotJson);
             }
-            return Ok(Incoming::Node { origin: env.origin(), payload });
+            let sender = env.user().filter(|u| !u.is_empty());
+            return Ok(Incoming::Node { origin: env.origin(), payload, sender });
         }
     }
     if is_json(bytes) {
@@ -70,8 +79,10 @@ mod tests {
     #[test]
     fn round_trips() {
         let mut b = FlatBufferBuilder::new();
-        let bytes = encode(&mut b, "node-a", "news", br#"{"x":1}"#).to_vec();
-        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: br#"{"x":1}"# }));
+        let bytes = encode(&mut b, "node-a", "news", br#"{"x":1}"#, None).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: br#"{"x":1}"#, sender: None }));
+        let bytes = encode(&mut b, "node-a", "$user:bob", b"2", Some("alice")).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"2", sender: Some("alice") }));
     }
 
     #[test]
@@ -83,7 +94,7 @@ mod tests {
     #[test]
     fn garbage_is_refused_never_panics() {
         let mut b = FlatBufferBuilder::new();
-        let good = encode(&mut b, "n", "t", b"1").to_vec();
+        let good = encode(&mut b, "n", "t", b"1", None).to_vec();
         assert_eq!(decode(b"not json"), Err(BadMessage::Undecodable));
         assert_eq!(decode(b""), Err(BadMessage::Undecodable));
         for cut in 0..good.len() {
@@ -94,7 +105,7 @@ mod tests {
             bad[i] ^= 0xff;
             let _ = decode(&bad);
         }
-        let not_json = encode(&mut b, "n", "t", b"{oops").to_vec();
+        let not_json = encode(&mut b, "n", "t", b"{oops", None).to_vec();
         assert_eq!(decode(&not_json), Err(BadMessage::PayloadNotJson));
     }
 }

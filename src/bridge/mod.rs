@@ -18,9 +18,7 @@ mod resp;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::poll_fn;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use flatbuffers::FlatBufferBuilder;
@@ -32,6 +30,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::RedisConfig;
 use crate::metrics::ShardStats;
+use crate::notify::Notify;
+use crate::protocol::json;
 use crate::shard::Shard;
 use resp::{BridgeError, RespReader};
 
@@ -40,34 +40,6 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Channels per SUBSCRIBE command when re-subscribing after a reconnect.
 const SUBSCRIBE_CHUNK: usize = 1000;
-
-/// A single-task wake-up flag (`!Send`, shard-local).
-#[derive(Default)]
-struct Signal {
-    raised: Cell<bool>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl Signal {
-    fn raise(&self) {
-        self.raised.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-
-    async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.raised.replace(false) {
-                Poll::Ready(())
-            } else {
-                self.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
 
 /// The bridge shard's Redis state. Touched only by the bridge shard.
 pub struct Bridge {
@@ -80,11 +52,11 @@ pub struct Bridge {
     /// connected (a reconnect re-subscribes `wanted`), so bounded by the
     /// changes of one connection's lifetime between two writes.
     changes: RefCell<VecDeque<(Rc<str>, bool)>>,
-    changed: Signal,
+    changed: Notify,
     /// Packed PUBLISH commands waiting for the publisher connection.
     /// At most `buffer_messages`; the oldest is dropped beyond.
     outbound: RefCell<VecDeque<Vec<u8>>>,
-    outbound_ready: Signal,
+    outbound_ready: Notify,
     subscribed_connected: Cell<bool>,
     /// Interest acknowledgements held back until Redis confirms the topic's
     /// SUBSCRIBE, so that a subscribe ack means delivery from every node.
@@ -109,9 +81,9 @@ impl Bridge {
             node_id,
             wanted: RefCell::default(),
             changes: RefCell::default(),
-            changed: Signal::default(),
+            changed: Notify::default(),
             outbound: RefCell::default(),
-            outbound_ready: Signal::default(),
+            outbound_ready: Notify::default(),
             subscribed_connected: Cell::new(false),
             confirmations: RefCell::default(),
             builder: RefCell::new(FlatBufferBuilder::with_capacity(1024)),
@@ -167,10 +139,11 @@ impl Bridge {
         self.confirmations.borrow_mut().drain().flat_map(|(_, acks)| acks).collect()
     }
 
-    /// Queues a publish for the other nodes.
-    pub fn enqueue(&self, topic: &str, payload: &[u8], stats: &ShardStats) {
+    /// Queues a publish (or, on a `$user:` topic, a direct message from
+    /// `sender`) for the other nodes.
+    pub fn enqueue(&self, topic: &str, payload: &[u8], sender: Option<&str>, stats: &ShardStats) {
         let mut builder = self.builder.borrow_mut();
-        let envelope = envelope::encode(&mut builder, &self.node_id, topic, payload);
+        let envelope = envelope::encode(&mut builder, &self.node_id, topic, payload, sender);
         let command = redis::cmd("PUBLISH").arg(self.channel(topic)).arg(envelope).get_packed_command();
         drop(builder);
         let mut outbound = self.outbound.borrow_mut();
@@ -364,29 +337,39 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
     if kind.as_slice() != b"message" {
         return;
     }
-    let topic = std::str::from_utf8(channel)
-        .ok()
-        .and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()))
-        .filter(|t| crate::topic::validate(t, shard.config.limits.max_topic_len).is_ok());
-    let Some(topic) = topic else {
+    let limits = &shard.config.limits;
+    let topic = std::str::from_utf8(channel).ok().and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()));
+    // A user's direct messages, or a client topic.
+    let recipient = topic.and_then(|t| t.strip_prefix(crate::topic::USER_PREFIX));
+    let valid = match (topic, recipient) {
+        (Some(_), Some(user)) => !user.is_empty() && user.len() <= crate::auth::MAX_USER_BYTES,
+        (Some(topic), None) => crate::topic::validate(topic, limits.max_topic_len).is_ok(),
+        (None, _) => false,
+    };
+    let Some(topic) = topic.filter(|_| valid) else {
         ShardStats::add(&stats.redis_bad_messages, 1);
         return;
     };
-    let payload = match envelope::decode(data) {
+    let (payload, sender) = match envelope::decode(data) {
         Ok(envelope::Incoming::Node { origin, .. }) if origin == bridge.node_id => return,
-        Ok(envelope::Incoming::Node { payload, .. }) | Ok(envelope::Incoming::External { payload }) => payload,
+        Ok(envelope::Incoming::Node { payload, sender, .. }) => (payload, sender),
+        Ok(envelope::Incoming::External { payload }) => (payload, None),
         Err(bad) => {
             ShardStats::add(&stats.redis_bad_messages, 1);
             debug!(topic, ?bad, "refused a message from redis");
             return;
         }
     };
-    if payload.len() > shard.config.limits.max_message_bytes {
+    if payload.len() > limits.max_message_bytes || sender.is_some_and(|s| s.len() > crate::auth::MAX_USER_BYTES) {
         ShardStats::add(&stats.redis_bad_messages, 1);
         return;
     }
     ShardStats::add(&stats.redis_received, 1);
-    if let Err(mut pending) = shard.fan_out_remote(topic, payload) {
+    let (frame, payload) = match recipient {
+        Some(_) => json::direct_frame_with_payload(sender, payload),
+        None => json::message_frame_with_payload(topic, payload),
+    };
+    if let Err(mut pending) = shard.fan_out_remote(topic, frame, payload) {
         // Backpressure: stop reading Redis until every shard took it.
         while !shard.retry_publish(&mut pending) {
             sleep(Duration::from_micros(200)).await;

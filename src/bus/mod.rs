@@ -35,6 +35,9 @@ pub struct PublishMsg {
     pub frame: Bytes,
     /// The payload, as a slice of `frame`.
     pub payload: Bytes,
+    /// The verified user id of a direct message's sender (for the bridge's
+    /// envelope); `None` for topic messages and anonymous senders.
+    pub sender: Option<Arc<str>>,
     /// Set only on the copy sent to the Redis bridge shard: publish it to
     /// the other nodes as well as delivering it locally.
     pub forward: bool,
@@ -166,7 +169,7 @@ mod tests {
     fn full_data_channel_hands_the_message_back() {
         let (mailboxes, inboxes) = build(1, 2).unwrap();
         let frame = Bytes::from_static(b"x");
-        let msg = PublishMsg { topic: "t".into(), payload: frame.clone(), frame, forward: false };
+        let msg = PublishMsg { topic: "t".into(), payload: frame.clone(), frame, sender: None, forward: false };
         assert!(mailboxes[0].try_publish(msg.clone()).is_ok());
         assert!(mailboxes[0].try_publish(msg.clone()).is_ok());
         assert!(mailboxes[0].try_publish(msg.clone()).is_err());

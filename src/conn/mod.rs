@@ -7,6 +7,7 @@
 //! connection's own, and freed as soon as the frame completes.
 
 mod peer;
+mod session;
 
 pub use peer::{ConnId, Outbox, Peer, Pushed};
 
@@ -23,10 +24,11 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use tracing::debug;
 
+use crate::auth::{Access, Action, IpSlot, MAX_USER_BYTES};
 use crate::clock::Stamp;
 use crate::metrics::ShardStats;
 use crate::protocol::{close, json, Command, ErrorCode, RequestError};
-use crate::shard::{PendingPublish, Shard, SubscribeOutcome};
+use crate::shard::{PendingPublish, Shard};
 use crate::ws::frame::{self, Opcode};
 use crate::ws::handshake::{self, Decision, Endpoint};
 
@@ -76,6 +78,9 @@ impl Future for Serve {
                     if conn.poll_serve(cx).is_pending() {
                         return Poll::Pending;
                     }
+                    if let Some(topic) = conn.user_topic() {
+                        conn.shard.unsubscribe(topic, conn.peer.id);
+                    }
                     conn.shard.remove_peer(conn.peer.id, &conn.topics);
                     debug!(conn = %conn.peer.id, "closed");
                     *this = Serve::Done;
@@ -93,15 +98,11 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Conn> {
     let _ = stream.set_nodelay(true);
     let timeout = shard.config.server.handshake_timeout;
     let upgraded = glommio::timer::timeout(timeout, async { Ok(handshake(&shard, &mut stream).await) }).await;
-    let Ok(Some((endpoint, leftover))) = upgraded else { return None };
+    let Ok(Some(Upgraded { endpoint, leftover, token, ip })) = upgraded else { return None };
     let peer = Rc::new(Peer::new(shard.next_conn_id(), Instant::now()));
     shard.add_peer(peer.clone());
-    if endpoint == Endpoint::PubSub {
-        let welcome = json::welcome_frame(&peer.id.to_string(), &shard.config.server.node_id, shard.index);
-        peer.push(welcome, &shard.config.queue, shard.stats());
-    }
     let bucket = TokenBucket::new(shard.config.limits.publish_burst);
-    Some(Conn {
+    let mut conn = Conn {
         shard,
         peer,
         stream,
@@ -115,12 +116,28 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Conn> {
         close_received: false,
         input_closed: false,
         blocked: None,
-    })
+        session: None,
+    };
+    match endpoint {
+        Endpoint::PubSub => conn.begin_session(token, ip),
+        Endpoint::Echo => conn.hold_ip(ip),
+    }
+    Some(conn)
 }
 
-/// Reads and answers the HTTP upgrade request. Returns the endpoint and the
-/// bytes that followed the request, or `None` when the connection was refused.
-async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<(Endpoint, Vec<u8>)> {
+/// A request that was answered with 101 Switching Protocols.
+struct Upgraded {
+    endpoint: Endpoint,
+    /// Bytes read past the request: already WebSocket data.
+    leftover: Vec<u8>,
+    token: Option<String>,
+    /// The connection's count against `max_connections_per_ip`, if limited.
+    ip: Option<IpSlot>,
+}
+
+/// Reads and answers the HTTP upgrade request. `None` when the connection
+/// was refused.
+async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Upgraded> {
     let server = &shard.config.server;
     let rules = handshake::Rules {
         ws_path: &server.ws_path,
@@ -154,9 +171,17 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<(Endpoint, V
         }
     };
     let reply = match decision {
-        Decision::Upgrade { endpoint, response, consumed } => {
+        Decision::Upgrade { endpoint, response, consumed, token } => {
+            let ip = match stream.peer_addr() {
+                Ok(addr) => shard.admission.admit_ip(addr.ip()),
+                Err(_) => return None,
+            };
             let open = shard.node_connections.fetch_add(1, Ordering::Relaxed);
-            if open >= server.max_connections {
+            if ip.is_err() {
+                shard.node_connections.fetch_sub(1, Ordering::Relaxed);
+                ShardStats::add(&shard.stats().ip_limit_rejections, 1);
+                handshake::response(429, "Too Many Requests", "Retry-After: 1\r\n", "text/plain", b"too many connections from this address\n")
+            } else if open >= server.max_connections {
                 shard.node_connections.fetch_sub(1, Ordering::Relaxed);
                 handshake::response(503, "Service Unavailable", "Retry-After: 1\r\n", "text/plain", b"server is at max_connections\n")
             } else {
@@ -164,11 +189,12 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<(Endpoint, V
                     shard.node_connections.fetch_sub(1, Ordering::Relaxed);
                     return None;
                 }
-                return Some((endpoint, buf[consumed..filled].to_vec()));
+                let leftover = buf[consumed..filled].to_vec();
+                return Some(Upgraded { endpoint, leftover, token, ip: ip.unwrap_or_default() });
             }
         }
         Decision::Metrics => {
-            let page = ShardStats::render(&shard.all_stats);
+            let page = shard.metrics_page();
             handshake::response(200, "OK", "", "text/plain; version=0.0.4", page.as_bytes())
         }
         Decision::Refuse { status, reason, body, extra_headers } => {
@@ -219,6 +245,9 @@ pub struct Conn {
     input_closed: bool,
     /// Boxed: rare, and large.
     blocked: Option<Box<Blocked>>,
+    /// Identity and admission slots (see `session.rs`). `None`: anonymous,
+    /// holding no per-IP slot.
+    session: Option<Box<session::Session>>,
 }
 
 impl Conn {
@@ -478,12 +507,19 @@ impl Conn {
             Err(e) => return self.reply_error(e),
         };
         let id = request.id;
-        let limits = &self.shard.config.limits;
+        if self.awaiting_auth() && !matches!(request.command, Command::Auth { .. }) {
+            let message = "authenticate first: send {\"type\":\"auth\",\"token\":…}".into();
+            return self.reply_error(RequestError { id, code: ErrorCode::Unauthorized, message });
+        }
+        let shard = self.shard.clone();
+        let limits = &shard.config.limits;
         match request.command {
             Command::Ping => self.send(json::pong_frame(id)),
+            Command::Auth { token } => self.on_auth(id, &token),
+            Command::Refresh { token } => self.on_refresh(id, &token),
             Command::Subscribe { topic } => {
-                if let Err(why) = crate::topic::validate(&topic, limits.max_topic_len) {
-                    return self.reply_error(RequestError { id, code: ErrorCode::InvalidTopic, message: why.into() });
+                if !self.topic_allowed(id, &topic, Action::Subscribe) {
+                    return;
                 }
                 let subscribed = self.shard.registry.borrow().get(&topic).is_some_and(|e| e.subscribers.contains_key(&self.peer.id));
                 if !subscribed && self.topics.len() >= limits.max_topics_per_connection {
@@ -493,16 +529,13 @@ impl Conn {
                         message: format!("at most {} topics per connection", limits.max_topics_per_connection),
                     });
                 }
-                let (name, outcome) = self.shard.subscribe(&self.peer, &topic, id);
+                // Acked now, or by the shard once the other shards confirmed
+                // the interest; without an id there is no ack.
+                let name = self.shard.subscribe(&self.peer, &topic, id.map(json::ack_frame));
                 if !subscribed {
                     // Most connections hold one or a few topics: grow one at a time.
                     self.topics.reserve_exact(1);
                     self.topics.push(name);
-                }
-                // Without an id there is no ack; while waiting, the shard acks
-                // once the other shards confirmed the interest.
-                if let (SubscribeOutcome::Done, Some(id)) = (outcome, id) {
-                    self.send(json::ack_frame(id));
                 }
             }
             Command::Unsubscribe { topic } => {
@@ -519,28 +552,82 @@ impl Conn {
                 }
             }
             Command::Publish { topic, payload, skip_self } => {
-                if let Err(why) = crate::topic::validate(&topic, limits.max_topic_len) {
-                    return self.reply_error(RequestError { id, code: ErrorCode::InvalidTopic, message: why.into() });
+                if !self.topic_allowed(id, &topic, Action::Publish) || !self.take_publish_token(id) {
+                    return;
                 }
-                let now = Instant::now();
-                if !self.bucket.take(now, limits.publish_rate, limits.publish_burst) {
-                    ShardStats::add(&self.shard.stats().rate_limited, 1);
-                    if self.limited.strike(now, limits.rate_limit_disconnect) {
-                        return self.fail(close::POLICY, "rate limit exceeded repeatedly");
-                    }
-                    return self.reply_error(RequestError {
-                        id,
-                        code: ErrorCode::RateLimited,
-                        message: format!("more than {} publishes per second", limits.publish_rate),
-                    });
-                }
-                if let Err(pending) = self.shard.publish(&self.peer, &topic, payload.get().as_bytes(), skip_self) {
-                    self.blocked = Some(Box::new(Blocked::Bus { pending: *pending, retry: None }));
-                }
-                if let Some(id) = id {
-                    self.send(json::ack_frame(id));
-                }
+                let published = self.shard.publish(&self.peer, &topic, payload.get().as_bytes(), skip_self);
+                self.accepted(id, published);
             }
+            Command::Send { user, payload } => {
+                let policy = shard.config.auth.direct_messages;
+                let allowed = match policy {
+                    Access::Anyone => true,
+                    Access::Users => self.identity().is_some(),
+                    _ => false,
+                };
+                if !allowed {
+                    let message = match policy {
+                        Access::Users => "only authenticated connections may send direct messages",
+                        _ => "direct messages are disabled ([auth] direct_messages = \"nobody\")",
+                    };
+                    return self.forbidden(id, message.into());
+                }
+                if user.is_empty() || user.len() > MAX_USER_BYTES {
+                    let message = format!("field `user` must be a user id of 1 to {MAX_USER_BYTES} bytes");
+                    return self.reply_error(RequestError { id, code: ErrorCode::BadRequest, message });
+                }
+                if !self.take_publish_token(id) {
+                    return;
+                }
+                let from = self.identity().map(|i| i.user.clone());
+                let sent = self.shard.send_direct(from.as_ref(), &user, payload.get().as_bytes());
+                self.accepted(id, sent);
+            }
+        }
+    }
+
+    /// Whether `topic` is a valid client topic this connection may use for
+    /// `action`; answers `invalid_topic` or `forbidden` otherwise.
+    fn topic_allowed(&mut self, id: Option<u64>, topic: &str, action: Action) -> bool {
+        if let Err(why) = crate::topic::validate(topic, self.shard.config.limits.max_topic_len) {
+            self.reply_error(RequestError { id, code: ErrorCode::InvalidTopic, message: why.into() });
+            return false;
+        }
+        if !self.shard.config.namespaces.allows(topic, action, self.identity()) {
+            let verb = if action == Action::Subscribe { "subscribe to" } else { "publish to" };
+            self.forbidden(id, format!("not allowed to {verb} this topic"));
+            return false;
+        }
+        true
+    }
+
+    /// Takes one token of the connection's publish rate (publishes and direct
+    /// messages share it); answers `rate_limited`, or closes 1008 after
+    /// repeated abuse, when there is none.
+    fn take_publish_token(&mut self, id: Option<u64>) -> bool {
+        let limits = &self.shard.config.limits;
+        let now = Instant::now();
+        if self.bucket.take(now, limits.publish_rate, limits.publish_burst) {
+            return true;
+        }
+        ShardStats::add(&self.shard.stats().rate_limited, 1);
+        if self.limited.strike(now, limits.rate_limit_disconnect) {
+            self.fail(close::POLICY, "rate limit exceeded repeatedly");
+        } else {
+            let message = format!("more than {} publishes per second", limits.publish_rate);
+            self.reply_error(RequestError { id, code: ErrorCode::RateLimited, message });
+        }
+        false
+    }
+
+    /// Acks an accepted publish or direct message; stops reading while part
+    /// of it waits for room on another shard's channel.
+    fn accepted(&mut self, id: Option<u64>, result: Result<(), Box<PendingPublish>>) {
+        if let Err(pending) = result {
+            self.blocked = Some(Box::new(Blocked::Bus { pending: *pending, retry: None }));
+        }
+        if let Some(id) = id {
+            self.send(json::ack_frame(id));
         }
     }
 
@@ -684,7 +771,7 @@ mod footprint {
             let (m, _) = crate::bus::build(1, 4).unwrap();
             let cfg = std::sync::Arc::new(crate::config::Config::defaults());
             let stats: std::sync::Arc<[crate::metrics::ShardStats]> = vec![crate::metrics::ShardStats::default()].into();
-            let shard = std::rc::Rc::new(crate::shard::Shard::new(0, cfg, m, stats, Default::default()));
+            let shard = std::rc::Rc::new(crate::shard::Shard::new(0, cfg, m, stats, Default::default(), Default::default()));
             let task = super::serve(shard, s);
             assert!(std::mem::size_of_val(&task) <= 256, "connection task is {} bytes", std::mem::size_of_val(&task));
             // Rc<Peer> must fit mimalloc's 128-byte size class.

@@ -28,6 +28,10 @@ struct RawRequest<'a> {
     payload: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     skip_self: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    user: Option<&'a RawValue>,
 }
 
 /// `Some(raw)` for any present value, `null` included (serde's `Option`
@@ -52,7 +56,7 @@ fn string_field<'a>(raw: &'a RawValue, id: Option<u64>, name: &str) -> Result<Co
 }
 
 /// Decodes one request from a text frame's bytes (already valid UTF-8).
-pub fn parse_request(text: &[u8]) -> Result<Request<'_>, RequestError> {
+pub fn parse_request<'a>(text: &'a [u8]) -> Result<Request<'a>, RequestError> {
     let first = text.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         let message = if serde_json::from_slice::<&RawValue>(text).is_ok() {
@@ -62,7 +66,7 @@ pub fn parse_request(text: &[u8]) -> Result<Request<'_>, RequestError> {
         };
         return Err(bad(None, ErrorCode::BadJson, message));
     }
-    let raw: RawRequest<'_> = serde_json::from_slice(text)
+    let raw: RawRequest<'a> = serde_json::from_slice(text)
         .map_err(|e| bad(None, ErrorCode::BadJson, format!("request is not valid JSON: {e}")))?;
     let id = match raw.id {
         None => None,
@@ -73,16 +77,17 @@ pub fn parse_request(text: &[u8]) -> Result<Request<'_>, RequestError> {
     };
     let kind = raw.kind.ok_or_else(|| bad(id, ErrorCode::BadRequest, "missing field `type`"))?;
     let kind = string_field(kind, id, "type")?;
-    let topic = || -> Result<Cow<'_, str>, RequestError> {
-        let t = raw.topic.ok_or_else(|| bad(id, ErrorCode::BadRequest, "missing field `topic`"))?;
-        string_field(t, id, "topic")
+    let required = |field: Option<&'a RawValue>, name: &str| -> Result<&'a RawValue, RequestError> {
+        field.ok_or_else(|| bad(id, ErrorCode::BadRequest, format!("missing field `{name}`")))
     };
+    let string = |field: Option<&'a RawValue>, name: &str| string_field(required(field, name)?, id, name);
+    let topic = || string(raw.topic, "topic");
     let command = match &*kind {
         "subscribe" => Command::Subscribe { topic: topic()? },
         "unsubscribe" => Command::Unsubscribe { topic: topic()? },
         "publish" => {
             let topic = topic()?;
-            let payload = raw.payload.ok_or_else(|| bad(id, ErrorCode::BadRequest, "missing field `payload`"))?;
+            let payload = required(raw.payload, "payload")?;
             let skip_self = match raw.skip_self {
                 None => false,
                 Some(v) => serde_json::from_str::<bool>(v.get())
@@ -91,6 +96,9 @@ pub fn parse_request(text: &[u8]) -> Result<Request<'_>, RequestError> {
             Command::Publish { topic, payload, skip_self }
         }
         "ping" => Command::Ping,
+        "auth" => Command::Auth { token: string(raw.token, "token")? },
+        "refresh" => Command::Refresh { token: string(raw.token, "token")? },
+        "send" => Command::Send { user: string(raw.user, "user")?, payload: required(raw.payload, "payload")? },
         other => {
             let mut shown: String = other.chars().take(64).collect();
             if shown.len() < other.len() {
@@ -131,13 +139,38 @@ pub fn message_frame_with_payload(topic: &str, payload: &[u8]) -> (Bytes, Bytes)
     (frame, payload)
 }
 
-pub fn welcome_frame(client: &str, node: &str, shard: usize) -> Bytes {
-    let mut body = Vec::with_capacity(64 + client.len() + node.len());
+/// `{"type":"direct","from":F,"payload":P}`: a direct message, built once
+/// and shared by every connection of the recipient. `from` is the sender's
+/// verified user id, `null` for anonymous senders and backends. Returns the
+/// payload as a slice of the frame too, for the Redis bridge.
+pub fn direct_frame_with_payload(from: Option<&str>, payload: &[u8]) -> (Bytes, Bytes) {
+    const PREFIX: &[u8] = br#"{"type":"direct","from":"#;
+    const MIDDLE: &[u8] = br#","payload":"#;
+    let mut quoted = Vec::with_capacity(from.map_or(4, |f| f.len() + 2));
+    push_json_nullable_str(&mut quoted, from);
+    let frame = frame::build(Opcode::Text, &[PREFIX, &quoted, MIDDLE, payload, b"}"]);
+    let end = frame.len() - 1;
+    let payload = frame.slice(end - payload.len()..end);
+    (frame, payload)
+}
+
+fn push_json_nullable_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => push_json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// The first frame of an authenticated (or anonymous: `user` = `None`) connection.
+pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>) -> Bytes {
+    let mut body = Vec::with_capacity(80 + client.len() + node.len() + user.map_or(0, str::len));
     body.extend_from_slice(br#"{"type":"welcome","client":"#);
     push_json_str(&mut body, client);
     body.extend_from_slice(br#","node":"#);
     push_json_str(&mut body, node);
-    body.extend_from_slice(format!(r#","shard":{shard}}}"#).as_bytes());
+    body.extend_from_slice(format!(r#","shard":{shard},"user":"#).as_bytes());
+    push_json_nullable_str(&mut body, user);
+    body.push(b'}');
     text_frame(&body)
 }
 
@@ -202,6 +235,12 @@ mod tests {
         let r = parse_request(br#"{"type":"publish","topic":"t","payload":null}"#).unwrap();
         assert!(matches!(r.command, Command::Publish { payload, .. } if payload.get() == "null"));
         assert!(matches!(parse_request(br#"{"type":"ping","extra":1}"#).unwrap().command, Command::Ping));
+        let r = parse_request(br#"{"type":"auth","token":"a.b.c","id":1}"#).unwrap();
+        assert!(matches!(r.command, Command::Auth { ref token } if token == "a.b.c"));
+        let r = parse_request(br#"{"type":"refresh","token":"t"}"#).unwrap();
+        assert!(matches!(r.command, Command::Refresh { ref token } if token == "t"));
+        let r = parse_request(br#"{"type":"send","user":"alice","payload":[1]}"#).unwrap();
+        assert!(matches!(r.command, Command::Send { ref user, payload } if user == "alice" && payload.get() == "[1]"));
     }
 
     #[test]
@@ -218,6 +257,10 @@ mod tests {
         assert_eq!(code(r#"{"type":"publish","topic":"t"}"#), (None, ErrorCode::BadRequest));
         assert_eq!(code(r#"{"type":"publish","topic":"t","payload":1,"skip_self":"y"}"#), (None, ErrorCode::BadRequest));
         assert_eq!(code(r#"{"type":"dance","id":9}"#), (Some(9), ErrorCode::UnknownType));
+        assert_eq!(code(r#"{"type":"auth","id":3}"#), (Some(3), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"auth","token":1}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"send","user":"a"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"send","payload":1}"#), (None, ErrorCode::BadRequest));
     }
 
     #[test]
@@ -237,8 +280,13 @@ mod tests {
         let e = RequestError { id: None, code: ErrorCode::RateLimited, message: "slow \"down\"".into() };
         assert_eq!(body(&error_frame(&e)), serde_json::json!({"type":"error","code":"rate_limited","message":"slow \"down\""}));
         assert_eq!(
-            body(&welcome_frame("c1", "n", 2)),
-            serde_json::json!({"type":"welcome","client":"c1","node":"n","shard":2})
+            body(&welcome_frame("c1", "n", 2, None)),
+            serde_json::json!({"type":"welcome","client":"c1","node":"n","shard":2,"user":null})
         );
+        assert_eq!(body(&welcome_frame("c1", "n", 2, Some("a\"b")))["user"], "a\"b");
+        let (d, p) = direct_frame_with_payload(Some("bob"), br#"{"t":1}"#);
+        assert_eq!(body(&d), serde_json::json!({"type":"direct","from":"bob","payload":{"t":1}}));
+        assert_eq!(&p[..], br#"{"t":1}"#);
+        assert_eq!(body(&direct_frame_with_payload(None, b"2").0), serde_json::json!({"type":"direct","from":null,"payload":2}));
     }
 }

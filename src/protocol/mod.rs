@@ -23,6 +23,12 @@ pub enum Command<'a> {
     /// `payload` is valid JSON, kept verbatim (never re-serialised).
     Publish { topic: std::borrow::Cow<'a, str>, payload: &'a RawValue, skip_self: bool },
     Ping,
+    /// Authenticates a connection that brought no token in its upgrade.
+    Auth { token: std::borrow::Cow<'a, str> },
+    /// Replaces the connection's token with a newer one for the same user.
+    Refresh { token: std::borrow::Cow<'a, str> },
+    /// A direct message to every connection of `user`, on every node.
+    Send { user: std::borrow::Cow<'a, str>, payload: &'a RawValue },
 }
 
 /// Error codes of `{"type":"error"}` replies. After any of them the connection
@@ -41,6 +47,12 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// The publish token bucket is empty; the publish was dropped.
     RateLimited,
+    /// The connection has not authenticated yet (it must send `auth`), or a
+    /// `refresh` token failed verification.
+    Unauthorized,
+    /// The connection's identity may not do this (namespace rules,
+    /// `[auth] direct_messages`, a `refresh` for another user).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -52,6 +64,8 @@ impl ErrorCode {
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -65,7 +79,8 @@ pub struct RequestError {
     pub message: String,
 }
 
-/// WebSocket close codes the server sends (RFC 6455 section 7.4).
+/// WebSocket close codes the server sends (RFC 6455 section 7.4; 4000-4999
+/// are shardcast's own).
 pub mod close {
     /// Normal closure: the client asked to close, or the close handshake completed.
     pub const NORMAL: u16 = 1000;
@@ -83,4 +98,11 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// The client did not read fast enough and its queue overflowed ("slow consumer").
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The token (in the upgrade or an `auth` request) failed verification, or
+    /// no `auth` arrived within `[auth] auth_timeout_ms`. The reason says which check failed.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// The token's `exp` (plus leeway) passed without a successful `refresh`.
+    pub const TOKEN_EXPIRED: u16 = 4002;
+    /// The user already has `[limits] max_connections_per_user` connections on this node.
+    pub const TOO_MANY_CONNECTIONS_FOR_USER: u16 = 4008;
 }

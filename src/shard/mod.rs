@@ -4,8 +4,10 @@
 //! Everything in [`Shard`] is `!Send` and touched only by its own executor.
 //! Other shards reach it only through its [`Inbox`].
 
+pub mod deadline;
 pub mod tasks;
 
+pub use deadline::{Deadline, Deadlines};
 pub use tasks::run;
 
 use std::cell::{Cell, RefCell};
@@ -16,14 +18,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::auth::Admission;
 use crate::bridge::{Bridge, InterestAck};
 use crate::clock::Stamp;
 use crate::bus::{ControlMsg, InterestMap, Mailbox, PublishMsg, ShardSet};
 use crate::config::Config;
 use crate::conn::{ConnId, Peer};
 use crate::metrics::ShardStats;
-use crate::protocol::json;
-use crate::topic::Registry;
+use crate::notify::Notify;
+use crate::protocol::{close, json};
+use crate::topic::{self, Registry};
 
 /// A publish that could not yet be handed to every interested shard because
 /// their data channels were full. Its connection is not read until it is.
@@ -41,18 +45,9 @@ struct PendingInterest {
     topic: Rc<str>,
     /// Shards that have not answered yet.
     remaining: usize,
-    /// Connections to release (and ack, when their request had an id).
-    waiters: Vec<(Rc<Peer>, Option<u64>)>,
-}
-
-/// Outcome of [`Shard::subscribe`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum SubscribeOutcome {
-    /// Effective everywhere now.
-    Done,
-    /// Effective once the other shards confirm; the shard will ack and wake
-    /// the connection.
-    Waiting,
+    /// Connections to release, each with the frame to queue then (its ack,
+    /// or its welcome), if any.
+    waiters: Vec<(Rc<Peer>, Option<Bytes>)>,
 }
 
 /// Per-core state. Created on the shard's own thread; never leaves it.
@@ -71,6 +66,14 @@ pub struct Shard {
     pub all_stats: Arc<[ShardStats]>,
     /// Open WebSocket connections on the whole node (`server.max_connections`).
     pub node_connections: Arc<AtomicUsize>,
+    /// Node-wide per-user and per-IP connection counts (shared by all shards;
+    /// touched only at connect, authenticate and close).
+    pub admission: Arc<Admission>,
+    /// Auth timeouts and token expiries of this shard's connections.
+    deadlines: RefCell<Deadlines>,
+    /// Raised when a deadline earlier than all others is set, so that the
+    /// deadline task (sleeping until the previous earliest) re-arms.
+    deadline_earlier: Notify,
     /// Read scratch space shared by all connections of the shard: a connection
     /// borrows it only for the duration of one non-blocking read and the
     /// synchronous parsing that follows, so idle connections hold no buffer.
@@ -98,6 +101,7 @@ impl Shard {
         mailboxes: Vec<Mailbox>,
         all_stats: Arc<[ShardStats]>,
         node_connections: Arc<AtomicUsize>,
+        admission: Arc<Admission>,
     ) -> Shard {
         let scratch = vec![0; config.server.read_buffer_bytes];
         let write_scratch = Vec::with_capacity(config.server.write_buffer_bytes);
@@ -116,6 +120,9 @@ impl Shard {
             mailboxes,
             all_stats,
             node_connections,
+            admission,
+            deadlines: RefCell::default(),
+            deadline_earlier: Notify::default(),
             scratch: RefCell::new(scratch),
             write_scratch: RefCell::new(write_scratch),
             ping_frame: crate::ws::frame::build(crate::ws::frame::Opcode::Ping, &[]),
@@ -142,13 +149,14 @@ impl Shard {
         self.mailboxes.iter().enumerate().filter(move |(i, _)| *i != self.index)
     }
 
-    /// Subscribes `peer` to `topic` (validated). When this is the topic's
-    /// first subscriber here, the subscription becomes effective (and is
-    /// acked) only once every other shard has recorded this shard's interest
-    /// and, when that made the node newly interested, once Redis confirmed
-    /// the SUBSCRIBE: a publish anywhere after the ack is guaranteed to
-    /// arrive, from this node or another.
-    pub fn subscribe(&self, peer: &Rc<Peer>, topic: &str, ack: Option<u64>) -> (Rc<str>, SubscribeOutcome) {
+    /// Subscribes `peer` to `topic` (validated) and queues `ready` (the
+    /// request's ack, say) once the subscription is effective. When this is
+    /// the topic's first subscriber here, that is only once every other shard
+    /// has recorded this shard's interest and, when that made the node newly
+    /// interested, once Redis confirmed the SUBSCRIBE: a publish anywhere
+    /// after `ready` is guaranteed to arrive, from this node or another.
+    /// Meanwhile the connection is not read (`awaiting_interest`).
+    pub fn subscribe(&self, peer: &Rc<Peer>, topic: &str, ready: Option<Bytes>) -> Rc<str> {
         let mut registry = self.registry.borrow_mut();
         let sub = registry.subscribe(topic, peer);
         let entry = registry.get_mut(topic).expect("just subscribed");
@@ -172,12 +180,16 @@ impl Shard {
             Some(token) => {
                 let mut pending = self.pending_interest.borrow_mut();
                 let wait = pending.get_mut(&token).expect("pending token is tracked");
-                wait.waiters.push((peer.clone(), ack));
+                wait.waiters.push((peer.clone(), ready));
                 peer.awaiting_interest.set(true);
-                (sub.name, SubscribeOutcome::Waiting)
             }
-            None => (sub.name, SubscribeOutcome::Done),
+            None => {
+                if let Some(frame) = ready {
+                    peer.push(frame, &self.config.queue, self.stats());
+                }
+            }
         }
+        sub.name
     }
 
     /// Removes `id` from `topic`; tells the other shards when it was the last
@@ -206,27 +218,43 @@ impl Shard {
     pub fn publish(&self, origin: &Peer, topic: &str, payload: &[u8], skip_self: bool) -> Result<(), Box<PendingPublish>> {
         let (frame, payload) = json::message_frame_with_payload(topic, payload);
         ShardStats::add(&self.stats().publishes, 1);
-        self.deliver_local(topic, &frame, skip_self.then_some(origin.id));
+        self.fan_out(topic, frame, payload, None, skip_self.then_some(origin.id))
+    }
+
+    /// Delivers a direct message to every connection of `user` on this node
+    /// and, through Redis, on every other: the same path as a publish, on the
+    /// user's internal topic. `from` is the sender's verified user id.
+    /// Ordering and backpressure are a publish's.
+    pub fn send_direct(&self, from: Option<&Arc<str>>, user: &str, payload: &[u8]) -> Result<(), Box<PendingPublish>> {
+        let (frame, payload) = json::direct_frame_with_payload(from.map(|f| &**f), payload);
+        ShardStats::add(&self.stats().direct_messages, 1);
+        self.fan_out(&topic::user_topic(user), frame, payload, from.cloned(), None)
+    }
+
+    /// Queues `frame` here, hands it to the other interested shards, and
+    /// passes it to the bridge for the other nodes.
+    fn fan_out(&self, topic: &str, frame: Bytes, payload: Bytes, sender: Option<Arc<str>>, skip: Option<ConnId>) -> Result<(), Box<PendingPublish>> {
+        self.deliver_local(topic, &frame, skip);
         let mut remaining = self.interest.borrow().shards(topic);
         let mut forward_to = None;
         match (&self.bridge, self.bridge_shard) {
-            (Some(bridge), _) => bridge.enqueue(topic, &payload, self.stats()),
+            (Some(bridge), _) => bridge.enqueue(topic, &payload, sender.as_deref(), self.stats()),
             (None, Some(bridge_shard)) => {
                 remaining.insert(bridge_shard);
                 forward_to = Some(bridge_shard);
             }
             (None, None) => {}
         }
-        self.dispatch(PublishMsg { topic: topic.into(), frame, payload, forward: false }, remaining, forward_to)
+        self.dispatch(PublishMsg { topic: topic.into(), frame, payload, sender, forward: false }, remaining, forward_to)
     }
 
-    /// Fans out a message that came from another node (through the bridge):
-    /// local subscribers and other interested shards, never back to Redis.
-    pub fn fan_out_remote(&self, topic: &str, payload: &[u8]) -> Result<(), Box<PendingPublish>> {
-        let (frame, payload) = json::message_frame_with_payload(topic, payload);
+    /// Fans out a message that came from another node (through the bridge),
+    /// already encoded as `frame`: local subscribers and other interested
+    /// shards, never back to Redis.
+    pub fn fan_out_remote(&self, topic: &str, frame: Bytes, payload: Bytes) -> Result<(), Box<PendingPublish>> {
         self.deliver_local(topic, &frame, None);
         let remaining = self.interest.borrow().shards(topic);
-        self.dispatch(PublishMsg { topic: topic.into(), frame, payload, forward: false }, remaining, None)
+        self.dispatch(PublishMsg { topic: topic.into(), frame, payload, sender: None, forward: false }, remaining, None)
     }
 
     /// Hands `msg` to the `remaining` shards; what could not be handed yet
@@ -276,7 +304,7 @@ impl Shard {
         self.deliver_local(&msg.topic, &msg.frame, None);
         if msg.forward {
             if let Some(bridge) = &self.bridge {
-                bridge.enqueue(&msg.topic, &msg.payload, self.stats());
+                bridge.enqueue(&msg.topic, &msg.payload, msg.sender.as_deref(), self.stats());
             }
         }
     }
@@ -340,9 +368,9 @@ impl Shard {
                 entry.pending_interest = None;
             }
         }
-        for (peer, ack) in wait.waiters {
-            if let Some(id) = ack {
-                peer.push(json::ack_frame(id), &self.config.queue, self.stats());
+        for (peer, ready) in wait.waiters {
+            if let Some(frame) = ready {
+                peer.push(frame, &self.config.queue, self.stats());
             }
             peer.awaiting_interest.set(false);
             peer.wake();
@@ -357,14 +385,65 @@ impl Shard {
         ShardStats::add(&stats.connections_total, 1);
     }
 
-    /// Forgets a closed connection and its subscriptions.
+    /// Forgets a closed connection, its subscriptions and its deadline.
     pub fn remove_peer(&self, id: ConnId, topics: &[Rc<str>]) {
         for topic in topics {
             self.unsubscribe(topic, id);
         }
+        self.deadlines.borrow_mut().clear(id);
         self.peers.borrow_mut().remove(&id);
         ShardStats::sub(&self.stats().connections, 1);
         self.node_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets (or replaces) connection `id`'s deadline.
+    pub fn set_deadline(&self, id: ConnId, at: Stamp, kind: Deadline) {
+        if self.deadlines.borrow_mut().set(id, at, kind) {
+            self.deadline_earlier.raise();
+        }
+    }
+
+    /// Forgets connection `id`'s deadline (it authenticated, or its new token never expires).
+    pub fn clear_deadline(&self, id: ConnId) {
+        self.deadlines.borrow_mut().clear(id);
+    }
+
+    /// The earliest deadline of this shard's connections.
+    pub fn next_deadline(&self) -> Option<Stamp> {
+        self.deadlines.borrow().next()
+    }
+
+    /// Waits until a deadline earlier than all others is set.
+    pub async fn earlier_deadline(&self) {
+        self.deadline_earlier.wait().await
+    }
+
+    /// Closes the connections whose deadline passed: 4001 for those that never
+    /// authenticated, 4002 for expired tokens. What is queued for them is
+    /// sent first.
+    pub fn expire_due(&self, now: Stamp) {
+        loop {
+            let Some((id, kind)) = self.deadlines.borrow_mut().pop_due(now) else { return };
+            let Some(peer) = self.peers.borrow().get(&id).cloned() else { continue };
+            let stats = self.stats();
+            match kind {
+                Deadline::Auth => {
+                    ShardStats::add(&stats.auth_failures, 1);
+                    peer.close(close::UNAUTHORIZED, "auth timeout", true);
+                }
+                Deadline::Expiry => {
+                    ShardStats::add(&stats.token_expiries, 1);
+                    peer.close(close::TOKEN_EXPIRED, "token expired", true);
+                }
+            }
+        }
+    }
+
+    /// The `/metrics` page: every shard's counters and the node's user gauges.
+    pub fn metrics_page(&self) -> String {
+        let mut page = ShardStats::render(&self.all_stats);
+        self.admission.render(&mut page);
+        page
     }
 
     /// One heartbeat pass: ping connections due for it, close silent ones,

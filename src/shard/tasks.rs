@@ -36,23 +36,26 @@ pub struct ShardInit {
     pub mailboxes: Vec<Mailbox>,
     pub stats: Arc<[ShardStats]>,
     pub node_connections: Arc<AtomicUsize>,
+    pub admission: Arc<crate::auth::Admission>,
 }
 
 /// The shard's whole life, run inside its pinned executor. `ready` is called
 /// once it accepts connections.
 pub async fn run(init: ShardInit, ready: impl FnOnce()) {
-    let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections } = init;
-    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections));
+    let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections, admission } = init;
+    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission));
     // SAFETY: the fd is a bound, listening TCP socket whose ownership moves here.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let accept = spawn_local(accept_loop(shard.clone(), listener)).detach();
     let sweeper = spawn_local(sweep_loop(shard.clone())).detach();
+    let deadlines = spawn_local(deadline_loop(shard.clone())).detach();
     let bridge = shard.bridge.clone().map(|b| crate::bridge::spawn(shard.clone(), b)).unwrap_or_default();
     ready();
     bus_loop(&shard, inbox).await;
     accept.cancel();
     drain(&shard).await;
     sweeper.cancel();
+    deadlines.cancel();
     for task in bridge {
         task.cancel();
     }
@@ -140,6 +143,20 @@ async fn sweep_loop(shard: Rc<Shard>) {
     loop {
         sleep(tick).await;
         shard.sweep(crate::clock::Stamp::now());
+    }
+}
+
+/// Closes connections at their auth timeout or token expiry. Sleeps until
+/// the earliest deadline (or until an earlier one is set); with none, it
+/// waits without a timer, so a server without auth never wakes for it.
+async fn deadline_loop(shard: Rc<Shard>) {
+    loop {
+        let now = crate::clock::Stamp::now();
+        match shard.next_deadline() {
+            Some(at) if at <= now => shard.expire_due(now),
+            Some(at) => futures_lite::future::or(sleep(at.since(now)), shard.earlier_deadline()).await,
+            None => shard.earlier_deadline().await,
+        }
     }
 }
 

@@ -1,13 +1,34 @@
-//! Topics: name validation and the shard-local subscriber registry.
+//! Topics: name validation, the reserved internal topics, and the
+//! shard-local subscriber registry.
 
 pub mod registry;
 
 pub use registry::Registry;
 
-/// Why a topic name is refused (error code `invalid_topic`).
+/// Topics starting with this are the server's own: clients can neither
+/// subscribe nor publish to them (`invalid_topic`).
+pub const RESERVED_PREFIX: &str = "$";
+
+/// A user's connections are subscribed to `$user:<user id>`, so direct
+/// messages ride the topic machinery: cross-shard interest, fan-out and the
+/// Redis bridge's SUBSCRIBE (channel `[redis] channel_prefix` + this topic).
+pub const USER_PREFIX: &str = "$user:";
+
+/// The internal topic carrying `user`'s direct messages.
+pub fn user_topic(user: &str) -> String {
+    let mut topic = String::with_capacity(USER_PREFIX.len() + user.len());
+    topic.push_str(USER_PREFIX);
+    topic.push_str(user);
+    topic
+}
+
+/// Why a topic name from a client is refused (error code `invalid_topic`).
 pub fn validate(topic: &str, max_len: usize) -> Result<(), &'static str> {
     if topic.is_empty() {
         return Err("topic must not be empty");
+    }
+    if topic.starts_with(RESERVED_PREFIX) {
+        return Err("topics starting with '$' are reserved for the server");
     }
     if topic.len() > max_len {
         return Err("topic is longer than limits.max_topic_len");
@@ -31,5 +52,9 @@ mod tests {
         assert!(validate("a\nb", 8).is_err());
         assert!(validate("a\u{7f}", 8).is_err());
         assert!(validate("a\u{85}", 8).is_err());
+        assert!(validate("$user:alice", 64).is_err());
+        assert!(validate("$x", 64).is_err());
+        assert!(validate("a$", 64).is_ok());
+        assert_eq!(user_topic("bob"), "$user:bob");
     }
 }

@@ -25,8 +25,9 @@ pub enum Decision {
     /// More bytes are needed to see the whole request.
     Incomplete,
     /// Upgrade: `response` is the 101; `consumed` bytes were the request
-    /// (anything after them is already WebSocket data).
-    Upgrade { endpoint: Endpoint, response: Vec<u8>, consumed: usize },
+    /// (anything after them is already WebSocket data). `token` is the
+    /// connection token, if the request carried one.
+    Upgrade { endpoint: Endpoint, response: Vec<u8>, consumed: usize, token: Option<String> },
     /// Serve the metrics page.
     Metrics,
     /// Refuse with this status and short text.
@@ -47,6 +48,19 @@ fn has_token(value: Option<&[u8]>, token: &str) -> bool {
     value.is_some_and(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
 }
 
+/// The connection token: the `token` query parameter of the URL (what a
+/// browser can send), else an `Authorization: Bearer` header; first found wins.
+fn token(target: &str, req: &httparse::Request<'_, '_>) -> Option<String> {
+    if let Some((_, query)) = target.split_once('?') {
+        if let Some((_, value)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token") {
+            return Some(value.into_owned());
+        }
+    }
+    let value = std::str::from_utf8(header(req, "authorization")?).ok()?.trim();
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim().to_string())
+}
+
 /// Decides what to answer to the request at the start of `buf`.
 pub fn decide(buf: &[u8], rules: &Rules<'_>) -> Decision {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -59,8 +73,8 @@ pub fn decide(buf: &[u8], rules: &Rules<'_>) -> Decision {
         }
         Err(_) => return refuse(400, "Bad Request", "malformed HTTP request\n"),
     };
-    let path = req.path.unwrap_or("/");
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let target = req.path.unwrap_or("/");
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
     let endpoint = if path == rules.ws_path {
         Endpoint::PubSub
     } else if Some(path) == rules.echo_path {
@@ -111,7 +125,7 @@ pub fn decide(buf: &[u8], rules: &Rules<'_>) -> Decision {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     )
     .into_bytes();
-    Decision::Upgrade { endpoint, response, consumed }
+    Decision::Upgrade { endpoint, response, consumed, token: token(target, &req) }
 }
 
 /// A complete short HTTP response that closes the connection.
@@ -151,7 +165,8 @@ mod tests {
         let len = req.len();
         req.extend_from_slice(b"\x81\x80");
         match decide(&req, &RULES) {
-            Decision::Upgrade { endpoint, response, consumed } => {
+            Decision::Upgrade { endpoint, response, consumed, token } => {
+                assert_eq!(token.as_deref(), Some("1"));
                 assert_eq!(endpoint, Endpoint::PubSub);
                 assert_eq!(consumed, len);
                 let text = String::from_utf8(response).unwrap();
@@ -160,6 +175,19 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(decide(upgrade("/echo", "").as_bytes(), &RULES), Decision::Upgrade { endpoint: Endpoint::Echo, .. }));
+    }
+
+    #[test]
+    fn token_from_query_first_then_bearer_header() {
+        let tok = |path: &str, extra: &str| match decide(upgrade(path, extra).as_bytes(), &RULES) {
+            Decision::Upgrade { token, .. } => token,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(tok("/ws", ""), None);
+        assert_eq!(tok("/ws?a=1&token=x.y%2Ez&b=2", "Authorization: Bearer h.h.h\r\n"), Some("x.y.z".into()));
+        assert_eq!(tok("/ws", "Authorization: bearer  h.h.h \r\n"), Some("h.h.h".into()));
+        assert_eq!(tok("/ws", "Authorization: Basic dXNlcg==\r\n"), None);
+        assert_eq!(tok("/ws?token=", ""), Some(String::new()));
     }
 
     #[test]

@@ -145,7 +145,8 @@ impl<'a> Envelope<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Envelope::VT_SEQ, Some(0)).unwrap()}
   }
-  /// Reserved: authenticated user id of the publisher ("" = anonymous).
+  /// A direct message's sender: its verified user id (absent or "" =
+  /// anonymous). Unset on topic messages.
   #[inline]
   pub fn user(&self) -> Option<&'a str> {
     // Safety:

@@ -1,0 +1,156 @@
+//! Topic permissions: `[[namespaces]]` tables, first match wins.
+//!
+//! A rule set is read-only after start-up and shared by every shard. With no
+//! namespaces (the default) every check is answered without matching
+//! anything, so a server without permissions pays nothing per publish.
+
+use super::glob::Glob;
+use super::Identity;
+
+/// Who may subscribe to or publish on a namespace's topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Every connection, anonymous ones included.
+    Anyone,
+    /// Any authenticated connection.
+    Users,
+    /// Authenticated connections whose token's `subscribe` / `publish` claim
+    /// has a glob matching the topic.
+    Claim,
+    /// No client (backends still publish through Redis).
+    Nobody,
+}
+
+impl Access {
+    /// Parses a config value; `None` for anything else.
+    pub fn parse(value: &str) -> Option<Access> {
+        match value {
+            "anyone" => Some(Access::Anyone),
+            "users" => Some(Access::Users),
+            "claim" => Some(Access::Claim),
+            "nobody" => Some(Access::Nobody),
+            _ => None,
+        }
+    }
+}
+
+/// What a client wants to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Subscribe,
+    Publish,
+}
+
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    pub pattern: Glob,
+    pub subscribe: Access,
+    pub publish: Access,
+}
+
+/// The `[[namespaces]]` rules, in file order.
+#[derive(Debug, Clone, Default)]
+pub struct Namespaces {
+    rules: Vec<Namespace>,
+}
+
+impl Namespaces {
+    pub fn new(rules: Vec<Namespace>) -> Namespaces {
+        Namespaces { rules }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The access rule for `action` on `topic`: the first namespace whose
+    /// pattern matches, else `Anyone`.
+    pub fn access(&self, topic: &str, action: Action) -> Access {
+        match self.rules.iter().find(|ns| ns.pattern.matches(topic)) {
+            Some(ns) if action == Action::Subscribe => ns.subscribe,
+            Some(ns) => ns.publish,
+            None => Access::Anyone,
+        }
+    }
+
+    /// Whether `who` (`None`: anonymous) may do `action` on `topic`.
+    pub fn allows(&self, topic: &str, action: Action, who: Option<&Identity>) -> bool {
+        if self.rules.is_empty() {
+            return true;
+        }
+        match (self.access(topic, action), who) {
+            (Access::Anyone, _) => true,
+            (Access::Users, who) => who.is_some(),
+            (Access::Claim, Some(id)) => {
+                let claim = match action {
+                    Action::Subscribe => &id.subscribe,
+                    Action::Publish => &id.publish,
+                };
+                claim.iter().any(|g| g.matches(topic))
+            }
+            (Access::Claim, None) | (Access::Nobody, _) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(pattern: &str, subscribe: Access, publish: Access) -> Namespace {
+        Namespace { pattern: Glob::new(pattern), subscribe, publish }
+    }
+
+    fn user(subscribe: &[&str], publish: &[&str]) -> Identity {
+        Identity {
+            user: "alice".into(),
+            expires_at: None,
+            subscribe: subscribe.iter().map(|g| Glob::new(g)).collect(),
+            publish: publish.iter().map(|g| Glob::new(g)).collect(),
+        }
+    }
+
+    #[test]
+    fn no_rules_allow_everything() {
+        let rules = Namespaces::default();
+        assert!(rules.allows("x", Action::Publish, None));
+        assert!(rules.allows("x", Action::Subscribe, None));
+    }
+
+    #[test]
+    fn first_match_wins_and_unmatched_topics_are_open() {
+        let rules = Namespaces::new(vec![
+            ns("chat:vip:*", Access::Nobody, Access::Nobody),
+            ns("chat:*", Access::Users, Access::Claim),
+        ]);
+        let alice = user(&[], &["chat:1*"]);
+        assert!(!rules.allows("chat:vip:1", Action::Subscribe, Some(&alice)), "first match, not the broader one");
+        assert!(rules.allows("chat:2", Action::Subscribe, Some(&alice)));
+        assert!(!rules.allows("chat:2", Action::Subscribe, None));
+        assert!(rules.allows("chat:12", Action::Publish, Some(&alice)));
+        assert!(!rules.allows("chat:2", Action::Publish, Some(&alice)));
+        assert!(!rules.allows("chat:12", Action::Publish, None));
+        assert!(rules.allows("news", Action::Publish, None), "no namespace: anyone");
+    }
+
+    #[test]
+    fn every_mode() {
+        for (mode, anon, authed, claimed) in [
+            (Access::Anyone, true, true, true),
+            (Access::Users, false, true, true),
+            (Access::Claim, false, false, true),
+            (Access::Nobody, false, false, false),
+        ] {
+            let rules = Namespaces::new(vec![ns("*", mode, mode)]);
+            let plain = user(&[], &[]);
+            let with_claim = user(&["t*"], &["t*"]);
+            for action in [Action::Subscribe, Action::Publish] {
+                assert_eq!(rules.allows("topic", action, None), anon, "{mode:?} anonymous");
+                assert_eq!(rules.allows("topic", action, Some(&plain)), authed, "{mode:?} user");
+                assert_eq!(rules.allows("topic", action, Some(&with_claim)), claimed, "{mode:?} claim");
+            }
+        }
+        assert_eq!(Access::parse("users"), Some(Access::Users));
+        assert_eq!(Access::parse("Users"), None);
+    }
+}

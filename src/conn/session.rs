@@ -1,0 +1,201 @@
+//! Who a connection is: anonymous, waiting for an `auth` request, or an
+//! authenticated user; and the requests that change that (`auth`,
+//! `refresh`), the welcome frame, and the closes that end it (4001, 4008).
+//!
+//! Everything here runs on the connection's shard, at connect time or on one
+//! of these rare requests; the delivery path never looks at a session.
+
+use std::rc::Rc;
+
+use crate::auth::{Identity, IpSlot, TokenError, UserSlot};
+use crate::metrics::ShardStats;
+use crate::protocol::{close, json, ErrorCode, RequestError};
+use crate::shard::Deadline;
+use crate::topic;
+
+use super::Conn;
+
+/// The rare per-connection state of identity and admission. Boxed in
+/// [`Conn`]; an anonymous connection on a server without per-IP limits has
+/// none at all.
+pub(super) struct Session {
+    state: State,
+    /// This connection's count in the node's per-IP table (released on drop).
+    _ip: Option<IpSlot>,
+}
+
+enum State {
+    /// No identity: auth is off, or `[auth] allow_anonymous` let it in.
+    Anonymous,
+    /// Auth is on and no token came with the upgrade: every request but
+    /// `auth` is refused until one succeeds or `auth_timeout_ms` passes.
+    AwaitingAuth,
+    User {
+        identity: Identity,
+        /// This connection's count in the node's per-user table.
+        _slot: UserSlot,
+        /// The internal topic carrying the user's direct messages.
+        topic: Rc<str>,
+    },
+}
+
+impl Conn {
+    /// Starts the connection's session right after the upgrade: verifies the
+    /// handshake's token, or waits for an `auth` request, or admits it as
+    /// anonymous; queues the welcome frame once it is authenticated.
+    pub(super) fn begin_session(&mut self, token: Option<String>, ip: Option<IpSlot>) {
+        let auth = &self.shard.config.auth;
+        let state = match (&auth.verifier, token) {
+            (None, _) => State::Anonymous,
+            (Some(verifier), Some(token)) => match verifier.verify(&token) {
+                Ok(identity) => {
+                    self.session = Some(Box::new(Session { state: State::Anonymous, _ip: ip }));
+                    return self.authenticate(identity, None);
+                }
+                Err(e) => {
+                    self.session = ip.map(|ip| Box::new(Session { state: State::Anonymous, _ip: Some(ip) }));
+                    return self.refuse_token(e);
+                }
+            },
+            (Some(_), None) if auth.allow_anonymous => State::Anonymous,
+            (Some(_), None) => {
+                let at = crate::clock::Stamp::from(std::time::Instant::now() + auth.auth_timeout);
+                self.shard.set_deadline(self.peer.id, at, Deadline::Auth);
+                State::AwaitingAuth
+            }
+        };
+        if matches!(state, State::Anonymous) {
+            self.send(self.welcome(None));
+        }
+        if ip.is_some() || !matches!(state, State::Anonymous) {
+            self.session = Some(Box::new(Session { state, _ip: ip }));
+        }
+    }
+
+    /// Keeps the per-IP count of a connection that has no session otherwise
+    /// (`/echo`).
+    pub(super) fn hold_ip(&mut self, ip: Option<IpSlot>) {
+        self.session = ip.map(|ip| Box::new(Session { state: State::Anonymous, _ip: Some(ip) }));
+    }
+
+    fn welcome(&self, user: Option<&str>) -> bytes::Bytes {
+        let shard = &self.shard;
+        json::welcome_frame(&self.peer.id.to_string(), &shard.config.server.node_id, shard.index, user)
+    }
+
+    /// The verified identity; `None` for anonymous connections.
+    pub(super) fn identity(&self) -> Option<&Identity> {
+        match &self.session.as_deref()?.state {
+            State::User { identity, .. } => Some(identity),
+            _ => None,
+        }
+    }
+
+    pub(super) fn awaiting_auth(&self) -> bool {
+        matches!(self.session.as_deref(), Some(Session { state: State::AwaitingAuth, .. }))
+    }
+
+    /// The internal topic of the connection's user, to leave when it closes.
+    pub(super) fn user_topic(&self) -> Option<&Rc<str>> {
+        match &self.session.as_deref()?.state {
+            State::User { topic, .. } => Some(topic),
+            _ => None,
+        }
+    }
+
+    /// Makes the connection `identity`'s: counts it against the user's
+    /// connection limit, arms the expiry close, subscribes it to the user's
+    /// direct messages, and queues `auth`'s ack (when `ack`) and the welcome
+    /// frame. The welcome goes out once the user topic is effective on every
+    /// shard (and node), so a direct message sent after it arrives.
+    fn authenticate(&mut self, identity: Identity, ack: Option<u64>) {
+        let shard = self.shard.clone();
+        let Some(slot) = shard.admission.admit_user(&identity.user) else {
+            ShardStats::add(&shard.stats().user_limit_rejections, 1);
+            return self.close_session(close::TOO_MANY_CONNECTIONS_FOR_USER, "too many connections for this user");
+        };
+        match identity.expires_at {
+            Some(at) => shard.set_deadline(self.peer.id, at, Deadline::Expiry),
+            None => shard.clear_deadline(self.peer.id),
+        }
+        if let Some(id) = ack {
+            self.send(json::ack_frame(id));
+        }
+        let welcome = self.welcome(Some(&identity.user));
+        let topic = shard.subscribe(&self.peer, &topic::user_topic(&identity.user), Some(welcome));
+        let user = State::User { identity, _slot: slot, topic };
+        match &mut self.session {
+            Some(session) => session.state = user,
+            None => self.session = Some(Box::new(Session { state: user, _ip: None })),
+        }
+    }
+
+    /// Closes the connection for a refused token (4001, the reason names the
+    /// check that failed). Nothing else is sent.
+    fn refuse_token(&mut self, err: TokenError) {
+        ShardStats::add(&self.shard.stats().auth_failures, 1);
+        self.close_session(close::UNAUTHORIZED, err.reason());
+    }
+
+    /// Closes with a session code, after what is already queued (an ack,
+    /// never a welcome). The client's own close frame is still awaited.
+    fn close_session(&mut self, code: u16, reason: &str) {
+        self.shard.clear_deadline(self.peer.id);
+        self.peer.close(code, reason, true);
+    }
+
+    fn auth_is_off(&mut self, id: Option<u64>) {
+        self.reply_error(RequestError { id, code: ErrorCode::BadRequest, message: "authentication is not enabled on this server".into() });
+    }
+
+    /// `{"type":"auth","token":…}`: authenticates a connection that brought
+    /// no token (or was admitted as anonymous). A bad token closes with 4001.
+    pub(super) fn on_auth(&mut self, id: Option<u64>, token: &str) {
+        let Some(verifier) = self.shard.config.auth.verifier.clone() else { return self.auth_is_off(id) };
+        if self.identity().is_some() {
+            let message = "already authenticated; send refresh to renew the token".into();
+            return self.reply_error(RequestError { id, code: ErrorCode::BadRequest, message });
+        }
+        match verifier.verify(token) {
+            Ok(identity) => self.authenticate(identity, id),
+            Err(e) => self.refuse_token(e),
+        }
+    }
+
+    /// `{"type":"refresh","token":…}`: a newer token for the same user moves
+    /// the expiry close and replaces the permission claims. A token for
+    /// another user is `forbidden`, a bad one `unauthorized`; either way the
+    /// old token stays in force.
+    pub(super) fn on_refresh(&mut self, id: Option<u64>, token: &str) {
+        let Some(verifier) = self.shard.config.auth.verifier.clone() else { return self.auth_is_off(id) };
+        let Some(current) = self.identity() else {
+            let message = "an anonymous connection has no token to refresh; send auth".into();
+            return self.forbidden(id, message);
+        };
+        let fresh = match verifier.verify(token) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                let message = format!("refresh token refused: {}", e.reason());
+                return self.reply_error(RequestError { id, code: ErrorCode::Unauthorized, message });
+            }
+        };
+        if fresh.user != current.user {
+            return self.forbidden(id, "the token is for another user".into());
+        }
+        match fresh.expires_at {
+            Some(at) => self.shard.set_deadline(self.peer.id, at, Deadline::Expiry),
+            None => self.shard.clear_deadline(self.peer.id),
+        }
+        if let Some(State::User { identity, .. }) = self.session.as_deref_mut().map(|s| &mut s.state) {
+            *identity = fresh;
+        }
+        if let Some(id) = id {
+            self.send(json::ack_frame(id));
+        }
+    }
+
+    pub(super) fn forbidden(&mut self, id: Option<u64>, message: String) {
+        ShardStats::add(&self.shard.stats().forbidden, 1);
+        self.reply_error(RequestError { id, code: ErrorCode::Forbidden, message });
+    }
+}
