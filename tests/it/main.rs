@@ -3,6 +3,7 @@
 
 mod util;
 
+mod auth;
 mod bench;
 mod conformance;
 mod errors;

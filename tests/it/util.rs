@@ -159,19 +159,31 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects; on `/ws` also reads the welcome frame.
     pub fn connect(url: &str) -> Client {
-        let (ws, _) = tungstenite::connect(url).unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let mut c = Client::upgrade(url);
+        if url.ends_with("/ws") {
+            c.expect_welcome();
+        }
+        c
+    }
+
+    /// Completes the WebSocket handshake only (no frame read).
+    pub fn upgrade<R: tungstenite::client::IntoClientRequest>(request: R) -> Client {
+        let (ws, _) = tungstenite::connect(request).unwrap_or_else(|e| panic!("connect: {e}"));
         if let MaybeTlsStream::Plain(s) = ws.get_ref() {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         }
-        let mut c = Client { ws, shard: usize::MAX, id: String::new() };
-        if url.ends_with("/ws") {
-            let w = c.recv();
-            assert_eq!(w["type"], "welcome", "{w}");
-            c.shard = w["shard"].as_u64().unwrap() as usize;
-            c.id = w["client"].as_str().unwrap().to_string();
-        }
-        c
+        Client { ws, shard: usize::MAX, id: String::new() }
+    }
+
+    /// Reads the welcome frame (it must be next) and returns it.
+    pub fn expect_welcome(&mut self) -> Value {
+        let w = self.recv();
+        assert_eq!(w["type"], "welcome", "{w}");
+        self.shard = w["shard"].as_u64().unwrap() as usize;
+        self.id = w["client"].as_str().unwrap().to_string();
+        w
     }
 
     pub fn send(&mut self, v: Value) {
