@@ -1,13 +1,16 @@
 //! shardcast-bench: the load generator users run to measure shardcast (or
 //! any server speaking protocol v1, docs/protocol.md) on their own hardware.
 //!
-//! Scenarios: `fanout`, `rooms`, `idle`, `connect`, `echo`, and `compare`
-//! (one scenario against shardcast and the tokio baseline, alternating).
+//! Scenarios: `fanout`, `rooms`, `idle`, `connect`, `echo`, `compare`
+//! (one scenario against shardcast and the tokio baseline, alternating), and
+//! `auth` (what connection tokens cost: handshakes without a token, with
+//! HS256 and with RS256, and fan-out with auth off and on, interleaved).
 //! Every run reports the server's CPU seconds and RSS (`--server-pid`, or
 //! `--spawn "CMD"`), the generator's own CPU, and the efficiency figure
 //! "per server CPU-second". The generator runs on one thread; see
 //! benches/README.md for pinning server and generator to different cores.
 
+mod auth;
 mod proc;
 mod progress;
 mod report;
@@ -46,6 +49,9 @@ enum Scenario {
     Echo(EchoArgs),
     /// Run one scenario against shardcast and the baseline, alternating.
     Compare(CompareArgs),
+    /// What auth costs: handshakes per server CPU-second with no token, an
+    /// HS256 and an RS256 token; fan-out with auth off and on. Interleaved rounds.
+    Auth(auth::AuthArgs),
 }
 
 /// Options every scenario takes.
@@ -83,6 +89,9 @@ pub struct CommonArgs {
     /// Also report the CPU seconds of this process (e.g. redis-server, another node); repeatable.
     #[arg(long, value_name = "PID")]
     also_pid: Vec<u32>,
+    /// Connection token (JWT) sent as `?token=` on every /ws connection.
+    #[arg(long, value_name = "JWT")]
+    token: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -199,7 +208,7 @@ fn common(s: &Scenario) -> &CommonArgs {
         Scenario::Idle(a) => &a.common,
         Scenario::Connect(a) => &a.common,
         Scenario::Echo(a) => &a.common,
-        Scenario::Compare(_) => unreachable!("compare has no common options"),
+        Scenario::Compare(_) | Scenario::Auth(_) => unreachable!("compare and auth run other scenarios"),
     }
 }
 
@@ -253,6 +262,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Compare(c) => compare(c),
+        Scenario::Auth(a) => auth::run(a),
         Scenario::Idle(a) if a.child => idle_child(&a),
         s => run_once(&s).map(|r| r.print(common(&s).json)),
     };
@@ -275,6 +285,9 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
         target = Target::parse(&format!("ws://{}{}", sp.addr, path))?;
     } else if matches!(s, Scenario::Echo(_)) {
         target = target.with_path(path);
+    }
+    if let (Some(token), "/ws") = (&c.token, path) {
+        target = target.with_path(&format!("{}?token={token}", target.path));
     }
     let run = Run {
         url: format!("ws://{}{}", target.addr, target.path),
@@ -300,7 +313,7 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
             Scenario::Idle(a) => scenarios::idle(&run, a, &Progress::new("connections")).await.map(|r| (r, None)),
             Scenario::Connect(a) => scenarios::connect(&run, a, &Progress::new("handshakes")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Echo(a) => scenarios::echo(&run, a, &Progress::new("round trips")).await.map(|(r, h)| (r, Some(h))),
-            Scenario::Compare(_) => unreachable!(),
+            Scenario::Compare(_) | Scenario::Auth(_) => unreachable!(),
         }
     })?;
     if let (Some(path), Some(h)) = (&c.plot, &hist) {
@@ -345,7 +358,7 @@ fn idle_child(a: &IdleArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn sibling(name: &str) -> Result<String, String> {
+pub fn sibling(name: &str) -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let path = exe.with_file_name(name);
     if !path.exists() {
@@ -373,33 +386,10 @@ fn compare(c: CompareArgs) -> Result<(), String> {
         Some(cmd) => cmd,
         None => format!("{} --listen 127.0.0.1:0", sibling("shardcast-baseline")?),
     };
-    let mut results: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
-    let mut json = false;
-    for round in 0..c.rounds.max(1) {
-        for (i, cmd) in [&shardcast, &baseline].into_iter().enumerate() {
-            let mut argv = vec!["shardcast-bench".to_string(), c.scenario.clone()];
-            argv.extend(c.rest.iter().cloned());
-            argv.extend(["--spawn".to_string(), cmd.clone()]);
-            let cli = Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
-            json = common(&cli.scenario).json;
-            let report = run_once(&cli.scenario)?;
-            eprintln!(
-                "round {} {}: {:.0} {}/s, {} per server CPU-s",
-                round + 1,
-                ["shardcast", "baseline"][i],
-                report.ops_per_second,
-                report.ops_kind,
-                report.ops_per_server_cpu_second.map_or("-".into(), |v| format!("{v:.0}"))
-            );
-            if json {
-                let mut v = serde_json::to_value(&report).expect("serialises");
-                v["server_name"] = ["shardcast", "baseline"][i].into();
-                v["round"] = (round + 1).into();
-                println!("{v}");
-            }
-            results[i].push(report);
-        }
-    }
+    let mut argv = vec![c.scenario.clone()];
+    argv.extend(c.rest.iter().cloned());
+    let variants = [("shardcast", argv.clone(), shardcast), ("baseline", argv.clone(), baseline)];
+    let (results, json) = interleave(c.rounds, &variants)?;
     if json {
         return Ok(());
     }
@@ -413,22 +403,75 @@ fn compare(c: CompareArgs) -> Result<(), String> {
         ("server RSS after MiB", |r| r.server.as_ref().map(|s| s.rss_after_bytes as f64 / 1048576.0)),
         ("lost + out of order", |r| Some((r.lost + r.out_of_order) as f64)),
     ];
-    let rows: Vec<Vec<String>> = metrics
-        .iter()
-        .map(|(name, f)| {
-            let a = median(results[0].iter().filter_map(f).collect());
-            let b = median(results[1].iter().filter_map(f).collect());
-            let ratio = if b != 0.0 && a.is_finite() && b.is_finite() { format!("{:.2}x", a / b) } else { "-".into() };
-            vec![name.to_string(), format!("{a:.1}"), format!("{b:.1}"), ratio]
-        })
-        .collect();
     println!("scenario {} {} — medians of {} rounds each, alternating", c.scenario, c.rest.join(" "), c.rounds);
-    report::print_table(&["", "shardcast", "baseline", "shardcast/baseline"], &rows);
+    print_medians(&metrics, &["shardcast", "baseline"], &results, &[(0, 1)]);
     Ok(())
 }
 
+/// One measured setting of an interleaved comparison: a label, the scenario
+/// argv (without the program name), and the command that starts its server.
+pub type Variant = (&'static str, Vec<String>, String);
+
+/// Runs every variant once per round, in turn (a, b, c, a, b, c, ...), so
+/// slow drifts of a shared machine hit them all alike. Returns each
+/// variant's reports, and whether `--json` was asked (then each report was
+/// printed as a JSON line already).
+pub fn interleave(rounds: usize, variants: &[Variant]) -> Result<(Vec<Vec<Report>>, bool), String> {
+    let mut results: Vec<Vec<Report>> = variants.iter().map(|_| Vec::new()).collect();
+    let mut json = false;
+    for round in 0..rounds.max(1) {
+        for (i, (label, args, cmd)) in variants.iter().enumerate() {
+            let mut argv = vec!["shardcast-bench".to_string()];
+            argv.extend(args.iter().cloned());
+            argv.extend(["--spawn".to_string(), cmd.clone()]);
+            let cli = Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
+            json = common(&cli.scenario).json;
+            let report = run_once(&cli.scenario)?;
+            eprintln!(
+                "round {} {label}: {:.0} {}/s, {} per server CPU-s",
+                round + 1,
+                report.ops_per_second,
+                report.ops_kind,
+                report.ops_per_server_cpu_second.map_or("-".into(), |v| format!("{v:.0}"))
+            );
+            if json {
+                let mut v = serde_json::to_value(&report).expect("serialises");
+                v["server_name"] = (*label).into();
+                v["round"] = (round + 1).into();
+                println!("{v}");
+            }
+            results[i].push(report);
+        }
+    }
+    Ok((results, json))
+}
+
+pub type Metric = fn(&Report) -> Option<f64>;
+
+/// Prints one row per metric: each variant's median and the `a/b` ratios asked for.
+pub fn print_medians(metrics: &[(&str, Metric)], labels: &[&str], results: &[Vec<Report>], ratios: &[(usize, usize)]) {
+    let rows: Vec<Vec<String>> = metrics
+        .iter()
+        .map(|(name, f)| {
+            let medians: Vec<f64> = results.iter().map(|r| median(r.iter().filter_map(f).collect())).collect();
+            let mut row = vec![name.to_string()];
+            row.extend(medians.iter().map(|m| format!("{m:.1}")));
+            row.extend(ratios.iter().map(|&(a, b)| {
+                let (a, b) = (medians[a], medians[b]);
+                if b != 0.0 && a.is_finite() && b.is_finite() { format!("{:.2}x", a / b) } else { "-".into() }
+            }));
+            row
+        })
+        .collect();
+    let ratio_names: Vec<String> = ratios.iter().map(|&(a, b)| format!("{}/{}", labels[a], labels[b])).collect();
+    let mut header: Vec<&str> = vec![""];
+    header.extend(labels);
+    header.extend(ratio_names.iter().map(String::as_str));
+    report::print_table(&header, &rows);
+}
+
 /// The server config the benches use (rate limits off, roomy queues).
-fn bench_config() -> Result<String, String> {
+pub fn bench_config() -> Result<String, String> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/server.toml");
     if std::path::Path::new(path).exists() {
         Ok(path.to_string())

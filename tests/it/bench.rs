@@ -49,6 +49,21 @@ fn fanout_smoke() {
 }
 
 #[test]
+fn auth_smoke() {
+    let runs = bench(&["auth", "--rounds", "1", "--subscribers", "20", "--concurrency", "4"]);
+    assert_eq!(runs.len(), 5, "no token, HS256, RS256, auth off, auth on");
+    for r in &runs[..3] {
+        assert_measured(r, "handshakes");
+    }
+    for r in &runs[3..] {
+        assert_measured(r, "deliveries");
+        assert_eq!(r["lost"], 0, "{r}");
+    }
+    let names: Vec<&str> = runs.iter().map(|r| r["server_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["no token", "HS256", "RS256", "auth off", "auth on"]);
+}
+
+#[test]
 fn rooms_smoke() {
     let r = one(&["rooms", "--spawn", &spawn_cmd(), "--clients", "20", "--room-size", "5", "--msg-rate", "20"]);
     assert_measured(&r, "deliveries");
