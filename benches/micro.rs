@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the hot paths (criterion; `cargo bench --bench micro`):
 //! encoding one publish's frame, parsing a request, queueing one message to
-//! 1,000 local subscribers, one cross-shard hop, subscribe + unsubscribe.
+//! 1,000 local subscribers, one cross-shard hop, subscribe + unsubscribe,
+//! verifying a connection token (HS256, RS256, ES256, EdDSA), and a
+//! namespace permission check.
 //!
 //! These run without sockets: they measure the server's own CPU cost per
 //! operation, which bounds what the end-to-end benches can show.
@@ -102,5 +104,48 @@ fn topics(c: &mut Criterion) {
     let _ = Bytes::new();
 }
 
-criterion_group!(benches, codec, fanout, cross_shard, topics);
+/// What auth costs per connection (verification) and per publish (a
+/// namespace check), with the repository's test keys.
+fn auth(c: &mut Criterion) {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use shardcast::auth::token::{TokenPolicy, Verifier};
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
+    let read = |name: &str| std::fs::read(format!("{keys}/{name}")).unwrap();
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let claims = serde_json::json!({"sub": "alice", "exp": exp, "publish": ["chat:*"]});
+    let mut g = c.benchmark_group("auth");
+    let cases = [
+        ("verify_hs256", Algorithm::HS256, EncodingKey::from_secret(b"secret"), None),
+        ("verify_rs256", Algorithm::RS256, EncodingKey::from_rsa_pem(&read("rsa.key.pem")).unwrap(), Some(read("rsa.pub.pem"))),
+        ("verify_es256", Algorithm::ES256, EncodingKey::from_ec_pem(&read("ec256.key.pem")).unwrap(), Some(read("ec256.pub.pem"))),
+        ("verify_eddsa", Algorithm::EdDSA, EncodingKey::from_ed_pem(&read("ed25519.key.pem")).unwrap(), Some(read("ed25519.pub.pem"))),
+    ];
+    for (name, alg, key, public) in cases {
+        let policy = TokenPolicy {
+            hmac_secret: if public.is_none() { "secret" } else { "" },
+            public_key_pem: public.as_deref(),
+            require_exp: true,
+            max_token_bytes: 8192,
+            ..Default::default()
+        };
+        let verifier = Verifier::new(&policy).unwrap().unwrap();
+        let token = encode(&Header::new(alg), &claims, &key).unwrap();
+        g.bench_function(name, |b| b.iter(|| verifier.verify(black_box(&token)).unwrap()));
+    }
+    let config = Config::from_toml(
+        "[[namespaces]]\npattern = \"admin:*\"\nsubscribe = \"nobody\"\npublish = \"nobody\"\n[[namespaces]]\npattern = \"chat:*\"\nsubscribe = \"users\"\npublish = \"claim\"\n",
+        &Overrides::default(),
+    )
+    .unwrap();
+    let verifier = Verifier::new(&TokenPolicy { hmac_secret: "s", require_exp: true, max_token_bytes: 8192, ..Default::default() }).unwrap().unwrap();
+    let identity = verifier.verify(&encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"s")).unwrap()).unwrap();
+    let glob = shardcast::auth::Glob::new("chat:*");
+    g.bench_function("glob_match", |b| b.iter(|| glob.matches(black_box("chat:room-42"))));
+    g.bench_function("namespace_check_claim", |b| {
+        b.iter(|| config.namespaces.allows(black_box("chat:room-42"), shardcast::auth::Action::Publish, Some(&identity)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, fanout, cross_shard, topics, auth);
 criterion_main!(benches);

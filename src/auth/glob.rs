@@ -22,9 +22,19 @@ impl Glob {
     }
 
     /// Whether `text` matches the whole pattern.
+    ///
+    /// Works on bytes: UTF-8 is self-synchronising, so a literal piece
+    /// matches at the same places byte-wise as character-wise.
     pub fn matches(&self, text: &str) -> bool {
         let (first, rest) = self.pieces.split_first().expect("split yields at least one piece");
-        let Some(mut text) = text.strip_prefix(&**first) else { return false };
+        let mut text = text.as_bytes();
+        // Empty pieces (a leading or trailing star, `**`) match trivially; they
+        // are skipped rather than compared (a zero-length compare costs a
+        // library call).
+        if !first.is_empty() {
+            let Some(after) = text.strip_prefix(first.as_bytes()) else { return false };
+            text = after;
+        }
         let Some((last, middle)) = rest.split_last() else {
             // No star: the pattern is a literal.
             return text.is_empty();
@@ -32,13 +42,13 @@ impl Glob {
         // Each middle piece at its leftmost occurrence: taking the earliest
         // match leaves the most text for the pieces after it, so a greedy
         // scan finds a match whenever one exists.
-        for piece in middle {
-            match text.find(&**piece) {
+        for piece in middle.iter().filter(|p| !p.is_empty()) {
+            match memchr::memmem::find(text, piece.as_bytes()) {
                 Some(at) => text = &text[at + piece.len()..],
                 None => return false,
             }
         }
-        text.len() >= last.len() && text.ends_with(&**last)
+        last.is_empty() || text.ends_with(last.as_bytes())
     }
 }
 
