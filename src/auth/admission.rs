@@ -37,6 +37,10 @@ pub struct UserSlot {
     user: Arc<str>,
 }
 
+/// The client's IP already holds `max_connections_per_ip` connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpLimitReached;
+
 /// One connection from an IP; releases its count when dropped.
 #[derive(Debug)]
 pub struct IpSlot {
@@ -75,7 +79,7 @@ impl Admission {
     /// Counts one more connection from `ip`. `Err` when that would exceed
     /// `max_connections_per_ip`; `Ok(None)` when no per-IP limit is set
     /// (nothing is tracked then).
-    pub fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Result<Option<IpSlot>, ()> {
+    pub fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Result<Option<IpSlot>, IpLimitReached> {
         if self.max_per_ip == 0 {
             return Ok(None);
         }
@@ -83,7 +87,7 @@ impl Admission {
         if acquire(&self.ips, &ip, self.max_per_ip) {
             Ok(Some(IpSlot { admission: self.clone(), ip }))
         } else {
-            Err(())
+            Err(IpLimitReached)
         }
     }
 
