@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
-use crate::util::{eventually, http_get, refused_status, Client, Redis, Server};
+use crate::util::{eventually, http_get, on_every_shard, refused_status, Client, Redis, Server};
 
 const SECRET: &str = "integration-test-secret";
 const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
@@ -293,18 +293,7 @@ publish = \"users\"
 
 /// Connects `user` until it has a connection on each of `shards` shards.
 fn user_on_every_shard(server: &Server, user: &str, shards: usize) -> Vec<Client> {
-    let mut found: Vec<Option<Client>> = (0..shards).map(|_| None).collect();
-    for _ in 0..200 {
-        let (c, _) = login(server, &token_for(user));
-        let s = c.shard;
-        if found[s].is_none() {
-            found[s] = Some(c);
-        }
-        if found.iter().all(Option::is_some) {
-            return found.into_iter().map(Option::unwrap).collect();
-        }
-    }
-    panic!("200 connections never covered {shards} shards");
+    on_every_shard(shards, || login(server, &token_for(user)).0)
 }
 
 #[test]

@@ -68,18 +68,7 @@ impl Server {
 
     /// Connects until one client lands on each of `shards` shards.
     pub fn clients_on_every_shard(&self, shards: usize) -> Vec<Client> {
-        let mut found: Vec<Option<Client>> = (0..shards).map(|_| None).collect();
-        for _ in 0..200 {
-            let c = self.client();
-            let s = c.shard;
-            if found[s].is_none() {
-                found[s] = Some(c);
-            }
-            if found.iter().all(Option::is_some) {
-                return found.into_iter().map(Option::unwrap).collect();
-            }
-        }
-        panic!("the kernel never spread 200 connections over {shards} shards");
+        on_every_shard(shards, || self.client())
     }
 
     /// Resident set size of the server process, in KiB.
@@ -256,6 +245,23 @@ impl Client {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         }
     }
+}
+
+/// Calls `connect` (which returns a welcomed client) until one client lands
+/// on each of `shards` shards.
+pub fn on_every_shard(shards: usize, mut connect: impl FnMut() -> Client) -> Vec<Client> {
+    let mut found: Vec<Option<Client>> = (0..shards).map(|_| None).collect();
+    for _ in 0..200 {
+        let c = connect();
+        let s = c.shard;
+        if found[s].is_none() {
+            found[s] = Some(c);
+        }
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    panic!("the kernel never spread 200 connections over {shards} shards");
 }
 
 /// Polls `cond` every 20 ms until it holds or `limit` passes.
