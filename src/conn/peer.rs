@@ -35,9 +35,12 @@ impl std::fmt::Display for ConnId {
 
 /// A client's bounded outbound queue of complete, shared frames.
 ///
-/// Bounds: at most `queue.max_messages` frames and `queue.max_bytes` bytes;
-/// the frame being written (the head) is never dropped half-sent, so the
-/// stream stays well-framed whatever the policy drops.
+/// Bounds: `queue.max_messages` frames and `queue.max_bytes` bytes *waiting
+/// behind the head* (the frame being written): an empty queue accepts one
+/// frame of any size the server allows (up to `max_message_bytes` plus a
+/// header), so a client's worst case is `max_bytes` + one message. The head
+/// is never dropped half-sent, so the stream stays well-framed whatever the
+/// policy drops.
 #[derive(Debug, Default)]
 pub struct Outbox {
     frames: VecDeque<Bytes>,
@@ -94,6 +97,16 @@ impl Outbox {
             dropped += 1;
         }
         dropped
+    }
+
+    /// Bytes queued behind the head frame.
+    fn waiting_bytes(&self) -> usize {
+        self.bytes - self.frames.front().map_or(0, Bytes::len)
+    }
+
+    /// Whether `len` more bytes may be queued under `limits`.
+    fn fits(&self, len: usize, limits: &QueueConfig) -> bool {
+        self.frames.is_empty() || (self.frames.len() < limits.max_messages && self.waiting_bytes() + len <= limits.max_bytes)
     }
 
     fn enqueue(&mut self, frame: Bytes) {
@@ -179,9 +192,8 @@ impl Peer {
         if out.closing.is_some() {
             return Pushed::Closed;
         }
-        let fits = |o: &Outbox| o.frames.len() < limits.max_messages && o.bytes + frame.len() <= limits.max_bytes;
         let mut result = Pushed::Queued;
-        if !fits(&out) {
+        if !out.fits(frame.len(), limits) {
             match limits.overflow {
                 Overflow::Disconnect => {
                     let dropped = out.clear_unsent();
@@ -196,13 +208,13 @@ impl Peer {
                 Overflow::DropOldest => {
                     let keep = usize::from(out.head_written > 0);
                     let mut dropped = 0;
-                    while !fits(&out) && out.frames.len() > keep {
+                    while !out.fits(frame.len(), limits) && out.frames.len() > keep {
                         let old = out.frames.remove(keep).expect("len > keep");
                         out.bytes -= old.len();
                         dropped += 1;
                     }
-                    if !fits(&out) {
-                        // Larger than the whole queue allows: drop the new frame.
+                    if !out.fits(frame.len(), limits) {
+                        // Larger than may wait behind a half-written head: drop the new frame.
                         ShardStats::add(&stats.dropped_frames, dropped + 1);
                         return Pushed::Dropped;
                     }
@@ -291,10 +303,22 @@ mod tests {
             p.push(frame(100), &q, &stats);
         }
         let out = p.outbox();
-        assert_eq!(out.frames.len(), 10);
-        assert!(out.bytes <= 1024);
+        assert_eq!(out.frames.len(), 11, "the head and 10 waiting behind it");
+        assert!(out.waiting_bytes() <= 1024);
         drop(out);
-        assert_eq!(p.push(frame(2000), &q, &stats), Pushed::Dropped, "too big for the queue");
+        assert_eq!(p.push(frame(2000), &q, &stats), Pushed::Dropped, "too big to wait behind others");
+    }
+
+    #[test]
+    fn an_empty_queue_takes_one_frame_of_any_size() {
+        let stats = ShardStats::default();
+        for overflow in [Overflow::Disconnect, Overflow::DropOldest] {
+            let p = Peer::new(ConnId::new(0, 1), Instant::now());
+            let q = limits(4, 1024, overflow);
+            assert_eq!(p.push(frame(1 << 20), &q, &stats), Pushed::Queued, "{overflow:?}: 1 MiB into an empty queue");
+            assert_eq!(p.push(frame(1000), &q, &stats), Pushed::Queued, "max_bytes counts what waits behind the head");
+            assert_ne!(p.push(frame(100), &q, &stats), Pushed::Queued, "{overflow:?}: 1100 bytes would wait");
+        }
     }
 
     #[test]

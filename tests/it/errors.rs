@@ -208,3 +208,18 @@ fn huge_continuation_length_after_a_fragment_closes_with_1009_not_a_crash() {
     let mut other = server.client();
     assert_eq!(other.request(json!({"type":"ping"}), 1)["type"], "pong");
 }
+
+#[test]
+fn a_message_larger_than_the_queue_bound_still_echoes_from_an_empty_queue() {
+    // Autobahn 9.*: /echo with max_message_bytes far above queue.max_bytes.
+    let server = Server::start("[limits]\nmax_message_bytes = 33554432\n[queue]\nmax_bytes = 1048576", &["--shards", "1"]);
+    let mut c = Client::connect(&server.url("/echo"));
+    for size in [1 << 20, 4 << 20, 16 << 20] {
+        let big = "x".repeat(size);
+        c.send_raw(Message::text(big.clone()));
+        match c.recv_message() {
+            Message::Text(t) => assert_eq!(t.len(), size),
+            other => panic!("expected the {size}-byte echo, got {other:?}"),
+        }
+    }
+}
