@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the hot paths (criterion; `cargo bench --bench micro`):
-//! encoding one publish's frame, parsing a request, queueing one message to
+//! encoding one publish's frame and parsing a request (JSON and FlatBuffers), queueing one message to
 //! 1,000 local subscribers, one cross-shard hop, subscribe + unsubscribe,
 //! verifying a connection token (HS256, RS256, ES256, EdDSA), and a
 //! namespace permission check.
@@ -19,7 +19,7 @@ use shardcast::bus::{self, PublishMsg};
 use shardcast::config::{Config, Overrides};
 use shardcast::conn::Peer;
 use shardcast::metrics::ShardStats;
-use shardcast::protocol::json;
+use shardcast::protocol::{flatbuf, json, Encoding, Kind, Outgoing, Payload};
 use shardcast::shard::Shard;
 
 const PUBLISH: &[u8] = br#"{"type":"publish","topic":"news","payload":{"s":12345,"p":0,"t":987654321,"x":"xxxxxxxxxxxxxxxxxx"},"id":7}"#;
@@ -35,8 +35,23 @@ fn shard(shards: usize) -> (Shard, Vec<bus::Inbox>) {
 fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("encode_message_frame_64B", |b| b.iter(|| json::message_frame(black_box("news"), black_box(PAYLOAD))));
+    g.bench_function("encode_message_frame_64B", |b| b.iter(|| json::message_frame(black_box("news"), black_box(PAYLOAD), true)));
     g.bench_function("parse_publish_request", |b| b.iter(|| json::parse_request(black_box(PUBLISH)).is_ok()));
+    // The same message and request in FlatBuffers (schemas/client.fbs).
+    g.bench_function("encode_message_frame_64B_flatbuffers", |b| {
+        b.iter(|| flatbuf::message_frame(black_box("news"), black_box(PAYLOAD)))
+    });
+    let fb_publish = {
+        use flatbuf::schema::*;
+        let mut fbb = flatbuffers::FlatBufferBuilder::new();
+        let topic = fbb.create_string("news");
+        let payload = fbb.create_vector(PAYLOAD);
+        let publish = Publish::create(&mut fbb, &PublishArgs { topic: Some(topic), payload: Some(payload), skip_self: false });
+        let root = ClientFrame::create(&mut fbb, &ClientFrameArgs { id: Some(7), request_type: Request::Publish, request: Some(publish.as_union_value()) });
+        fbb.finish(root, None);
+        fbb.finished_data().to_vec()
+    };
+    g.bench_function("parse_publish_request_flatbuffers", |b| b.iter(|| flatbuf::parse_request(black_box(&fb_publish)).is_ok()));
     g.finish();
 }
 
@@ -46,12 +61,12 @@ fn fanout(c: &mut Criterion) {
     for p in &peers {
         shard.subscribe(p, "news", None);
     }
-    let frame = json::message_frame("news", PAYLOAD);
+    let msg = Outgoing::new("news", Kind::Message, Payload { bytes: PAYLOAD, json: true }, Encoding::Json, &ShardStats::default());
     let mut g = c.benchmark_group("fanout");
     g.throughput(Throughput::Elements(1000));
     g.bench_function("enqueue_to_1000_local_subscribers", |b| {
         b.iter(|| {
-            shard.deliver_local("news", &frame, None);
+            shard.deliver_local(&msg, None);
             // Empty the queues as a writer would (outside the measured cost
             // would be better; this keeps memory flat and is a few ns each).
             for p in &peers {
@@ -66,8 +81,8 @@ fn fanout(c: &mut Criterion) {
 
 fn cross_shard(c: &mut Criterion) {
     let (mailboxes, inboxes) = bus::build(2, 1 << 16).unwrap();
-    let frame = json::message_frame("news", PAYLOAD);
-    let msg = PublishMsg { topic: "news".into(), payload: frame.slice(0..1), frame, sender: None, forward: false };
+    let msg = Outgoing::new("news", Kind::Message, Payload { bytes: PAYLOAD, json: true }, Encoding::Json, &ShardStats::default());
+    let msg = PublishMsg { msg, forward: false };
     let mut g = c.benchmark_group("bus");
     g.throughput(Throughput::Elements(1));
     g.bench_function("cross_shard_hop_send_recv", |b| {

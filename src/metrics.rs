@@ -35,6 +35,8 @@ stats! {
     handshakes_rejected: "counter", "HTTP requests answered without an upgrade (4xx/5xx).";
     publishes: "counter", "Publish requests accepted from clients on this shard.";
     deliveries: "counter", "Message frames queued to subscribers on this shard.";
+    encodings_json: "counter", "Messages encoded as JSON frames on this shard (at most once per message per node).";
+    encodings_flatbuffers: "counter", "Messages encoded as FlatBuffers frames on this shard (at most once per message per node).";
     bus_received: "counter", "Publishes received from other shards.";
     bus_full_waits: "counter", "Times a publisher waited for a full cross-shard channel.";
     dropped_frames: "counter", "Frames dropped from client queues by the drop_oldest policy.";

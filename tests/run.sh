@@ -4,7 +4,7 @@
 # committed FlatBuffers code matches schemas/, then runs every test.
 #
 #   bash tests/run.sh          # everything
-#   bash tests/run.sh --regen  # only regenerate src/bridge/generated/ from schemas/
+#   bash tests/run.sh --regen  # only regenerate src/*/generated/ from schemas/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,18 +30,25 @@ if ! flatc --version 2>/dev/null | grep -q "$FLATC_VERSION"; then
     fi
 fi
 
-generated=src/bridge/generated
+# Each schema and where its generated Rust code is committed.
+schemas="schemas/bridge.fbs:src/bridge/generated schemas/client.fbs:src/protocol/generated"
 if [ "${1:-}" = "--regen" ]; then
-    "$FLATC" --rust -o "$generated" schemas/bridge.fbs
+    for pair in $schemas; do
+        "$FLATC" --rust -o "${pair#*:}" "${pair%%:*}"
+    done
     exit 0
 fi
 fresh=$(mktemp -d)
 trap 'rm -rf "$fresh"' EXIT
-"$FLATC" --rust -o "$fresh" schemas/bridge.fbs
-if ! diff -ru "$fresh" "$generated"; then
-    echo "tests/run.sh: $generated is stale; run: bash tests/run.sh --regen" >&2
-    exit 1
-fi
+for pair in $schemas; do
+    schema=${pair%%:*} generated=${pair#*:}
+    mkdir -p "$fresh/$generated"
+    "$FLATC" --rust -o "$fresh/$generated" "$schema"
+    if ! diff -ru "$fresh/$generated" "$generated"; then
+        echo "tests/run.sh: $generated is stale; run: bash tests/run.sh --regen" >&2
+        exit 1
+    fi
+done
 echo "tests/run.sh: generated FlatBuffers code matches schemas/"
 
 log=$(mktemp)

@@ -14,8 +14,9 @@ pub use generated::shardcast::bridge::{Envelope, EnvelopeArgs, Flags};
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming<'a> {
     /// Published by a shardcast node. `sender` is a direct message's
-    /// verified sender (`None`: anonymous, or a topic message).
-    Node { origin: &'a str, payload: &'a [u8], sender: Option<&'a str> },
+    /// verified sender (`None`: anonymous, or a topic message); `json` says
+    /// the payload is a JSON value (else bytes from a FlatBuffers publisher).
+    Node { origin: &'a str, payload: &'a [u8], sender: Option<&'a str>, json: bool },
     /// Published by another Redis client: the bytes are the JSON payload.
     External { payload: &'a [u8] },
 }
@@ -25,7 +26,7 @@ pub enum Incoming<'a> {
 pub enum BadMessage {
     /// Neither a valid envelope nor a JSON value.
     Undecodable,
-    /// An envelope whose payload is not a JSON value.
+    /// An envelope flagged JSON whose payload is not a JSON value.
     PayloadNotJson,
 }
 
@@ -35,6 +36,7 @@ pub fn encode<'b>(
     origin: &str,
     topic: &str,
     payload: &[u8],
+    json: bool,
     sender: Option<&str>,
 ) -> &'b [u8] {
     builder.reset();
@@ -44,7 +46,14 @@ pub fn encode<'b>(
     let user = sender.map(|s| builder.create_string(s));
     let env = Envelope::create(
         builder,
-        &EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags: Flags::Json, seq: 0, user },
+        &EnvelopeArgs {
+            origin: Some(origin),
+            topic: Some(topic),
+            payload: Some(payload),
+            flags: if json { Flags::Json } else { Flags::empty() },
+            seq: 0,
+            user,
+        },
     );
     generated::shardcast::bridge::finish_envelope_buffer(builder, env);
     builder.finished_data()
@@ -59,11 +68,12 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming<'_>, BadMessage> {
     if bytes.len() >= 8 && generated::shardcast::bridge::envelope_buffer_has_identifier(bytes) {
         if let Ok(env) = generated::shardcast::bridge::root_as_envelope(bytes) {
             let payload = env.payload().bytes();
-            if !is_json(payload) {
+            let json = env.flags().contains(Flags::Json);
+            if json && !is_json(payload) {
                 return Err(BadMessage::PayloadNotJson);
             }
             let sender = env.user().filter(|u| !u.is_empty());
-            return Ok(Incoming::Node { origin: env.origin(), payload, sender });
+            return Ok(Incoming::Node { origin: env.origin(), payload, sender, json });
         }
     }
     if is_json(bytes) {
@@ -79,10 +89,12 @@ mod tests {
     #[test]
     fn round_trips() {
         let mut b = FlatBufferBuilder::new();
-        let bytes = encode(&mut b, "node-a", "news", br#"{"x":1}"#, None).to_vec();
-        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: br#"{"x":1}"#, sender: None }));
-        let bytes = encode(&mut b, "node-a", "$user:bob", b"2", Some("alice")).to_vec();
-        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"2", sender: Some("alice") }));
+        let bytes = encode(&mut b, "node-a", "news", br#"{"x":1}"#, true, None).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: br#"{"x":1}"#, sender: None, json: true }));
+        let bytes = encode(&mut b, "node-a", "$user:bob", b"2", true, Some("alice")).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"2", sender: Some("alice"), json: true }));
+        let bytes = encode(&mut b, "node-a", "bin", b"\x00\xff", false, None).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"\x00\xff", sender: None, json: false }));
     }
 
     #[test]
@@ -94,7 +106,7 @@ mod tests {
     #[test]
     fn garbage_is_refused_never_panics() {
         let mut b = FlatBufferBuilder::new();
-        let good = encode(&mut b, "n", "t", b"1", None).to_vec();
+        let good = encode(&mut b, "n", "t", b"1", true, None).to_vec();
         assert_eq!(decode(b"not json"), Err(BadMessage::Undecodable));
         assert_eq!(decode(b""), Err(BadMessage::Undecodable));
         for cut in 0..good.len() {
@@ -105,7 +117,7 @@ mod tests {
             bad[i] ^= 0xff;
             let _ = decode(&bad);
         }
-        let not_json = encode(&mut b, "n", "t", b"{oops", None).to_vec();
+        let not_json = encode(&mut b, "n", "t", b"{oops", true, None).to_vec();
         assert_eq!(decode(&not_json), Err(BadMessage::PayloadNotJson));
     }
 }

@@ -19,7 +19,10 @@ mod resp;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::AsyncWriteExt;
@@ -31,7 +34,7 @@ use tracing::{debug, info, warn};
 use crate::config::RedisConfig;
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
-use crate::protocol::json;
+use crate::protocol::{Kind, Outgoing};
 use crate::shard::Shard;
 use resp::{BridgeError, RespReader};
 
@@ -139,12 +142,12 @@ impl Bridge {
         self.confirmations.borrow_mut().drain().flat_map(|(_, acks)| acks).collect()
     }
 
-    /// Queues a publish (or, on a `$user:` topic, a direct message from
-    /// `sender`) for the other nodes.
-    pub fn enqueue(&self, topic: &str, payload: &[u8], sender: Option<&str>, stats: &ShardStats) {
+    /// Queues a message (a publish, or a direct message on a `$user:` topic)
+    /// for the other nodes.
+    pub fn enqueue(&self, msg: &Outgoing, stats: &ShardStats) {
         let mut builder = self.builder.borrow_mut();
-        let envelope = envelope::encode(&mut builder, &self.node_id, topic, payload, sender);
-        let command = redis::cmd("PUBLISH").arg(self.channel(topic)).arg(envelope).get_packed_command();
+        let envelope = envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, msg.sender());
+        let command = redis::cmd("PUBLISH").arg(self.channel(&msg.topic)).arg(envelope).get_packed_command();
         drop(builder);
         let mut outbound = self.outbound.borrow_mut();
         if outbound.len() >= self.config.buffer_messages {
@@ -350,10 +353,10 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
         ShardStats::add(&stats.redis_bad_messages, 1);
         return;
     };
-    let (payload, sender) = match envelope::decode(data) {
+    let (payload, sender, json) = match envelope::decode(data) {
         Ok(envelope::Incoming::Node { origin, .. }) if origin == bridge.node_id => return,
-        Ok(envelope::Incoming::Node { payload, sender, .. }) => (payload, sender),
-        Ok(envelope::Incoming::External { payload }) => (payload, None),
+        Ok(envelope::Incoming::Node { payload, sender, json, .. }) => (payload, sender, json),
+        Ok(envelope::Incoming::External { payload }) => (payload, None, true),
         Err(bad) => {
             ShardStats::add(&stats.redis_bad_messages, 1);
             debug!(topic, ?bad, "refused a message from redis");
@@ -365,11 +368,12 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
         return;
     }
     ShardStats::add(&stats.redis_received, 1);
-    let (frame, payload) = match recipient {
-        Some(_) => json::direct_frame_with_payload(sender, payload),
-        None => json::message_frame_with_payload(topic, payload),
+    let kind = match recipient {
+        Some(_) => Kind::Direct { from: sender.map(Arc::from) },
+        None => Kind::Message,
     };
-    if let Err(mut pending) = shard.fan_out_remote(topic, frame, payload) {
+    let msg = Outgoing::remote(topic, kind, Bytes::copy_from_slice(payload), json);
+    if let Err(mut pending) = shard.fan_out_remote(msg) {
         // Backpressure: stop reading Redis until every shard took it.
         while !shard.retry_publish(&mut pending) {
             sleep(Duration::from_micros(200)).await;

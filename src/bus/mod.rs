@@ -21,23 +21,18 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 pub use interest::{InterestMap, ShardSet};
 
-/// A publish crossing to another shard: the frame is already encoded and
-/// shared (`Bytes` is a reference count), the topic is shared too. One such
-/// message goes to each interested shard, never one per subscriber.
+use crate::protocol::Outgoing;
+
+/// A publish crossing to another shard: the message and its encoded forms
+/// are shared (`Arc`), never copied. One such message goes to each
+/// interested shard, never one per subscriber.
 #[derive(Debug, Clone)]
 pub struct PublishMsg {
-    pub topic: Arc<str>,
-    pub frame: Bytes,
-    /// The payload, as a slice of `frame`.
-    pub payload: Bytes,
-    /// The verified user id of a direct message's sender (for the bridge's
-    /// envelope); `None` for topic messages and anonymous senders.
-    pub sender: Option<Arc<str>>,
+    pub msg: Arc<Outgoing>,
     /// Set only on the copy sent to the Redis bridge shard: publish it to
     /// the other nodes as well as delivering it locally.
     pub forward: bool,
@@ -168,8 +163,10 @@ mod tests {
     #[test]
     fn full_data_channel_hands_the_message_back() {
         let (mailboxes, inboxes) = build(1, 2).unwrap();
-        let frame = Bytes::from_static(b"x");
-        let msg = PublishMsg { topic: "t".into(), payload: frame.clone(), frame, sender: None, forward: false };
+        let payload = crate::protocol::Payload { bytes: b"1", json: true };
+        let stats = crate::metrics::ShardStats::default();
+        let m = Outgoing::new("t", crate::protocol::Kind::Message, payload, crate::protocol::Encoding::Json, &stats);
+        let msg = PublishMsg { msg: m, forward: false };
         assert!(mailboxes[0].try_publish(msg.clone()).is_ok());
         assert!(mailboxes[0].try_publish(msg.clone()).is_ok());
         assert!(mailboxes[0].try_publish(msg.clone()).is_err());

@@ -27,7 +27,7 @@ use tracing::debug;
 use crate::auth::{Access, Action, IpSlot, MAX_USER_BYTES};
 use crate::clock::Stamp;
 use crate::metrics::ShardStats;
-use crate::protocol::{close, json, Command, ErrorCode, RequestError};
+use crate::protocol::{close, Command, Encoding, ErrorCode, RequestError};
 use crate::shard::{PendingPublish, Shard};
 use crate::ws::frame::{self, Opcode};
 use crate::ws::handshake::{self, Decision, Endpoint};
@@ -98,8 +98,9 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Conn> {
     let _ = stream.set_nodelay(true);
     let timeout = shard.config.server.handshake_timeout;
     let upgraded = glommio::timer::timeout(timeout, async { Ok(handshake(&shard, &mut stream).await) }).await;
-    let Ok(Some(Upgraded { endpoint, leftover, token, ip })) = upgraded else { return None };
+    let Ok(Some(Upgraded { endpoint, leftover, token, ip, encoding })) = upgraded else { return None };
     let peer = Rc::new(Peer::new(shard.next_conn_id(), Instant::now()));
+    peer.encoding.set(encoding);
     shard.add_peer(peer.clone());
     let bucket = TokenBucket::new(shard.config.limits.publish_burst);
     let mut conn = Conn {
@@ -133,6 +134,7 @@ struct Upgraded {
     token: Option<String>,
     /// The connection's count against `max_connections_per_ip`, if limited.
     ip: Option<IpSlot>,
+    encoding: Encoding,
 }
 
 /// Reads and answers the HTTP upgrade request. `None` when the connection
@@ -171,7 +173,7 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Upgraded> {
         }
     };
     let reply = match decision {
-        Decision::Upgrade { endpoint, response, consumed, token } => {
+        Decision::Upgrade { endpoint, response, consumed, token, encoding } => {
             let ip = match stream.peer_addr() {
                 Ok(addr) => shard.admission.admit_ip(addr.ip()),
                 Err(_) => return None,
@@ -190,7 +192,7 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Upgraded> {
                     return None;
                 }
                 let leftover = buf[consumed..filled].to_vec();
-                return Some(Upgraded { endpoint, leftover, token, ip: ip.unwrap_or_default() });
+                return Some(Upgraded { endpoint, leftover, token, ip: ip.unwrap_or_default(), encoding });
             }
         }
         Decision::Metrics => {
@@ -472,9 +474,11 @@ impl Conn {
     fn fail(&mut self, code: u16, reason: &str) {
         ShardStats::add(&self.shard.stats().protocol_errors, 1);
         debug!(conn = %self.peer.id, code, reason, "protocol error");
+        // Input is read and discarded from now on (a lingering close): closing
+        // the socket with unread input would make the kernel answer with a
+        // reset, which can destroy the close frame before the client reads
+        // it. The connection ends at the client's EOF, or at close_timeout_ms.
         self.input_closed = true;
-        // The client may never answer a broken conversation: don't wait for it.
-        self.close_received = true;
         self.fragment = None;
         // Replies already queued (e.g. the rate_limited errors before a 1008)
         // go out before the close frame.
@@ -496,13 +500,18 @@ impl Conn {
         }
         match self.endpoint {
             Endpoint::Echo => self.send(frame::build(opcode, &[data])),
-            // Protocol v1 is JSON; a binary frame holding JSON is accepted too.
-            Endpoint::PubSub => self.on_request(data),
+            Endpoint::PubSub => self.on_request(opcode, data),
         }
     }
 
-    fn on_request(&mut self, data: &[u8]) {
-        let request = match json::parse_request(data) {
+    fn on_request(&mut self, opcode: Opcode, data: &[u8]) {
+        let encoding = self.peer.encoding.get();
+        // JSON is accepted in binary frames too; FlatBuffers never in text frames.
+        if encoding == Encoding::FlatBuffers && opcode == Opcode::Text {
+            let message = "a text frame on a shardcast.flatbuffers.v1 connection: send ClientFrames in binary frames".into();
+            return self.reply_error(RequestError { id: None, code: ErrorCode::BadRequest, message });
+        }
+        let request = match encoding.parse_request(data) {
             Ok(r) => r,
             Err(e) => return self.reply_error(e),
         };
@@ -514,7 +523,7 @@ impl Conn {
         let shard = self.shard.clone();
         let limits = &shard.config.limits;
         match request.command {
-            Command::Ping => self.send(json::pong_frame(id)),
+            Command::Ping => self.send(encoding.pong_frame(id)),
             Command::Auth { token } => self.on_auth(id, &token),
             Command::Refresh { token } => self.on_refresh(id, &token),
             Command::Subscribe { topic } => {
@@ -531,7 +540,7 @@ impl Conn {
                 }
                 // Acked now, or by the shard once the other shards confirmed
                 // the interest; without an id there is no ack.
-                let name = self.shard.subscribe(&self.peer, &topic, id.map(json::ack_frame));
+                let name = self.shard.subscribe(&self.peer, &topic, id.map(|id| encoding.ack_frame(id)));
                 if !subscribed {
                     // Most connections hold one or a few topics: grow one at a time.
                     self.topics.reserve_exact(1);
@@ -548,14 +557,14 @@ impl Conn {
                     }
                 }
                 if let Some(id) = id {
-                    self.send(json::ack_frame(id));
+                    self.send(encoding.ack_frame(id));
                 }
             }
             Command::Publish { topic, payload, skip_self } => {
                 if !self.topic_allowed(id, &topic, Action::Publish) || !self.take_publish_token(id) {
                     return;
                 }
-                let published = self.shard.publish(&self.peer, &topic, payload.get().as_bytes(), skip_self);
+                let published = self.shard.publish(&self.peer, &topic, payload, skip_self);
                 self.accepted(id, published);
             }
             Command::Send { user, payload } => {
@@ -580,7 +589,7 @@ impl Conn {
                     return;
                 }
                 let from = self.identity().map(|i| i.user.clone());
-                let sent = self.shard.send_direct(from.as_ref(), &user, payload.get().as_bytes());
+                let sent = self.shard.send_direct(&self.peer, from.as_ref(), &user, payload);
                 self.accepted(id, sent);
             }
         }
@@ -627,13 +636,13 @@ impl Conn {
             self.blocked = Some(Box::new(Blocked::Bus { pending: *pending, retry: None }));
         }
         if let Some(id) = id {
-            self.send(json::ack_frame(id));
+            self.send(self.peer.encoding.get().ack_frame(id));
         }
     }
 
     fn reply_error(&mut self, err: RequestError) {
         ShardStats::add(&self.shard.stats().request_errors, 1);
-        self.send(json::error_frame(&err));
+        self.send(self.peer.encoding.get().error_frame(&err));
     }
 }
 

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::config::{Overflow, QueueConfig};
 use crate::metrics::ShardStats;
-use crate::protocol::close;
+use crate::protocol::{close, Encoding};
 use crate::ws::frame;
 
 /// Node-unique connection id: shard index in the top 16 bits, a per-shard
@@ -146,6 +146,8 @@ pub struct Peer {
     /// A subscribe of this connection waits for other shards to confirm interest;
     /// its input is not read meanwhile.
     pub awaiting_interest: Cell<bool>,
+    /// The encoding its messages are sent in (its negotiated subprotocol).
+    pub encoding: Cell<Encoding>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -164,6 +166,7 @@ impl Peer {
             last_ping: Cell::new(Stamp::from(now)),
             aborted: Cell::new(false),
             awaiting_interest: Cell::new(false),
+            encoding: Cell::new(Encoding::Json),
         }
     }
 

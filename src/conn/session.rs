@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use crate::auth::{Identity, IpSlot, TokenError, UserSlot};
 use crate::metrics::ShardStats;
-use crate::protocol::{close, json, ErrorCode, RequestError};
+use crate::protocol::{close, ErrorCode, RequestError};
 use crate::shard::Deadline;
 use crate::topic;
 
@@ -80,7 +80,8 @@ impl Conn {
 
     fn welcome(&self, user: Option<&str>) -> bytes::Bytes {
         let shard = &self.shard;
-        json::welcome_frame(&self.peer.id.to_string(), &shard.config.server.node_id, shard.index, user)
+        let encoding = self.peer.encoding.get();
+        encoding.welcome_frame(&self.peer.id.to_string(), &shard.config.server.node_id, shard.index, user)
     }
 
     /// The verified identity; `None` for anonymous connections.
@@ -119,7 +120,7 @@ impl Conn {
             None => shard.clear_deadline(self.peer.id),
         }
         if let Some(id) = ack {
-            self.send(json::ack_frame(id));
+            self.send(self.peer.encoding.get().ack_frame(id));
         }
         let welcome = self.welcome(Some(&identity.user));
         let topic = shard.subscribe(&self.peer, &topic::user_topic(&identity.user), Some(welcome));
@@ -190,7 +191,7 @@ impl Conn {
             *identity = fresh;
         }
         if let Some(id) = id {
-            self.send(json::ack_frame(id));
+            self.send(self.peer.encoding.get().ack_frame(id));
         }
     }
 

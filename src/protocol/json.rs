@@ -11,8 +11,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::{Command, ErrorCode, Request, RequestError};
+use super::{Command, ErrorCode, Payload, Request, RequestError};
 use crate::ws::frame::{self, Opcode};
+
+/// The subprotocol name (also what no `Sec-WebSocket-Protocol` means).
+pub const SUBPROTOCOL: &str = "shardcast.json.v1";
 
 /// The request object with every field still raw. Unknown fields are ignored
 /// so that newer clients can send extra fields to older servers.
@@ -87,7 +90,7 @@ pub fn parse_request<'a>(text: &'a [u8]) -> Result<Request<'a>, RequestError> {
         "unsubscribe" => Command::Unsubscribe { topic: topic()? },
         "publish" => {
             let topic = topic()?;
-            let payload = required(raw.payload, "payload")?;
+            let payload = Payload::json(required(raw.payload, "payload")?);
             let skip_self = match raw.skip_self {
                 None => false,
                 Some(v) => serde_json::from_str::<bool>(v.get())
@@ -98,7 +101,7 @@ pub fn parse_request<'a>(text: &'a [u8]) -> Result<Request<'a>, RequestError> {
         "ping" => Command::Ping,
         "auth" => Command::Auth { token: string(raw.token, "token")? },
         "refresh" => Command::Refresh { token: string(raw.token, "token")? },
-        "send" => Command::Send { user: string(raw.user, "user")?, payload: required(raw.payload, "payload")? },
+        "send" => Command::Send { user: string(raw.user, "user")?, payload: Payload::json(required(raw.payload, "payload")?) },
         other => {
             let mut shown: String = other.chars().take(64).collect();
             if shown.len() < other.len() {
@@ -119,39 +122,46 @@ fn text_frame(body: &[u8]) -> Bytes {
     frame::build(Opcode::Text, &[body])
 }
 
-/// `{"type":"message","topic":T,"payload":P}` as a complete text frame: built
-/// once per publish and shared by every recipient on every shard.
-pub fn message_frame(topic: &str, payload: &[u8]) -> Bytes {
-    message_frame_with_payload(topic, payload).0
+/// The payload field of a message: `"payload":P` with a JSON payload
+/// embedded verbatim, else `"payload_base64":"..."` (standard base64).
+fn payload_pieces(payload: &[u8], is_json: bool) -> (&'static [u8], std::borrow::Cow<'_, [u8]>) {
+    use base64::Engine;
+    if is_json {
+        (br#","payload":"#, std::borrow::Cow::Borrowed(payload))
+    } else {
+        let mut encoded = Vec::with_capacity(payload.len().div_ceil(3) * 4 + 2);
+        encoded.push(b'"');
+        encoded.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(payload).as_bytes());
+        encoded.push(b'"');
+        (br#","payload_base64":"#, std::borrow::Cow::Owned(encoded))
+    }
 }
 
-/// [`message_frame`], plus the payload as a slice of the frame (no copy), for
-/// the Redis bridge.
-pub fn message_frame_with_payload(topic: &str, payload: &[u8]) -> (Bytes, Bytes) {
+/// `{"type":"message","topic":T,"payload":P}` as a complete text frame:
+/// built once per message per node and shared by every JSON recipient.
+pub fn message_frame(topic: &str, payload: &[u8], is_json: bool) -> Bytes {
     const PREFIX: &[u8] = br#"{"type":"message","topic":"#;
-    const MIDDLE: &[u8] = br#","payload":"#;
     let mut quoted = Vec::with_capacity(topic.len() + 2);
     push_json_str(&mut quoted, topic);
-    let frame = frame::build(Opcode::Text, &[PREFIX, &quoted, MIDDLE, payload, b"}"]);
-    let end = frame.len() - 1;
-    let start = end - payload.len();
-    let payload = frame.slice(start..end);
-    (frame, payload)
+    let (field, value) = payload_pieces(payload, is_json);
+    frame::build(Opcode::Text, &[PREFIX, &quoted, field, &value, b"}"])
 }
 
-/// `{"type":"direct","from":F,"payload":P}`: a direct message, built once
-/// and shared by every connection of the recipient. `from` is the sender's
-/// verified user id, `null` for anonymous senders and backends. Returns the
-/// payload as a slice of the frame too, for the Redis bridge.
-pub fn direct_frame_with_payload(from: Option<&str>, payload: &[u8]) -> (Bytes, Bytes) {
+/// `{"type":"direct","from":F,"payload":P}`: a direct message. `from` is the
+/// sender's verified user id, `null` for anonymous senders and backends.
+pub fn direct_frame(from: Option<&str>, payload: &[u8], is_json: bool) -> Bytes {
     const PREFIX: &[u8] = br#"{"type":"direct","from":"#;
-    const MIDDLE: &[u8] = br#","payload":"#;
     let mut quoted = Vec::with_capacity(from.map_or(4, |f| f.len() + 2));
     push_json_nullable_str(&mut quoted, from);
-    let frame = frame::build(Opcode::Text, &[PREFIX, &quoted, MIDDLE, payload, b"}"]);
+    let (field, value) = payload_pieces(payload, is_json);
+    frame::build(Opcode::Text, &[PREFIX, &quoted, field, &value, b"}"])
+}
+
+/// Where the payload sits in a frame built from a JSON payload: the frame
+/// ends with `P}`.
+pub fn payload_of(frame: &Bytes, payload_len: usize) -> Bytes {
     let end = frame.len() - 1;
-    let payload = frame.slice(end - payload.len()..end);
-    (frame, payload)
+    frame.slice(end - payload_len..end)
 }
 
 fn push_json_nullable_str(out: &mut Vec<u8>, s: Option<&str>) {
@@ -227,20 +237,20 @@ mod tests {
         let r = parse_request(br#" {"type":"publish","topic":"t","payload":{"a": [1, 2]},"skip_self":true} "#).unwrap();
         match r.command {
             Command::Publish { payload, skip_self, .. } => {
-                assert_eq!(payload.get(), r#"{"a": [1, 2]}"#);
+                assert_eq!(payload.bytes, br#"{"a": [1, 2]}"#);
                 assert!(skip_self);
             }
             other => panic!("{other:?}"),
         }
         let r = parse_request(br#"{"type":"publish","topic":"t","payload":null}"#).unwrap();
-        assert!(matches!(r.command, Command::Publish { payload, .. } if payload.get() == "null"));
+        assert!(matches!(r.command, Command::Publish { payload, .. } if payload.bytes == b"null" && payload.json));
         assert!(matches!(parse_request(br#"{"type":"ping","extra":1}"#).unwrap().command, Command::Ping));
         let r = parse_request(br#"{"type":"auth","token":"a.b.c","id":1}"#).unwrap();
         assert!(matches!(r.command, Command::Auth { ref token } if token == "a.b.c"));
         let r = parse_request(br#"{"type":"refresh","token":"t"}"#).unwrap();
         assert!(matches!(r.command, Command::Refresh { ref token } if token == "t"));
         let r = parse_request(br#"{"type":"send","user":"alice","payload":[1]}"#).unwrap();
-        assert!(matches!(r.command, Command::Send { ref user, payload } if user == "alice" && payload.get() == "[1]"));
+        assert!(matches!(r.command, Command::Send { ref user, payload } if user == "alice" && payload.bytes == b"[1]"));
     }
 
     #[test]
@@ -266,14 +276,23 @@ mod tests {
     #[test]
     fn payload_slice_is_inside_the_frame() {
         let big = format!("[{}]", "1,".repeat(40_000) + "1");
-        let (frame, payload) = message_frame_with_payload("t", big.as_bytes());
+        let frame = message_frame("t", big.as_bytes(), true);
+        let payload = payload_of(&frame, big.len());
         assert_eq!(&payload[..], big.as_bytes());
         assert!(frame.as_ptr_range().contains(&payload.as_ptr()));
     }
 
     #[test]
+    fn binary_payloads_travel_as_base64() {
+        let m = message_frame("t", b"\x00\xffhi", false);
+        assert_eq!(body(&m), serde_json::json!({"type":"message","topic":"t","payload_base64":"AP9oaQ=="}));
+        let d = direct_frame(None, b"\x01", false);
+        assert_eq!(body(&d), serde_json::json!({"type":"direct","from":null,"payload_base64":"AQ=="}));
+    }
+
+    #[test]
     fn frames_are_valid_json() {
-        let m = message_frame("a\"b", br#"{"x":1}"#);
+        let m = message_frame("a\"b", br#"{"x":1}"#, true);
         assert_eq!(body(&m), serde_json::json!({"type":"message","topic":"a\"b","payload":{"x":1}}));
         assert_eq!(body(&ack_frame(7)), serde_json::json!({"type":"ack","id":7}));
         assert_eq!(body(&pong_frame(Some(3))), serde_json::json!({"type":"pong","id":3}));
@@ -284,9 +303,9 @@ mod tests {
             serde_json::json!({"type":"welcome","client":"c1","node":"n","shard":2,"user":null})
         );
         assert_eq!(body(&welcome_frame("c1", "n", 2, Some("a\"b")))["user"], "a\"b");
-        let (d, p) = direct_frame_with_payload(Some("bob"), br#"{"t":1}"#);
+        let d = direct_frame(Some("bob"), br#"{"t":1}"#, true);
         assert_eq!(body(&d), serde_json::json!({"type":"direct","from":"bob","payload":{"t":1}}));
-        assert_eq!(&p[..], br#"{"t":1}"#);
-        assert_eq!(body(&direct_frame_with_payload(None, b"2").0), serde_json::json!({"type":"direct","from":null,"payload":2}));
+        assert_eq!(&payload_of(&d, 7)[..], br#"{"t":1}"#);
+        assert_eq!(body(&direct_frame(None, b"2", true)), serde_json::json!({"type":"direct","from":null,"payload":2}));
     }
 }

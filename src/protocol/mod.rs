@@ -1,12 +1,100 @@
 //! The client protocol, independent of how it is encoded on the wire.
 //!
-//! [`Request`] is what a client asks for; [`ErrorCode`] and [`close`] are the
-//! one table of client-visible failure outcomes. `json.rs` is protocol v1's
-//! codec (JSON text frames, see `docs/protocol.md`).
+//! [`Request`] is what a client asks for, [`Outgoing`] what the server fans
+//! out; [`ErrorCode`] and [`close`] are the one table of client-visible
+//! failure outcomes. Two translators, nothing else: `json.rs` (JSON in text
+//! frames, `shardcast.json.v1`) and `flatbuf.rs` (`schemas/client.fbs` in
+//! binary frames, `shardcast.flatbuffers.v1`). See `docs/protocol.md`.
 
+pub mod flatbuf;
 pub mod json;
+pub mod outgoing;
 
+pub use outgoing::{Kind, Outgoing};
+
+use bytes::Bytes;
 use serde_json::value::RawValue;
+
+/// How a connection's requests and replies are encoded, from its
+/// `Sec-WebSocket-Protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// `shardcast.json.v1`, or no subprotocol.
+    #[default]
+    Json,
+    /// `shardcast.flatbuffers.v1`.
+    FlatBuffers,
+}
+
+impl Encoding {
+    /// The subprotocol to answer for an offer list (`Sec-WebSocket-Protocol`
+    /// values, comma-separated): the first one this server speaks. `None`
+    /// with no offer, or none known (JSON, no header in the answer).
+    pub fn negotiate<'a>(offers: impl IntoIterator<Item = &'a str>) -> Option<(Encoding, &'static str)> {
+        offers.into_iter().flat_map(|v| v.split(',')).map(str::trim).find_map(|p| match p {
+            json::SUBPROTOCOL => Some((Encoding::Json, json::SUBPROTOCOL)),
+            flatbuf::SUBPROTOCOL => Some((Encoding::FlatBuffers, flatbuf::SUBPROTOCOL)),
+            _ => None,
+        })
+    }
+
+    /// Decodes one request from a complete message.
+    pub fn parse_request(self, data: &[u8]) -> Result<Request<'_>, RequestError> {
+        match self {
+            Encoding::Json => json::parse_request(data),
+            Encoding::FlatBuffers => flatbuf::parse_request(data),
+        }
+    }
+
+    pub fn ack_frame(self, id: u64) -> Bytes {
+        match self {
+            Encoding::Json => json::ack_frame(id),
+            Encoding::FlatBuffers => flatbuf::ack_frame(id),
+        }
+    }
+
+    pub fn pong_frame(self, id: Option<u64>) -> Bytes {
+        match self {
+            Encoding::Json => json::pong_frame(id),
+            Encoding::FlatBuffers => flatbuf::pong_frame(id),
+        }
+    }
+
+    pub fn error_frame(self, err: &RequestError) -> Bytes {
+        match self {
+            Encoding::Json => json::error_frame(err),
+            Encoding::FlatBuffers => flatbuf::error_frame(err),
+        }
+    }
+
+    pub fn welcome_frame(self, client: &str, node: &str, shard: usize, user: Option<&str>) -> Bytes {
+        match self {
+            Encoding::Json => json::welcome_frame(client, node, shard, user),
+            Encoding::FlatBuffers => flatbuf::welcome_frame(client, node, shard, user),
+        }
+    }
+}
+
+/// A message payload as a client sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct Payload<'a> {
+    pub bytes: &'a [u8],
+    /// The bytes are one valid JSON value (UTF-8): JSON subscribers get it
+    /// embedded verbatim; otherwise as `payload_base64`.
+    pub json: bool,
+}
+
+impl<'a> Payload<'a> {
+    /// A payload the JSON codec already validated.
+    pub fn json(raw: &'a RawValue) -> Payload<'a> {
+        Payload { bytes: raw.get().as_bytes(), json: true }
+    }
+
+    /// Any bytes (a FlatBuffers payload): JSON if they parse as one value.
+    pub fn from_bytes(bytes: &'a [u8]) -> Payload<'a> {
+        Payload { bytes, json: serde_json::from_slice::<&RawValue>(bytes).is_ok() }
+    }
+}
 
 /// A decoded client request. Borrowed from the frame it was read from.
 #[derive(Debug)]
@@ -20,15 +108,15 @@ pub struct Request<'a> {
 pub enum Command<'a> {
     Subscribe { topic: std::borrow::Cow<'a, str> },
     Unsubscribe { topic: std::borrow::Cow<'a, str> },
-    /// `payload` is valid JSON, kept verbatim (never re-serialised).
-    Publish { topic: std::borrow::Cow<'a, str>, payload: &'a RawValue, skip_self: bool },
+    /// `payload` is kept verbatim (never re-serialised).
+    Publish { topic: std::borrow::Cow<'a, str>, payload: Payload<'a>, skip_self: bool },
     Ping,
     /// Authenticates a connection that brought no token in its upgrade.
     Auth { token: std::borrow::Cow<'a, str> },
     /// Replaces the connection's token with a newer one for the same user.
     Refresh { token: std::borrow::Cow<'a, str> },
     /// A direct message to every connection of `user`, on every node.
-    Send { user: std::borrow::Cow<'a, str>, payload: &'a RawValue },
+    Send { user: std::borrow::Cow<'a, str>, payload: Payload<'a> },
 }
 
 /// Error codes of `{"type":"error"}` replies. After any of them the connection
@@ -37,7 +125,8 @@ pub enum Command<'a> {
 pub enum ErrorCode {
     /// The frame is not JSON, or not a JSON object.
     BadJson,
-    /// A field is missing or has the wrong type.
+    /// A field is missing or has the wrong type; on a FlatBuffers connection,
+    /// a frame that fails verification or a text frame.
     BadRequest,
     /// `type` names no request this server knows.
     UnknownType,

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::conn::{ConnId, Peer};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
-use crate::protocol::{close, json};
+use crate::protocol::{close, Encoding, Kind, Outgoing, Payload};
 use crate::topic::{self, Registry};
 
 /// A publish that could not yet be handed to every interested shard because
@@ -215,46 +215,46 @@ impl Shard {
     /// message to each other interested shard. Per-publisher order holds
     /// because a connection with a [`PendingPublish`] is not read until it
     /// completes, and each shard-to-shard channel is FIFO.
-    pub fn publish(&self, origin: &Peer, topic: &str, payload: &[u8], skip_self: bool) -> Result<(), Box<PendingPublish>> {
-        let (frame, payload) = json::message_frame_with_payload(topic, payload);
+    pub fn publish(&self, origin: &Peer, topic: &str, payload: Payload<'_>, skip_self: bool) -> Result<(), Box<PendingPublish>> {
+        let msg = Outgoing::new(topic, Kind::Message, payload, origin.encoding.get(), self.stats());
         ShardStats::add(&self.stats().publishes, 1);
-        self.fan_out(topic, frame, payload, None, skip_self.then_some(origin.id))
+        self.fan_out(msg, skip_self.then_some(origin.id))
     }
 
     /// Delivers a direct message to every connection of `user` on this node
     /// and, through Redis, on every other: the same path as a publish, on the
     /// user's internal topic. `from` is the sender's verified user id.
     /// Ordering and backpressure are a publish's.
-    pub fn send_direct(&self, from: Option<&Arc<str>>, user: &str, payload: &[u8]) -> Result<(), Box<PendingPublish>> {
-        let (frame, payload) = json::direct_frame_with_payload(from.map(|f| &**f), payload);
+    pub fn send_direct(&self, origin: &Peer, from: Option<&Arc<str>>, user: &str, payload: Payload<'_>) -> Result<(), Box<PendingPublish>> {
+        let kind = Kind::Direct { from: from.cloned() };
+        let msg = Outgoing::new(&topic::user_topic(user), kind, payload, origin.encoding.get(), self.stats());
         ShardStats::add(&self.stats().direct_messages, 1);
-        self.fan_out(&topic::user_topic(user), frame, payload, from.cloned(), None)
+        self.fan_out(msg, None)
     }
 
-    /// Queues `frame` here, hands it to the other interested shards, and
+    /// Queues `msg` here, hands it to the other interested shards, and
     /// passes it to the bridge for the other nodes.
-    fn fan_out(&self, topic: &str, frame: Bytes, payload: Bytes, sender: Option<Arc<str>>, skip: Option<ConnId>) -> Result<(), Box<PendingPublish>> {
-        self.deliver_local(topic, &frame, skip);
-        let mut remaining = self.interest.borrow().shards(topic);
+    fn fan_out(&self, msg: Arc<Outgoing>, skip: Option<ConnId>) -> Result<(), Box<PendingPublish>> {
+        self.deliver_local(&msg, skip);
+        let mut remaining = self.interest.borrow().shards(&msg.topic);
         let mut forward_to = None;
         match (&self.bridge, self.bridge_shard) {
-            (Some(bridge), _) => bridge.enqueue(topic, &payload, sender.as_deref(), self.stats()),
+            (Some(bridge), _) => bridge.enqueue(&msg, self.stats()),
             (None, Some(bridge_shard)) => {
                 remaining.insert(bridge_shard);
                 forward_to = Some(bridge_shard);
             }
             (None, None) => {}
         }
-        self.dispatch(PublishMsg { topic: topic.into(), frame, payload, sender, forward: false }, remaining, forward_to)
+        self.dispatch(PublishMsg { msg, forward: false }, remaining, forward_to)
     }
 
-    /// Fans out a message that came from another node (through the bridge),
-    /// already encoded as `frame`: local subscribers and other interested
-    /// shards, never back to Redis.
-    pub fn fan_out_remote(&self, topic: &str, frame: Bytes, payload: Bytes) -> Result<(), Box<PendingPublish>> {
-        self.deliver_local(topic, &frame, None);
-        let remaining = self.interest.borrow().shards(topic);
-        self.dispatch(PublishMsg { topic: topic.into(), frame, payload, sender: None, forward: false }, remaining, None)
+    /// Fans out a message that came from another node (through the bridge):
+    /// local subscribers and other interested shards, never back to Redis.
+    pub fn fan_out_remote(&self, msg: Arc<Outgoing>) -> Result<(), Box<PendingPublish>> {
+        self.deliver_local(&msg, None);
+        let remaining = self.interest.borrow().shards(&msg.topic);
+        self.dispatch(PublishMsg { msg, forward: false }, remaining, None)
     }
 
     /// Hands `msg` to the `remaining` shards; what could not be handed yet
@@ -300,27 +300,40 @@ impl Shard {
 
     /// A publish from another shard: deliver it here and, on the bridge
     /// shard, pass it on to Redis.
-    fn on_publish(&self, msg: PublishMsg) {
-        self.deliver_local(&msg.topic, &msg.frame, None);
-        if msg.forward {
+    fn on_publish(&self, publish: PublishMsg) {
+        self.deliver_local(&publish.msg, None);
+        if publish.forward {
             if let Some(bridge) = &self.bridge {
-                bridge.enqueue(&msg.topic, &msg.payload, msg.sender.as_deref(), self.stats());
+                bridge.enqueue(&publish.msg, self.stats());
             }
         }
     }
 
-    /// Queues `frame` to every local subscriber of `topic` except `skip`.
-    pub fn deliver_local(&self, topic: &str, frame: &Bytes, skip: Option<ConnId>) {
+    /// Queues `msg` to every local subscriber of its topic except `skip`,
+    /// each in its connection's encoding (every form built once per node).
+    pub fn deliver_local(&self, msg: &Outgoing, skip: Option<ConnId>) {
         let registry = self.registry.borrow();
-        let Some(entry) = registry.get(topic) else { return };
+        let Some(entry) = registry.get(&msg.topic) else { return };
         let limits = &self.config.queue;
         let stats = self.stats();
         let mut delivered = 0;
+        // Most subscribers share an encoding: fetch a form once per run of it.
+        let mut current: Option<(Encoding, Bytes)> = None;
         for (id, peer) in &entry.subscribers {
-            if Some(*id) != skip {
-                peer.push(frame.clone(), limits, stats);
-                delivered += 1;
+            if Some(*id) == skip {
+                continue;
             }
+            let encoding = peer.encoding.get();
+            let frame = match &current {
+                Some((e, frame)) if *e == encoding => frame.clone(),
+                _ => {
+                    let frame = msg.frame(encoding, stats);
+                    current = Some((encoding, frame.clone()));
+                    frame
+                }
+            };
+            peer.push(frame, limits, stats);
+            delivered += 1;
         }
         ShardStats::add(&stats.deliveries, delivered);
     }

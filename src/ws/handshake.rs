@@ -3,6 +3,8 @@
 //! Pure functions over bytes, so every refusal is unit-tested without a
 //! socket; the connection task does the I/O and the timeout.
 
+use crate::protocol::Encoding;
+
 /// Which WebSocket endpoint a request upgraded to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -26,8 +28,9 @@ pub enum Decision {
     Incomplete,
     /// Upgrade: `response` is the 101; `consumed` bytes were the request
     /// (anything after them is already WebSocket data). `token` is the
-    /// connection token, if the request carried one.
-    Upgrade { endpoint: Endpoint, response: Vec<u8>, consumed: usize, token: Option<String> },
+    /// connection token, if the request carried one; `encoding` the
+    /// negotiated subprotocol's (JSON when none was offered or known).
+    Upgrade { endpoint: Endpoint, response: Vec<u8>, consumed: usize, token: Option<String>, encoding: Encoding },
     /// Serve the metrics page.
     Metrics,
     /// Refuse with this status and short text.
@@ -121,11 +124,20 @@ pub fn decide(buf: &[u8], rules: &Rules<'_>) -> Decision {
         }
     }
     let accept = tungstenite::handshake::derive_accept_key(key);
+    // Subprotocols matter on the pub/sub endpoint only; /echo speaks none.
+    let offers = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok());
+    let chosen = if endpoint == Endpoint::PubSub { Encoding::negotiate(offers) } else { None };
+    let protocol_line = chosen.map_or(String::new(), |(_, name)| format!("Sec-WebSocket-Protocol: {name}\r\n"));
     let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol_line}\r\n"
     )
     .into_bytes();
-    Decision::Upgrade { endpoint, response, consumed, token: token(target, &req) }
+    let encoding = chosen.map_or(Encoding::Json, |(e, _)| e);
+    Decision::Upgrade { endpoint, response, consumed, token: token(target, &req), encoding }
 }
 
 /// A complete short HTTP response that closes the connection.
@@ -165,7 +177,7 @@ mod tests {
         let len = req.len();
         req.extend_from_slice(b"\x81\x80");
         match decide(&req, &RULES) {
-            Decision::Upgrade { endpoint, response, consumed, token } => {
+            Decision::Upgrade { endpoint, response, consumed, token, .. } => {
                 assert_eq!(token.as_deref(), Some("1"));
                 assert_eq!(endpoint, Endpoint::PubSub);
                 assert_eq!(consumed, len);
@@ -188,6 +200,28 @@ mod tests {
         assert_eq!(tok("/ws", "Authorization: bearer  h.h.h \r\n"), Some("h.h.h".into()));
         assert_eq!(tok("/ws", "Authorization: Basic dXNlcg==\r\n"), None);
         assert_eq!(tok("/ws?token=", ""), Some(String::new()));
+    }
+
+    #[test]
+    fn subprotocols_pick_the_first_known_offer() {
+        let answer = |extra: &str| match decide(upgrade("/ws", extra).as_bytes(), &RULES) {
+            Decision::Upgrade { response, encoding, .. } => {
+                let text = String::from_utf8(response).unwrap();
+                let line = text.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Protocol: ")).map(str::to_string);
+                (encoding, line)
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(answer(""), (Encoding::Json, None));
+        assert_eq!(answer("Sec-WebSocket-Protocol: chat, superchat\r\n"), (Encoding::Json, None), "no known offer: no header");
+        assert_eq!(
+            answer("Sec-WebSocket-Protocol: x, shardcast.flatbuffers.v1\r\n"),
+            (Encoding::FlatBuffers, Some("shardcast.flatbuffers.v1".into()))
+        );
+        assert_eq!(
+            answer("Sec-WebSocket-Protocol: shardcast.json.v1\r\nSec-WebSocket-Protocol: shardcast.flatbuffers.v1\r\n"),
+            (Encoding::Json, Some("shardcast.json.v1".into()))
+        );
     }
 
     #[test]

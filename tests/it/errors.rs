@@ -223,3 +223,31 @@ fn a_message_larger_than_the_queue_bound_still_echoes_from_an_empty_queue() {
         }
     }
 }
+
+#[test]
+fn a_client_still_writing_after_a_policy_close_reads_the_close_frame_not_a_reset() {
+    let server = Server::start("[limits]\npublish_rate = 1\npublish_burst = 1\nrate_limit_disconnect = 5\n", &["--shards", "1"]);
+    let mut c = server.client();
+    let publish = || Message::text(r#"{"type":"publish","topic":"t","payload":1}"#);
+    for _ in 0..10 {
+        c.ws.send(publish()).unwrap();
+    }
+    // The server has sent its 1008 by now. A client that has not read it yet
+    // keeps writing: the server must keep draining (a lingering close), or
+    // its kernel answers these bytes with a reset that destroys the close
+    // frame waiting in the client's receive buffer.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..10 {
+        c.ws.send(publish()).expect("writes after the close frame are drained, not reset");
+    }
+    loop {
+        match c.ws.read() {
+            Ok(Message::Text(_)) => continue,
+            Ok(Message::Close(Some(f))) => {
+                assert_eq!(u16::from(f.code), 1008);
+                break;
+            }
+            other => panic!("expected the 1008 close frame, got {other:?}"),
+        }
+    }
+}

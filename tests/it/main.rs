@@ -3,6 +3,7 @@
 
 mod util;
 
+
 mod auth;
 mod bench;
 mod conformance;
@@ -10,3 +11,4 @@ mod errors;
 mod lifecycle;
 mod pubsub;
 mod redis;
+mod wire;

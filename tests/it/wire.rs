@@ -1,0 +1,276 @@
+//! The wire: the FlatBuffers client protocol (`schemas/client.fbs`) next to
+//! JSON, payloads crossing encodings, and encode-once across encodings.
+
+use std::time::{Duration, SystemTime};
+
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+use serde_json::json;
+use shardcast::protocol::flatbuf::schema::*;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::Message as Ws;
+
+use crate::util::{on_every_shard, Client, Server};
+
+const FB: &str = "shardcast.flatbuffers.v1";
+const SECRET: &str = "wire-test-secret";
+
+fn token_for(user: &str) -> String {
+    let exp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() + 60;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A decoded `ServerFrame`, flattened for assertions.
+#[derive(Debug, PartialEq)]
+enum Event_ {
+    Welcome { client: String, shard: u32, user: Option<String> },
+    Ack(Option<u64>),
+    Pong(Option<u64>),
+    Message { topic: String, payload: Vec<u8> },
+    Direct { from: Option<String>, payload: Vec<u8> },
+    Error { id: Option<u64>, code: String },
+}
+
+fn decode(bytes: &[u8]) -> Event_ {
+    let f = flatbuffers::root::<ServerFrame>(bytes).expect("a valid ServerFrame");
+    match f.event_type() {
+        Event::Welcome => {
+            let w = f.event_as_welcome().unwrap();
+            Event_::Welcome { client: w.client().unwrap().into(), shard: w.shard(), user: w.user().map(Into::into) }
+        }
+        Event::Ack => Event_::Ack(f.id()),
+        Event::Pong => Event_::Pong(f.id()),
+        Event::Message => {
+            let m = f.event_as_message().unwrap();
+            Event_::Message { topic: m.topic().unwrap().into(), payload: m.payload().unwrap().bytes().to_vec() }
+        }
+        Event::Direct => {
+            let d = f.event_as_direct().unwrap();
+            Event_::Direct { from: d.from().map(Into::into), payload: d.payload().unwrap().bytes().to_vec() }
+        }
+        Event::Error => Event_::Error { id: f.id(), code: f.event_as_error().unwrap().code().unwrap().into() },
+        other => panic!("unexpected event {other:?}"),
+    }
+}
+
+/// A FlatBuffers client (as any client generating code from the schema would be).
+struct Fb(Client);
+
+impl Fb {
+    /// Connects offering `shardcast.flatbuffers.v1`, with `token` in the URL;
+    /// checks the server chose it.
+    fn upgrade(server: &Server, token: Option<&str>) -> Fb {
+        let url = match token {
+            Some(t) => format!("{}?token={t}", server.url("/ws")),
+            None => server.url("/ws"),
+        };
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert("Sec-WebSocket-Protocol", format!("x-unknown, {FB}").parse().unwrap());
+        let (ws, resp) = tungstenite::connect(req).unwrap();
+        assert_eq!(resp.headers().get("Sec-WebSocket-Protocol").unwrap(), FB);
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+        Fb(Client { ws, shard: usize::MAX, id: String::new() })
+    }
+
+    fn connect(server: &Server, token: Option<&str>) -> Fb {
+        let mut c = Fb::upgrade(server, token);
+        match c.recv() {
+            Event_::Welcome { shard, client, .. } => {
+                c.0.shard = shard as usize;
+                c.0.id = client;
+            }
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+        c
+    }
+
+    fn send(&mut self, id: Option<u64>, kind: Request, build: impl FnOnce(&mut FlatBufferBuilder<'static>) -> WIPOffset<UnionWIPOffset>) {
+        let mut b = FlatBufferBuilder::new();
+        let request = build(&mut b);
+        let root = ClientFrame::create(&mut b, &ClientFrameArgs { id, request_type: kind, request: Some(request) });
+        b.finish(root, None);
+        self.0.send_raw(Ws::binary(b.finished_data().to_vec()));
+    }
+
+    fn recv(&mut self) -> Event_ {
+        match self.0.recv_message() {
+            Ws::Binary(b) => decode(&b),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+
+    fn topic_request(&mut self, id: u64, kind: Request, topic: &str) {
+        self.send(Some(id), kind, |b| {
+            let topic = Some(b.create_string(topic));
+            if kind == Request::Subscribe {
+                Subscribe::create(b, &SubscribeArgs { topic }).as_union_value()
+            } else {
+                Unsubscribe::create(b, &UnsubscribeArgs { topic }).as_union_value()
+            }
+        });
+    }
+
+    fn subscribe(&mut self, topic: &str) {
+        self.topic_request(1_000_000, Request::Subscribe, topic);
+        assert_eq!(self.recv(), Event_::Ack(Some(1_000_000)));
+    }
+
+    fn publish(&mut self, id: Option<u64>, topic: &str, payload: &[u8]) {
+        self.send(id, Request::Publish, |b| {
+            let topic = b.create_string(topic);
+            let payload = b.create_vector(payload);
+            Publish::create(b, &PublishArgs { topic: Some(topic), payload: Some(payload), skip_self: true }).as_union_value()
+        });
+    }
+
+    fn token_request(&mut self, id: u64, kind: Request, token: &str) {
+        self.send(Some(id), kind, |b| {
+            let token = Some(b.create_string(token));
+            if kind == Request::Auth {
+                Auth::create(b, &AuthArgs { token }).as_union_value()
+            } else {
+                Refresh::create(b, &RefreshArgs { token }).as_union_value()
+            }
+        });
+    }
+}
+
+#[test]
+fn flatbuffers_clients_can_make_every_request() {
+    let server = Server::start(&format!("[auth]\nhmac_secret = \"{SECRET}\"\nallow_anonymous = true"), &["--shards", "1"]);
+    let mut alice = Fb::connect(&server, Some(&token_for("alice")));
+    alice.subscribe("news");
+    alice.send(Some(2), Request::Ping, |b| Ping::create(b, &PingArgs {}).as_union_value());
+    assert_eq!(alice.recv(), Event_::Pong(Some(2)));
+    let mut bob = Fb::connect(&server, Some(&token_for("bob")));
+    bob.publish(Some(3), "news", &[0, 1, 2]);
+    assert_eq!(bob.recv(), Event_::Ack(Some(3)));
+    assert_eq!(alice.recv(), Event_::Message { topic: "news".into(), payload: vec![0, 1, 2] });
+    bob.send(Some(4), Request::Send, |b| {
+        let user = b.create_string("alice");
+        let payload = b.create_vector(b"hi");
+        Send::create(b, &SendArgs { user: Some(user), payload: Some(payload) }).as_union_value()
+    });
+    assert_eq!(bob.recv(), Event_::Ack(Some(4)));
+    assert_eq!(alice.recv(), Event_::Direct { from: Some("bob".into()), payload: b"hi".to_vec() });
+    alice.token_request(5, Request::Refresh, &token_for("alice"));
+    assert_eq!(alice.recv(), Event_::Ack(Some(5)));
+    alice.topic_request(6, Request::Unsubscribe, "news");
+    assert_eq!(alice.recv(), Event_::Ack(Some(6)));
+    bob.publish(None, "news", b"gone");
+    alice.0.expect_silence(Duration::from_millis(200));
+    // An anonymous connection authenticates in FlatBuffers too: ack, then a welcome naming the user.
+    let mut carol = Fb::connect(&server, None);
+    carol.token_request(7, Request::Auth, &token_for("carol"));
+    assert_eq!(carol.recv(), Event_::Ack(Some(7)));
+    assert!(matches!(carol.recv(), Event_::Welcome { user: Some(u), .. } if u == "carol"));
+    // Errors use the protocol's codes.
+    carol.topic_request(8, Request::Subscribe, "");
+    assert_eq!(carol.recv(), Event_::Error { id: Some(8), code: "invalid_topic".into() });
+}
+
+#[test]
+fn payloads_cross_encodings_byte_for_byte_and_each_encoding_is_built_once() {
+    let server = Server::start("[limits]\npublish_rate = 0", &["--shards", "2"]);
+    let mut fb_subs = on_every_shard(2, || Fb::connect(&server, None).0);
+    let mut json_subs = server.clients_on_every_shard(2);
+    for c in &mut json_subs {
+        c.subscribe("t");
+    }
+    for c in fb_subs.iter_mut() {
+        c.ws.send(Ws::binary(subscribe_frame("t"))).unwrap();
+        assert_eq!(recv_fb(c), Event_::Ack(Some(1)));
+    }
+    let (json_before, fb_before) = (server.metric("encodings_json"), server.metric("encodings_flatbuffers"));
+    // JSON -> FlatBuffers: the payload's JSON text, byte for byte (whitespace included).
+    let mut json_pub = server.client();
+    json_pub.send(json!({"type":"publish","topic":"t","payload":"PLACEHOLDER"}));
+    for c in &mut json_subs {
+        assert_eq!(c.recv()["payload"], "PLACEHOLDER");
+    }
+    for c in fb_subs.iter_mut() {
+        assert_eq!(recv_fb(c), Event_::Message { topic: "t".into(), payload: br#""PLACEHOLDER""#.to_vec() });
+    }
+    json_pub.send_raw(Ws::text(r#"{"type":"publish","topic":"t","payload": {"a" : [1, 2]} }"#));
+    for c in fb_subs.iter_mut() {
+        assert_eq!(recv_fb(c), Event_::Message { topic: "t".into(), payload: br#"{"a" : [1, 2]}"#.to_vec() });
+    }
+    for c in &mut json_subs {
+        match c.recv_message() {
+            Ws::Text(t) => assert!(t.contains(r#""payload":{"a" : [1, 2]}"#), "{t}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Two messages, four FlatBuffers subscribers on two shards: two FlatBuffers encodings.
+    assert_eq!(server.metric("encodings_flatbuffers") - fb_before, 2, "each message encoded once for FlatBuffers");
+    assert_eq!(server.metric("encodings_json") - json_before, 2, "and once for JSON");
+    // FlatBuffers -> JSON: valid JSON embedded verbatim, anything else as payload_base64.
+    let mut fb_pub = Fb::connect(&server, None);
+    fb_pub.publish(None, "t", br#"{"b":2}"#);
+    fb_pub.publish(None, "t", &[0xff, 0x00, b'x']);
+    for c in &mut json_subs {
+        match c.recv_message() {
+            Ws::Text(t) => assert!(t.ends_with(r#""payload":{"b":2}}"#), "{t}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.recv(), json!({"type":"message","topic":"t","payload_base64":"/wB4"}));
+    }
+    for c in fb_subs.iter_mut() {
+        assert_eq!(recv_fb(c), Event_::Message { topic: "t".into(), payload: br#"{"b":2}"#.to_vec() });
+        assert_eq!(recv_fb(c), Event_::Message { topic: "t".into(), payload: vec![0xff, 0x00, b'x'] });
+    }
+}
+
+fn subscribe_frame(topic: &str) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let topic = b.create_string(topic);
+    let sub = Subscribe::create(&mut b, &SubscribeArgs { topic: Some(topic) });
+    let root = ClientFrame::create(&mut b, &ClientFrameArgs { id: Some(1), request_type: Request::Subscribe, request: Some(sub.as_union_value()) });
+    b.finish(root, None);
+    b.finished_data().to_vec()
+}
+
+fn recv_fb(c: &mut Client) -> Event_ {
+    match c.recv_message() {
+        Ws::Binary(b) => decode(&b),
+        other => panic!("expected a binary frame, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_flatbuffers_get_bad_request_and_the_connection_stays_usable() {
+    let server = Server::start("", &["--shards", "1"]);
+    let mut c = Fb::connect(&server, None);
+    for garbage in [vec![], vec![0xff; 3], vec![12, 0, 0, 0, 8, 0, 12, 0, 4, 0, 8, 0, 0xff, 0xff, 0xff, 0x7f], b"\x04\x00\x00\x00".to_vec()] {
+        c.0.send_raw(Ws::binary(garbage.clone()));
+        assert_eq!(c.recv(), Event_::Error { id: None, code: "bad_request".into() }, "{garbage:?}");
+    }
+    c.0.send_raw(Ws::text(r#"{"type":"ping","id":1}"#));
+    assert_eq!(c.recv(), Event_::Error { id: None, code: "bad_request".into() }, "a text frame on a FlatBuffers connection");
+    c.send(Some(9), Request::Ping, |b| Ping::create(b, &PingArgs {}).as_union_value());
+    assert_eq!(c.recv(), Event_::Pong(Some(9)));
+    // Unknown subprotocols only: the upgrade goes ahead as JSON, with no
+    // protocol header (read raw: tungstenite's client refuses that answer).
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\n\r\n";
+    s.write_all(upgrade.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("\"welcome\"") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(!text.to_ascii_lowercase().contains("sec-websocket-protocol"), "{text}");
+}
