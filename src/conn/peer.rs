@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::config::{Overflow, QueueConfig};
 use crate::metrics::ShardStats;
-use crate::protocol::{close, Encoding};
+use crate::protocol::{close, Encoding, Wire};
 use crate::ws::frame;
 
 /// Node-unique connection id: shard index in the top 16 bits, a per-shard
@@ -146,8 +146,9 @@ pub struct Peer {
     /// A subscribe of this connection waits for other shards to confirm interest;
     /// its input is not read meanwhile.
     pub awaiting_interest: Cell<bool>,
-    /// The encoding its messages are sent in (its negotiated subprotocol).
-    pub encoding: Cell<Encoding>,
+    /// How its messages are sent: the negotiated subprotocol's encoding and
+    /// permessage-deflate mode. Set once, at the upgrade.
+    pub wire: Cell<Wire>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -166,8 +167,13 @@ impl Peer {
             last_ping: Cell::new(Stamp::from(now)),
             aborted: Cell::new(false),
             awaiting_interest: Cell::new(false),
-            encoding: Cell::new(Encoding::Json),
+            wire: Cell::new(Wire::default()),
         }
+    }
+
+    /// The encoding of its requests and replies.
+    pub fn encoding(&self) -> Encoding {
+        self.wire.get().encoding
     }
 
     pub fn outbox(&self) -> std::cell::RefMut<'_, Outbox> {

@@ -80,7 +80,7 @@ impl Conn {
 
     fn welcome(&self, user: Option<&str>) -> bytes::Bytes {
         let shard = &self.shard;
-        let encoding = self.peer.encoding.get();
+        let encoding = self.peer.encoding();
         encoding.welcome_frame(&self.peer.id.to_string(), &shard.config.server.node_id, shard.index, user)
     }
 
@@ -120,7 +120,7 @@ impl Conn {
             None => shard.clear_deadline(self.peer.id),
         }
         if let Some(id) = ack {
-            self.send(self.peer.encoding.get().ack_frame(id));
+            self.send(self.peer.encoding().ack_frame(id));
         }
         let welcome = self.welcome(Some(&identity.user));
         let topic = shard.subscribe(&self.peer, &topic::user_topic(&identity.user), Some(welcome));
@@ -191,7 +191,7 @@ impl Conn {
             *identity = fresh;
         }
         if let Some(id) = id {
-            self.send(self.peer.encoding.get().ack_frame(id));
+            self.send(self.peer.encoding().ack_frame(id));
         }
     }
 

@@ -10,7 +10,7 @@ pub mod flatbuf;
 pub mod json;
 pub mod outgoing;
 
-pub use outgoing::{Kind, Outgoing};
+pub use outgoing::{Builder, Kind, Outgoing, Wire};
 
 use bytes::Bytes;
 use serde_json::value::RawValue;

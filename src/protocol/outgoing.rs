@@ -9,12 +9,50 @@
 //! `OnceLock`: the one shard that builds it does the work, any other shard
 //! asking at the same moment waits for the result instead of repeating it.
 
+use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
 use super::{flatbuf, json, Encoding, Payload};
 use crate::metrics::ShardStats;
+use crate::ws::deflate::{Compressor, Mode};
+use crate::ws::frame::{self, Opcode};
+
+/// How a connection takes its messages: encoding and compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wire {
+    pub encoding: Encoding,
+    pub deflate: Mode,
+}
+
+/// What building a form needs from the shard that builds it.
+pub struct Builder<'a> {
+    /// The building shard's counters.
+    pub stats: &'a ShardStats,
+    /// The building shard's compressor.
+    pub compressor: &'a RefCell<Compressor>,
+    /// `[compression] min_bytes`: smaller messages go uncompressed.
+    pub min_bytes: usize,
+}
+
+impl Builder<'_> {
+    /// Compresses a plain frame's payload into a compressed frame, counted.
+    pub fn compress(&self, plain: &[u8], mode: Mode) -> Bytes {
+        let opcode = if plain[0] & 0x0f == 0x1 { Opcode::Text } else { Opcode::Binary };
+        let body = frame::payload_of(plain);
+        let compressed = self.compressor.borrow_mut().frame(opcode, body, mode);
+        ShardStats::add(&self.stats.compressions, 1);
+        ShardStats::add(&self.stats.compression_bytes_in, body.len() as u64);
+        ShardStats::add(&self.stats.compression_bytes_out, frame::payload_of(&compressed).len() as u64);
+        compressed
+    }
+
+    /// Whether a plain frame is worth compressing.
+    pub fn worth_compressing(&self, plain: &[u8]) -> bool {
+        frame::payload_of(plain).len() >= self.min_bytes
+    }
+}
 
 /// What the message is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,15 +75,22 @@ pub struct Outgoing {
     pub payload: Bytes,
     /// `payload` is one valid JSON value.
     pub payload_is_json: bool,
-    /// The encoded forms, indexed by [`Encoding`].
-    forms: [OnceLock<Bytes>; 2],
+    /// The encoded forms, indexed by [`Wire`]: each encoding plain, deflated,
+    /// and in stored blocks.
+    forms: [OnceLock<Bytes>; 6],
 }
 
-fn index(encoding: Encoding) -> usize {
-    match encoding {
+fn index(encoding: Encoding, deflate: Mode) -> usize {
+    let e = match encoding {
         Encoding::Json => 0,
         Encoding::FlatBuffers => 1,
-    }
+    };
+    let d = match deflate {
+        Mode::Off => 0,
+        Mode::Full => 1,
+        Mode::Stored => 2,
+    };
+    e * 3 + d
 }
 
 impl Outgoing {
@@ -54,11 +99,11 @@ impl Outgoing {
     /// JSON payload the payload is then a slice of that frame, not a copy.
     /// Encodings are counted in `stats` (the building shard's).
     pub fn new(topic: &str, kind: Kind, payload: Payload<'_>, origin: Encoding, stats: &ShardStats) -> Arc<Outgoing> {
-        let forms: [OnceLock<Bytes>; 2] = Default::default();
+        let forms: [OnceLock<Bytes>; 6] = Default::default();
         let bytes = if origin == Encoding::Json && payload.json {
             let frame = encode(Encoding::Json, topic, &kind, payload.bytes, true, stats);
             let slice = json::payload_of(&frame, payload.bytes.len());
-            let _ = forms[index(Encoding::Json)].set(frame);
+            let _ = forms[index(Encoding::Json, Mode::Off)].set(frame);
             slice
         } else {
             Bytes::copy_from_slice(payload.bytes)
@@ -71,17 +116,26 @@ impl Outgoing {
         Arc::new(Outgoing { topic: topic.into(), kind, payload, payload_is_json, forms: Default::default() })
     }
 
-    /// The frame for a recipient speaking `encoding`, built on first use
-    /// (and counted in `stats`, the building shard's).
-    pub fn frame(&self, encoding: Encoding, stats: &ShardStats) -> Bytes {
-        self.forms[index(encoding)]
-            .get_or_init(|| encode(encoding, &self.topic, &self.kind, &self.payload, self.payload_is_json, stats))
-            .clone()
+    /// The frame for a recipient taking `wire`, built on first use (with
+    /// the building shard's compressor, counted in its stats). A message
+    /// smaller than `min_bytes` goes to compressing recipients plain.
+    pub fn frame(&self, wire: Wire, b: &Builder<'_>) -> Bytes {
+        let plain = self.plain(wire.encoding, b.stats);
+        if wire.deflate == Mode::Off || !b.worth_compressing(plain) {
+            return plain.clone();
+        }
+        self.forms[index(wire.encoding, wire.deflate)].get_or_init(|| b.compress(plain, wire.deflate)).clone()
     }
 
-    /// Whether the form for `encoding` has been built (metrics, tests).
+    /// The uncompressed frame in `encoding`, built on first use.
+    pub fn plain(&self, encoding: Encoding, stats: &ShardStats) -> &Bytes {
+        self.forms[index(encoding, Mode::Off)]
+            .get_or_init(|| encode(encoding, &self.topic, &self.kind, &self.payload, self.payload_is_json, stats))
+    }
+
+    /// Whether the uncompressed form for `encoding` has been built (tests).
     pub fn is_encoded(&self, encoding: Encoding) -> bool {
-        self.forms[index(encoding)].get().is_some()
+        self.forms[index(encoding, Mode::Off)].get().is_some()
     }
 
     /// The sender of a direct message, for the bridge's envelope.
@@ -117,11 +171,11 @@ mod tests {
         let m = Outgoing::new("news", Kind::Message, Payload { bytes: br#"{"a":1}"#, json: true }, Encoding::Json, &stats);
         assert!(m.is_encoded(Encoding::Json), "the publisher's encoding is built at once");
         assert!(!m.is_encoded(Encoding::FlatBuffers));
-        let a = m.frame(Encoding::FlatBuffers, &stats);
-        let b = m.frame(Encoding::FlatBuffers, &stats);
+        let a = m.plain(Encoding::FlatBuffers, &stats).clone();
+        let b = m.plain(Encoding::FlatBuffers, &stats).clone();
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes, not a second encoding");
         assert_eq!(&m.payload[..], br#"{"a":1}"#);
-        let json = m.frame(Encoding::Json, &stats);
+        let json = m.plain(Encoding::Json, &stats).clone();
         let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!((count(&stats.encodings_json), count(&stats.encodings_flatbuffers)), (1, 1));
         assert!(json.as_ptr_range().contains(&m.payload.as_ptr()), "the payload is a slice of the JSON frame");
@@ -132,7 +186,25 @@ mod tests {
         let stats = ShardStats::default();
         let m = Outgoing::new("t", Kind::Message, Payload { bytes: b"\x00\x01", json: false }, Encoding::FlatBuffers, &stats);
         assert!(!m.is_encoded(Encoding::Json));
-        let text = m.frame(Encoding::Json, &stats);
+        let text = m.plain(Encoding::Json, &stats).clone();
         assert!(std::str::from_utf8(&text[2..]).unwrap().contains(r#""payload_base64":"AAE=""#));
+    }
+
+    #[test]
+    fn compressed_forms_are_built_once_and_only_above_min_bytes() {
+        let stats = ShardStats::default();
+        let compressor = RefCell::new(Compressor::new(1));
+        let b = Builder { stats: &stats, compressor: &compressor, min_bytes: 256 };
+        let big = format!("\"{}\"", "abc".repeat(200));
+        let m = Outgoing::new("t", Kind::Message, Payload { bytes: big.as_bytes(), json: true }, Encoding::Json, &stats);
+        let deflate = Wire { encoding: Encoding::Json, deflate: Mode::Full };
+        let x = m.frame(deflate, &b);
+        let y = m.frame(deflate, &b);
+        assert_eq!(x.as_ptr(), y.as_ptr());
+        assert_eq!(x[0], 0xC1, "RSV1 on a final text frame");
+        assert!(x.len() < 100, "{}", x.len());
+        assert_eq!(stats.compressions.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let small = Outgoing::new("t", Kind::Message, Payload { bytes: b"1", json: true }, Encoding::Json, &stats);
+        assert_eq!(small.frame(deflate, &b)[0], 0x81, "below min_bytes: plain");
     }
 }

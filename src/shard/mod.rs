@@ -26,7 +26,8 @@ use crate::config::Config;
 use crate::conn::{ConnId, Peer};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
-use crate::protocol::{close, Encoding, Kind, Outgoing, Payload};
+use crate::protocol::{close, Builder, Kind, Outgoing, Payload, Wire};
+use crate::ws::deflate::{Compressor, Decompressor, Mode};
 use crate::topic::{self, Registry};
 
 /// A publish that could not yet be handed to every interested shard because
@@ -84,6 +85,11 @@ pub struct Shard {
     pub write_scratch: RefCell<Vec<u8>>,
     /// The heartbeat ping frame, encoded once.
     pub ping_frame: Bytes,
+    /// permessage-deflate for every connection of the shard: messages are
+    /// compressed and inflated one at a time, reset in between, so the
+    /// connections share these instead of holding zlib state each.
+    pub compressor: RefCell<Compressor>,
+    pub decompressor: RefCell<Decompressor>,
     pending_interest: RefCell<HashMap<u64, PendingInterest>>,
     /// The Redis bridge, on the bridge shard only.
     pub bridge: Option<Rc<Bridge>>,
@@ -106,6 +112,7 @@ impl Shard {
         let scratch = vec![0; config.server.read_buffer_bytes];
         let write_scratch = Vec::with_capacity(config.server.write_buffer_bytes);
         let bridge_shard = config.redis.as_ref().map(|r| r.bridge_shard);
+        let compressor = Compressor::new(config.compression.level);
         let bridge = config
             .redis
             .as_ref()
@@ -126,6 +133,8 @@ impl Shard {
             scratch: RefCell::new(scratch),
             write_scratch: RefCell::new(write_scratch),
             ping_frame: crate::ws::frame::build(crate::ws::frame::Opcode::Ping, &[]),
+            compressor: RefCell::new(compressor),
+            decompressor: RefCell::default(),
             pending_interest: RefCell::default(),
             bridge,
             bridge_shard,
@@ -216,7 +225,7 @@ impl Shard {
     /// because a connection with a [`PendingPublish`] is not read until it
     /// completes, and each shard-to-shard channel is FIFO.
     pub fn publish(&self, origin: &Peer, topic: &str, payload: Payload<'_>, skip_self: bool) -> Result<(), Box<PendingPublish>> {
-        let msg = Outgoing::new(topic, Kind::Message, payload, origin.encoding.get(), self.stats());
+        let msg = Outgoing::new(topic, Kind::Message, payload, origin.encoding(), self.stats());
         ShardStats::add(&self.stats().publishes, 1);
         self.fan_out(msg, skip_self.then_some(origin.id))
     }
@@ -227,7 +236,7 @@ impl Shard {
     /// Ordering and backpressure are a publish's.
     pub fn send_direct(&self, origin: &Peer, from: Option<&Arc<str>>, user: &str, payload: Payload<'_>) -> Result<(), Box<PendingPublish>> {
         let kind = Kind::Direct { from: from.cloned() };
-        let msg = Outgoing::new(&topic::user_topic(user), kind, payload, origin.encoding.get(), self.stats());
+        let msg = Outgoing::new(&topic::user_topic(user), kind, payload, origin.encoding(), self.stats());
         ShardStats::add(&self.stats().direct_messages, 1);
         self.fan_out(msg, None)
     }
@@ -317,18 +326,29 @@ impl Shard {
         let limits = &self.config.queue;
         let stats = self.stats();
         let mut delivered = 0;
-        // Most subscribers share an encoding: fetch a form once per run of it.
-        let mut current: Option<(Encoding, Bytes)> = None;
+        let builder = self.form_builder();
+        let compress_once = self.config.compression.compress_once;
+        // Most subscribers share a wire form: fetch it once per run of them.
+        let mut current: Option<(Wire, Bytes)> = None;
         for (id, peer) in &entry.subscribers {
             if Some(*id) == skip {
                 continue;
             }
-            let encoding = peer.encoding.get();
+            let wire = peer.wire.get();
             let frame = match &current {
-                Some((e, frame)) if *e == encoding => frame.clone(),
+                Some((w, frame)) if *w == wire => frame.clone(),
+                // The naive way, kept to measure what compressing once saves.
+                _ if !compress_once && wire.deflate != Mode::Off => {
+                    let plain = msg.plain(wire.encoding, stats);
+                    if builder.worth_compressing(plain) {
+                        builder.compress(plain, wire.deflate)
+                    } else {
+                        plain.clone()
+                    }
+                }
                 _ => {
-                    let frame = msg.frame(encoding, stats);
-                    current = Some((encoding, frame.clone()));
+                    let frame = msg.frame(wire, &builder);
+                    current = Some((wire, frame.clone()));
                     frame
                 }
             };
@@ -450,6 +470,11 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// What this shard lends to build a message's wire forms.
+    pub fn form_builder(&self) -> Builder<'_> {
+        Builder { stats: self.stats(), compressor: &self.compressor, min_bytes: self.config.compression.min_bytes }
     }
 
     /// The `/metrics` page: every shard's counters and the node's user gauges.

@@ -45,6 +45,9 @@ impl Opcode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate). Whether that is
+    /// allowed here (negotiated, a first data frame) is the connection's call.
+    pub rsv1: bool,
     pub opcode: Opcode,
     pub mask: Option<[u8; 4]>,
     /// Bytes of header before the payload.
@@ -55,7 +58,8 @@ pub struct Header {
 /// Why a frame header is unacceptable. Each maps to close 1002.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
-    /// RSV1-3 set without a negotiated extension.
+    /// RSV2 or RSV3 set (no extension shardcast speaks uses them), or RSV1
+    /// where it is not allowed.
     ReservedBits,
     /// An opcode RFC 6455 reserves.
     ReservedOpcode,
@@ -89,7 +93,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
         Err(_) if matches!(buf[0] & 0x0f, 3..=7 | 0xb..=0xf) => return Err(FrameError::ReservedOpcode),
         Err(_) => return Err(FrameError::Malformed),
     };
-    if h.rsv1 || h.rsv2 || h.rsv3 {
+    if h.rsv2 || h.rsv3 {
         return Err(FrameError::ReservedBits);
     }
     let opcode = match h.opcode {
@@ -109,7 +113,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     if opcode.is_control() && (!h.is_final || payload_len > 125) {
         return Err(FrameError::BadControl);
     }
-    Ok(Some(Header { fin: h.is_final, opcode, mask: h.mask, header_len: cursor.position() as usize, payload_len }))
+    Ok(Some(Header { fin: h.is_final, rsv1: h.rsv1, opcode, mask: h.mask, header_len: cursor.position() as usize, payload_len }))
 }
 
 /// Unmasks `buf` in place. `offset` is how many payload bytes of this frame
@@ -134,7 +138,11 @@ pub fn unmask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
 
 /// Writes an unmasked, final server frame header for a payload of `len` bytes.
 pub fn put_header(out: &mut BytesMut, opcode: Opcode, len: usize) {
-    let header = FrameHeader { is_final: true, opcode: opcode.to_tungstenite(), ..FrameHeader::default() };
+    put_header_rsv1(out, opcode, len, false)
+}
+
+fn put_header_rsv1(out: &mut BytesMut, opcode: Opcode, len: usize, rsv1: bool) {
+    let header = FrameHeader { is_final: true, rsv1, opcode: opcode.to_tungstenite(), ..FrameHeader::default() };
     let mut w = out.writer();
     header.format(len as u64, &mut w).expect("writing to memory cannot fail");
 }
@@ -157,6 +165,25 @@ pub fn build(opcode: Opcode, pieces: &[&[u8]]) -> Bytes {
         out.extend_from_slice(p);
     }
     out.freeze()
+}
+
+/// A compressed message (permessage-deflate): `deflated` in one frame with RSV1 set.
+pub fn build_compressed(opcode: Opcode, deflated: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(header_len(deflated.len()) + deflated.len());
+    put_header_rsv1(&mut out, opcode, deflated.len(), true);
+    out.extend_from_slice(deflated);
+    out.freeze()
+}
+
+/// The payload of a server frame (everything after its header).
+pub fn payload_of(frame: &[u8]) -> &[u8] {
+    let len_byte = frame[1] & 0x7f;
+    let header = match len_byte {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    &frame[header..]
 }
 
 /// A close frame with `code` and a short UTF-8 `reason` (truncated to fit 125 bytes).
@@ -230,8 +257,10 @@ mod tests {
     #[test]
     fn rejects_protocol_violations() {
         let mut rsv = masked(1, true, b"x", [0; 4]);
-        rsv[0] |= 0x40;
-        assert_eq!(parse_header(&rsv), Err(FrameError::ReservedBits));
+        rsv[0] |= 0x20;
+        assert_eq!(parse_header(&rsv), Err(FrameError::ReservedBits), "RSV2");
+        rsv[0] ^= 0x20 | 0x40;
+        assert!(parse_header(&rsv).unwrap().unwrap().rsv1, "RSV1 is the connection's call");
         assert_eq!(parse_header(&masked(3, true, b"", [0; 4])), Err(FrameError::ReservedOpcode));
         assert_eq!(parse_header(&masked(9, false, b"", [0; 4])), Err(FrameError::BadControl));
         assert_eq!(parse_header(&masked(9, true, &[0; 126], [0; 4])), Err(FrameError::BadControl));
@@ -245,6 +274,8 @@ mod tests {
             assert_eq!(f.len(), header_len(len) + len);
             assert_eq!(f[0], 0x82);
         }
+        let z = build_compressed(Opcode::Text, &[1, 2, 3]);
+        assert_eq!((z[0], payload_of(&z)), (0xC1, &[1u8, 2, 3][..]));
         let c = close(1013, "slow consumer");
         assert_eq!(&c[..4], &[0x88, 15, 0x03, 0xF5]);
         assert_eq!(&c[4..], b"slow consumer");

@@ -3,6 +3,7 @@
 //! Pure functions over bytes, so every refusal is unit-tested without a
 //! socket; the connection task does the I/O and the timeout.
 
+use super::deflate::{self, Agreement};
 use crate::protocol::Encoding;
 
 /// Which WebSocket endpoint a request upgraded to.
@@ -19,6 +20,8 @@ pub struct Rules<'a> {
     pub echo_path: Option<&'a str>,
     pub metrics_path: Option<&'a str>,
     pub allowed_origins: &'a [String],
+    /// Negotiate permessage-deflate (`[compression] enabled`).
+    pub compression: bool,
 }
 
 /// What to do with a request.
@@ -29,8 +32,9 @@ pub enum Decision {
     /// Upgrade: `response` is the 101; `consumed` bytes were the request
     /// (anything after them is already WebSocket data). `token` is the
     /// connection token, if the request carried one; `encoding` the
-    /// negotiated subprotocol's (JSON when none was offered or known).
-    Upgrade { endpoint: Endpoint, response: Vec<u8>, consumed: usize, token: Option<String>, encoding: Encoding },
+    /// negotiated subprotocol's (JSON when none was offered or known);
+    /// `deflate` what permessage-deflate agreement was reached, if any.
+    Upgrade { endpoint: Endpoint, response: Vec<u8>, consumed: usize, token: Option<String>, encoding: Encoding, deflate: Option<Agreement> },
     /// Serve the metrics page.
     Metrics,
     /// Refuse with this status and short text.
@@ -132,12 +136,23 @@ pub fn decide(buf: &[u8], rules: &Rules<'_>) -> Decision {
         .filter_map(|h| std::str::from_utf8(h.value).ok());
     let chosen = if endpoint == Endpoint::PubSub { Encoding::negotiate(offers) } else { None };
     let protocol_line = chosen.map_or(String::new(), |(_, name)| format!("Sec-WebSocket-Protocol: {name}\r\n"));
+    let deflate = if rules.compression {
+        let offers = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+            .filter_map(|h| std::str::from_utf8(h.value).ok());
+        deflate::negotiate(offers)
+    } else {
+        None
+    };
+    let extension_line = deflate.as_ref().map_or(String::new(), |a| format!("Sec-WebSocket-Extensions: {}\r\n", a.response));
     let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol_line}\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol_line}{extension_line}\r\n"
     )
     .into_bytes();
     let encoding = chosen.map_or(Encoding::Json, |(e, _)| e);
-    Decision::Upgrade { endpoint, response, consumed, token: token(target, &req), encoding }
+    Decision::Upgrade { endpoint, response, consumed, token: token(target, &req), encoding, deflate }
 }
 
 /// A complete short HTTP response that closes the connection.
@@ -155,7 +170,8 @@ pub fn response(status: u16, reason: &str, extra_headers: &str, content_type: &s
 mod tests {
     use super::*;
 
-    const RULES: Rules<'static> = Rules { ws_path: "/ws", echo_path: Some("/echo"), metrics_path: Some("/metrics"), allowed_origins: &[] };
+    const RULES: Rules<'static> =
+        Rules { ws_path: "/ws", echo_path: Some("/echo"), metrics_path: Some("/metrics"), allowed_origins: &[], compression: false };
 
     fn upgrade(path: &str, extra: &str) -> String {
         format!(
@@ -222,6 +238,21 @@ mod tests {
             answer("Sec-WebSocket-Protocol: shardcast.json.v1\r\nSec-WebSocket-Protocol: shardcast.flatbuffers.v1\r\n"),
             (Encoding::Json, Some("shardcast.json.v1".into()))
         );
+    }
+
+    #[test]
+    fn deflate_only_when_enabled() {
+        let offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+        let agreed = |rules: &Rules<'_>| match decide(upgrade("/echo", offer).as_bytes(), rules) {
+            Decision::Upgrade { response, deflate, .. } => {
+                let text = String::from_utf8(response).unwrap();
+                assert_eq!(deflate.is_some(), text.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover"));
+                deflate.is_some()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(!agreed(&RULES));
+        assert!(agreed(&Rules { compression: true, ..RULES }));
     }
 
     #[test]
