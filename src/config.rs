@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::namespace::{Access, Namespace, Namespaces};
 use crate::auth::token::{TokenPolicy, Verifier};
 use crate::auth::Glob;
+use crate::tls::{Certificates, MinVersion, TlsError};
 
 /// The default configuration, as shipped in `tuning/shardcast.toml`.
 pub const DEFAULTS_TOML: &str = include_str!("../tuning/shardcast.toml");
@@ -52,6 +53,7 @@ pub struct RawConfig {
     pub bus: RawBus,
     pub redis: RawRedis,
     pub auth: RawAuth,
+    pub tls: RawTls,
     pub compression: RawCompression,
     pub heartbeat: RawHeartbeat,
     pub shutdown: RawShutdown,
@@ -103,6 +105,14 @@ pub struct RawAuth {
     pub auth_timeout_ms: u64,
     pub max_token_bytes: u64,
     pub direct_messages: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: String,
+    pub key_file: String,
+    pub min_version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,6 +206,8 @@ pub struct Config {
     /// `None` when `[redis] url` is empty (single node).
     pub redis: Option<RedisConfig>,
     pub auth: AuthConfig,
+    /// `None` when `[tls]` sets no certificate (plain `ws://`).
+    pub tls: Option<TlsConfig>,
     pub compression: CompressionConfig,
     /// Topic permissions, first match wins; empty = anyone may do anything.
     pub namespaces: Namespaces,
@@ -243,6 +255,13 @@ pub struct LimitsConfig {
     pub max_connections_per_user: u32,
     /// WebSocket connections per client IP on this node; 0 = unlimited.
     pub max_connections_per_ip: u32,
+}
+
+/// `[tls]`, with the certificate and key loaded (and checked to match).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub certificates: Arc<Certificates>,
+    pub min_version: MinVersion,
 }
 
 /// `[compression]`: permessage-deflate.
@@ -546,6 +565,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         })
     };
     let auth = validate_auth(&raw.auth)?;
+    let tls = validate_tls(&raw.tls)?;
     let c = &raw.compression;
     let compression = CompressionConfig {
         enabled: c.enabled,
@@ -571,7 +591,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         "json" => LogFormat::Json,
         other => return Err(invalid("log.format", format!("{other:?}"), "\"text\" or \"json\"")),
     };
-    Ok(Config { server, limits, queue, bus, redis, auth, compression, namespaces, heartbeat, shutdown, log: LogConfig { level, format }, raw })
+    Ok(Config { server, limits, queue, bus, redis, auth, tls, compression, namespaces, heartbeat, shutdown, log: LogConfig { level, format }, raw })
 }
 
 fn validate_auth(a: &RawAuth) -> Result<AuthConfig, ConfigError> {
@@ -604,6 +624,29 @@ fn validate_auth(a: &RawAuth) -> Result<AuthConfig, ConfigError> {
         auth_timeout: ms(ranged::<u64>("auth.auth_timeout_ms", a.auth_timeout_ms, 1, 3_600_000, "1..=3600000 ms")?),
         direct_messages,
     })
+}
+
+fn validate_tls(t: &RawTls) -> Result<Option<TlsConfig>, ConfigError> {
+    let min_version = match t.min_version.as_str() {
+        "1.2" => MinVersion::Tls12,
+        "1.3" => MinVersion::Tls13,
+        other => return Err(invalid("tls.min_version", format!("{other:?}"), "\"1.2\" or \"1.3\"")),
+    };
+    match (t.cert_file.is_empty(), t.key_file.is_empty()) {
+        (true, true) => return Ok(None),
+        (false, true) => return Err(invalid("tls.key_file", "\"\"", "a PEM private key file: tls.cert_file is set")),
+        (true, false) => return Err(invalid("tls.cert_file", "\"\"", "a PEM certificate (chain) file: tls.key_file is set")),
+        (false, false) => {}
+    }
+    let certificates = Certificates::load(Path::new(&t.cert_file), Path::new(&t.key_file)).map_err(|e| {
+        let key = match e {
+            TlsError::Certificate { .. } => "tls.cert_file",
+            TlsError::Key { .. } | TlsError::Mismatch { .. } => "tls.key_file",
+        };
+        let value = if key == "tls.cert_file" { &t.cert_file } else { &t.key_file };
+        invalid(key, format!("{value:?}"), e.to_string())
+    })?;
+    Ok(Some(TlsConfig { certificates: Arc::new(certificates), min_version }))
 }
 
 fn validate_namespaces(raw: &[RawNamespace]) -> Result<Namespaces, ConfigError> {

@@ -10,8 +10,10 @@
 //!   bus loop, heartbeat sweeper, drain.
 //! - [`conn`]: one connection's task (handshake, read -> decode -> dispatch,
 //!   vectored writer) and its shared half, [`conn::Peer`] (bounded outbox).
-//! - [`ws`]: RFC 6455 frames and the HTTP upgrade.
-//! - [`protocol`]: requests, error and close codes; `json` is protocol v1.
+//! - [`ws`]: RFC 6455 frames, the HTTP upgrade, permessage-deflate.
+//! - [`tls`]: rustls termination, certificates reloaded on SIGHUP.
+//! - [`protocol`]: requests, the shared outgoing message and its wire forms,
+//!   error and close codes; `json` and `flatbuf` are the two encodings.
 //! - [`topic`]: topic names and the shard-local subscriber registry.
 //! - [`bus`]: cross-shard channels (crossbeam), doorbells, interest map.
 //! - [`bridge`]: Redis pub/sub between nodes (bridge shard only), FlatBuffers envelopes.
@@ -43,5 +45,6 @@ pub mod notify;
 pub mod protocol;
 pub mod runtime;
 pub mod shard;
+pub mod tls;
 pub mod topic;
 pub mod ws;

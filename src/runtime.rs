@@ -1,6 +1,6 @@
 //! Process-level wiring: bind one SO_REUSEPORT listener per shard, start one
-//! pinned glommio executor per shard, print the readiness line, and turn
-//! SIGINT/SIGTERM into a graceful drain.
+//! pinned glommio executor per shard, print the readiness line, turn
+//! SIGINT/SIGTERM into a graceful drain and SIGHUP into a certificate reload.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
@@ -89,6 +89,20 @@ fn check_host_limits(config: &Config) {
     }
 }
 
+/// SIGHUP: re-reads the TLS certificate and key. New handshakes use them;
+/// established connections are untouched; a bad file keeps the old ones.
+/// Returns true (keep running) whatever happened.
+fn reload(config: &Config) -> bool {
+    match &config.tls {
+        Some(tls) => match tls.certificates.reload() {
+            Ok(()) => info!("SIGHUP: TLS certificate and key reloaded"),
+            Err(e) => warn!("SIGHUP: {e}; still serving the previous certificate"),
+        },
+        None => info!("SIGHUP: no TLS certificate to reload"),
+    }
+    true
+}
+
 /// Runs the server until SIGINT/SIGTERM and a completed drain.
 pub fn run(config: Config) -> Result<(), RuntimeError> {
     let config = Arc::new(config);
@@ -99,7 +113,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
     let node_connections = Arc::new(AtomicUsize::new(0));
     let admission = Arc::new(Admission::new(config.limits.max_connections_per_user, config.limits.max_connections_per_ip));
-    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(RuntimeError::Signals)?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(RuntimeError::Signals)?;
     let cpus = allowed_cpus();
 
     let (ready_tx, ready_rx) = mpsc::channel::<usize>();
@@ -134,15 +148,16 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
     info!(shards, node = %config.server.node_id, "accepting connections");
     let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "listening on ws://{addr}");
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+    let _ = writeln!(stdout, "listening on {scheme}://{addr}");
     let _ = stdout.flush();
     drop(stdout);
 
-    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    let signal = signals.forever().find(|&signal| signal != SIGHUP || !reload(&config)).unwrap_or(SIGTERM);
     info!(signal, "shutting down");
     // A second signal stops at once.
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signals.forever().any(|signal| signal != SIGHUP) {
             warn!("second signal: exiting without draining");
             std::process::exit(1);
         }

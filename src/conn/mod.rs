@@ -8,11 +8,12 @@
 
 mod peer;
 mod session;
+mod transport;
 
 pub use peer::{ConnId, Outbox, Peer, Pushed};
+pub use transport::Transport;
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -95,11 +96,24 @@ impl Future for Serve {
 
 /// The handshake, under `handshake_timeout_ms`; the connection, registered
 /// with its shard, once upgraded.
-async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Conn> {
+async fn upgrade(shard: Rc<Shard>, stream: TcpStream) -> Option<Conn> {
     let _ = stream.set_nodelay(true);
+    let client_ip = stream.peer_addr().ok()?.ip();
     let timeout = shard.config.server.handshake_timeout;
-    let upgraded = glommio::timer::timeout(timeout, async { Ok(handshake(&shard, &mut stream).await) }).await;
-    let Ok(Some(Upgraded { endpoint, leftover, token, ip, wire })) = upgraded else { return None };
+    // One deadline for the TLS handshake and the HTTP upgrade together.
+    let upgraded = glommio::timer::timeout(timeout, async {
+        let mut stream = match &shard.tls {
+            // Garbage, plain HTTP or an unsupported version: this connection alone ends.
+            Some(acceptor) => match acceptor.accept(stream).await {
+                Ok(tls) => Transport::Tls(Box::new(tls)),
+                Err(_) => return Ok(None),
+            },
+            None => Transport::Plain(stream),
+        };
+        Ok(handshake(&shard, &mut stream, client_ip).await.map(|up| (up, stream)))
+    })
+    .await;
+    let Ok(Some((Upgraded { endpoint, leftover, token, ip, wire }, stream))) = upgraded else { return None };
     let peer = Rc::new(Peer::new(shard.next_conn_id(), Instant::now()));
     peer.wire.set(wire);
     shard.add_peer(peer.clone());
@@ -142,7 +156,7 @@ struct Upgraded {
 
 /// Reads and answers the HTTP upgrade request. `None` when the connection
 /// was refused.
-async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Upgraded> {
+async fn handshake(shard: &Shard, stream: &mut Transport, client_ip: std::net::IpAddr) -> Option<Upgraded> {
     let server = &shard.config.server;
     let rules = handshake::Rules {
         ws_path: &server.ws_path,
@@ -178,10 +192,7 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Upgraded> {
     };
     let reply = match decision {
         Decision::Upgrade { endpoint, response, consumed, token, encoding, deflate } => {
-            let ip = match stream.peer_addr() {
-                Ok(addr) => shard.admission.admit_ip(addr.ip()),
-                Err(_) => return None,
-            };
+            let ip = shard.admission.admit_ip(client_ip);
             let open = shard.node_connections.fetch_add(1, Ordering::Relaxed);
             if ip.is_err() {
                 shard.node_connections.fetch_sub(1, Ordering::Relaxed);
@@ -233,7 +244,7 @@ enum Blocked {
 pub struct Conn {
     shard: Rc<Shard>,
     peer: Rc<Peer>,
-    stream: TcpStream,
+    stream: Transport,
     endpoint: Endpoint,
     /// Received bytes not yet decoded (an incomplete frame, or input left when
     /// the connection blocked). Empty, with no capacity, most of the time.
@@ -284,7 +295,7 @@ impl Conn {
                 // before it is read.
                 Poll::Ready(Ok(())) if self.peer.closing_since().is_some() && self.input_closed && !self.write_shut => {
                     // SAFETY: shutdown(2) on the socket this task owns.
-                    unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
+                    unsafe { libc::shutdown(self.stream.raw_fd(), libc::SHUT_WR) };
                     self.write_shut = true;
                 }
                 _ => {}
@@ -357,12 +368,49 @@ impl Conn {
         }
     }
 
-    /// Writes as much of the outbox as the socket takes. Small frames are
-    /// copied into the shard's write scratch and sent with one `send` (one
-    /// kernel copy of one buffer beats many tiny iovecs); a frame too large
-    /// for the scratch goes out as a vectored write straight from the queue.
-    /// Ready(Ok) when the outbox is empty.
+    /// Writes as much of the outbox as the transport takes. Ready(Ok) when
+    /// the outbox is empty (and, under TLS, its records are on the socket).
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.stream {
+            Transport::Plain(_) => self.poll_flush_plain(cx),
+            Transport::Tls(_) => self.poll_flush_tls(cx),
+        }
+    }
+
+    /// TLS: the queued frames go through the record layer as one vectored
+    /// write (rustls encrypts them into its bounded send buffer), then the
+    /// records are flushed to the socket.
+    fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let written = {
+                let out = self.peer.outbox();
+                if out.is_empty() {
+                    None
+                } else {
+                    let mut batch = [io::IoSlice::new(&[]); MAX_IOVECS];
+                    let mut n = 0;
+                    for slice in out.slices(MAX_IOVECS) {
+                        batch[n] = io::IoSlice::new(slice);
+                        n += 1;
+                    }
+                    Some(Pin::new(&mut self.stream).poll_write_vectored(cx, &batch[..n]))
+                }
+            };
+            match written {
+                None => return Pin::new(&mut self.stream).poll_flush(cx),
+                Some(Poll::Ready(Ok(0))) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Some(Poll::Ready(Ok(n))) => self.peer.outbox().consume(n),
+                Some(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+                Some(Poll::Pending) => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Plain TCP: small frames are copied into the shard's write scratch and
+    /// sent with one `send` (one kernel copy of one buffer beats many tiny
+    /// iovecs); a frame too large for the scratch goes out as a vectored
+    /// write straight from the queue.
+    fn poll_flush_plain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let shard = self.shard.clone();
         loop {
             let mut out = self.peer.outbox();
@@ -380,10 +428,10 @@ impl Conn {
             }
             let sent = if scratch.is_empty() {
                 let iov: IovBatch = out.slices(MAX_IOVECS).collect();
-                send_vectored(self.stream.as_raw_fd(), iov.as_slice())
+                send_vectored(self.stream.raw_fd(), iov.as_slice())
             } else {
                 let one = [libc::iovec { iov_base: scratch.as_mut_ptr().cast(), iov_len: scratch.len() }];
-                send_vectored(self.stream.as_raw_fd(), &one)
+                send_vectored(self.stream.raw_fd(), &one)
             };
             drop(scratch);
             match sent {

@@ -90,6 +90,8 @@ pub struct Shard {
     /// connections share these instead of holding zlib state each.
     pub compressor: RefCell<Compressor>,
     pub decompressor: RefCell<Decompressor>,
+    /// TLS termination for this shard's listener (`[tls]`); `None`: plain.
+    pub tls: Option<futures_rustls::TlsAcceptor>,
     pending_interest: RefCell<HashMap<u64, PendingInterest>>,
     /// The Redis bridge, on the bridge shard only.
     pub bridge: Option<Rc<Bridge>>,
@@ -113,6 +115,7 @@ impl Shard {
         let write_scratch = Vec::with_capacity(config.server.write_buffer_bytes);
         let bridge_shard = config.redis.as_ref().map(|r| r.bridge_shard);
         let compressor = Compressor::new(config.compression.level);
+        let tls = config.tls.as_ref().map(|t| crate::tls::server_config(t.certificates.clone(), t.min_version).into());
         let bridge = config
             .redis
             .as_ref()
@@ -135,6 +138,7 @@ impl Shard {
             ping_frame: crate::ws::frame::build(crate::ws::frame::Opcode::Ping, &[]),
             compressor: RefCell::new(compressor),
             decompressor: RefCell::default(),
+            tls,
             pending_interest: RefCell::default(),
             bridge,
             bridge_shard,

@@ -11,4 +11,5 @@ mod errors;
 mod lifecycle;
 mod pubsub;
 mod redis;
+mod tls;
 mod wire;

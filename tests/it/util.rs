@@ -44,7 +44,8 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
-        let Some(addr) = line.trim().strip_prefix("listening on ws://") else {
+        let line = line.trim();
+        let Some(addr) = line.strip_prefix("listening on ws://").or_else(|| line.strip_prefix("listening on wss://")) else {
             let _ = child.wait();
             let err = std::fs::read_to_string(log.path()).unwrap_or_default();
             return Err(format!("no readiness line; stdout {line:?}, stderr {err}"));
