@@ -4,7 +4,8 @@
 //! Scenarios: `fanout`, `rooms`, `idle`, `connect`, `echo`, `compare`
 //! (one scenario against shardcast and the tokio baseline, alternating), and
 //! `auth` (what connection tokens cost: handshakes without a token, with
-//! HS256 and with RS256, and fan-out with auth off and on, interleaved).
+//! HS256 and with RS256, and fan-out with auth off and on, interleaved), and
+//! `wire` (TLS vs plain, compress-once vs per-subscriber, interleaved).
 //! Every run reports the server's CPU seconds and RSS (`--server-pid`, or
 //! `--spawn "CMD"`), the generator's own CPU, and the efficiency figure
 //! "per server CPU-second". The generator runs on one thread; see
@@ -15,6 +16,7 @@ mod proc;
 mod progress;
 mod report;
 mod scenarios;
+mod wire;
 mod ws;
 
 use std::io::{BufRead, BufReader, Write};
@@ -52,6 +54,9 @@ enum Scenario {
     /// What auth costs: handshakes per server CPU-second with no token, an
     /// HS256 and an RS256 token; fan-out with auth off and on. Interleaved rounds.
     Auth(auth::AuthArgs),
+    /// What TLS and permessage-deflate cost: fan-out, handshakes and idle
+    /// memory plain vs TLS; compress-once vs per-subscriber. Interleaved rounds.
+    Wire(wire::WireArgs),
 }
 
 /// Options every scenario takes.
@@ -92,6 +97,13 @@ pub struct CommonArgs {
     /// Connection token (JWT) sent as `?token=` on every /ws connection.
     #[arg(long, value_name = "JWT")]
     token: Option<String>,
+    /// For wss:// URLs (or a spawned TLS server): the PEM certificate to trust.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<String>,
+    /// Offer permessage-deflate on every subscriber connection and inflate
+    /// what arrives compressed (reports the compression ratio).
+    #[arg(long)]
+    deflate: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -192,6 +204,8 @@ const IDLE_PER_SOURCE: usize = 20_000;
 /// Resolved options of one run.
 pub struct Run {
     pub url: String,
+    /// `--ca`, for children and other targets.
+    pub ca: Option<String>,
     pub target: Target,
     pub duration: Duration,
     pub warmup: Duration,
@@ -208,7 +222,7 @@ fn common(s: &Scenario) -> &CommonArgs {
         Scenario::Idle(a) => &a.common,
         Scenario::Connect(a) => &a.common,
         Scenario::Echo(a) => &a.common,
-        Scenario::Compare(_) | Scenario::Auth(_) => unreachable!("compare and auth run other scenarios"),
+        Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) => unreachable!("compare, auth and wire run other scenarios"),
     }
 }
 
@@ -235,11 +249,17 @@ fn raise_fd_limit() {
 /// Starts a child process holding `count` idle connections.
 pub fn spawn_idle_child(run: &Run, count: usize, topics: usize, offset: usize) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    Command::new(exe)
-        .args(["idle", "--child", "--url", &run.url])
+    let mut cmd = Command::new(exe);
+    cmd.args(["idle", "--child", "--url", &run.url])
         .args(["--connections", &count.to_string(), "--topics", &topics.to_string()])
-        .args(["--sources", &run.sources.to_string(), "--source-offset", &offset.to_string()])
-        .stdin(Stdio::piped())
+        .args(["--sources", &run.sources.to_string(), "--source-offset", &offset.to_string()]);
+    if let Some(ca) = &run.ca {
+        cmd.args(["--ca", ca]);
+    }
+    if run.target.deflate {
+        cmd.arg("--deflate");
+    }
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start an idle child: {e}"))
@@ -263,6 +283,7 @@ fn main() {
     let result = match cli.scenario {
         Scenario::Compare(c) => compare(c),
         Scenario::Auth(a) => auth::run(a),
+        Scenario::Wire(a) => wire::run(a),
         Scenario::Idle(a) if a.child => idle_child(&a),
         s => run_once(&s).map(|r| r.print(common(&s).json)),
     };
@@ -280,17 +301,19 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
         Scenario::Echo(_) => "/echo",
         _ => "/ws",
     };
-    let mut target = Target::parse(&c.url)?;
+    let mut target = Target::parse(&c.url, c.ca.as_deref())?;
     if let Some(sp) = &spawned {
-        target = Target::parse(&format!("ws://{}{}", sp.addr, path))?;
+        target = Target::parse(&format!("{}://{}{}", sp.scheme, sp.addr, path), c.ca.as_deref())?;
     } else if matches!(s, Scenario::Echo(_)) {
         target = target.with_path(path);
     }
     if let (Some(token), "/ws") = (&c.token, path) {
         target = target.with_path(&format!("{}?token={token}", target.path));
     }
+    target.deflate = c.deflate;
     let run = Run {
-        url: format!("ws://{}{}", target.addr, target.path),
+        url: format!("{}://{}{}", target.scheme(), target.addr, target.path),
+        ca: c.ca.clone(),
         target,
         duration: Duration::from_secs_f64(c.duration.max(0.1)),
         warmup: Duration::from_secs_f64(c.warmup.max(0.0)),
@@ -313,7 +336,7 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
             Scenario::Idle(a) => scenarios::idle(&run, a, &Progress::new("connections")).await.map(|r| (r, None)),
             Scenario::Connect(a) => scenarios::connect(&run, a, &Progress::new("handshakes")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Echo(a) => scenarios::echo(&run, a, &Progress::new("round trips")).await.map(|(r, h)| (r, Some(h))),
-            Scenario::Compare(_) | Scenario::Auth(_) => unreachable!(),
+            Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) => unreachable!(),
         }
     })?;
     if let (Some(path), Some(h)) = (&c.plot, &hist) {
@@ -325,9 +348,11 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
 
 /// Child of `idle`: hold connections until stdin closes.
 fn idle_child(a: &IdleArgs) -> Result<(), String> {
-    let target = Target::parse(&a.common.url)?;
+    let mut target = Target::parse(&a.common.url, a.common.ca.as_deref())?;
+    target.deflate = a.common.deflate;
     let run = Run {
         url: a.common.url.clone(),
+        ca: a.common.ca.clone(),
         target,
         duration: Duration::ZERO,
         warmup: Duration::ZERO,

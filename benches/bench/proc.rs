@@ -43,6 +43,8 @@ pub struct Spawned {
     child: Child,
     /// `IP:PORT` from its `listening on ws://IP:PORT` line.
     pub addr: String,
+    /// `ws` or `wss`, from the same line.
+    pub scheme: &'static str,
 }
 
 impl Spawned {
@@ -63,11 +65,16 @@ impl Spawned {
             for _ in lines {}
         });
         let line = rx.recv_timeout(Duration::from_secs(30)).ok().flatten().unwrap_or_default();
-        let Some(addr) = line.trim().strip_prefix("listening on ws://") else {
-            let _ = child.kill();
-            return Err(format!("{command:?} did not print `listening on ws://IP:PORT` (got {line:?})"));
+        let line = line.trim();
+        let (scheme, addr) = match (line.strip_prefix("listening on ws://"), line.strip_prefix("listening on wss://")) {
+            (Some(addr), _) => ("ws", addr),
+            (_, Some(addr)) => ("wss", addr),
+            _ => {
+                let _ = child.kill();
+                return Err(format!("{command:?} did not print `listening on ws://IP:PORT` (got {line:?})"));
+            }
         };
-        Ok(Spawned { addr: addr.to_string(), child })
+        Ok(Spawned { addr: addr.to_string(), scheme, child })
     }
 
     pub fn pid(&self) -> u32 {

@@ -9,7 +9,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::task::spawn_local;
 
@@ -74,10 +73,26 @@ where
 }
 
 /// `{"s":SEQ,"p":PUB,"t":NANOS,"x":"..."}` padded to `size` bytes.
+/// A JSON payload of `size` bytes carrying the sequence number, publisher
+/// and send time, padded with words (text that compresses like text, not a
+/// run of one letter, so compression ratios mean something).
 fn payload(seq: u64, publisher: usize, size: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "order", "paid", "price", "update", "user", "room", "score", "level", "alpha", "delta", "event", "stream", "value",
+        "status", "ready", "queued",
+    ];
     let mut p = format!(r#"{{"s":{seq},"p":{publisher},"t":{},"x":""#, now_ns());
-    let pad = size.saturating_sub(p.len() + 2);
-    p.extend(std::iter::repeat_n('x', pad));
+    let target = size.saturating_sub(2);
+    let mut state = seq.wrapping_mul(6364136223846793005).wrapping_add(publisher as u64 | 1);
+    while p.len() < target {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let word = WORDS[(state >> 60) as usize];
+        let take = word.len().min(target - p.len());
+        p.push_str(&word[..take]);
+        if p.len() < target {
+            p.push(' ');
+        }
+    }
     p.push_str("\"}");
     p
 }
@@ -229,7 +244,7 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
     }
     progress.phase("connecting publishers");
     let publish_target = match &a.publish_url {
-        Some(url) => Target::parse(url)?,
+        Some(url) => Target::parse(url, run.ca.as_deref())?,
         None => target.clone(),
     };
     let publishers = connect_many(run, &publish_target, a.publishers, |_, mut ws| async move {
@@ -279,7 +294,7 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
                     publish_frame(&mut buf, &t, &payload(n + i, p, size));
                 }
                 if batch > 0 {
-                    if ws.stream.write_all(&buf).await.is_err() {
+                    if ws.write_raw(&buf).await.is_err() {
                         break;
                     }
                     sent[p].set(n + batch);
@@ -316,6 +331,10 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
         report.out_of_order += check.out_of_order.get();
     }
     let hist = deliveries.hist.borrow().clone();
+    let (wire, inflated) = crate::ws::DEFLATE_BYTES.with(|b| b.get());
+    if wire > 0 {
+        report = report.detail("compression_ratio", inflated as f64 / wire as f64);
+    }
     let report = with_latency(report, &hist)
         .detail("subscribers", a.subscribers as f64)
         .detail("topics", topics as f64)
@@ -356,7 +375,7 @@ pub async fn rooms(run: &Run, a: &RoomsArgs, progress: &Progress) -> Result<(Rep
                         buf.clear();
                         let n = sent[i].get();
                         publish_frame(&mut buf, &topic, &payload(n, i, payload_size));
-                        if ws.stream.write_all(&buf).await.is_err() { return; }
+                        if ws.write_raw(&buf).await.is_err() { return; }
                         sent[i].set(n + 1);
                     }
                     r = ws.read_frames(|op, text| {
@@ -532,7 +551,7 @@ pub async fn connect(run: &Run, a: &ConnectArgs, progress: &Progress) -> Result<
                         ws.welcome_and_subscribe("connect").await?;
                         let mut close = Vec::new();
                         put_frame(&mut close, crate::ws::OP_CLOSE, &1000u16.to_be_bytes());
-                        ws.stream.write_all(&close).await
+                        ws.write_raw(&close).await
                     };
                     if cycle.await.is_ok() {
                         loops.completed(started);

@@ -1,37 +1,123 @@
 //! A minimal, fast WebSocket client for load generation: raw HTTP upgrade,
 //! server frames parsed in place, client frames masked with a zero key
 //! (valid per RFC 6455 and free to apply), no per-message allocation.
+//! Optionally over TLS (`wss://`, tokio-rustls) and with permessage-deflate
+//! (compressed server messages are inflated before they are counted).
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
 
 pub const OP_TEXT: u8 = 1;
 pub const OP_CLOSE: u8 = 8;
 pub const OP_PING: u8 = 9;
 
-/// Where to connect: `ws://IP:PORT/path`.
-#[derive(Debug, Clone)]
+/// Where to connect: `ws://IP:PORT/path` or `wss://IP:PORT/path`, and how.
+#[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     pub path: String,
+    /// TLS client settings for `wss://` (the server's certificate trusted).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Offer permessage-deflate and inflate compressed messages.
+    pub deflate: bool,
 }
 
 impl Target {
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = url.strip_prefix("ws://").ok_or_else(|| format!("{url}: only ws:// URLs"))?;
+    /// Parses a URL; `wss://` needs `ca`, the PEM certificate to trust.
+    pub fn parse(url: &str, ca: Option<&str>) -> Result<Target, String> {
+        let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, None),
+            (_, Some(rest)) => (rest, Some(tls_config(ca.ok_or(format!("{url}: wss:// needs --ca FILE"))?)?)),
+            _ => return Err(format!("{url}: only ws:// and wss:// URLs")),
+        };
         let (hostport, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
         let addr = hostport.parse().map_err(|_| format!("{url}: expected ws://IP:PORT/path"))?;
         let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
-        Ok(Target { addr, path })
+        Ok(Target { addr, path, tls, deflate: false })
     }
 
     pub fn with_path(&self, path: &str) -> Target {
-        Target { addr: self.addr, path: path.to_string() }
+        Target { path: path.to_string(), ..self.clone() }
     }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        }
+    }
+}
+
+/// A TLS client config trusting the certificates in the PEM file `ca`.
+fn tls_config(ca: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| format!("{ca}: {e}"))? {
+        roots.add(cert.map_err(|e| format!("{ca}: {e}"))?).map_err(|e| format!("{ca}: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A connection's byte stream: plain TCP or TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+thread_local! {
+    /// The generator thread's decompressor (the server compresses every
+    /// message on its own, so one reset per message serves every connection).
+    static INFLATER: RefCell<shardcast::ws::deflate::Decompressor> = RefCell::default();
+    /// Payload bytes of compressed frames received, and what they inflated to.
+    pub static DEFLATE_BYTES: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
 }
 
 /// Appends a final client frame masked with the zero key (valid, and free).
@@ -39,7 +125,7 @@ pub fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     shardcast::ws::frame::put_client_frame(out, opcode, true, [0; 4], payload);
 }
 
-/// Parses a server frame header: (fin+opcode byte, header length, payload length).
+/// Parses a server frame header: (first byte: FIN, RSV1, opcode; header length, payload length).
 fn parse_header(buf: &[u8]) -> Option<(u8, usize, usize)> {
     if buf.len() < 2 {
         return None;
@@ -50,12 +136,12 @@ fn parse_header(buf: &[u8]) -> Option<(u8, usize, usize)> {
         126 | 127 => return None,
         n => (2, n as usize),
     };
-    Some((buf[0] & 0x0f, hl, len))
+    Some((buf[0], hl, len))
 }
 
 /// One connection.
 pub struct Ws {
-    pub stream: TcpStream,
+    pub stream: Stream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -72,10 +158,19 @@ impl Ws {
             // Close with RST: no TIME_WAIT, so a connect storm cannot exhaust ports.
             socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO))?;
         }
-        let mut stream = socket.connect(target.addr).await?;
-        stream.set_nodelay(true)?;
+        let tcp = socket.connect(target.addr).await?;
+        tcp.set_nodelay(true)?;
+        let mut stream = match &target.tls {
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::IpAddress(target.addr.ip().into());
+                let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await?;
+                Stream::Tls(Box::new(tls))
+            }
+            None => Stream::Plain(tcp),
+        };
+        let extensions = if target.deflate { "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" } else { "" };
         let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extensions}\r\n",
             target.path, target.addr
         );
         stream.write_all(req.as_bytes()).await?;
@@ -101,10 +196,17 @@ impl Ws {
         }
     }
 
+    /// Writes bytes already framed, and flushes them (TLS buffers records).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
     pub async fn send_text(&mut self, payload: &[u8]) -> io::Result<()> {
         let mut out = Vec::with_capacity(payload.len() + 14);
         put_frame(&mut out, OP_TEXT, payload);
-        self.stream.write_all(&out).await
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await
     }
 
     /// Calls `on_frame(opcode, payload)` for every complete frame in one
@@ -112,21 +214,33 @@ impl Ws {
     pub async fn read_frames(&mut self, mut on_frame: impl FnMut(u8, &[u8])) -> io::Result<bool> {
         let mut handled = 0;
         loop {
-            while let Some((op, hl, len)) = parse_header(&self.buf[self.start..self.end]) {
+            while let Some((first, hl, len)) = parse_header(&self.buf[self.start..self.end]) {
                 if self.end - self.start < hl + len {
                     break;
                 }
                 let payload_at = self.start + hl;
                 self.start += hl + len;
                 handled += 1;
-                match op {
+                let payload = &self.buf[payload_at..payload_at + len];
+                match first & 0x0f {
                     OP_PING => {
                         let mut pong = Vec::with_capacity(len + 6);
-                        put_frame(&mut pong, 0xA, &self.buf[payload_at..payload_at + len]);
+                        put_frame(&mut pong, 0xA, payload);
                         self.stream.write_all(&pong).await?;
+                        self.stream.flush().await?;
                     }
                     OP_CLOSE => return Ok(false),
-                    _ => on_frame(op, &self.buf[payload_at..payload_at + len]),
+                    op if first & 0x40 != 0 => {
+                        // RSV1: a compressed message (the server sends unfragmented ones).
+                        let mut inflated = Vec::new();
+                        INFLATER.with(|d| d.borrow_mut().inflate(payload, 1 << 26, &mut inflated)).map_err(|e| io::Error::other(format!("{e:?}")))?;
+                        DEFLATE_BYTES.with(|b| {
+                            let (wire, out) = b.get();
+                            b.set((wire + len as u64, out + inflated.len() as u64));
+                        });
+                        on_frame(op, &inflated);
+                    }
+                    op => on_frame(op, payload),
                 }
             }
             if handled > 0 {

@@ -64,6 +64,21 @@ fn auth_smoke() {
 }
 
 #[test]
+fn wire_smoke() {
+    let runs = bench(&["wire", "--rounds", "1", "--subscribers", "10", "--connections", "20"]);
+    let names: Vec<&str> = runs.iter().map(|r| r["server_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["plain", "TLS", "plain", "TLS", "plain", "TLS", "compress once", "per subscriber"]);
+    assert!(runs[1]["url"].as_str().unwrap().starts_with("wss://"), "{}", runs[1]);
+    for r in [&runs[0], &runs[1], &runs[6], &runs[7]] {
+        assert_measured(r, "deliveries");
+        assert_eq!(r["lost"], 0, "{r}");
+    }
+    assert_measured(&runs[3], "handshakes");
+    assert!(runs[5]["details"]["server_rss_per_connection_bytes"].as_f64().is_some(), "{}", runs[5]);
+    assert!(runs[6]["details"]["compression_ratio"].as_f64().unwrap() > 1.5, "{}", runs[6]);
+}
+
+#[test]
 fn rooms_smoke() {
     let r = one(&["rooms", "--spawn", &spawn_cmd(), "--clients", "20", "--room-size", "5", "--msg-rate", "20"]);
     assert_measured(&r, "deliveries");
