@@ -111,3 +111,43 @@ pub fn server_config(certs: Arc<Certificates>, min_version: MinVersion) -> Arc<S
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys").join(name)
+    }
+
+    #[test]
+    fn loads_rsa_ecdsa_and_ed25519_keys_in_every_pem_form() {
+        for (cert, k) in [
+            ("rsa.cert.pem", "rsa.key.pem"),
+            ("rsa.cert.pem", "rsa.pkcs1.key.pem"),
+            ("ec256.cert.pem", "ec256.key.pem"),
+            ("ec256.cert.pem", "ec256.sec1.key.pem"),
+            ("ed25519.cert.pem", "ed25519.key.pem"),
+        ] {
+            let certs = Certificates::load(&key(cert), &key(k)).unwrap_or_else(|e| panic!("{cert} + {k}: {e}"));
+            certs.reload().unwrap();
+            let _ = server_config(Arc::new(certs), MinVersion::Tls12);
+        }
+    }
+
+    #[test]
+    fn refuses_what_does_not_belong_together_and_keeps_the_old_on_reload() {
+        assert!(matches!(Certificates::load(&key("rsa.cert.pem"), &key("ec256.key.pem")), Err(TlsError::Mismatch { .. })));
+        assert!(matches!(Certificates::load(&key("rsa.key.pem"), &key("rsa.key.pem")), Err(TlsError::Certificate { .. })));
+        assert!(matches!(Certificates::load(&key("rsa.cert.pem"), &key("rsa.pub.pem")), Err(TlsError::Key { .. })));
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::copy(key("ec256.cert.pem"), &c).unwrap();
+        std::fs::copy(key("ec256.key.pem"), &k).unwrap();
+        let certs = Certificates::load(&c, &k).unwrap();
+        let before = certs.current();
+        std::fs::write(&k, "garbage").unwrap();
+        assert!(certs.reload().is_err());
+        assert!(Arc::ptr_eq(&before, &certs.current()), "the old certificate stays");
+    }
+}
