@@ -19,21 +19,14 @@ use clap::Args;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
 use crate::report::Report;
-use crate::{bench_config, interleave, print_medians, sibling, Metric, Variant};
+use crate::{bench_config, interleave, print_medians, sibling, Metric, RoundArgs, Variant};
 
 const SECRET: &str = "shardcast-bench-secret";
 
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
-    /// Rounds per variant (interleaved).
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Measured seconds per run.
-    #[arg(long, default_value_t = 5.0)]
-    duration: f64,
-    /// Warm-up seconds per run, not measured.
-    #[arg(long, default_value_t = 1.0)]
-    warmup: f64,
+    #[command(flatten)]
+    rounds: RoundArgs,
     /// Concurrent connectors in the handshake runs.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -47,12 +40,6 @@ pub struct AuthArgs {
     /// beside it as `<name>.pub.pem` in place of `.key.pem`.
     #[arg(long, value_name = "FILE")]
     rsa_key: Option<String>,
-    /// Prefix for the server command, e.g. `taskset -c 0` to pin it.
-    #[arg(long, default_value = "")]
-    server_prefix: String,
-    /// Print one JSON object per run.
-    #[arg(long)]
-    json: bool,
 }
 
 fn token(alg: Algorithm, key: &EncodingKey) -> Result<String, String> {
@@ -94,14 +81,11 @@ pub fn run(a: AuthArgs) -> Result<(), String> {
     let rs256 = token(Algorithm::RS256, &rsa)?;
     let config = AuthConfig::write(&public)?;
     let binary = sibling("shardcast")?;
-    let server = |config: &str| format!("{}{binary} --listen 127.0.0.1:0 --config {config}", a.server_prefix);
+    let server = |config: &str| format!("{}{binary} --listen 127.0.0.1:0 --config {config}", a.rounds.server_prefix);
     let with_auth = server(&config.0.display().to_string());
     let without_auth = server(&bench_config()?);
 
-    let mut common = vec!["--duration".to_string(), a.duration.to_string(), "--warmup".to_string(), a.warmup.to_string()];
-    if a.json {
-        common.push("--json".into());
-    }
+    let common = a.rounds.run_options();
     let args = |scenario: &str, extra: &[String], token: Option<&str>| {
         let mut v = vec![scenario.to_string()];
         v.extend(common.iter().cloned());
@@ -125,7 +109,7 @@ pub fn run(a: AuthArgs) -> Result<(), String> {
         ("HS256", args("connect", &connect, Some(&hs256)), with_auth.clone()),
         ("RS256", args("connect", &connect, Some(&rs256)), with_auth.clone()),
     ];
-    let (handshakes, json) = interleave(a.rounds, &variants)?;
+    let (handshakes, json) = interleave(a.rounds.rounds, &variants)?;
     let fanout = [
         "--subscribers".to_string(),
         a.subscribers.to_string(),
@@ -137,19 +121,19 @@ pub fn run(a: AuthArgs) -> Result<(), String> {
         ("auth off", args("fanout", &fanout, None), without_auth),
         ("auth on", args("fanout", &fanout, Some(&hs256)), with_auth),
     ];
-    let (fanouts, _) = interleave(a.rounds, &variants)?;
+    let (fanouts, _) = interleave(a.rounds.rounds, &variants)?;
     if json {
         return Ok(());
     }
     println!(
         "handshakes (connect, concurrency {}), {} s runs — medians of {} interleaved rounds",
-        a.concurrency, a.duration, a.rounds
+        a.concurrency, a.rounds.duration, a.rounds.rounds
     );
     print_medians(&metrics, &["no token", "HS256", "RS256"], &handshakes, &[(1, 0), (2, 0)]);
     println!();
     println!(
         "fan-out to {} subscribers, 64 B, --max --window {}, {} s runs — medians of {} interleaved rounds",
-        a.subscribers, a.window, a.duration, a.rounds
+        a.subscribers, a.window, a.rounds.duration, a.rounds.rounds
     );
     print_medians(&metrics, &["auth off", "auth on"], &fanouts, &[(1, 0)]);
     Ok(())

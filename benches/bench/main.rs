@@ -433,6 +433,37 @@ fn compare(c: CompareArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Options of the interleaved comparisons (`auth`, `wire`).
+#[derive(Debug, Clone, Args)]
+pub struct RoundArgs {
+    /// Rounds per variant (interleaved).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Warm-up seconds per run, not measured.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Prefix for the server command, e.g. `taskset -c 0 ` to pin it.
+    #[arg(long, default_value = "")]
+    pub server_prefix: String,
+    /// Print one JSON object per run.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RoundArgs {
+    /// The options every run of the comparison gets.
+    pub fn run_options(&self) -> Vec<String> {
+        let mut v = vec!["--duration".to_string(), self.duration.to_string(), "--warmup".to_string(), self.warmup.to_string()];
+        if self.json {
+            v.push("--json".into());
+        }
+        v
+    }
+}
+
 /// One measured setting of an interleaved comparison: a label, the scenario
 /// argv (without the program name), and the command that starts its server.
 pub type Variant = (&'static str, Vec<String>, String);

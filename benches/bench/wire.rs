@@ -16,19 +16,12 @@
 use clap::Args;
 
 use crate::report::Report;
-use crate::{bench_config, interleave, print_medians, sibling, Metric, Variant};
+use crate::{bench_config, interleave, print_medians, sibling, Metric, RoundArgs, Variant};
 
 #[derive(Debug, Clone, Args)]
 pub struct WireArgs {
-    /// Rounds per variant (interleaved).
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Measured seconds per run.
-    #[arg(long, default_value_t = 5.0)]
-    duration: f64,
-    /// Warm-up seconds per run, not measured.
-    #[arg(long, default_value_t = 1.0)]
-    warmup: f64,
+    #[command(flatten)]
+    rounds: RoundArgs,
     /// Subscribers in the fan-out runs.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -38,12 +31,6 @@ pub struct WireArgs {
     /// Connections in the idle runs.
     #[arg(long, default_value_t = 2000)]
     connections: usize,
-    /// Prefix for the server command, e.g. `taskset -c 0` to pin it.
-    #[arg(long, default_value = "")]
-    server_prefix: String,
-    /// Print one JSON object per run.
-    #[arg(long)]
-    json: bool,
 }
 
 /// A temporary directory with the certificate, the key and the configs.
@@ -80,12 +67,9 @@ impl Drop for Files {
 pub fn run(a: WireArgs) -> Result<(), String> {
     let files = Files::write()?;
     let binary = sibling("shardcast")?;
-    let server = |config: &str| format!("{}{binary} --listen 127.0.0.1:0 --config {}", a.server_prefix, files.path(config));
+    let server = |config: &str| format!("{}{binary} --listen 127.0.0.1:0 --config {}", a.rounds.server_prefix, files.path(config));
     let ca = files.path("cert.pem");
-    let mut common = vec!["--duration".to_string(), a.duration.to_string(), "--warmup".to_string(), a.warmup.to_string()];
-    if a.json {
-        common.push("--json".into());
-    }
+    let common = a.rounds.run_options();
     let args = |scenario: &str, extra: &[&str], tls: bool, deflate: bool| {
         let mut v = vec![scenario.to_string()];
         v.extend(common.iter().cloned());
@@ -114,18 +98,18 @@ pub fn run(a: WireArgs) -> Result<(), String> {
         ("plain", args("fanout", &[&fanout[..], &["64"]].concat(), false, false), server("plain.toml")),
         ("TLS", args("fanout", &[&fanout[..], &["64"]].concat(), true, false), server("tls.toml")),
     ];
-    let (reports, json) = interleave(a.rounds, &variants)?;
+    let (reports, json) = interleave(a.rounds.rounds, &variants)?;
     sections.push((format!("fan-out to {subs} subscribers, 64 B, --max --window {window}"), vec!["plain", "TLS"], reports));
     let variants: [Variant; 2] = [
         ("plain", args("connect", &[], false, false), server("plain.toml")),
         ("TLS", args("connect", &[], true, false), server("tls.toml")),
     ];
-    sections.push(("handshakes (connect, concurrency 64)".into(), vec!["plain", "TLS"], interleave(a.rounds, &variants)?.0));
+    sections.push(("handshakes (connect, concurrency 64)".into(), vec!["plain", "TLS"], interleave(a.rounds.rounds, &variants)?.0));
     let variants: [Variant; 2] = [
         ("plain", args("idle", &["--connections", &conns], false, false), server("plain.toml")),
         ("TLS", args("idle", &["--connections", &conns], true, false), server("tls.toml")),
     ];
-    sections.push((format!("{conns} idle subscribed connections"), vec!["plain", "TLS"], interleave(a.rounds, &variants)?.0));
+    sections.push((format!("{conns} idle subscribed connections"), vec!["plain", "TLS"], interleave(a.rounds.rounds, &variants)?.0));
     let variants: [Variant; 2] = [
         ("compress once", args("fanout", &[&fanout[..], &["1024"]].concat(), false, true), server("once.toml")),
         ("per subscriber", args("fanout", &[&fanout[..], &["1024"]].concat(), false, true), server("each.toml")),
@@ -133,13 +117,13 @@ pub fn run(a: WireArgs) -> Result<(), String> {
     sections.push((
         format!("fan-out of 1 KiB JSON to {subs} compressing subscribers, --max --window {window}"),
         vec!["compress once", "per subscriber"],
-        interleave(a.rounds, &variants)?.0,
+        interleave(a.rounds.rounds, &variants)?.0,
     ));
     if json {
         return Ok(());
     }
     for (title, labels, reports) in &sections {
-        println!("{title}, {} s runs — medians of {} interleaved rounds", a.duration, a.rounds);
+        println!("{title}, {} s runs — medians of {} interleaved rounds", a.rounds.duration, a.rounds.rounds);
         let mut rows: Vec<(&str, Metric)> = metrics.to_vec();
         if title.starts_with(&format!("{conns} idle")) {
             rows = vec![

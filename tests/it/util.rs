@@ -359,3 +359,110 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// A raw WebSocket client: the upgrade and every frame written and read by
+/// hand, for tests that must control each bit (reserved bits, odd lengths,
+/// a byte per write).
+pub struct RawWs {
+    pub s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Sends the upgrade for `path` with `extra` header lines; returns the
+    /// client (positioned after the response head) and the head.
+    pub fn open(addr: &str, path: &str, extra: &str) -> (RawWs, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = RawWs { s, buf: Vec::new() };
+        let end = loop {
+            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(raw.fill() > 0, "closed during the handshake");
+        };
+        let head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
+        raw.buf.drain(..end);
+        (raw, head)
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 65536];
+        let n = self.s.read(&mut chunk).unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Sends one masked frame whose first byte (FIN, RSV, opcode) is `first`.
+    pub fn send_first_byte(&mut self, first: u8, payload: &[u8]) {
+        let mut out = Vec::new();
+        shardcast::ws::frame::put_client_frame(&mut out, first & 0x0f, first & 0x80 != 0, [0x37, 0xfa, 0x21, 0x3d], payload);
+        out[0] = first;
+        self.s.write_all(&out).unwrap();
+    }
+
+    pub fn send(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
+        self.send_first_byte((u8::from(fin) << 7) | opcode, payload);
+    }
+
+    /// Sends one final frame a byte per write.
+    pub fn send_dribbled(&mut self, opcode: u8, payload: &[u8]) {
+        let mut out = Vec::new();
+        shardcast::ws::frame::put_client_frame(&mut out, opcode, true, [0x37, 0xfa, 0x21, 0x3d], payload);
+        for b in out {
+            self.s.write_all(&[b]).unwrap();
+            self.s.flush().unwrap();
+        }
+    }
+
+    /// Next server frame: (first byte, payload); `None` once the server closed TCP.
+    pub fn recv_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                let (hl, len) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => (4, u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize),
+                    127 if self.buf.len() >= 10 => (10, u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (2, n as usize),
+                };
+                assert_eq!(self.buf[1] & 0x80, 0, "server frames are unmasked");
+                if hl != usize::MAX && self.buf.len() >= hl + len {
+                    let first = self.buf[0];
+                    let payload = self.buf[hl..hl + len].to_vec();
+                    self.buf.drain(..hl + len);
+                    return Some((first, payload));
+                }
+            }
+            if self.fill() == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Next server frame: (opcode, payload).
+    pub fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.recv_frame().map(|(first, payload)| (first & 0x0f, payload))
+    }
+
+    /// Reads frames until the close frame; returns its code.
+    pub fn close_code(&mut self) -> u16 {
+        loop {
+            let (op, payload) = self.recv().expect("a close frame");
+            if op == 0x8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    }
+
+    /// The next frame is a close with `code`, and then TCP closes.
+    pub fn expect_close(&mut self, code: u16) {
+        let (op, payload) = self.recv().expect("a close frame");
+        assert_eq!(op, 0x8);
+        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), code);
+        assert!(self.recv().is_none(), "TCP closed after the close frame");
+    }
+}

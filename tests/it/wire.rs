@@ -9,7 +9,7 @@ use shardcast::protocol::flatbuf::schema::*;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message as Ws;
 
-use crate::util::{on_every_shard, Client, Server};
+use crate::util::{on_every_shard, Client, RawWs, Server};
 
 const FB: &str = "shardcast.flatbuffers.v1";
 const SECRET: &str = "wire-test-secret";
@@ -296,80 +296,6 @@ fn a_real_deflate_client_negotiates_and_each_message_is_compressed_once_per_node
     assert!(server.metric("inflations") >= 1);
 }
 
-/// A raw client: the upgrade with `extra` headers, then frames by hand.
-struct Raw {
-    s: std::net::TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    fn connect(server: &Server, path: &str, extra: &str) -> (Raw, String) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0, "closed during the handshake");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end);
-        (Raw { s, buf }, head)
-    }
-
-    fn send(&mut self, first_byte: u8, payload: &[u8]) {
-        use std::io::Write;
-        let mut frame = Vec::new();
-        shardcast::ws::frame::put_client_frame(&mut frame, first_byte & 0x0f, first_byte & 0x80 != 0, [1, 2, 3, 4], payload);
-        frame[0] = first_byte;
-        self.s.write_all(&frame).unwrap();
-    }
-
-    /// The next server frame: (first byte, payload).
-    fn frame(&mut self) -> (u8, Vec<u8>) {
-        use std::io::Read;
-        loop {
-            if self.buf.len() >= 2 {
-                let (hl, len) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => (4, u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize),
-                    127 if self.buf.len() >= 10 => (10, u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize),
-                    126 | 127 => (usize::MAX, 0),
-                    n => (2, n as usize),
-                };
-                if hl != usize::MAX && self.buf.len() >= hl + len {
-                    let first = self.buf[0];
-                    let payload = self.buf[hl..hl + len].to_vec();
-                    self.buf.drain(..hl + len);
-                    return (first, payload);
-                }
-            }
-            let mut chunk = [0u8; 65536];
-            let n = self.s.read(&mut chunk).unwrap();
-            assert!(n > 0, "closed without a frame");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// Reads frames until the close frame; returns its code.
-    fn close_code(&mut self) -> u16 {
-        loop {
-            let (first, payload) = self.frame();
-            if first & 0x0f == 0x8 {
-                return u16::from_be_bytes([payload[0], payload[1]]);
-            }
-        }
-    }
-}
-
 const DEFLATE_OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
 
 fn deflate(data: &[u8]) -> Vec<u8> {
@@ -381,12 +307,12 @@ fn deflate(data: &[u8]) -> Vec<u8> {
 #[test]
 fn a_deflate_bomb_closes_1009_after_at_most_max_message_bytes_of_output() {
     let server = Server::start("[compression]\nenabled = true", &["--shards", "1"]);
-    let (mut echo, head) = Raw::connect(&server, "/echo", DEFLATE_OFFER);
+    let (mut echo, head) = RawWs::open(&server.addr, "/echo", DEFLATE_OFFER);
     assert!(head.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover"), "{head}");
     // A compressed message round-trips through /echo, compressed again on the way back.
     let text = "echo me ".repeat(100);
-    echo.send(0xC1, &deflate(text.as_bytes()));
-    let (first, payload) = echo.frame();
+    echo.send_first_byte(0xC1, &deflate(text.as_bytes()));
+    let (first, payload) = echo.recv_frame().unwrap();
     assert_eq!(first, 0xC1, "a final text frame with RSV1");
     let mut back = Vec::new();
     shardcast::ws::deflate::Decompressor::default().inflate(&payload, 1 << 20, &mut back).unwrap();
@@ -395,9 +321,9 @@ fn a_deflate_bomb_closes_1009_after_at_most_max_message_bytes_of_output() {
     let bomb = deflate(&vec![b'a'; 60 << 20]);
     assert!(bomb.len() < 65_536, "{}", bomb.len());
     let rss_before = server.rss_kib();
-    let (mut raw, _) = Raw::connect(&server, "/ws", DEFLATE_OFFER);
-    let _welcome = raw.frame();
-    raw.send(0xC1, &bomb);
+    let (mut raw, _) = RawWs::open(&server.addr, "/ws", DEFLATE_OFFER);
+    let _welcome = raw.recv_frame();
+    raw.send_first_byte(0xC1, &bomb);
     assert_eq!(raw.close_code(), 1009);
     let grown = server.rss_kib().saturating_sub(rss_before);
     assert!(grown < 8 * 1024, "the bomb cost {grown} KiB");
@@ -409,22 +335,22 @@ fn a_deflate_bomb_closes_1009_after_at_most_max_message_bytes_of_output() {
 #[test]
 fn rsv1_without_deflate_or_on_a_control_frame_closes_1002() {
     let server = Server::start("[compression]\nenabled = true", &["--shards", "1"]);
-    let (mut plain, head) = Raw::connect(&server, "/ws", "");
+    let (mut plain, head) = RawWs::open(&server.addr, "/ws", "");
     assert!(!head.contains("Sec-WebSocket-Extensions"), "not offered, not answered: {head}");
-    let _welcome = plain.frame();
-    plain.send(0xC1, &deflate(br#"{"type":"ping"}"#));
+    let _welcome = plain.recv_frame();
+    plain.send_first_byte(0xC1, &deflate(br#"{"type":"ping"}"#));
     assert_eq!(plain.close_code(), 1002, "RSV1 without the extension");
-    let (mut control, _) = Raw::connect(&server, "/ws", DEFLATE_OFFER);
-    let _welcome = control.frame();
-    control.send(0xC9, b"");
+    let (mut control, _) = RawWs::open(&server.addr, "/ws", DEFLATE_OFFER);
+    let _welcome = control.recv_frame();
+    control.send_first_byte(0xC9, b"");
     assert_eq!(control.close_code(), 1002, "RSV1 on a ping");
-    let (mut corrupt, _) = Raw::connect(&server, "/ws", DEFLATE_OFFER);
-    let _welcome = corrupt.frame();
-    corrupt.send(0xC1, b"\xff\xfe\xfd\xfc not deflate");
+    let (mut corrupt, _) = RawWs::open(&server.addr, "/ws", DEFLATE_OFFER);
+    let _welcome = corrupt.recv_frame();
+    corrupt.send_first_byte(0xC1, b"\xff\xfe\xfd\xfc not deflate");
     assert_eq!(corrupt.close_code(), 1007, "invalid compressed data");
     // Off (the default): an offer is declined and the connection goes on uncompressed.
     let off = Server::start("", &["--shards", "1"]);
-    let (mut declined, head) = Raw::connect(&off, "/ws", DEFLATE_OFFER);
+    let (mut declined, head) = RawWs::open(&off.addr, "/ws", DEFLATE_OFFER);
     assert!(head.starts_with("HTTP/1.1 101") && !head.contains("Sec-WebSocket-Extensions"), "{head}");
-    assert_eq!(declined.frame().0, 0x81, "an uncompressed welcome");
+    assert_eq!(declined.recv_frame().unwrap().0, 0x81, "an uncompressed welcome");
 }
