@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::conn::{ConnId, Peer};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
-use crate::protocol::{close, Builder, Kind, Outgoing, Payload, Wire};
+use crate::protocol::{close, Builder, Encoding, Kind, Outgoing, Payload, Wire};
 use crate::ws::deflate::{Compressor, Decompressor, Mode};
 use crate::topic::{self, Registry};
 
@@ -330,6 +330,18 @@ impl Shard {
         let limits = &self.config.queue;
         let stats = self.stats();
         let mut delivered = 0;
+        if entry.other_wires == 0 {
+            // Every subscriber takes plain JSON: one frame for all.
+            let frame = msg.plain(Encoding::Json, stats);
+            for (id, peer) in &entry.subscribers {
+                if Some(*id) != skip {
+                    peer.push(frame.clone(), limits, stats);
+                    delivered += 1;
+                }
+            }
+            ShardStats::add(&stats.deliveries, delivered);
+            return;
+        }
         let builder = self.form_builder();
         let compress_once = self.config.compression.compress_once;
         // Most subscribers share a wire form: fetch it once per run of them.

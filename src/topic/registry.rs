@@ -6,6 +6,7 @@ use std::rc::Rc;
 use indexmap::IndexMap;
 
 use crate::conn::{ConnId, Peer};
+use crate::protocol::Wire;
 
 /// One topic's local subscribers, dense for fast fan-out iteration;
 /// `swap_remove` keeps unsubscribe O(1).
@@ -20,6 +21,10 @@ pub struct TopicEntry {
     /// While the other shards have not yet confirmed this shard's interest,
     /// the token of that confirmation round.
     pub pending_interest: Option<u64>,
+    /// Subscribers taking a form other than plain JSON (FlatBuffers, or
+    /// compressed). While 0, delivery sends one frame to all without looking
+    /// at any connection's wire.
+    pub other_wires: usize,
 }
 
 /// What a subscribe changed.
@@ -43,14 +48,19 @@ pub struct Registry {
 
 impl Registry {
     pub fn subscribe(&mut self, topic: &str, peer: &Rc<Peer>) -> Subscribed {
+        let other_wire = usize::from(peer.wire.get() != Wire::default());
         if let Some(entry) = self.topics.get_mut(topic) {
             let added = entry.subscribers.insert(peer.id, peer.clone()).is_none();
+            if added {
+                entry.other_wires += other_wire;
+            }
             return Subscribed { name: entry.name.clone(), added, first: false };
         }
         let name: Rc<str> = topic.into();
         let mut subscribers = Subscribers::default();
         subscribers.insert(peer.id, peer.clone());
-        self.topics.insert(name.clone(), TopicEntry { name: name.clone(), subscribers, pending_interest: None });
+        let entry = TopicEntry { name: name.clone(), subscribers, pending_interest: None, other_wires: other_wire };
+        self.topics.insert(name.clone(), entry);
         Subscribed { name, added: true, first: true }
     }
 
@@ -58,7 +68,10 @@ impl Registry {
     /// `last` telling whether the topic has no local subscriber left.
     pub fn unsubscribe(&mut self, topic: &str, id: ConnId) -> Option<bool> {
         let entry = self.topics.get_mut(topic)?;
-        entry.subscribers.swap_remove(&id)?;
+        let peer = entry.subscribers.swap_remove(&id)?;
+        if peer.wire.get() != Wire::default() {
+            entry.other_wires -= 1;
+        }
         let last = entry.subscribers.is_empty();
         if last {
             self.topics.remove(topic);
