@@ -64,6 +64,9 @@ impl Drop for Files {
     }
 }
 
+/// A printed table: its title, the variants' labels, each variant's reports.
+type Section = (String, Vec<&'static str>, Vec<Vec<Report>>);
+
 pub fn run(a: WireArgs) -> Result<(), String> {
     let files = Files::write()?;
     let binary = sibling("shardcast")?;
@@ -93,7 +96,7 @@ pub fn run(a: WireArgs) -> Result<(), String> {
     let (subs, window, conns) = (a.subscribers.to_string(), a.window.to_string(), a.connections.to_string());
     let fanout: [&str; 6] = ["--subscribers", &subs, "--max", "--window", &window, "--payload"];
 
-    let mut sections: Vec<(String, Vec<&str>, Vec<Vec<Report>>)> = Vec::new();
+    let mut sections: Vec<Section> = Vec::new();
     let variants: [Variant; 2] = [
         ("plain", args("fanout", &[&fanout[..], &["64"]].concat(), false, false), server("plain.toml")),
         ("TLS", args("fanout", &[&fanout[..], &["64"]].concat(), true, false), server("tls.toml")),
