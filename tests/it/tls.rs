@@ -167,3 +167,21 @@ fn bad_tls_config_exits_naming_the_key() {
     let missing = "[tls]\ncert_file = \"/nonexistent.pem\"\nkey_file = \"/nonexistent.key\"";
     assert!(Server::try_start(missing, &[]).err().unwrap().contains("tls.cert_file"));
 }
+
+#[test]
+fn a_stalled_tls_handshake_is_closed_at_handshake_timeout_ms() {
+    let cert = Cert::new();
+    let server = Server::start(&cert.config("[server]\nhandshake_timeout_ms = 300"), &["--shards", "1"]);
+    let started = std::time::Instant::now();
+    // Half a ClientHello record header, then nothing.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"\x16\x03").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "closed after {waited:?}");
+    // A TLS client that completes its handshake in time is served.
+    let (mut ws, _) = wss(&server, &cert.der);
+    assert_eq!(request(&mut ws, json!({"type":"ping","id":1}))["type"], "pong");
+}
