@@ -146,13 +146,8 @@ mod tests {
     }
 
     fn body(frame: &Bytes) -> &[u8] {
-        let header = match frame[1] & 0x7f {
-            126 => 4,
-            127 => 10,
-            _ => 2,
-        };
         assert_eq!(frame[0], 0x82, "a final binary frame");
-        &frame[header..]
+        frame::payload_of(frame)
     }
 
     #[test]

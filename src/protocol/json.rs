@@ -157,9 +157,9 @@ pub fn direct_frame(from: Option<&str>, payload: &[u8], is_json: bool) -> Bytes 
     frame::build(Opcode::Text, &[PREFIX, &quoted, field, &value, b"}"])
 }
 
-/// Where the payload sits in a frame built from a JSON payload: the frame
-/// ends with `P}`.
-pub fn payload_of(frame: &Bytes, payload_len: usize) -> Bytes {
+/// The JSON payload embedded in a message or direct frame built from it
+/// (the frame ends with `P}`), as a slice of the frame: no copy.
+pub fn embedded_payload(frame: &Bytes, payload_len: usize) -> Bytes {
     let end = frame.len() - 1;
     frame.slice(end - payload_len..end)
 }
@@ -214,12 +214,7 @@ mod tests {
     use super::*;
 
     fn body(frame: &Bytes) -> serde_json::Value {
-        let header = match frame[1] & 0x7f {
-            126 => 4,
-            127 => 10,
-            _ => 2,
-        };
-        serde_json::from_slice(&frame[header..]).unwrap()
+        serde_json::from_slice(frame::payload_of(frame)).unwrap()
     }
 
     fn code(text: &str) -> (Option<u64>, ErrorCode) {
@@ -277,7 +272,7 @@ mod tests {
     fn payload_slice_is_inside_the_frame() {
         let big = format!("[{}]", "1,".repeat(40_000) + "1");
         let frame = message_frame("t", big.as_bytes(), true);
-        let payload = payload_of(&frame, big.len());
+        let payload = embedded_payload(&frame, big.len());
         assert_eq!(&payload[..], big.as_bytes());
         assert!(frame.as_ptr_range().contains(&payload.as_ptr()));
     }
@@ -305,7 +300,7 @@ mod tests {
         assert_eq!(body(&welcome_frame("c1", "n", 2, Some("a\"b")))["user"], "a\"b");
         let d = direct_frame(Some("bob"), br#"{"t":1}"#, true);
         assert_eq!(body(&d), serde_json::json!({"type":"direct","from":"bob","payload":{"t":1}}));
-        assert_eq!(&payload_of(&d, 7)[..], br#"{"t":1}"#);
+        assert_eq!(&embedded_payload(&d, 7)[..], br#"{"t":1}"#);
         assert_eq!(body(&direct_frame(None, b"2", true)), serde_json::json!({"type":"direct","from":null,"payload":2}));
     }
 }

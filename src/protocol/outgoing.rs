@@ -102,7 +102,7 @@ impl Outgoing {
         let forms: [OnceLock<Bytes>; 6] = Default::default();
         let bytes = if origin == Encoding::Json && payload.json {
             let frame = encode(Encoding::Json, topic, &kind, payload.bytes, true, stats);
-            let slice = json::payload_of(&frame, payload.bytes.len());
+            let slice = json::embedded_payload(&frame, payload.bytes.len());
             let _ = forms[index(Encoding::Json, Mode::Off)].set(frame);
             slice
         } else {
