@@ -51,6 +51,11 @@ fn header<'a>(req: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a [u8]
     req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
 }
 
+/// Every value of a header that may be repeated, as text (non-UTF-8 values skipped).
+fn header_values<'a>(req: &'a httparse::Request<'_, '_>, name: &'a str) -> impl Iterator<Item = &'a str> {
+    req.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).filter_map(|h| std::str::from_utf8(h.value).ok())
+}
+
 fn has_token(value: Option<&[u8]>, token: &str) -> bool {
     value.is_some_and(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
 }
@@ -129,23 +134,9 @@ pub fn decide(buf: &[u8], rules: &Rules<'_>) -> Decision {
     }
     let accept = tungstenite::handshake::derive_accept_key(key);
     // Subprotocols matter on the pub/sub endpoint only; /echo speaks none.
-    let offers = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
-        .filter_map(|h| std::str::from_utf8(h.value).ok());
-    let chosen = if endpoint == Endpoint::PubSub { Encoding::negotiate(offers) } else { None };
+    let chosen = if endpoint == Endpoint::PubSub { Encoding::negotiate(header_values(&req, "sec-websocket-protocol")) } else { None };
     let protocol_line = chosen.map_or(String::new(), |(_, name)| format!("Sec-WebSocket-Protocol: {name}\r\n"));
-    let deflate = if rules.compression {
-        let offers = req
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
-            .filter_map(|h| std::str::from_utf8(h.value).ok());
-        deflate::negotiate(offers)
-    } else {
-        None
-    };
+    let deflate = if rules.compression { deflate::negotiate(header_values(&req, "sec-websocket-extensions")) } else { None };
     let extension_line = deflate.as_ref().map_or(String::new(), |a| format!("Sec-WebSocket-Extensions: {}\r\n", a.response));
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol_line}{extension_line}\r\n"
