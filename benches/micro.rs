@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use shardcast::clock::Stamp;
 use shardcast::bus::{self, PublishMsg};
 use shardcast::config::{Config, Overrides};
 use shardcast::conn::Peer;
@@ -61,18 +62,21 @@ fn fanout(c: &mut Criterion) {
     for p in &peers {
         shard.subscribe(p, "news", None);
     }
-    let msg = Outgoing::new("news", Kind::Message, Payload { bytes: PAYLOAD, json: true }, Encoding::Json, &ShardStats::default());
+    let msg = Outgoing::new("news", Kind::Message, Payload { bytes: PAYLOAD, json: true }, Encoding::Json, Stamp::now(), &ShardStats::default());
+    let stats = ShardStats::default();
     let mut g = c.benchmark_group("fanout");
     g.throughput(Throughput::Elements(1000));
     g.bench_function("enqueue_to_1000_local_subscribers", |b| {
         b.iter(|| {
             shard.deliver_local(&msg, None);
-            // Empty the queues as a writer would (outside the measured cost
-            // would be better; this keeps memory flat and is a few ns each).
+            // Empty the queues as a writer would, write-delay histogram
+            // included (outside the measured cost would be better; this keeps
+            // memory flat and is a few ns each).
+            let written = Stamp::now();
             for p in &peers {
                 let mut out = p.outbox();
                 let len: usize = out.slices(1).map(<[u8]>::len).sum();
-                out.consume(len);
+                out.consume(len, |queued| stats.write_delay.observe(written.since(queued)));
             }
         })
     });
@@ -81,7 +85,7 @@ fn fanout(c: &mut Criterion) {
 
 fn cross_shard(c: &mut Criterion) {
     let (mailboxes, inboxes) = bus::build(2, 1 << 16).unwrap();
-    let msg = Outgoing::new("news", Kind::Message, Payload { bytes: PAYLOAD, json: true }, Encoding::Json, &ShardStats::default());
+    let msg = Outgoing::new("news", Kind::Message, Payload { bytes: PAYLOAD, json: true }, Encoding::Json, Stamp::now(), &ShardStats::default());
     let msg = PublishMsg { msg, forward: false };
     let mut g = c.benchmark_group("bus");
     g.throughput(Throughput::Elements(1));

@@ -51,6 +51,7 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub queue: RawQueue,
     pub bus: RawBus,
+    pub admin: RawAdmin,
     pub redis: RawRedis,
     pub auth: RawAuth,
     pub tls: RawTls,
@@ -150,6 +151,19 @@ pub struct RawBus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: String,
+    pub api_key: String,
+    pub max_body_bytes: u64,
+    pub node_info_interval_ms: u64,
+    pub shard_timeout_ms: u64,
+    pub max_pending: u64,
+    pub max_connections: u64,
+    pub max_nodes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawRedis {
     pub url: String,
     pub channel_prefix: String,
@@ -203,6 +217,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
     pub bus: BusConfig,
+    /// `None` when `[admin] listen` is empty.
+    pub admin: Option<AdminConfig>,
     /// `None` when `[redis] url` is empty (single node).
     pub redis: Option<RedisConfig>,
     pub auth: AuthConfig,
@@ -305,6 +321,22 @@ pub struct BusConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// The address came from the user (config file or `--admin-listen`), not
+    /// the defaults: failing to bind it stops the start.
+    pub listen_explicit: bool,
+    /// `None`: no key (the listener is then on loopback).
+    pub api_key: Option<String>,
+    pub max_body_bytes: usize,
+    pub node_info_interval: Duration,
+    pub shard_timeout: Duration,
+    pub max_pending: usize,
+    pub max_connections: usize,
+    pub max_nodes: usize,
+}
+
+#[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// The URL as given (it may hold a password: never log it whole).
     pub url: String,
@@ -340,6 +372,7 @@ pub struct LogConfig {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
     pub shards: Option<u64>,
 }
 
@@ -364,11 +397,17 @@ impl Config {
         let mut merged: toml::Table =
             toml::from_str(DEFAULTS_TOML).expect("embedded defaults are valid TOML");
         let user: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let admin_explicit = overrides.admin_listen.is_some() || user_sets(&user, "admin", "listen");
         merge(&mut merged, user, "")?;
         let server = merged.get_mut("server").and_then(|v| v.as_table_mut()).expect("defaults have [server]");
         if let Some(listen) = &overrides.listen {
             server.insert("listen".into(), toml::Value::String(listen.clone()));
         }
+        if let Some(listen) = &overrides.admin_listen {
+            let admin = merged.get_mut("admin").and_then(|v| v.as_table_mut()).expect("defaults have [admin]");
+            admin.insert("listen".into(), toml::Value::String(listen.clone()));
+        }
+        let server = merged.get_mut("server").and_then(|v| v.as_table_mut()).expect("defaults have [server]");
         if let Some(shards) = overrides.shards {
             let shards = i64::try_from(shards).map_err(|_| invalid("server.shards", shards, "at most 256"))?;
             server.insert("shards".into(), toml::Value::Integer(shards));
@@ -378,8 +417,17 @@ impl Config {
             // range problem such as a negative number for an unsigned key.
             ConfigError::Syntax(e.to_string())
         })?;
-        validate(raw)
+        let mut config = validate(raw)?;
+        if let Some(admin) = &mut config.admin {
+            admin.listen_explicit = admin_explicit;
+        }
+        Ok(config)
     }
+}
+
+/// Whether the user's table sets `section.key`.
+fn user_sets(user: &toml::Table, section: &str, key: &str) -> bool {
+    user.get(section).and_then(toml::Value::as_table).is_some_and(|t| t.contains_key(key))
 }
 
 /// Merges `user` onto `base`, rejecting keys the defaults lack and values of
@@ -534,6 +582,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         close_timeout: ms(ranged::<u64>("queue.close_timeout_ms", q.close_timeout_ms, 1, 600_000, "1..=600000 ms")?),
     };
     let bus = BusConfig { capacity: ranged("bus.capacity", raw.bus.capacity, 1, 10_000_000, "1..=10000000 messages")? };
+    let admin = validate_admin(&raw.admin)?;
     let r = &raw.redis;
     let redis = if r.url.is_empty() {
         None
@@ -591,7 +640,38 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         "json" => LogFormat::Json,
         other => return Err(invalid("log.format", format!("{other:?}"), "\"text\" or \"json\"")),
     };
-    Ok(Config { server, limits, queue, bus, redis, auth, tls, compression, namespaces, heartbeat, shutdown, log: LogConfig { level, format }, raw })
+    Ok(Config { server, limits, queue, bus, admin, redis, auth, tls, compression, namespaces, heartbeat, shutdown, log: LogConfig { level, format }, raw })
+}
+
+fn validate_admin(a: &RawAdmin) -> Result<Option<AdminConfig>, ConfigError> {
+    if a.listen.is_empty() {
+        return Ok(None);
+    }
+    let listen: SocketAddr = a
+        .listen
+        .parse()
+        .map_err(|_| invalid("admin.listen", format!("{:?}", a.listen), "\"\" (off) or an IP:PORT socket address such as \"127.0.0.1:9090\""))?;
+    if a.api_key.is_empty() && !listen.ip().is_loopback() {
+        return Err(invalid(
+            "admin.api_key",
+            "\"\"",
+            format!("a key is required when admin.listen ({listen}) is not a loopback address"),
+        ));
+    }
+    if a.api_key.len() > 1024 || a.api_key.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(invalid("admin.api_key", "(hidden)", "at most 1024 printable ASCII characters without spaces"));
+    }
+    Ok(Some(AdminConfig {
+        listen,
+        listen_explicit: false,
+        api_key: (!a.api_key.is_empty()).then(|| a.api_key.clone()),
+        max_body_bytes: ranged("admin.max_body_bytes", a.max_body_bytes, 1024, 64 << 20, "1024..=67108864 bytes")?,
+        node_info_interval: ms(ranged::<u64>("admin.node_info_interval_ms", a.node_info_interval_ms, 100, 3_600_000, "100..=3600000 ms")?),
+        shard_timeout: ms(ranged::<u64>("admin.shard_timeout_ms", a.shard_timeout_ms, 10, 600_000, "10..=600000 ms")?),
+        max_pending: ranged("admin.max_pending", a.max_pending, 1, 1_000_000, "1..=1000000")?,
+        max_connections: ranged("admin.max_connections", a.max_connections, 1, 100_000, "1..=100000")?,
+        max_nodes: ranged("admin.max_nodes", a.max_nodes, 1, 100_000, "1..=100000")?,
+    }))
 }
 
 fn validate_auth(a: &RawAuth) -> Result<AuthConfig, ConfigError> {
@@ -749,12 +829,30 @@ mod tests {
 
     #[test]
     fn overrides_apply_and_validate() {
-        let o = Overrides { listen: Some("127.0.0.1:0".into()), shards: Some(3) };
+        let o = Overrides { listen: Some("127.0.0.1:0".into()), shards: Some(3), ..Default::default() };
         let c = Config::from_toml("", &o).unwrap();
         assert_eq!(c.server.shards, 3);
         assert_eq!(c.server.listen.port(), 0);
-        let bad = Overrides { listen: Some("x".into()), shards: None };
+        let bad = Overrides { listen: Some("x".into()), shards: None, ..Default::default() };
         assert!(Config::from_toml("", &bad).unwrap_err().to_string().contains("server.listen"));
+    }
+
+    #[test]
+    fn admin_section_validates() {
+        let c = Config::defaults().admin.unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9090".parse().unwrap());
+        assert!(!c.listen_explicit && c.api_key.is_none());
+        assert!(Config::from_toml("[admin]\nlisten = \"\"", &Overrides::default()).unwrap().admin.is_none());
+        let explicit = Config::from_toml("[admin]\nlisten = \"127.0.0.1:0\"", &Overrides::default()).unwrap();
+        assert!(explicit.admin.unwrap().listen_explicit);
+        let o = Overrides { admin_listen: Some("[::1]:0".into()), ..Default::default() };
+        assert!(Config::from_toml("", &o).unwrap().admin.unwrap().listen_explicit);
+        let open = err("[admin]\nlisten = \"0.0.0.0:9090\"");
+        assert!(open.contains("admin.api_key") && open.contains("loopback"), "{open}");
+        assert!(Config::from_toml("[admin]\nlisten = \"0.0.0.0:9090\"\napi_key = \"k\"", &Overrides::default()).is_ok());
+        assert!(err("[admin]\nlisten = \"nope\"").contains("admin.listen"));
+        assert!(err("[admin]\napi_key = \"has space\"").contains("admin.api_key"));
+        assert!(err("[admin]\nmax_body_bytes = 1").contains("admin.max_body_bytes"));
     }
 
     #[test]

@@ -20,6 +20,9 @@ struct Cli {
     /// Override [server] listen, e.g. 0.0.0.0:8080 (port 0 = any free port).
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// Override [admin] listen, e.g. 127.0.0.1:9091 ("" disables the admin plane).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
     /// Override [server] shards (0 = one per online core).
     #[arg(long, value_name = "N")]
     shards: Option<u64>,
@@ -43,7 +46,7 @@ fn init_logging(config: &Config) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides = Overrides { listen: cli.listen, shards: cli.shards };
+    let overrides = Overrides { listen: cli.listen, admin_listen: cli.admin_listen, shards: cli.shards };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {

@@ -1,75 +1,234 @@
-//! Counters. Each shard owns one [`ShardStats`] and is its only writer
-//! (relaxed stores, no contention); `/metrics` reads all of them.
+//! Counters, gauges and latency histograms, and their Prometheus page.
+//!
+//! Each shard owns one [`ShardStats`] and is its only writer: relaxed loads
+//! and stores, no read-modify-write, no contention, so the hot path pays a
+//! plain memory increment. Any thread may read them: the admin plane's
+//! `/metrics` and `/api/info`, and the public port's `metrics_path`.
+//!
+//! The page is encoded by `prometheus-client` (OpenMetrics text, Prometheus
+//! naming: counters end in `_total`, units are base units in the name) from
+//! a [`Collector`] that reads the atomics at scrape time, so the crate's own
+//! metric types, which use atomic read-modify-writes, stay off the hot path.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::auth::Admission;
+
+/// The content type of [`render`]'s page.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds of the latency histograms' buckets, in microseconds.
+pub const LATENCY_BOUNDS_US: [u64; 19] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
+
+/// A latency histogram with one writer (the owning shard) and any number of
+/// readers. Buckets are not cumulative here; the page makes them so.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// One per bound, plus one for "above the last bound".
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation. Only the owning shard may call this.
+    pub fn observe(&self, elapsed: Duration) {
+        let us = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
+        let bucket = LATENCY_BOUNDS_US.partition_point(|&bound| bound < us);
+        ShardStats::add(&self.buckets[bucket], 1);
+        ShardStats::add(&self.sum_us, us);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Cumulative `(upper bound in seconds, count)` pairs, the sum in
+    /// seconds, and the count.
+    fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let bound = LATENCY_BOUNDS_US.get(i).map_or(f64::INFINITY, |&us| us as f64 / 1e6);
+            buckets.push((bound, cumulative));
+        }
+        (buckets, self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, cumulative)
+    }
+}
 
 macro_rules! stats {
-    ($($name:ident: $kind:literal, $help:literal;)*) => {
-        /// Per-shard counters and gauges; written only by the owning shard.
+    ($($name:ident: $kind:ident $(($unit:ident))?, $help:literal;)*) => {
+        /// Per-shard counters, gauges and histograms; written only by the owning shard.
         #[derive(Debug, Default)]
         pub struct ShardStats {
             $(#[doc = $help] pub $name: AtomicU64,)*
+            /// Publish received (read from its socket, the API or Redis) ->
+            /// its frame queued to this shard's subscribers.
+            pub fanout_delay: Histogram,
+            /// Frame queued to a client -> written to its socket.
+            pub write_delay: Histogram,
         }
 
-        impl ShardStats {
-            /// Prometheus text exposition of every shard's stats.
-            pub fn render(all: &[ShardStats]) -> String {
-                let mut out = String::new();
-                $(
-                    let _ = writeln!(out, "# HELP shardcast_{} {}", stringify!($name), $help);
-                    let _ = writeln!(out, "# TYPE shardcast_{} {}", stringify!($name), $kind);
-                    for (i, s) in all.iter().enumerate() {
-                        let _ = writeln!(out, "shardcast_{}{{shard=\"{i}\"}} {}", stringify!($name), s.$name.load(Ordering::Relaxed));
-                    }
-                )*
-                out
-            }
-        }
+        /// Every counter and gauge: (name, type, unit, help, value of one shard).
+        const SERIES: &[(&str, MetricType, Option<Unit>, &str, fn(&ShardStats) -> u64)] = &[
+            $((stringify!($name), MetricType::$kind, stats!(@unit $($unit)?), $help, |s| s.$name.load(Ordering::Relaxed)),)*
+        ];
     };
+    (@unit) => { None };
+    (@unit $unit:ident) => { Some(Unit::$unit) };
 }
 
+// Counters are named without `_total`: the encoder adds it.
 stats! {
-    connections: "gauge", "Open WebSocket connections.";
-    connections_total: "counter", "WebSocket connections accepted since start.";
-    handshakes_rejected: "counter", "HTTP requests answered without an upgrade (4xx/5xx).";
-    publishes: "counter", "Publish requests accepted from clients on this shard.";
-    deliveries: "counter", "Message frames queued to subscribers on this shard.";
-    encodings_json: "counter", "Messages encoded as JSON frames on this shard (at most once per message per node).";
-    encodings_flatbuffers: "counter", "Messages encoded as FlatBuffers frames on this shard (at most once per message per node).";
-    compressions: "counter", "Messages compressed (permessage-deflate) on this shard: once per message and form per node, or per echo.";
-    compression_bytes_in: "counter", "Bytes given to the compressor.";
-    compression_bytes_out: "counter", "Bytes the compressor produced (in / out is the compression ratio).";
-    inflations: "counter", "Compressed client messages inflated.";
-    bus_received: "counter", "Publishes received from other shards.";
-    bus_full_waits: "counter", "Times a publisher waited for a full cross-shard channel.";
-    dropped_frames: "counter", "Frames dropped from client queues by the drop_oldest policy.";
-    slow_consumer_disconnects: "counter", "Clients closed with 1013 because their queue overflowed.";
-    rate_limited: "counter", "Publishes refused with rate_limited.";
-    request_errors: "counter", "Error replies sent for bad requests.";
-    protocol_errors: "counter", "Connections closed for WebSocket protocol violations (1002/1007/1009).";
-    heartbeat_timeouts: "counter", "Connections closed for sending nothing within heartbeat.timeout_ms.";
-    auth_failures: "counter", "Connections closed with 4001: a bad token, or no auth request in time.";
-    token_expiries: "counter", "Connections closed with 4002: token expired without a refresh.";
-    user_limit_rejections: "counter", "Connections closed with 4008: over limits.max_connections_per_user.";
-    ip_limit_rejections: "counter", "Handshakes answered 429: over limits.max_connections_per_ip.";
-    forbidden: "counter", "Requests refused with forbidden (namespace rules, direct_messages, refresh for another user).";
-    direct_messages: "counter", "Direct messages (send requests) accepted from clients on this shard.";
-    accept_errors: "counter", "accept() failures (EMFILE, ENFILE, ...).";
-    redis_connected: "gauge", "1 while the bridge's Redis connections are up (bridge shard only).";
-    redis_connects: "counter", "Successful Redis (re)connections of the bridge.";
-    redis_published: "counter", "Messages PUBLISHed to Redis (acknowledged by Redis).";
-    redis_received: "counter", "Messages received from Redis and fanned out on this node.";
-    redis_dropped: "counter", "Outbound messages dropped: buffer overflow, or lost with a failed connection.";
-    redis_bad_messages: "counter", "Messages from Redis refused (bad envelope, bad JSON, bad topic, too big).";
+    connections: Gauge, "Open WebSocket connections.";
+    connections_accepted: Counter, "WebSocket connections accepted since start.";
+    handshakes_rejected: Counter, "HTTP requests answered without an upgrade (4xx/5xx).";
+    publishes: Counter, "Publish requests accepted from clients on this shard.";
+    api_publishes: Counter, "Messages accepted from the admin API (publish, broadcast: one per topic; send) on this shard.";
+    deliveries: Counter, "Message frames queued to subscribers on this shard.";
+    frames_written: Counter, "Message frames completely written to client sockets on this shard.";
+    encodings_json: Counter, "Messages encoded as JSON frames on this shard (at most once per message per node).";
+    encodings_flatbuffers: Counter, "Messages encoded as FlatBuffers frames on this shard (at most once per message per node).";
+    compressions: Counter, "Messages compressed (permessage-deflate) on this shard: once per message and form per node, or per echo.";
+    compression_input: Counter(Bytes), "Bytes given to the compressor.";
+    compression_output: Counter(Bytes), "Bytes the compressor produced (output / input is the compression ratio).";
+    inflations: Counter, "Compressed client messages inflated.";
+    bus_received: Counter, "Publishes received from other shards.";
+    bus_full_waits: Counter, "Times a publisher waited for a full cross-shard channel.";
+    dropped_frames: Counter, "Frames dropped from client queues by the drop_oldest policy.";
+    slow_consumer_disconnects: Counter, "Clients closed with 1013 because their queue overflowed.";
+    rate_limited: Counter, "Publishes refused with rate_limited.";
+    request_errors: Counter, "Error replies sent for bad requests.";
+    protocol_errors: Counter, "Connections closed for WebSocket protocol violations (1002/1007/1009).";
+    heartbeat_timeouts: Counter, "Connections closed for sending nothing within heartbeat.timeout_ms.";
+    auth_failures: Counter, "Connections closed with 4001: a bad token, or no auth request in time.";
+    token_expiries: Counter, "Connections closed with 4002: token expired without a refresh.";
+    user_limit_rejections: Counter, "Connections closed with 4008: over limits.max_connections_per_user.";
+    ip_limit_rejections: Counter, "Handshakes answered 429: over limits.max_connections_per_ip.";
+    forbidden: Counter, "Requests refused with forbidden (namespace rules, direct_messages, refresh for another user).";
+    direct_messages: Counter, "Direct messages (send requests) accepted from clients on this shard.";
+    server_disconnects: Counter, "Connections closed by the admin API's disconnect (from this node or another).";
+    accept_errors: Counter, "accept() failures (EMFILE, ENFILE, ...).";
+    redis_connected: Gauge, "1 while the bridge's Redis subscriber connection is up (bridge shard only).";
+    redis_connects: Counter, "Successful Redis (re)connections of the bridge (publisher and subscriber).";
+    redis_reconnects: Counter, "Redis connections of the bridge that were lost (each is followed by reconnect attempts).";
+    redis_published: Counter, "Messages PUBLISHed to Redis (acknowledged by Redis).";
+    redis_received: Counter, "Messages received from Redis and fanned out on this node.";
+    redis_dropped: Counter, "Outbound messages dropped: buffer overflow, or lost with a failed connection.";
+    redis_bad_messages: Counter, "Messages from Redis refused (bad envelope, bad JSON, bad topic, too big).";
+    redis_pipeline_depth: Gauge, "PUBLISH batches written to Redis and not yet answered (at most redis.pipeline_depth).";
+    redis_buffered: Gauge, "Messages waiting for the Redis publisher connection (at most redis.buffer_messages).";
 }
 
 impl ShardStats {
+    /// Adds to a counter. Only the owning shard may call this (a plain load
+    /// and store: no atomic read-modify-write on the hot path).
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 
     pub fn sub(counter: &AtomicU64, n: u64) {
         counter.store(counter.load(Ordering::Relaxed).saturating_sub(n), Ordering::Relaxed);
+    }
+
+    pub fn set(gauge: &AtomicU64, n: u64) {
+        gauge.store(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// The node's metrics as a `prometheus-client` collector: every shard's
+/// series labelled `shard`, and the node-wide user gauges.
+#[derive(Debug)]
+pub struct NodeMetrics {
+    pub stats: Arc<[ShardStats]>,
+    pub admission: Arc<Admission>,
+}
+
+impl Collector for NodeMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, kind, unit, help, value) in SERIES {
+            let mut metric = encoder.encode_descriptor(name, help, unit.as_ref(), kind.clone())?;
+            for (i, shard) in self.stats.iter().enumerate() {
+                let labels = [("shard", i.to_string())];
+                let mut family = metric.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => family.encode_counter::<NoLabelSet, _, u64>(&value(shard), None)?,
+                    _ => family.encode_gauge(&value(shard))?,
+                }
+            }
+        }
+        let histograms: [(&str, &str, fn(&ShardStats) -> &Histogram); 2] = [
+            ("fanout_delay", "Time from a publish being received (from its socket, the API or Redis) to its frame being queued to the shard's subscribers.", |s| &s.fanout_delay),
+            ("write_delay", "Time from a frame being queued to a client to its last byte being written to the socket.", |s| &s.write_delay),
+        ];
+        for (name, help, histogram) in histograms {
+            let mut metric = encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+            for (i, shard) in self.stats.iter().enumerate() {
+                let labels = [("shard", i.to_string())];
+                let (buckets, sum, count) = histogram(shard).snapshot();
+                metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        self.admission.encode(&mut encoder)
+    }
+}
+
+/// The node's whole metrics page (OpenMetrics text, [`CONTENT_TYPE`]).
+pub fn render(stats: &Arc<[ShardStats]>, admission: &Arc<Admission>) -> String {
+    let mut registry = Registry::with_prefix("shardcast");
+    registry.register_collector(Box::new(NodeMetrics { stats: stats.clone(), admission: admission.clone() }));
+    let mut page = String::new();
+    prometheus_client::encoding::text::encode(&mut page, &registry).expect("writing to a String cannot fail");
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_follows_prometheus_naming() {
+        let stats: Arc<[ShardStats]> = (0..2).map(|_| ShardStats::default()).collect();
+        ShardStats::add(&stats[1].publishes, 3);
+        ShardStats::add(&stats[0].connections, 2);
+        stats[1].write_delay.observe(Duration::from_micros(30));
+        stats[1].write_delay.observe(Duration::from_secs(20));
+        let page = render(&stats, &Arc::new(Admission::new(0, 0)));
+        assert!(page.contains("shardcast_publishes_total{shard=\"1\"} 3\n"), "{page}");
+        assert!(page.contains("shardcast_connections{shard=\"0\"} 2\n"), "{page}");
+        assert!(page.contains("shardcast_compression_input_bytes_total{shard=\"0\"} 0\n"), "{page}");
+        assert!(page.contains("shardcast_write_delay_seconds_bucket{le=\"2.5e-5\",shard=\"1\"} 0\n") || page.contains("shardcast_write_delay_seconds_bucket{shard=\"1\",le=\"2.5e-5\"} 0\n"), "{page}");
+        assert!(page.contains("shardcast_write_delay_seconds_count{shard=\"1\"} 2\n"), "{page}");
+        assert!(page.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn histogram_buckets_by_upper_bound() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(10));
+        h.observe(Duration::from_micros(11));
+        h.observe(Duration::from_secs(11));
+        let (buckets, sum, count) = h.snapshot();
+        assert_eq!(count, 3);
+        assert_eq!(buckets[0], (10e-6, 1), "le is inclusive");
+        assert_eq!(buckets[1].1, 2);
+        assert_eq!(buckets[LATENCY_BOUNDS_US.len() - 1].1, 2);
+        assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, 3));
+        assert!((sum - 11.000021).abs() < 1e-9);
     }
 }

@@ -8,7 +8,8 @@
 //! authenticated or closed, never on the delivery path. Counts are released
 //! by dropping the slot a connection holds, so no close path can leak one.
 
-use std::fmt::Write;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -101,9 +102,9 @@ impl Admission {
         self.users.get(user).map_or(0, |c| *c)
     }
 
-    /// The users gauge and the connections-per-user histogram, in
-    /// Prometheus text format. Walks the user table: scrape-time cost only.
-    pub fn render(&self, out: &mut String) {
+    /// Encodes the users gauge and the connections-per-user histogram.
+    /// Walks the user table: scrape-time cost only.
+    pub fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         const BUCKETS: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
         let mut counts = [0u64; BUCKETS.len()];
         let (mut users, mut connections) = (0u64, 0u64);
@@ -115,17 +116,14 @@ impl Admission {
                 *bucket += u64::from(n <= le);
             }
         }
-        let _ = writeln!(out, "# HELP shardcast_users Distinct authenticated users with a connection on this node.");
-        let _ = writeln!(out, "# TYPE shardcast_users gauge");
-        let _ = writeln!(out, "shardcast_users {users}");
-        let _ = writeln!(out, "# HELP shardcast_connections_per_user Open connections per authenticated user on this node.");
-        let _ = writeln!(out, "# TYPE shardcast_connections_per_user histogram");
-        for (count, le) in counts.iter().zip(BUCKETS) {
-            let _ = writeln!(out, "shardcast_connections_per_user_bucket{{le=\"{le}\"}} {count}");
-        }
-        let _ = writeln!(out, "shardcast_connections_per_user_bucket{{le=\"+Inf\"}} {users}");
-        let _ = writeln!(out, "shardcast_connections_per_user_sum {connections}");
-        let _ = writeln!(out, "shardcast_connections_per_user_count {users}");
+        let help = "Distinct authenticated users with a connection on this node.";
+        encoder.encode_descriptor("users", help, None, MetricType::Gauge)?.encode_gauge(&users)?;
+        let mut buckets: Vec<(f64, u64)> = counts.iter().zip(BUCKETS).map(|(&count, le)| (f64::from(le), count)).collect();
+        buckets.push((f64::INFINITY, users));
+        let help = "Open connections per authenticated user on this node.";
+        encoder
+            .encode_descriptor("connections_per_user", help, None, MetricType::Histogram)?
+            .encode_histogram::<NoLabelSet>(connections as f64, users, &buckets, None)
     }
 }
 
@@ -182,12 +180,11 @@ mod tests {
     fn renders_a_histogram() {
         let a = Arc::new(Admission::new(0, 0));
         let slots: Vec<_> = ["a", "a", "a", "b"].iter().map(|u| a.admit_user(&Arc::from(*u)).unwrap()).collect();
-        let mut page = String::new();
-        a.render(&mut page);
+        let page = crate::metrics::render(&Arc::from(Vec::new()), &a);
         assert!(page.contains("shardcast_users 2\n"), "{page}");
-        assert!(page.contains("shardcast_connections_per_user_bucket{le=\"2\"} 1\n"), "{page}");
-        assert!(page.contains("shardcast_connections_per_user_bucket{le=\"4\"} 2\n"), "{page}");
-        assert!(page.contains("shardcast_connections_per_user_sum 4\n"), "{page}");
+        assert!(page.contains("shardcast_connections_per_user_bucket{le=\"2.0\"} 1\n"), "{page}");
+        assert!(page.contains("shardcast_connections_per_user_bucket{le=\"4.0\"} 2\n"), "{page}");
+        assert!(page.contains("shardcast_connections_per_user_sum 4.0\n"), "{page}");
         drop(slots);
     }
 }

@@ -372,7 +372,7 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
         Some(_) => Kind::Direct { from: sender.map(Arc::from) },
         None => Kind::Message,
     };
-    let msg = Outgoing::remote(topic, kind, Bytes::copy_from_slice(payload), json);
+    let msg = Outgoing::remote(topic, kind, Bytes::copy_from_slice(payload), json, crate::clock::Stamp::now());
     if let Err(mut pending) = shard.fan_out_remote(msg) {
         // Backpressure: stop reading Redis until every shard took it.
         while !shard.retry_publish(&mut pending) {

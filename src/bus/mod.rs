@@ -165,7 +165,7 @@ mod tests {
         let (mailboxes, inboxes) = build(1, 2).unwrap();
         let payload = crate::protocol::Payload { bytes: b"1", json: true };
         let stats = crate::metrics::ShardStats::default();
-        let m = Outgoing::new("t", crate::protocol::Kind::Message, payload, crate::protocol::Encoding::Json, &stats);
+        let m = Outgoing::new("t", crate::protocol::Kind::Message, payload, crate::protocol::Encoding::Json, crate::clock::Stamp::now(), &stats);
         let msg = PublishMsg { msg: m, forward: false };
         assert!(mailboxes[0].try_publish(msg.clone()).is_ok());
         assert!(mailboxes[0].try_publish(msg.clone()).is_ok());

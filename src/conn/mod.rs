@@ -213,7 +213,7 @@ async fn handshake(shard: &Shard, stream: &mut Transport, client_ip: std::net::I
         }
         Decision::Metrics => {
             let page = shard.metrics_page();
-            handshake::response(200, "OK", "", "text/plain; version=0.0.4", page.as_bytes())
+            handshake::response(200, "OK", "", crate::metrics::CONTENT_TYPE, page.as_bytes())
         }
         Decision::Refuse { status, reason, body, extra_headers } => {
             handshake::response(status, reason, extra_headers, "text/plain", body.as_bytes())
@@ -224,6 +224,18 @@ async fn handshake(shard: &Shard, stream: &mut Transport, client_ip: std::net::I
     let _ = stream.write_all(&reply).await;
     let _ = stream.close().await;
     None
+}
+
+/// Records `n` bytes written from `out`: frames completed, and how long each
+/// waited in the queue (one clock read per write, not per frame).
+fn wrote(out: &mut Outbox, n: usize, stats: &ShardStats) {
+    let now = Stamp::now();
+    let mut frames = 0;
+    out.consume(n, |queued| {
+        stats.write_delay.observe(now.since(queued));
+        frames += 1;
+    });
+    ShardStats::add(&stats.frames_written, frames);
 }
 
 /// A message being reassembled from fragments. Bounded by `max_message_bytes`.
@@ -399,7 +411,7 @@ impl Conn {
             match written {
                 None => return Pin::new(&mut self.stream).poll_flush(cx),
                 Some(Poll::Ready(Ok(0))) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Some(Poll::Ready(Ok(n))) => self.peer.outbox().consume(n),
+                Some(Poll::Ready(Ok(n))) => wrote(&mut self.peer.outbox(), n, self.shard.stats()),
                 Some(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
                 Some(Poll::Pending) => return Poll::Pending,
             }
@@ -435,14 +447,14 @@ impl Conn {
             };
             drop(scratch);
             match sent {
-                Ok(n) => out.consume(n),
+                Ok(n) => wrote(&mut out, n, shard.stats()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Wait for writability through the reactor: glommio's
                     // poll_write retries the send and registers the waker.
                     let head = out.head().expect("outbox not empty");
                     drop(out);
                     match Pin::new(&mut self.stream).poll_write(cx, &head) {
-                        Poll::Ready(Ok(n)) => self.peer.outbox().consume(n),
+                        Poll::Ready(Ok(n)) => wrote(&mut self.peer.outbox(), n, shard.stats()),
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => return Poll::Pending,
                     }

@@ -43,7 +43,7 @@ impl std::fmt::Display for ConnId {
 /// policy drops.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Queued>,
     /// Bytes of the frames behind the head (what `queue.max_bytes` bounds).
     /// Kept as a count so that the bound is checked without touching the
     /// queue's buffer: one cache line less per delivery.
@@ -54,6 +54,13 @@ pub struct Outbox {
     closing: Option<Stamp>,
 }
 
+/// A frame in an [`Outbox`], with when it was queued (the write-delay histogram).
+#[derive(Debug)]
+struct Queued {
+    frame: Bytes,
+    at: Stamp,
+}
+
 impl Outbox {
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
@@ -61,29 +68,31 @@ impl Outbox {
 
     /// The queued bytes not yet written, as slices for a vectored write.
     pub fn slices(&self, max: usize) -> impl Iterator<Item = &[u8]> {
-        self.frames.iter().take(max).enumerate().map(|(i, f)| if i == 0 { &f[self.head_written..] } else { &f[..] })
+        self.frames.iter().take(max).enumerate().map(|(i, q)| if i == 0 { &q.frame[self.head_written..] } else { &q.frame[..] })
     }
 
     /// The unwritten part of the head frame.
     pub fn head(&self) -> Option<Bytes> {
-        self.frames.front().map(|f| f.slice(self.head_written..))
+        self.frames.front().map(|q| q.frame.slice(self.head_written..))
     }
 
-    /// Records that `n` bytes were written.
-    pub fn consume(&mut self, mut n: usize) {
+    /// Records that `n` bytes were written; `written` gets the queueing time
+    /// of each frame completed by them.
+    pub fn consume(&mut self, mut n: usize, mut written: impl FnMut(Stamp)) {
         while n > 0 {
             let head = self.frames.front().expect("wrote more than was queued");
-            let left = head.len() - self.head_written;
+            let left = head.frame.len() - self.head_written;
             if n < left {
                 self.head_written += n;
                 return;
             }
             n -= left;
             self.head_written = 0;
-            self.frames.pop_front();
+            let done = self.frames.pop_front().expect("head exists");
+            written(done.at);
             if let Some(next) = self.frames.front() {
                 // The next frame becomes the head: no longer waiting.
-                self.waiting -= next.len();
+                self.waiting -= next.frame.len();
             }
         }
         if self.frames.is_empty() && self.frames.capacity() > 8 {
@@ -97,9 +106,9 @@ impl Outbox {
         let keep = usize::from(self.head_written > 0);
         let mut dropped = 0;
         while self.frames.len() > keep {
-            let f = self.frames.pop_back().expect("len > keep");
+            let q = self.frames.pop_back().expect("len > keep");
             if !self.frames.is_empty() {
-                self.waiting -= f.len();
+                self.waiting -= q.frame.len();
             }
             dropped += 1;
         }
@@ -112,14 +121,13 @@ impl Outbox {
     }
 
     /// Removes the frame at `i`, keeping `waiting` right.
-    fn remove(&mut self, i: usize) -> Bytes {
-        let frame = self.frames.remove(i).expect("index in the queue");
+    fn remove(&mut self, i: usize) {
+        let removed = self.frames.remove(i).expect("index in the queue");
         match (i, self.frames.front()) {
-            (0, Some(next)) => self.waiting -= next.len(),
+            (0, Some(next)) => self.waiting -= next.frame.len(),
             (0, None) => {}
-            _ => self.waiting -= frame.len(),
+            _ => self.waiting -= removed.frame.len(),
         }
-        frame
     }
 
     /// Whether `len` more bytes may be queued under `limits`.
@@ -127,11 +135,11 @@ impl Outbox {
         self.frames.is_empty() || (self.frames.len() < limits.max_messages && self.waiting_bytes() + len <= limits.max_bytes)
     }
 
-    fn enqueue(&mut self, frame: Bytes) {
+    fn enqueue(&mut self, frame: Bytes, at: Stamp) {
         if !self.frames.is_empty() {
             self.waiting += frame.len();
         }
-        self.frames.push_back(frame);
+        self.frames.push_back(Queued { frame, at });
     }
 }
 
@@ -217,6 +225,12 @@ impl Peer {
 
     /// Queues a frame under the queue bounds and overflow policy.
     pub fn push(&self, frame: Bytes, limits: &QueueConfig, stats: &ShardStats) -> Pushed {
+        self.push_at(frame, Stamp::now(), limits, stats)
+    }
+
+    /// [`Peer::push`] with the clock already read: delivery to many
+    /// subscribers reads it once per message, not once per subscriber.
+    pub fn push_at(&self, frame: Bytes, now: Stamp, limits: &QueueConfig, stats: &ShardStats) -> Pushed {
         let mut out = self.outbox.borrow_mut();
         if out.closing.is_some() {
             return Pushed::Closed;
@@ -228,8 +242,8 @@ impl Peer {
                     let dropped = out.clear_unsent();
                     ShardStats::add(&stats.dropped_frames, dropped as u64 + 1);
                     ShardStats::add(&stats.slow_consumer_disconnects, 1);
-                    out.enqueue(frame::close(close::TRY_AGAIN_LATER, "slow consumer"));
-                    out.closing = Some(Stamp::now());
+                    out.enqueue(frame::close(close::TRY_AGAIN_LATER, "slow consumer"), now);
+                    out.closing = Some(now);
                     drop(out);
                     self.wake();
                     return Pushed::SlowConsumer;
@@ -252,7 +266,7 @@ impl Peer {
             }
         }
         let was_empty = out.frames.is_empty();
-        out.enqueue(frame);
+        out.enqueue(frame, now);
         drop(out);
         if was_empty {
             self.wake();
@@ -270,8 +284,9 @@ impl Peer {
         if !keep_queue {
             out.clear_unsent();
         }
-        out.enqueue(frame::close(code, reason));
-        out.closing = Some(Stamp::now());
+        let now = Stamp::now();
+        out.enqueue(frame::close(code, reason), now);
+        out.closing = Some(now);
         drop(out);
         self.wake();
     }
@@ -312,7 +327,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(p.push(frame(10), &q, &stats), Pushed::Queued);
         }
-        p.outbox().consume(4);
+        p.outbox().consume(4, |_| {});
         assert_eq!(p.push(frame(10), &q, &stats), Pushed::SlowConsumer);
         let out = p.outbox();
         let sent: Vec<usize> = out.slices(10).map(|s| s.len()).collect();
@@ -340,7 +355,7 @@ mod tests {
     /// `waiting` must always equal the bytes behind the head.
     fn check_waiting(p: &Peer) {
         let out = p.outbox();
-        let behind: usize = out.frames.iter().skip(1).map(Bytes::len).sum();
+        let behind: usize = out.frames.iter().skip(1).map(|q| q.frame.len()).sum();
         assert_eq!(out.waiting, behind);
     }
 
@@ -354,12 +369,12 @@ mod tests {
                 p.push(frame(7 + i), &q, &stats);
                 check_waiting(&p);
                 if i % 3 == 0 {
-                    p.outbox().consume(5);
+                    p.outbox().consume(5, |_| {});
                     check_waiting(&p);
                 }
             }
             let left: usize = p.outbox().slices(100).map(<[u8]>::len).sum();
-            p.outbox().consume(left);
+            p.outbox().consume(left, |_| {});
             check_waiting(&p);
             assert!(p.outbox().is_empty() || overflow == Overflow::Disconnect);
         }
@@ -385,9 +400,9 @@ mod tests {
         for _ in 0..20 {
             p.push(frame(5), &q, &stats);
         }
-        p.outbox().consume(12);
+        p.outbox().consume(12, |_| {});
         assert_eq!(p.outbox().head().unwrap().len(), 3);
-        p.outbox().consume(88);
+        p.outbox().consume(88, |_| {});
         assert!(p.outbox().is_empty());
         assert_eq!(p.outbox().frames.capacity(), 0);
     }

@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 
 use super::{flatbuf, json, Encoding, Payload};
+use crate::clock::Stamp;
 use crate::metrics::ShardStats;
 use crate::ws::deflate::{Compressor, Mode};
 use crate::ws::frame::{self, Opcode};
@@ -43,8 +44,8 @@ impl Builder<'_> {
         let body = frame::payload_of(plain);
         let compressed = self.compressor.borrow_mut().frame(opcode, body, mode);
         ShardStats::add(&self.stats.compressions, 1);
-        ShardStats::add(&self.stats.compression_bytes_in, body.len() as u64);
-        ShardStats::add(&self.stats.compression_bytes_out, frame::payload_of(&compressed).len() as u64);
+        ShardStats::add(&self.stats.compression_input, body.len() as u64);
+        ShardStats::add(&self.stats.compression_output, frame::payload_of(&compressed).len() as u64);
         compressed
     }
 
@@ -75,6 +76,9 @@ pub struct Outgoing {
     pub payload: Bytes,
     /// `payload` is one valid JSON value.
     pub payload_is_json: bool,
+    /// When the node received it (read from the publisher's socket, the
+    /// admin API or Redis): the start of the fan-out delay histogram.
+    pub received: Stamp,
     /// The encoded forms, indexed by [`Wire`]: each encoding plain, deflated,
     /// and in stored blocks.
     forms: [OnceLock<Bytes>; 6],
@@ -98,7 +102,7 @@ impl Outgoing {
     /// own encoding is built now (its subscribers are the likeliest); for a
     /// JSON payload the payload is then a slice of that frame, not a copy.
     /// Encodings are counted in `stats` (the building shard's).
-    pub fn new(topic: &str, kind: Kind, payload: Payload<'_>, origin: Encoding, stats: &ShardStats) -> Arc<Outgoing> {
+    pub fn new(topic: &str, kind: Kind, payload: Payload<'_>, origin: Encoding, received: Stamp, stats: &ShardStats) -> Arc<Outgoing> {
         let forms: [OnceLock<Bytes>; 6] = Default::default();
         let bytes = if origin == Encoding::Json && payload.json {
             let frame = encode(Encoding::Json, topic, &kind, payload.bytes, true, stats);
@@ -108,12 +112,13 @@ impl Outgoing {
         } else {
             Bytes::copy_from_slice(payload.bytes)
         };
-        Arc::new(Outgoing { topic: topic.into(), kind, payload: bytes, payload_is_json: payload.json, forms })
+        Arc::new(Outgoing { topic: topic.into(), kind, payload: bytes, payload_is_json: payload.json, received, forms })
     }
 
-    /// A message from another node (through Redis), whose payload is already `Bytes`.
-    pub fn remote(topic: &str, kind: Kind, payload: Bytes, payload_is_json: bool) -> Arc<Outgoing> {
-        Arc::new(Outgoing { topic: topic.into(), kind, payload, payload_is_json, forms: Default::default() })
+    /// A message whose payload is already `Bytes` (from another node through
+    /// Redis, or from the admin API); no form is built yet.
+    pub fn remote(topic: &str, kind: Kind, payload: Bytes, payload_is_json: bool, received: Stamp) -> Arc<Outgoing> {
+        Arc::new(Outgoing { topic: topic.into(), kind, payload, payload_is_json, received, forms: Default::default() })
     }
 
     /// The frame for a recipient taking `wire`, built on first use (with
@@ -168,7 +173,7 @@ mod tests {
     #[test]
     fn forms_are_built_once_on_first_use_and_shared() {
         let stats = ShardStats::default();
-        let m = Outgoing::new("news", Kind::Message, Payload { bytes: br#"{"a":1}"#, json: true }, Encoding::Json, &stats);
+        let m = Outgoing::new("news", Kind::Message, Payload { bytes: br#"{"a":1}"#, json: true }, Encoding::Json, Stamp::now(), &stats);
         assert!(m.is_encoded(Encoding::Json), "the publisher's encoding is built at once");
         assert!(!m.is_encoded(Encoding::FlatBuffers));
         let a = m.plain(Encoding::FlatBuffers, &stats).clone();
@@ -184,7 +189,7 @@ mod tests {
     #[test]
     fn binary_payloads_from_flatbuffers_publishers() {
         let stats = ShardStats::default();
-        let m = Outgoing::new("t", Kind::Message, Payload { bytes: b"\x00\x01", json: false }, Encoding::FlatBuffers, &stats);
+        let m = Outgoing::new("t", Kind::Message, Payload { bytes: b"\x00\x01", json: false }, Encoding::FlatBuffers, Stamp::now(), &stats);
         assert!(!m.is_encoded(Encoding::Json));
         let text = m.plain(Encoding::Json, &stats).clone();
         assert!(std::str::from_utf8(&text[2..]).unwrap().contains(r#""payload_base64":"AAE=""#));
@@ -196,7 +201,7 @@ mod tests {
         let compressor = RefCell::new(Compressor::new(1));
         let b = Builder { stats: &stats, compressor: &compressor, min_bytes: 256 };
         let big = format!("\"{}\"", "abc".repeat(200));
-        let m = Outgoing::new("t", Kind::Message, Payload { bytes: big.as_bytes(), json: true }, Encoding::Json, &stats);
+        let m = Outgoing::new("t", Kind::Message, Payload { bytes: big.as_bytes(), json: true }, Encoding::Json, Stamp::now(), &stats);
         let deflate = Wire { encoding: Encoding::Json, deflate: Mode::Full };
         let x = m.frame(deflate, &b);
         let y = m.frame(deflate, &b);
@@ -204,7 +209,7 @@ mod tests {
         assert_eq!(x[0], 0xC1, "RSV1 on a final text frame");
         assert!(x.len() < 100, "{}", x.len());
         assert_eq!(stats.compressions.load(std::sync::atomic::Ordering::Relaxed), 1);
-        let small = Outgoing::new("t", Kind::Message, Payload { bytes: b"1", json: true }, Encoding::Json, &stats);
+        let small = Outgoing::new("t", Kind::Message, Payload { bytes: b"1", json: true }, Encoding::Json, Stamp::now(), &stats);
         assert_eq!(small.frame(deflate, &b)[0], 0x81, "below min_bytes: plain");
     }
 }

@@ -229,7 +229,7 @@ impl Shard {
     /// because a connection with a [`PendingPublish`] is not read until it
     /// completes, and each shard-to-shard channel is FIFO.
     pub fn publish(&self, origin: &Peer, topic: &str, payload: Payload<'_>, skip_self: bool) -> Result<(), Box<PendingPublish>> {
-        let msg = Outgoing::new(topic, Kind::Message, payload, origin.encoding(), self.stats());
+        let msg = Outgoing::new(topic, Kind::Message, payload, origin.encoding(), origin.last_seen.get(), self.stats());
         ShardStats::add(&self.stats().publishes, 1);
         self.fan_out(msg, skip_self.then_some(origin.id))
     }
@@ -240,7 +240,7 @@ impl Shard {
     /// Ordering and backpressure are a publish's.
     pub fn send_direct(&self, origin: &Peer, from: Option<&Arc<str>>, user: &str, payload: Payload<'_>) -> Result<(), Box<PendingPublish>> {
         let kind = Kind::Direct { from: from.cloned() };
-        let msg = Outgoing::new(&topic::user_topic(user), kind, payload, origin.encoding(), self.stats());
+        let msg = Outgoing::new(&topic::user_topic(user), kind, payload, origin.encoding(), origin.last_seen.get(), self.stats());
         ShardStats::add(&self.stats().direct_messages, 1);
         self.fan_out(msg, None)
     }
@@ -329,13 +329,15 @@ impl Shard {
         let Some(entry) = registry.get(&msg.topic) else { return };
         let limits = &self.config.queue;
         let stats = self.stats();
+        let now = Stamp::now();
+        stats.fanout_delay.observe(now.since(msg.received));
         let mut delivered = 0;
         if entry.other_wires == 0 {
             // Every subscriber takes plain JSON: one frame for all.
             let frame = msg.plain(Encoding::Json, stats);
             for (id, peer) in &entry.subscribers {
                 if Some(*id) != skip {
-                    peer.push(frame.clone(), limits, stats);
+                    peer.push_at(frame.clone(), now, limits, stats);
                     delivered += 1;
                 }
             }
@@ -368,7 +370,7 @@ impl Shard {
                     frame
                 }
             };
-            peer.push(frame, limits, stats);
+            peer.push_at(frame, now, limits, stats);
             delivered += 1;
         }
         ShardStats::add(&stats.deliveries, delivered);
@@ -431,7 +433,7 @@ impl Shard {
         self.peers.borrow_mut().insert(peer.id, peer);
         let stats = self.stats();
         ShardStats::add(&stats.connections, 1);
-        ShardStats::add(&stats.connections_total, 1);
+        ShardStats::add(&stats.connections_accepted, 1);
     }
 
     /// Forgets a closed connection, its subscriptions and its deadline.
@@ -495,9 +497,7 @@ impl Shard {
 
     /// The `/metrics` page: every shard's counters and the node's user gauges.
     pub fn metrics_page(&self) -> String {
-        let mut page = ShardStats::render(&self.all_stats);
-        self.admission.render(&mut page);
-        page
+        crate::metrics::render(&self.all_stats, &self.admission)
     }
 
     /// One heartbeat pass: ping connections due for it, close silent ones,
@@ -522,7 +522,7 @@ impl Shard {
             if let Some(interval) = hb.interval {
                 if now.since(peer.last_ping.get()) >= interval {
                     peer.last_ping.set(now);
-                    peer.push(self.ping_frame.clone(), &self.config.queue, self.stats());
+                    peer.push_at(self.ping_frame.clone(), now, &self.config.queue, self.stats());
                 }
             }
         }

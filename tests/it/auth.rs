@@ -127,7 +127,7 @@ fn every_bad_token_closes_4001_with_the_check_that_failed() {
     // Within the leeway is still valid; the server stayed up throughout.
     let (_, w) = login(&server, &with("exp", json!(now_s() - 0.2)));
     assert_eq!(w["user"], "alice");
-    assert!(server.metric("auth_failures") >= 15);
+    assert!(server.metric("auth_failures_total") >= 15);
 }
 
 #[test]
@@ -224,7 +224,7 @@ fn refresh_moves_the_expiry_and_an_expired_token_closes_4002() {
     assert!(started.elapsed() < Duration::from_secs(3), "closed {:?} after expiry", started.elapsed());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(kept.request(json!({"type":"ping"}), 4)["type"], "pong", "the refreshed connection lives on");
-    assert_eq!(server.metric("token_expiries"), 1);
+    assert_eq!(server.metric("token_expiries_total"), 1);
 }
 
 #[test]
@@ -288,7 +288,7 @@ publish = \"users\"
     assert_eq!(anon.request(json!({"type":"ping"}), 99)["type"], "pong");
     user.send(json!({"type":"publish","topic":"feed:1","payload":"hi"}));
     assert_eq!(anon.recv(), json!({"type":"message","topic":"feed:1","payload":"hi"}));
-    assert!(server.metric("forbidden") >= 10);
+    assert!(server.metric("forbidden_total") >= 10);
 }
 
 /// Connects `user` until it has a connection on each of `shards` shards.
@@ -360,7 +360,7 @@ fn per_user_and_per_ip_limits() {
         let mut c = Client::upgrade(format!("{}?token={}", server.url("/ws"), token_for("alice")));
         matches!(c.recv_message(), Message::Text(t) if t.contains("welcome"))
     });
-    assert!(server.metric("user_limit_rejections") >= 1);
+    assert!(server.metric("user_limit_rejections_total") >= 1);
 
     let limited = Server::start("[limits]\nmax_connections_per_ip = 2", &["--shards", "2"]);
     let one = Client::connect(&limited.url("/ws"));
@@ -368,5 +368,5 @@ fn per_user_and_per_ip_limits() {
     assert_eq!(refused_status(&limited.url("/ws"), None), 429);
     drop(one);
     eventually(Duration::from_secs(5), "the address's slot released", || refused_status(&limited.url("/ws"), None) == 101);
-    assert!(limited.metric("ip_limit_rejections") >= 1);
+    assert!(limited.metric("ip_limit_rejections_total") >= 1);
 }

@@ -46,7 +46,7 @@ fn every_error_code_and_the_connection_stays_usable() {
     let e = error_of(&mut c, r#"{"type":"publish","topic":"z","payload":2,"id":12}"#);
     assert_eq!((e["code"].as_str(), e["id"].as_u64()), (Some("rate_limited"), Some(12)));
     assert_eq!(c.request(json!({"type":"ping"}), 13), json!({"type":"pong","id":13}));
-    assert!(server.metric("request_errors") >= 10);
+    assert!(server.metric("request_errors_total") >= 10);
 }
 
 #[test]
@@ -191,7 +191,7 @@ fn random_bytes_after_the_handshake_never_hurt_anyone_else() {
     let mut publisher = server.client();
     publisher.publish("calm", json!("still standing"));
     assert_eq!(bystander.recv()["payload"], "still standing");
-    assert!(server.metric("protocol_errors") > 0);
+    assert!(server.metric("protocol_errors_total") > 0);
 }
 
 #[test]

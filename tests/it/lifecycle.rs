@@ -65,7 +65,7 @@ fn slow_consumer_is_closed_with_1013_while_others_get_everything() {
     };
     assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
     assert!(last.unwrap_or(0) < N - 1, "the stalled client cannot have received everything");
-    assert!(server.metric("slow_consumer_disconnects") >= 1);
+    assert!(server.metric("slow_consumer_disconnects_total") >= 1);
 }
 
 #[test]
@@ -89,8 +89,8 @@ fn drop_oldest_keeps_the_slow_consumer_and_bounds_memory() {
         assert!(last.is_none_or(|l| n > l), "order kept despite drops");
         last = Some(n);
     }
-    assert!(server.metric("dropped_frames") > 0);
-    assert_eq!(server.metric("slow_consumer_disconnects"), 0);
+    assert!(server.metric("dropped_frames_total") > 0);
+    assert_eq!(server.metric("slow_consumer_disconnects_total"), 0);
 }
 
 #[test]

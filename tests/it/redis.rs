@@ -78,7 +78,7 @@ fn ten_thousand_messages_across_nodes_in_order() {
     for r in readers {
         r.join().expect("every message, in order, on node B");
     }
-    assert!(b.metric("redis_received") >= N);
+    assert!(b.metric("redis_received_total") >= N);
 }
 
 #[test]
@@ -114,7 +114,7 @@ fn backends_publish_raw_json_with_any_redis_client() {
     for c in [&mut ca, &mut cb] {
         assert_eq!(c.recv(), json!({"type":"message","topic":"alerts","payload":{"level":"high"}}));
     }
-    assert_eq!(a.metric("redis_bad_messages"), 1);
+    assert_eq!(a.metric("redis_bad_messages_total"), 1);
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn survives_redis_restart_and_resumes_cross_node_delivery() {
 
     redis.restart();
     await_subscribers(&redis, "t", 2);
-    eventually(Duration::from_secs(10), "publisher connection back", || a.metric("redis_connects") >= 4);
+    eventually(Duration::from_secs(10), "publisher connection back", || a.metric("redis_connects_total") >= 4);
     publisher.publish("t", json!(3));
     assert_eq!(sub_a.recv()["payload"], 3);
     // Message 2 was buffered while Redis was down: it reaches B first, or was
@@ -170,7 +170,7 @@ fn starts_without_redis_and_connects_when_it_appears() {
 
     let redis = Redis::start_on(port, None);
     await_subscribers(&redis, "t", 2);
-    eventually(Duration::from_secs(10), "publisher connected", || a.metric("redis_connects") >= 2);
+    eventually(Duration::from_secs(10), "publisher connected", || a.metric("redis_connects_total") >= 2);
     publisher.publish("t", json!("remote"));
     assert_eq!(sub_a.recv()["payload"], "remote");
     loop {
@@ -191,7 +191,7 @@ fn password_and_database_in_the_url() {
     sub.subscribe("t");
     await_subscribers(&redis, "t", 1);
     let mut publisher = a.client();
-    eventually(Duration::from_secs(10), "publisher connected", || a.metric("redis_connects") >= 2);
+    eventually(Duration::from_secs(10), "publisher connected", || a.metric("redis_connects_total") >= 2);
     publisher.publish("t", json!("authenticated"));
     assert_eq!(sub.recv()["payload"], "authenticated");
 
@@ -215,7 +215,7 @@ fn outbound_buffer_is_bounded_while_redis_is_down() {
         publisher.publish("t", json!(n));
     }
     assert_eq!(publisher.request(json!({"type":"ping"}), 1)["type"], "pong");
-    eventually(Duration::from_secs(5), "900 drops counted", || a.metric("redis_dropped") == 900);
+    eventually(Duration::from_secs(5), "900 drops counted", || a.metric("redis_dropped_total") == 900);
 }
 
 #[test]
@@ -225,7 +225,7 @@ fn a_subscribe_ack_means_delivery_from_other_nodes() {
     let b = node(&redis.url(), "");
     let mut subs = b.clients_on_every_shard(2);
     let mut publisher = a.client();
-    eventually(Duration::from_secs(10), "node A's publisher connection", || a.metric("redis_connects") >= 2);
+    eventually(Duration::from_secs(10), "node A's publisher connection", || a.metric("redis_connects_total") >= 2);
     eventually(Duration::from_secs(10), "node B's subscriber connection", || b.metric("redis_connected") >= 1);
     // No waiting for PUBSUB: the ack itself is the promise. Fresh topics, so
     // every subscribe is a new SUBSCRIBE, from the bridge shard and the other.

@@ -187,7 +187,7 @@ fn payloads_cross_encodings_byte_for_byte_and_each_encoding_is_built_once() {
         c.ws.send(Ws::binary(subscribe_frame("t"))).unwrap();
         assert_eq!(recv_fb(c), Event_::Ack(Some(1)));
     }
-    let (json_before, fb_before) = (server.metric("encodings_json"), server.metric("encodings_flatbuffers"));
+    let (json_before, fb_before) = (server.metric("encodings_json_total"), server.metric("encodings_flatbuffers_total"));
     // JSON -> FlatBuffers: the payload's JSON text, byte for byte (whitespace included).
     let mut json_pub = server.client();
     json_pub.send(json!({"type":"publish","topic":"t","payload":"PLACEHOLDER"}));
@@ -208,8 +208,8 @@ fn payloads_cross_encodings_byte_for_byte_and_each_encoding_is_built_once() {
         }
     }
     // Two messages, four FlatBuffers subscribers on two shards: two FlatBuffers encodings.
-    assert_eq!(server.metric("encodings_flatbuffers") - fb_before, 2, "each message encoded once for FlatBuffers");
-    assert_eq!(server.metric("encodings_json") - json_before, 2, "and once for JSON");
+    assert_eq!(server.metric("encodings_flatbuffers_total") - fb_before, 2, "each message encoded once for FlatBuffers");
+    assert_eq!(server.metric("encodings_json_total") - json_before, 2, "and once for JSON");
     // FlatBuffers -> JSON: valid JSON embedded verbatim, anything else as payload_base64.
     let mut fb_pub = Fb::connect(&server, None);
     fb_pub.publish(None, "t", br#"{"b":2}"#);
@@ -291,9 +291,9 @@ fn a_real_deflate_client_negotiates_and_each_message_is_compressed_once_per_node
     assert_eq!(r["received"], json!([[true, true], [true, true], [true, true], [true, true]]), "{r}");
     // The large message, once for four subscribers on two shards; the small one
     // (under min_bytes) not at all. The client's own compressed publish was inflated.
-    assert_eq!(server.metric("compressions"), 1);
-    assert!(server.metric("compression_bytes_out") * 10 < server.metric("compression_bytes_in"));
-    assert!(server.metric("inflations") >= 1);
+    assert_eq!(server.metric("compressions_total"), 1);
+    assert!(server.metric("compression_output_bytes_total") * 10 < server.metric("compression_input_bytes_total"));
+    assert!(server.metric("inflations_total") >= 1);
 }
 
 const DEFLATE_OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
