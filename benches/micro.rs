@@ -27,10 +27,10 @@ const PUBLISH: &[u8] = br#"{"type":"publish","topic":"news","payload":{"s":12345
 const PAYLOAD: &[u8] = br#"{"s":12345,"p":0,"t":987654321,"x":"xxxxxxxxxxxxxxxxxx"}"#;
 
 fn shard(shards: usize) -> (Shard, Vec<bus::Inbox>) {
-    let config = Config::from_toml("[queue]\nmax_messages = 1000000\nmax_bytes = 4294967296\n", &Overrides { listen: None, shards: Some(shards as u64) }).unwrap();
+    let config = Config::from_toml("[queue]\nmax_messages = 1000000\nmax_bytes = 4294967296\n", &Overrides { listen: None, shards: Some(shards as u64), ..Default::default() }).unwrap();
     let (mailboxes, inboxes) = bus::build(shards, 1 << 16).unwrap();
     let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
-    (Shard::new(0, Arc::new(config), mailboxes, stats, Arc::new(AtomicUsize::new(0)), Default::default()), inboxes)
+    (Shard::new(0, Arc::new(config), mailboxes, stats, Arc::new(AtomicUsize::new(0)), Default::default(), None), inboxes)
 }
 
 fn codec(c: &mut Criterion) {

@@ -34,6 +34,7 @@
 //! Each receiving shard queues the same `Bytes` to its own subscribers.
 //! See `docs/architecture.md`.
 
+pub mod admin;
 pub mod auth;
 pub mod bridge;
 pub mod bus;

@@ -31,7 +31,7 @@ pub const LATENCY_BOUNDS_US: [u64; 19] = [
 ];
 
 /// A latency histogram with one writer (the owning shard) and any number of
-/// readers. Buckets are not cumulative here; the page makes them so.
+/// readers. Buckets are not cumulative; the encoder makes them so.
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// One per bound, plus one for "above the last bound".
@@ -53,17 +53,18 @@ impl Histogram {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
-    /// Cumulative `(upper bound in seconds, count)` pairs, the sum in
-    /// seconds, and the count.
+    /// Per-bucket `(upper bound in seconds, count)` pairs (not cumulative),
+    /// the sum in seconds, and the count.
     fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
-        let mut cumulative = 0;
+        let mut count = 0;
         let mut buckets = Vec::with_capacity(self.buckets.len());
         for (i, bucket) in self.buckets.iter().enumerate() {
-            cumulative += bucket.load(Ordering::Relaxed);
+            let n = bucket.load(Ordering::Relaxed);
+            count += n;
             let bound = LATENCY_BOUNDS_US.get(i).map_or(f64::INFINITY, |&us| us as f64 / 1e6);
-            buckets.push((bound, cumulative));
+            buckets.push((bound, n));
         }
-        (buckets, self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, cumulative)
+        (buckets, self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, count)
     }
 }
 
@@ -212,7 +213,9 @@ mod tests {
         assert!(page.contains("shardcast_publishes_total{shard=\"1\"} 3\n"), "{page}");
         assert!(page.contains("shardcast_connections{shard=\"0\"} 2\n"), "{page}");
         assert!(page.contains("shardcast_compression_input_bytes_total{shard=\"0\"} 0\n"), "{page}");
-        assert!(page.contains("shardcast_write_delay_seconds_bucket{le=\"2.5e-5\",shard=\"1\"} 0\n") || page.contains("shardcast_write_delay_seconds_bucket{shard=\"1\",le=\"2.5e-5\"} 0\n"), "{page}");
+        assert!(page.contains("shardcast_write_delay_seconds_bucket{le=\"0.000025\",shard=\"1\"} 0\n"), "{page}");
+        assert!(page.contains("shardcast_write_delay_seconds_bucket{le=\"0.00005\",shard=\"1\"} 1\n"), "{page}");
+        assert!(page.contains("shardcast_write_delay_seconds_bucket{le=\"+Inf\",shard=\"1\"} 2\n"), "{page}");
         assert!(page.contains("shardcast_write_delay_seconds_count{shard=\"1\"} 2\n"), "{page}");
         assert!(page.ends_with("# EOF\n"));
     }
@@ -226,9 +229,9 @@ mod tests {
         let (buckets, sum, count) = h.snapshot();
         assert_eq!(count, 3);
         assert_eq!(buckets[0], (10e-6, 1), "le is inclusive");
-        assert_eq!(buckets[1].1, 2);
-        assert_eq!(buckets[LATENCY_BOUNDS_US.len() - 1].1, 2);
-        assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, 3));
+        assert_eq!(buckets[1].1, 1);
+        assert_eq!(buckets[LATENCY_BOUNDS_US.len() - 1].1, 0);
+        assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, 1));
         assert!((sum - 11.000021).abs() < 1e-9);
     }
 }

@@ -15,6 +15,7 @@ use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
+use crate::admin;
 use crate::auth::Admission;
 use crate::bus::{self, ControlMsg};
 use crate::config::Config;
@@ -30,6 +31,8 @@ pub enum RuntimeError {
     Bus(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start the admin plane: {0}")]
+    Admin(std::io::Error),
     #[error("cannot start shard {shard}: {reason}")]
     Shard { shard: usize, reason: String },
 }
@@ -110,6 +113,13 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     check_host_limits(&config);
     let (addr, sockets) = bind_all(config.server.listen, shards, config.server.backlog)?;
     let (mailboxes, inboxes) = bus::build(shards, config.bus.capacity).map_err(RuntimeError::Bus)?;
+    let admin_bound = admin::bind(&config).map_err(|source| RuntimeError::Bind {
+        addr: config.admin.as_ref().expect("bind fails only when configured").listen,
+        source,
+    })?;
+    // Other nodes' announcements: bridge shard -> admin thread.
+    let (announce_tx, announce_rx) = tokio::sync::mpsc::channel(admin::announcement_queue(&config));
+    let bridge_shard = config.redis.as_ref().map(|r| r.bridge_shard);
     let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
     let node_connections = Arc::new(AtomicUsize::new(0));
     let admission = Arc::new(Admission::new(config.limits.max_connections_per_user, config.limits.max_connections_per_ip));
@@ -132,6 +142,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             stats: stats.clone(),
             node_connections: node_connections.clone(),
             admission: admission.clone(),
+            announcements: (admin_bound.is_some() && bridge_shard == Some(index)).then(|| announce_tx.clone()),
         };
         let ready = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(placement)
@@ -146,10 +157,23 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     for _ in 0..shards {
         ready_rx.recv().map_err(|_| RuntimeError::Shard { shard: 0, reason: "a shard exited during start-up".into() })?;
     }
+    drop(announce_tx);
+    let admin_addr = match admin_bound {
+        Some(bound) => {
+            let addr = bound.addr;
+            let wiring = admin::Wiring { mailboxes: mailboxes.clone(), stats: stats.clone(), admission: admission.clone(), announcements: announce_rx };
+            admin::spawn(config.clone(), bound, wiring).map_err(RuntimeError::Admin)?;
+            Some(addr)
+        }
+        None => None,
+    };
     info!(shards, node = %config.server.node_id, "accepting connections");
     let mut stdout = std::io::stdout().lock();
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let _ = writeln!(stdout, "listening on {scheme}://{addr}");
+    if let Some(admin) = admin_addr {
+        let _ = writeln!(stdout, "admin listening on http://{admin}");
+    }
     let _ = stdout.flush();
     drop(stdout);
 

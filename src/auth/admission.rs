@@ -107,19 +107,21 @@ impl Admission {
     pub fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         const BUCKETS: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
         let mut counts = [0u64; BUCKETS.len()];
-        let (mut users, mut connections) = (0u64, 0u64);
+        let (mut users, mut connections, mut above) = (0u64, 0u64, 0u64);
         for entry in self.users.iter() {
             let n = *entry.value();
             users += 1;
             connections += u64::from(n);
-            for (bucket, le) in counts.iter_mut().zip(BUCKETS) {
-                *bucket += u64::from(n <= le);
+            // One bucket per user (the encoder makes them cumulative).
+            match BUCKETS.iter().position(|&le| n <= le) {
+                Some(i) => counts[i] += 1,
+                None => above += 1,
             }
         }
         let help = "Distinct authenticated users with a connection on this node.";
         encoder.encode_descriptor("users", help, None, MetricType::Gauge)?.encode_gauge(&users)?;
         let mut buckets: Vec<(f64, u64)> = counts.iter().zip(BUCKETS).map(|(&count, le)| (f64::from(le), count)).collect();
-        buckets.push((f64::INFINITY, users));
+        buckets.push((f64::INFINITY, above));
         let help = "Open connections per authenticated user on this node.";
         encoder
             .encode_descriptor("connections_per_user", help, None, MetricType::Histogram)?

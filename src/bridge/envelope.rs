@@ -19,6 +19,9 @@ pub enum Incoming<'a> {
     Node { origin: &'a str, payload: &'a [u8], sender: Option<&'a str>, json: bool },
     /// Published by another Redis client: the bytes are the JSON payload.
     External { payload: &'a [u8] },
+    /// A shardcast node's admin API asks every node to close the
+    /// connections of the channel's user with `code` and `reason`.
+    Disconnect { origin: &'a str, code: u16, reason: &'a str },
 }
 
 /// Why a message from Redis was refused.
@@ -28,6 +31,9 @@ pub enum BadMessage {
     Undecodable,
     /// An envelope flagged JSON whose payload is not a JSON value.
     PayloadNotJson,
+    /// A disconnect with a code outside 4000-4999 or a reason that is not
+    /// UTF-8 of at most 123 bytes.
+    BadDisconnect,
 }
 
 /// Encodes one envelope into `builder` (reset first) and returns its bytes.
@@ -44,17 +50,22 @@ pub fn encode<'b>(
     let topic = builder.create_string(topic);
     let payload = builder.create_vector(payload);
     let user = sender.map(|s| builder.create_string(s));
-    let env = Envelope::create(
-        builder,
-        &EnvelopeArgs {
-            origin: Some(origin),
-            topic: Some(topic),
-            payload: Some(payload),
-            flags: if json { Flags::Json } else { Flags::empty() },
-            seq: 0,
-            user,
-        },
-    );
+    let flags = if json { Flags::Json } else { Flags::empty() };
+    let args = EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags, seq: 0, user, code: 0 };
+    let env = Envelope::create(builder, &args);
+    generated::shardcast::bridge::finish_envelope_buffer(builder, env);
+    builder.finished_data()
+}
+
+/// Encodes a disconnect order for the connections of the user of `topic`
+/// (`$user:<id>`) into `builder` (reset first) and returns its bytes.
+pub fn encode_disconnect<'b>(builder: &'b mut FlatBufferBuilder<'static>, origin: &str, topic: &str, code: u16, reason: &str) -> &'b [u8] {
+    builder.reset();
+    let origin = builder.create_string(origin);
+    let topic = builder.create_string(topic);
+    let payload = builder.create_vector(reason.as_bytes());
+    let args = EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags: Flags::Disconnect, seq: 0, user: None, code };
+    let env = Envelope::create(builder, &args);
     generated::shardcast::bridge::finish_envelope_buffer(builder, env);
     builder.finished_data()
 }
@@ -68,6 +79,13 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming<'_>, BadMessage> {
     if bytes.len() >= 8 && generated::shardcast::bridge::envelope_buffer_has_identifier(bytes) {
         if let Ok(env) = generated::shardcast::bridge::root_as_envelope(bytes) {
             let payload = env.payload().bytes();
+            if env.flags().contains(Flags::Disconnect) {
+                let reason = std::str::from_utf8(payload).map_err(|_| BadMessage::BadDisconnect)?;
+                if !(4000..=4999).contains(&env.code()) || reason.len() > crate::protocol::close::MAX_REASON_BYTES {
+                    return Err(BadMessage::BadDisconnect);
+                }
+                return Ok(Incoming::Disconnect { origin: env.origin(), code: env.code(), reason });
+            }
             let json = env.flags().contains(Flags::Json);
             if json && !is_json(payload) {
                 return Err(BadMessage::PayloadNotJson);
@@ -95,6 +113,18 @@ mod tests {
         assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"2", sender: Some("alice"), json: true }));
         let bytes = encode(&mut b, "node-a", "bin", b"\x00\xff", false, None).to_vec();
         assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"\x00\xff", sender: None, json: false }));
+    }
+
+    #[test]
+    fn disconnects_round_trip_and_are_checked() {
+        let mut b = FlatBufferBuilder::new();
+        let bytes = encode_disconnect(&mut b, "node-a", "$user:bob", 4010, "banned").to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Disconnect { origin: "node-a", code: 4010, reason: "banned" }));
+        let bad_code = encode_disconnect(&mut b, "n", "$user:bob", 1000, "").to_vec();
+        assert_eq!(decode(&bad_code), Err(BadMessage::BadDisconnect));
+        let long = "x".repeat(124);
+        let bad_reason = encode_disconnect(&mut b, "n", "$user:bob", 4000, &long).to_vec();
+        assert_eq!(decode(&bad_reason), Err(BadMessage::BadDisconnect));
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //!
 //! Both reconnect with exponential backoff; the subscriber re-subscribes
 //! everything on reconnect. Delivery across nodes is at most once.
+//!
+//! Besides messages, the same connections carry the admin plane's traffic
+//! between nodes: disconnect orders on a user's channel (only nodes with
+//! that user's connections are subscribed to it), and each node's periodic
+//! summary on the `$nodes` channel, handed to the admin thread.
 
 pub mod envelope;
 mod resp;
@@ -31,6 +36,7 @@ use glommio::timer::sleep;
 use redis::Value;
 use tracing::{debug, info, warn};
 
+use crate::clock::Stamp;
 use crate::config::RedisConfig;
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
@@ -43,6 +49,10 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Channels per SUBSCRIBE command when re-subscribing after a reconnect.
 const SUBSCRIBE_CHUNK: usize = 1000;
+
+/// The channel (after `[redis] channel_prefix`) on which nodes announce
+/// themselves to each other's admin plane. `$`: no client topic can clash.
+pub const NODES_CHANNEL: &str = "$nodes";
 
 /// The bridge shard's Redis state. Touched only by the bridge shard.
 pub struct Bridge {
@@ -61,6 +71,9 @@ pub struct Bridge {
     outbound: RefCell<VecDeque<Vec<u8>>>,
     outbound_ready: Notify,
     subscribed_connected: Cell<bool>,
+    publisher_connected: Cell<bool>,
+    /// Other nodes' announcements, to the admin thread (bounded; dropped when full).
+    announcements: Option<tokio::sync::mpsc::Sender<Bytes>>,
     /// Interest acknowledgements held back until Redis confirms the topic's
     /// SUBSCRIBE, so that a subscribe ack means delivery from every node.
     /// Released on confirmation or when the connection drops; bounded by the
@@ -78,7 +91,7 @@ pub struct InterestAck {
 }
 
 impl Bridge {
-    pub fn new(config: RedisConfig, node_id: String) -> Bridge {
+    pub fn new(config: RedisConfig, node_id: String, announcements: Option<tokio::sync::mpsc::Sender<Bytes>>) -> Bridge {
         Bridge {
             config,
             node_id,
@@ -88,6 +101,8 @@ impl Bridge {
             outbound: RefCell::default(),
             outbound_ready: Notify::default(),
             subscribed_connected: Cell::new(false),
+            publisher_connected: Cell::new(false),
+            announcements,
             confirmations: RefCell::default(),
             builder: RefCell::new(FlatBufferBuilder::with_capacity(1024)),
         }
@@ -149,12 +164,42 @@ impl Bridge {
         let envelope = envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, msg.sender());
         let command = redis::cmd("PUBLISH").arg(self.channel(&msg.topic)).arg(envelope).get_packed_command();
         drop(builder);
+        self.push_command(command, stats);
+    }
+
+    /// Queues an order for the other nodes to close `user`'s connections.
+    pub fn enqueue_disconnect(&self, user: &str, code: u16, reason: &str, stats: &ShardStats) {
+        let topic = crate::topic::user_topic(user);
+        let mut builder = self.builder.borrow_mut();
+        let envelope = envelope::encode_disconnect(&mut builder, &self.node_id, &topic, code, reason);
+        let command = redis::cmd("PUBLISH").arg(self.channel(&topic)).arg(envelope).get_packed_command();
+        drop(builder);
+        self.push_command(command, stats);
+    }
+
+    /// Queues this node's summary for the other nodes' admin planes.
+    pub fn enqueue_announcement(&self, summary: &[u8], stats: &ShardStats) {
+        let command = redis::cmd("PUBLISH").arg(self.channel(NODES_CHANNEL)).arg(summary).get_packed_command();
+        self.push_command(command, stats);
+    }
+
+    /// Whether the publisher and subscriber connections are up.
+    pub fn report(&self) -> crate::bus::admin::RedisReport {
+        crate::bus::admin::RedisReport {
+            subscriber_connected: self.subscribed_connected.get(),
+            publisher_connected: self.publisher_connected.get(),
+            channels: self.wanted.borrow().len() + 1,
+        }
+    }
+
+    fn push_command(&self, command: Vec<u8>, stats: &ShardStats) {
         let mut outbound = self.outbound.borrow_mut();
         if outbound.len() >= self.config.buffer_messages {
             outbound.pop_front();
             ShardStats::add(&stats.redis_dropped, 1);
         }
         outbound.push_back(command);
+        ShardStats::set(&stats.redis_buffered, outbound.len() as u64);
         drop(outbound);
         self.outbound_ready.raise();
     }
@@ -195,9 +240,16 @@ async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, role: Role) {
                 backoff = cfg.reconnect_min;
                 warned = false;
                 let result = match role {
-                    Role::Publisher => run_publisher(&shard, &bridge, stream).await,
+                    Role::Publisher => {
+                        bridge.publisher_connected.set(true);
+                        let result = run_publisher(&shard, &bridge, stream).await;
+                        bridge.publisher_connected.set(false);
+                        ShardStats::set(&shard.stats().redis_pipeline_depth, 0);
+                        result
+                    }
                     Role::Subscriber => run_subscriber(&shard, &bridge, stream).await,
                 };
+                ShardStats::add(&shard.stats().redis_reconnects, 1);
                 if role == Role::Subscriber {
                     bridge.subscribed_connected.set(false);
                     ShardStats::sub(&shard.stats().redis_connected, 1);
@@ -242,9 +294,11 @@ async fn run_publisher(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) ->
                 for command in outbound.drain(..n) {
                     packed.extend_from_slice(&command);
                 }
+                ShardStats::set(&stats.redis_buffered, outbound.len() as u64);
                 n
             };
             in_flight.push_back(n);
+            ShardStats::set(&stats.redis_pipeline_depth, in_flight.len() as u64);
             if let Err(e) = stream.write_all(&packed).await {
                 ShardStats::add(&stats.redis_dropped, in_flight.iter().sum::<usize>() as u64);
                 return Err(e.into());
@@ -273,6 +327,7 @@ async fn run_publisher(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) ->
             *head -= 1;
             if *head == 0 {
                 in_flight.pop_front();
+                ShardStats::set(&stats.redis_pipeline_depth, in_flight.len() as u64);
             }
         }
     }
@@ -287,7 +342,8 @@ async fn run_subscriber(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) -
     bridge.changes.borrow_mut().clear();
     bridge.subscribed_connected.set(true);
     ShardStats::add(&shard.stats().redis_connected, 1);
-    let wanted: Vec<Rc<str>> = bridge.wanted.borrow().iter().cloned().collect();
+    let mut wanted: Vec<Rc<str>> = bridge.wanted.borrow().iter().cloned().collect();
+    wanted.push(Rc::from(NODES_CHANNEL));
     for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
         let mut cmd = redis::cmd("SUBSCRIBE");
         for topic in chunk {
@@ -342,6 +398,14 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
     }
     let limits = &shard.config.limits;
     let topic = std::str::from_utf8(channel).ok().and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()));
+    if topic == Some(NODES_CHANNEL) {
+        // Checked by the admin thread; a full queue there drops it (the
+        // next announcement comes within an interval).
+        if let Some(tx) = &bridge.announcements {
+            let _ = tx.try_send(Bytes::copy_from_slice(data));
+        }
+        return;
+    }
     // A user's direct messages, or a client topic.
     let recipient = topic.and_then(|t| t.strip_prefix(crate::topic::USER_PREFIX));
     let valid = match (topic, recipient) {
@@ -356,6 +420,14 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
     let (payload, sender, json) = match envelope::decode(data) {
         Ok(envelope::Incoming::Node { origin, .. }) if origin == bridge.node_id => return,
         Ok(envelope::Incoming::Node { payload, sender, json, .. }) => (payload, sender, json),
+        Ok(envelope::Incoming::Disconnect { origin, .. }) if origin == bridge.node_id => return,
+        Ok(envelope::Incoming::Disconnect { code, reason, .. }) => {
+            match recipient {
+                Some(user) => shard.disconnect_user_everywhere(user, code, reason),
+                None => ShardStats::add(&stats.redis_bad_messages, 1),
+            }
+            return;
+        }
         Ok(envelope::Incoming::External { payload }) => (payload, None, true),
         Err(bad) => {
             ShardStats::add(&stats.redis_bad_messages, 1);
@@ -372,7 +444,7 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
         Some(_) => Kind::Direct { from: sender.map(Arc::from) },
         None => Kind::Message,
     };
-    let msg = Outgoing::remote(topic, kind, Bytes::copy_from_slice(payload), json, crate::clock::Stamp::now());
+    let msg = Outgoing::remote(topic, kind, Bytes::copy_from_slice(payload), json, Stamp::now());
     if let Err(mut pending) = shard.fan_out_remote(msg) {
         // Backpressure: stop reading Redis until every shard took it.
         while !shard.retry_publish(&mut pending) {
@@ -387,7 +459,7 @@ mod tests {
 
     fn bridge() -> Bridge {
         let config = crate::config::Config::from_toml("[redis]\nurl = \"redis://127.0.0.1:1\"", &Default::default()).unwrap();
-        Bridge::new(config.redis.unwrap(), "node".into())
+        Bridge::new(config.redis.unwrap(), "node".into(), None)
     }
 
     #[test]

@@ -66,6 +66,11 @@ impl InterestMap {
         }
     }
 
+    /// Every topic some other shard has subscribers of.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.topics.keys().map(|t| &**t)
+    }
+
     /// Shards interested in `topic`; empty when none.
     pub fn shards(&self, topic: &str) -> ShardSet {
         self.topics.get(topic).copied().unwrap_or_default()

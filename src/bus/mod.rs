@@ -4,7 +4,9 @@
 //! - `data`, bounded by `[bus] capacity`, carries publishes. A full data
 //!   channel is backpressure: the publishing connection stops being read
 //!   until there is room, so the pressure reaches the publisher through TCP.
-//! - `control` carries interest changes, their acknowledgements and shutdown.
+//! - `control` carries interest changes, their acknowledgements, admin-plane
+//!   calls (bounded by `[admin] max_pending` and one call per API request
+//!   per shard, each awaited by the admin thread) and shutdown.
 //!   It is unbounded in type but bounded by construction: a connection has at
 //!   most one unacknowledged subscribe in flight (it is not read while it
 //!   waits), so a shard's control backlog is at most about three messages per
@@ -14,6 +16,7 @@
 //! [`Doorbell`] (one byte on a socketpair) only when the shard said it is
 //! about to sleep, so a busy shard costs no syscall per message.
 
+pub mod admin;
 pub mod interest;
 
 use std::io::Write;
@@ -47,6 +50,8 @@ pub enum ControlMsg {
     Interest { topic: Arc<str>, from: usize, on: bool, token: Option<u64> },
     /// The interest change with this token is applied on the sending shard.
     InterestApplied { token: u64 },
+    /// A request from the admin plane (answered on its own reply channel).
+    Admin(admin::AdminCall),
     /// Stop accepting, close every client with 1001, drain, exit.
     Shutdown,
 }

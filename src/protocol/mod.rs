@@ -194,4 +194,8 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4002;
     /// The user already has `[limits] max_connections_per_user` connections on this node.
     pub const TOO_MANY_CONNECTIONS_FOR_USER: u16 = 4008;
+    /// The admin API's disconnect, when it names no code of its own (4000-4999).
+    pub const DISCONNECTED_BY_SERVER: u16 = 4010;
+    /// The longest close reason a close frame can carry, in bytes.
+    pub const MAX_REASON_BYTES: usize = 123;
 }

@@ -4,6 +4,7 @@
 //! Everything in [`Shard`] is `!Send` and touched only by its own executor.
 //! Other shards reach it only through its [`Inbox`].
 
+mod admin;
 pub mod deadline;
 pub mod tasks;
 
@@ -93,6 +94,9 @@ pub struct Shard {
     /// TLS termination for this shard's listener (`[tls]`); `None`: plain.
     pub tls: Option<futures_rustls::TlsAcceptor>,
     pending_interest: RefCell<HashMap<u64, PendingInterest>>,
+    /// API publishes waiting for their turn ([`admin::api_publish_loop`]).
+    api_queue: RefCell<admin::ApiQueue>,
+    api_ready: Notify,
     /// The Redis bridge, on the bridge shard only.
     pub bridge: Option<Rc<Bridge>>,
     /// The bridge shard's index when Redis is configured.
@@ -110,6 +114,7 @@ impl Shard {
         all_stats: Arc<[ShardStats]>,
         node_connections: Arc<AtomicUsize>,
         admission: Arc<Admission>,
+        announcements: Option<tokio::sync::mpsc::Sender<Bytes>>,
     ) -> Shard {
         let scratch = vec![0; config.server.read_buffer_bytes];
         let write_scratch = Vec::with_capacity(config.server.write_buffer_bytes);
@@ -120,7 +125,7 @@ impl Shard {
             .redis
             .as_ref()
             .filter(|r| r.bridge_shard == index)
-            .map(|r| Rc::new(Bridge::new(r.clone(), config.server.node_id.clone())));
+            .map(|r| Rc::new(Bridge::new(r.clone(), config.server.node_id.clone(), announcements)));
         Shard {
             index,
             config,
@@ -140,6 +145,8 @@ impl Shard {
             decompressor: RefCell::default(),
             tls,
             pending_interest: RefCell::default(),
+            api_queue: RefCell::default(),
+            api_ready: Notify::default(),
             bridge,
             bridge_shard,
             next_conn: Cell::new(0),
@@ -393,6 +400,7 @@ impl Shard {
                 }
             }
             ControlMsg::InterestApplied { token } => self.interest_acked(InterestAck { shard: self.index, token }),
+            ControlMsg::Admin(call) => self.on_admin(call),
             ControlMsg::Shutdown => unreachable!("handled by the bus loop"),
         }
     }

@@ -21,6 +21,9 @@ use crate::protocol::close;
 /// the shard's connections.
 const BUS_BATCH: usize = 1024;
 
+/// Pause before retrying a publish whose destination shard's channel is full.
+pub(super) const BUS_RETRY: Duration = Duration::from_micros(200);
+
 /// How often a shard logs that accept() keeps failing (e.g. EMFILE).
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -37,18 +40,21 @@ pub struct ShardInit {
     pub stats: Arc<[ShardStats]>,
     pub node_connections: Arc<AtomicUsize>,
     pub admission: Arc<crate::auth::Admission>,
+    /// Where the bridge shard hands other nodes' announcements to the admin thread.
+    pub announcements: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
 }
 
 /// The shard's whole life, run inside its pinned executor. `ready` is called
 /// once it accepts connections.
 pub async fn run(init: ShardInit, ready: impl FnOnce()) {
-    let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections, admission } = init;
-    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission));
+    let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections, admission, announcements } = init;
+    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission, announcements));
     // SAFETY: the fd is a bound, listening TCP socket whose ownership moves here.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let accept = spawn_local(accept_loop(shard.clone(), listener)).detach();
     let sweeper = spawn_local(sweep_loop(shard.clone())).detach();
     let deadlines = spawn_local(deadline_loop(shard.clone())).detach();
+    let api = spawn_local(super::admin::api_publish_loop(shard.clone())).detach();
     let bridge = shard.bridge.clone().map(|b| crate::bridge::spawn(shard.clone(), b)).unwrap_or_default();
     ready();
     bus_loop(&shard, inbox).await;
@@ -56,6 +62,7 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
     drain(&shard).await;
     sweeper.cancel();
     deadlines.cancel();
+    api.cancel();
     for task in bridge {
         task.cancel();
     }

@@ -44,6 +44,14 @@ pub struct Subscribed {
 #[derive(Debug, Default)]
 pub struct Registry {
     topics: HashMap<Rc<str>, TopicEntry, ahash::RandomState>,
+    /// Client topics (not the server's own `$` topics) and their
+    /// subscriptions, kept as counts for the admin plane's reports.
+    client_topics: usize,
+    client_subscriptions: usize,
+}
+
+fn is_client_topic(topic: &str) -> bool {
+    !topic.starts_with(super::RESERVED_PREFIX)
 }
 
 impl Registry {
@@ -53,6 +61,7 @@ impl Registry {
             let added = entry.subscribers.insert(peer.id, peer.clone()).is_none();
             if added {
                 entry.other_wires += other_wire;
+                self.client_subscriptions += usize::from(is_client_topic(topic));
             }
             return Subscribed { name: entry.name.clone(), added, first: false };
         }
@@ -60,6 +69,9 @@ impl Registry {
         let mut subscribers = Subscribers::default();
         subscribers.insert(peer.id, peer.clone());
         let entry = TopicEntry { name: name.clone(), subscribers, pending_interest: None, other_wires: other_wire };
+        let client = usize::from(is_client_topic(topic));
+        self.client_topics += client;
+        self.client_subscriptions += client;
         self.topics.insert(name.clone(), entry);
         Subscribed { name, added: true, first: true }
     }
@@ -73,8 +85,11 @@ impl Registry {
             entry.other_wires -= 1;
         }
         let last = entry.subscribers.is_empty();
+        let client = usize::from(is_client_topic(topic));
+        self.client_subscriptions -= client;
         if last {
             self.topics.remove(topic);
+            self.client_topics -= client;
         }
         Some(last)
     }
@@ -89,5 +104,20 @@ impl Registry {
 
     pub fn topic_count(&self) -> usize {
         self.topics.len()
+    }
+
+    /// Client topics with a subscriber here (the server's `$` topics aside).
+    pub fn client_topics(&self) -> usize {
+        self.client_topics
+    }
+
+    /// Subscriptions to client topics here.
+    pub fn client_subscriptions(&self) -> usize {
+        self.client_subscriptions
+    }
+
+    /// Every topic with its local subscriber count, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.topics.iter().map(|(name, entry)| (&**name, entry.subscribers.len()))
     }
 }

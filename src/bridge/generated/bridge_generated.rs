@@ -13,10 +13,14 @@ pub mod bridge {
 #[allow(non_upper_case_globals)]
 mod bitflags_flags {
   ::flatbuffers::bitflags::bitflags! {
-    /// Flag bit: the payload is a JSON value (protocol v1). The only kind today.
     #[derive(Default, Debug, Clone, Copy, PartialEq)]
     pub struct Flags: u32 {
+      /// The payload is a JSON value (protocol v1).
       const Json = 1;
+      /// Not a message: close every connection of the user of `topic`
+      /// ("$user:<id>") with close code `code`; the payload is the close reason
+      /// (UTF-8, at most 123 bytes). Sent by the admin API's disconnect.
+      const Disconnect = 2;
     }
   }
 }
@@ -85,6 +89,7 @@ impl<'a> Envelope<'a> {
   pub const VT_FLAGS: ::flatbuffers::VOffsetT = 10;
   pub const VT_SEQ: ::flatbuffers::VOffsetT = 12;
   pub const VT_USER: ::flatbuffers::VOffsetT = 14;
+  pub const VT_CODE: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -102,6 +107,7 @@ impl<'a> Envelope<'a> {
     if let Some(x) = args.payload { builder.add_payload(x); }
     if let Some(x) = args.topic { builder.add_topic(x); }
     if let Some(x) = args.origin { builder.add_origin(x); }
+    builder.add_code(args.code);
     builder.finish()
   }
 
@@ -154,6 +160,14 @@ impl<'a> Envelope<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Envelope::VT_USER, None)}
   }
+  /// A disconnect's close code (4000-4999); 0 on messages.
+  #[inline]
+  pub fn code(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Envelope::VT_CODE, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -168,6 +182,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
      .visit_field::<Flags>("flags", Self::VT_FLAGS, false)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<u16>("code", Self::VT_CODE, false)?
      .finish();
     Ok(())
   }
@@ -179,6 +194,7 @@ pub struct EnvelopeArgs<'a> {
     pub flags: Flags,
     pub seq: u64,
     pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub code: u16,
 }
 impl<'a> Default for EnvelopeArgs<'a> {
   #[inline]
@@ -190,6 +206,7 @@ impl<'a> Default for EnvelopeArgs<'a> {
       flags: Flags::Json,
       seq: 0,
       user: None,
+      code: 0,
     }
   }
 }
@@ -224,6 +241,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EnvelopeBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Envelope::VT_USER, user);
   }
   #[inline]
+  pub fn add_code(&mut self, code: u16) {
+    self.fbb_.push_slot::<u16>(Envelope::VT_CODE, code, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EnvelopeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     EnvelopeBuilder {
@@ -250,6 +271,7 @@ impl ::core::fmt::Debug for Envelope<'_> {
       ds.field("flags", &self.flags());
       ds.field("seq", &self.seq());
       ds.field("user", &self.user());
+      ds.field("code", &self.code());
       ds.finish()
   }
 }
