@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with a Rust toolchain:
-# installs what the tests need (redis-server, flatc, Python websockets) when missing, checks the
+# installs what the tests need (redis-server, flatc, Python websockets, chromium, playwright-core)
+# when missing, checks the
 # committed FlatBuffers code matches schemas/, then runs every test.
 #
 #   bash tests/run.sh          # everything
@@ -35,6 +36,17 @@ if ! python3 -c 'import websockets' 2>/dev/null; then
     echo "tests/run.sh: installing the Python websockets client (PyPI)"
     python3 -m pip install -q --disable-pip-version-check websockets \
         || python3 -m pip install -q --disable-pip-version-check --break-system-packages websockets
+fi
+
+# The dashboard's browser test: Debian's Chromium, driven by playwright-core (tests/browser/).
+if ! [ -x /usr/bin/chromium ]; then
+    echo "tests/run.sh: installing chromium (Debian)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+fi
+if ! [ -d tests/browser/node_modules/playwright-core ]; then
+    echo "tests/run.sh: installing playwright-core (npm ci in tests/browser)"
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 # Each schema and where its generated Rust code is committed.

@@ -351,10 +351,19 @@ pub async fn info(State(state): State<Arc<AdminState>>) -> Result<Json<Value>, A
     })))
 }
 
-/// `GET /api/history`: the last five minutes of this node, one sample a second.
-pub async fn history(State(state): State<Arc<AdminState>>) -> Json<Value> {
+/// `GET /api/history[?since=<unix ms>]`: the last five minutes of this
+/// node, one sample a second; with `since`, only the newer samples.
+pub async fn history(State(state): State<Arc<AdminState>>, RawQuery(query): RawQuery) -> Result<Json<Value>, ApiError> {
+    let mut since = 0u64;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "since" => since = value.parse().map_err(|_| ApiError::field("since", "bad_request", "a Unix time in milliseconds"))?,
+            other => return Err(ApiError::field(other, "bad_request", "unknown parameter (since is known)")),
+        }
+    }
     let history = state.history.lock().expect("admin state lock");
-    Json(json!({ "interval_ms": 1000, "samples": history.samples }))
+    let samples: Vec<_> = history.samples.iter().filter(|s| s.t > since).collect();
+    Ok(Json(json!({ "interval_ms": 1000, "samples": samples })))
 }
 
 /// Largest `limit` of `/api/topics`.

@@ -96,10 +96,10 @@ impl Shard {
     }
 
     /// Closes every connection of `user` on this shard, after what is queued
-    /// for them. Returns how many.
+    /// for them. Returns how many (connections already closing aside).
     pub fn disconnect_user(&self, user: &str, code: u16, reason: &str) -> usize {
         let peers: Vec<_> = match self.registry.borrow().get(&topic::user_topic(user)) {
-            Some(entry) => entry.subscribers.values().cloned().collect(),
+            Some(entry) => entry.subscribers.values().filter(|p| p.closing_since().is_none()).cloned().collect(),
             None => return 0,
         };
         for peer in &peers {

@@ -57,7 +57,7 @@ fn refused_token(server: &Server, token: &str) -> (u16, String) {
 
 /// A node-wide gauge without labels from `/metrics`.
 fn gauge(server: &Server, name: &str) -> u64 {
-    let page = http_get(&server.addr, "/metrics");
+    let page = http_get(server.admin(), "/metrics");
     let prefix = format!("shardcast_{name} ");
     page.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {name} in {page}")).parse().unwrap()
 }

@@ -4,6 +4,7 @@
 mod util;
 
 
+mod admin;
 mod auth;
 mod bench;
 mod conformance;

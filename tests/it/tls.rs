@@ -96,7 +96,7 @@ fn request(ws: &mut WebSocket<Tls>, v: serde_json::Value) -> serde_json::Value {
 #[test]
 fn a_tls_client_subscribes_and_receives_and_metrics_are_served_over_tls() {
     let cert = Cert::new();
-    let server = Server::start(&cert.config(""), &["--shards", "2"]);
+    let server = Server::start(&cert.config("[server]\nmetrics_path = \"/metrics\"\n"), &["--shards", "2"]);
     let (mut sub, _) = wss(&server, &cert.der);
     let (mut publisher, _) = wss(&server, &cert.der);
     assert_eq!(request(&mut sub, json!({"type":"subscribe","topic":"secure","id":1}))["type"], "ack");

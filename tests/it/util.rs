@@ -18,12 +18,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_shardcast");
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The admin listener (`host:port`), when it runs.
+    pub admin: Option<String>,
     _config: Option<tempfile::NamedTempFile>,
     log: tempfile::NamedTempFile,
 }
 
 impl Server {
-    /// Starts `shardcast --listen 127.0.0.1:0 [--config <toml>] <args>`.
+    /// Starts `shardcast --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+    /// [--config <toml>] <args>` (an `--admin-listen` in `args` wins).
     pub fn start(config: &str, args: &[&str]) -> Server {
         Server::try_start(config, args).unwrap_or_else(|e| panic!("server did not start: {e}"))
     }
@@ -36,14 +39,23 @@ impl Server {
         });
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["--listen", "127.0.0.1:0"]).args(args).stdout(Stdio::piped()).stderr(log.reopen().unwrap());
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        // The admin plane prints a second line when it runs. Tests that set
+        // [admin] in their config pass --admin-listen too.
+        let chosen = args.windows(2).find(|w| w[0] == "--admin-listen").map(|w| w[1]);
+        if chosen.is_none() {
+            cmd.args(["--admin-listen", "127.0.0.1:0"]);
+        }
+        let expect_admin = chosen.is_none_or(|a| !a.is_empty());
+        cmd.args(args).stdout(Stdio::piped()).stderr(log.reopen().unwrap());
         if let Some(f) = &file {
             cmd.arg("--config").arg(f.path());
         }
         let mut child = cmd.spawn().map_err(|e| e.to_string())?;
         let stdout = child.stdout.take().unwrap();
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
+        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
         let line = line.trim();
         let Some(addr) = line.strip_prefix("listening on ws://").or_else(|| line.strip_prefix("listening on wss://")) else {
             let _ = child.wait();
@@ -51,7 +63,13 @@ impl Server {
             return Err(format!("no readiness line; stdout {line:?}, stderr {err}"));
         };
         let addr = addr.to_string();
-        Ok(Server { child, addr, _config: file, log })
+        let mut admin = None;
+        if expect_admin {
+            let mut next = String::new();
+            stdout.read_line(&mut next).map_err(|e| e.to_string())?;
+            admin = next.trim().strip_prefix("admin listening on http://").map(str::to_string);
+        }
+        Ok(Server { child, addr, admin, _config: file, log })
     }
 
     /// Everything the server logged so far.
@@ -78,9 +96,14 @@ impl Server {
         status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
     }
 
-    /// A metric summed over shards, from `/metrics`.
+    /// The admin listener's address; panics when it does not run.
+    pub fn admin(&self) -> &str {
+        self.admin.as_deref().expect("the admin plane runs")
+    }
+
+    /// A metric summed over shards, from the admin listener's `/metrics`.
     pub fn metric(&self, name: &str) -> u64 {
-        let page = http_get(&self.addr, "/metrics");
+        let page = http_get(self.admin(), "/metrics");
         page.lines()
             .filter(|l| l.starts_with(&format!("shardcast_{name}{{")))
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
@@ -114,7 +137,7 @@ impl Drop for Server {
 
 /// Raw HTTP GET; returns the whole response.
 pub fn http_get(addr: &str, path: &str) -> String {
-    raw_request(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    raw_request(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
 }
 
 /// Sends raw bytes and returns everything the server answers before closing.
