@@ -11,6 +11,7 @@
 //! "per server CPU-second". The generator runs on one thread; see
 //! benches/README.md for pinning server and generator to different cores.
 
+mod admin;
 mod auth;
 mod proc;
 mod progress;
@@ -57,6 +58,13 @@ enum Scenario {
     /// What TLS and permessage-deflate cost: fan-out, handshakes and idle
     /// memory plain vs TLS; compress-once vs per-subscriber. Interleaved rounds.
     Wire(wire::WireArgs),
+    /// Backends publishing over the admin API (`POST /api/publish` on
+    /// keep-alive connections, closed loop) to WebSocket subscribers.
+    Api(ApiArgs),
+    /// What the admin plane costs: API publishes vs WebSocket publishes per
+    /// server CPU-second; fan-out with and without a polling dashboard.
+    /// Interleaved rounds.
+    Admin(admin::AdminArgs),
 }
 
 /// Options every scenario takes.
@@ -104,6 +112,10 @@ pub struct CommonArgs {
     /// what arrives compressed (reports the compression ratio).
     #[arg(long)]
     deflate: bool,
+    /// The server's admin listener (HOST:PORT), for `api` and
+    /// `--poll-admin-hz`; a `--spawn`ed server's is found by itself.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -131,6 +143,28 @@ pub struct FanoutArgs {
     /// cross-node delivery through Redis).
     #[arg(long, value_name = "URL")]
     publish_url: Option<String>,
+    /// Meanwhile poll the admin plane as the dashboard does (`/api/info` and
+    /// `/api/history`) this many times a second; 0 = not at all.
+    #[arg(long, default_value_t = 0.0)]
+    poll_admin_hz: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Keep-alive HTTP connections, each with one request in flight.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Payload size in bytes (a JSON string).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// WebSocket subscribers of the topic.
+    #[arg(long, default_value_t = 1)]
+    subscribers: usize,
+    /// `[admin] api_key` of the server, if it has one.
+    #[arg(long)]
+    api_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -213,6 +247,8 @@ pub struct Run {
     pub sources: usize,
     pub source_offset: usize,
     pub also_pids: Vec<u32>,
+    /// The server's admin listener, when known.
+    pub admin: Option<String>,
 }
 
 fn common(s: &Scenario) -> &CommonArgs {
@@ -222,7 +258,10 @@ fn common(s: &Scenario) -> &CommonArgs {
         Scenario::Idle(a) => &a.common,
         Scenario::Connect(a) => &a.common,
         Scenario::Echo(a) => &a.common,
-        Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) => unreachable!("compare, auth and wire run other scenarios"),
+        Scenario::Api(a) => &a.common,
+        Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) => {
+            unreachable!("compare, auth, wire and admin run other scenarios")
+        }
     }
 }
 
@@ -284,6 +323,7 @@ fn main() {
         Scenario::Compare(c) => compare(c),
         Scenario::Auth(a) => auth::run(a),
         Scenario::Wire(a) => wire::run(a),
+        Scenario::Admin(a) => admin::run(a),
         Scenario::Idle(a) if a.child => idle_child(&a),
         s => run_once(&s).map(|r| r.print(common(&s).json)),
     };
@@ -326,6 +366,7 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
         },
         source_offset: c.source_offset,
         also_pids: c.also_pid.clone(),
+        admin: spawned.as_ref().and_then(|s| s.admin.clone()).or_else(|| c.admin.clone()),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let local = tokio::task::LocalSet::new();
@@ -336,7 +377,8 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
             Scenario::Idle(a) => scenarios::idle(&run, a, &Progress::new("connections")).await.map(|r| (r, None)),
             Scenario::Connect(a) => scenarios::connect(&run, a, &Progress::new("handshakes")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Echo(a) => scenarios::echo(&run, a, &Progress::new("round trips")).await.map(|(r, h)| (r, Some(h))),
-            Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) => unreachable!(),
+            Scenario::Api(a) => scenarios::api(&run, a, &Progress::new("publishes")).await.map(|(r, h)| (r, Some(h))),
+            Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) => unreachable!(),
         }
     })?;
     if let (Some(path), Some(h)) = (&c.plot, &hist) {
@@ -360,6 +402,7 @@ fn idle_child(a: &IdleArgs) -> Result<(), String> {
         sources: a.common.sources,
         source_offset: a.common.source_offset,
         also_pids: Vec::new(),
+        admin: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let local = tokio::task::LocalSet::new();

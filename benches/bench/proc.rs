@@ -12,16 +12,33 @@ pub struct Usage {
 }
 
 pub fn usage(pid: u32) -> Option<Usage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let cpu_seconds = stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(Usage { cpu_seconds, rss_bytes: rss_kib * 1024 })
+}
+
+/// utime + stime, in seconds, of a `/proc/.../stat` line.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let after = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after.split(' ').collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(Usage { cpu_seconds: ticks as f64 / hz, rss_bytes: rss_kib * 1024 })
+    Some(ticks as f64 / hz)
+}
+
+/// CPU seconds (user + system) of the thread of `pid` named `name`.
+pub fn thread_cpu_seconds(pid: u32, name: &str) -> Option<f64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        return stat_cpu_seconds(&std::fs::read_to_string(task.path().join("stat")).ok()?);
+    }
+    None
 }
 
 /// This process's (and its reaped children's) CPU seconds.
@@ -45,6 +62,9 @@ pub struct Spawned {
     pub addr: String,
     /// `ws` or `wss`, from the same line.
     pub scheme: &'static str,
+    /// `IP:PORT` of its admin listener, from the `admin listening on` line
+    /// that follows at once when it has one.
+    pub admin: Option<String>,
 }
 
 impl Spawned {
@@ -57,10 +77,13 @@ impl Spawned {
             .map_err(|e| format!("cannot run {command:?}: {e}"))?;
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
+        let (admin_tx, admin_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let first = lines.next().and_then(Result::ok);
             let _ = tx.send(first);
+            let second = lines.next().and_then(Result::ok);
+            let _ = admin_tx.send(second);
             // Keep draining so the server never blocks on a full pipe.
             for _ in lines {}
         });
@@ -74,7 +97,13 @@ impl Spawned {
                 return Err(format!("{command:?} did not print `listening on ws://IP:PORT` (got {line:?})"));
             }
         };
-        Ok(Spawned { addr: addr.to_string(), scheme, child })
+        // Printed right after the first line, or never (no admin plane).
+        let admin = admin_rx
+            .recv_timeout(Duration::from_millis(300))
+            .ok()
+            .flatten()
+            .and_then(|l| l.trim().strip_prefix("admin listening on http://").map(str::to_string));
+        Ok(Spawned { addr: addr.to_string(), scheme, child, admin })
     }
 
     pub fn pid(&self) -> u32 {

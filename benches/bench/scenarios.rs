@@ -15,7 +15,7 @@ use tokio::task::spawn_local;
 use crate::progress::Progress;
 use crate::report::{Latency, Report, Window};
 use crate::ws::{field, put_frame, Target, Ws, OP_TEXT};
-use crate::{ConnectArgs, EchoArgs, FanoutArgs, IdleArgs, RoomsArgs, Run};
+use crate::{ApiArgs, ConnectArgs, EchoArgs, FanoutArgs, IdleArgs, RoomsArgs, Run};
 
 /// Connections opened at once while setting up.
 const SETUP_PARALLELISM: usize = 256;
@@ -303,9 +303,19 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
             ws
         }));
     }
+    // The dashboard's polling, to see that it does not slow fan-out down.
+    let poller = match (a.poll_admin_hz > 0.0, &run.admin) {
+        (false, _) => None,
+        (true, Some(admin)) => Some(spawn_local(poll_dashboard(admin.clone(), a.poll_admin_hz, None, stop.clone()))),
+        (true, None) => return Err("--poll-admin-hz needs the admin listener: --admin HOST:PORT, or --spawn a server that has one".into()),
+    };
     let d = deliveries.clone();
     let (ops, m) = measure(run, progress, move || d.total.get(), Some(&deliveries.recording)).await;
     stop.set(true);
+    let polls = match poller {
+        Some(p) => Some(p.await.map_err(|e| e.to_string())?),
+        None => None,
+    };
     let mut keep = Vec::new();
     for t in tasks {
         keep.push(t.await.map_err(|e| e.to_string())?);
@@ -319,6 +329,9 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut report = Report::new("fanout", &run.url, m, "deliveries", ops);
+    if let Some(polls) = polls {
+        report = report.detail("dashboard_polls", polls as f64).detail("poll_admin_hz", a.poll_admin_hz);
+    }
     for (i, check) in checks.iter().enumerate() {
         let next = check.next.borrow();
         for (p, sent) in sent.iter().enumerate() {
@@ -392,6 +405,7 @@ pub async fn rooms(run: &Run, a: &RoomsArgs, progress: &Progress) -> Result<(Rep
     let d = deliveries.clone();
     let (ops, m) = measure(run, progress, move || d.total.get(), Some(&deliveries.recording)).await;
     stop.set(true);
+
     progress.phase("draining");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut report = Report::new("rooms", &run.url, m, "deliveries", ops);
@@ -595,5 +609,150 @@ pub async fn echo(run: &Run, a: &EchoArgs, progress: &Progress) -> Result<(Repor
     let report = with_latency(Report::new("echo", &run.url, m, "round_trips", ops), &hist)
         .detail("connections", a.connections as f64)
         .detail("payload_bytes", a.payload as f64);
+    Ok((report, hist))
+}
+
+/// One keep-alive HTTP/1.1 connection to the admin listener.
+struct Http {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Http {
+    async fn connect(addr: &str) -> std::io::Result<Http> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Http { stream, buf: Vec::with_capacity(4096) })
+    }
+
+    /// Sends one request and reads its whole response; returns the status.
+    async fn request(&mut self, request: &[u8]) -> std::io::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream.write_all(request).await?;
+        self.buf.clear();
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head)) = response.parse(&self.buf) {
+                let length = response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= head + length {
+                    return Ok(response.code.unwrap_or(0));
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// A GET request for `path` (keep-alive), with the API key when there is one.
+fn http_get(path: &str, api_key: Option<&str>) -> Vec<u8> {
+    let auth = api_key.map_or(String::new(), |k| format!("Authorization: apikey {k}\r\n"));
+    format!("GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n").into_bytes()
+}
+
+/// While `stop` is unset, polls the admin plane as the dashboard does
+/// (`/api/info` and `/api/history?since=`), `hz` times a second. Returns
+/// the polls answered 200.
+pub async fn poll_dashboard(admin: String, hz: f64, api_key: Option<String>, stop: Rc<Cell<bool>>) -> u64 {
+    let Ok(mut http) = Http::connect(&admin).await else { return 0 };
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / hz.max(0.01)));
+    let mut answered = 0;
+    let mut since = 0u64;
+    while !stop.get() {
+        tick.tick().await;
+        let info = http.request(&http_get("/api/info", api_key.as_deref())).await;
+        let history = http.request(&http_get(&format!("/api/history?since={since}"), api_key.as_deref())).await;
+        since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        match (info, history) {
+            (Ok(200), Ok(200)) => answered += 1,
+            _ => break,
+        }
+    }
+    answered
+}
+
+/// `api`: backends publishing over the admin API. `connections` keep-alive
+/// HTTP/1.1 connections each POST `/api/publish` one request at a time
+/// (closed loop); `subscribers` WebSocket clients receive the topic. Ops are
+/// publishes answered 200; the admin thread's CPU is reported apart.
+pub async fn api(run: &Run, a: &ApiArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
+    let admin = run.admin.clone().ok_or("api needs the admin listener: --admin HOST:PORT, or --spawn a server that has one")?;
+    progress.phase("connecting subscribers");
+    let subs = connect_many(run, &run.target, a.subscribers, |_, mut ws| async move {
+        ws.welcome_and_subscribe("api-bench").await?;
+        Ok(ws)
+    })
+    .await?;
+    let delivered = Rc::new(Cell::new(0u64));
+    for mut ws in subs {
+        let delivered = delivered.clone();
+        spawn_local(async move {
+            while let Ok(true) = ws.read_frames(|op, _| delivered.set(delivered.get() + u64::from(op == OP_TEXT))).await {}
+        });
+    }
+    let body = format!(r#"{{"topic":"api-bench","payload":"{}"}}"#, "x".repeat(a.payload));
+    let auth = a.api_key.as_ref().map_or(String::new(), |k| format!("Authorization: apikey {k}\r\n"));
+    let request: Rc<[u8]> = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+    .into();
+    progress.phase("connecting to the admin listener");
+    let mut conns = Vec::with_capacity(a.connections);
+    for _ in 0..a.connections {
+        conns.push(Http::connect(&admin).await.map_err(|e| format!("admin {admin}: {e}"))?);
+    }
+    let loops = Loops::new();
+    let tasks = conns
+        .into_iter()
+        .map(|mut http| {
+            let (loops, request) = (loops.clone(), request.clone());
+            spawn_local(async move {
+                while !loops.stop.get() {
+                    let started = now_ns();
+                    match http.request(&request).await {
+                        Ok(200) => loops.completed(started),
+                        Ok(_) => loops.failed.set(loops.failed.get() + 1),
+                        Err(_) => {
+                            loops.failed.set(loops.failed.get() + 1);
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let thread_cpu = || run.server_pid.and_then(|pid| crate::proc::thread_cpu_seconds(pid, "shardcast-admin"));
+    let process_cpu = || run.server_pid.and_then(crate::proc::usage).map(|u| u.cpu_seconds);
+    let (thread_before, process_before) = (thread_cpu(), process_cpu());
+    let (ops, m, hist) = loops.measure(run, progress, tasks).await;
+    let mut report = with_latency(Report::new("api", &run.url, m, "publishes", ops), &hist)
+        .detail("connections", a.connections as f64)
+        .detail("payload_bytes", a.payload as f64)
+        .detail("subscribers", a.subscribers as f64)
+        .detail("failed", loops.failed.get() as f64)
+        .detail("deliveries", delivered.get() as f64);
+    // The admin thread's share of the server's CPU over the whole run
+    // (warm-up included), applied to the measured window.
+    if let (Some(t0), Some(p0), Some(t1), Some(p1)) = (thread_before, process_before, thread_cpu(), process_cpu()) {
+        if p1 > p0 {
+            let share = (t1 - t0) / (p1 - p0);
+            report = report.detail("admin_thread_cpu_share", (share * 1000.0).round() / 1000.0);
+            if let Some(cpu) = report.server.as_ref().map(|s| s.cpu_seconds * share).filter(|c| *c > 0.0) {
+                report = report.detail("publishes_per_admin_thread_cpu_second", (ops as f64 / cpu).round());
+            }
+        }
+    }
     Ok((report, hist))
 }

@@ -177,8 +177,13 @@ impl Bridge {
         self.push_command(command, stats);
     }
 
-    /// Queues this node's summary for the other nodes' admin planes.
+    /// Queues this node's summary for the other nodes' admin planes. Not
+    /// while the publisher is down: a summary is stale by the time it could
+    /// go out, and must not push messages out of the bounded buffer.
     pub fn enqueue_announcement(&self, summary: &[u8], stats: &ShardStats) {
+        if !self.publisher_connected.get() {
+            return;
+        }
         let command = redis::cmd("PUBLISH").arg(self.channel(NODES_CHANNEL)).arg(summary).get_packed_command();
         self.push_command(command, stats);
     }
@@ -343,7 +348,10 @@ async fn run_subscriber(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) -
     bridge.subscribed_connected.set(true);
     ShardStats::add(&shard.stats().redis_connected, 1);
     let mut wanted: Vec<Rc<str>> = bridge.wanted.borrow().iter().cloned().collect();
-    wanted.push(Rc::from(NODES_CHANNEL));
+    if bridge.announcements.is_some() {
+        // This node's admin plane lists the others.
+        wanted.push(Rc::from(NODES_CHANNEL));
+    }
     for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
         let mut cmd = redis::cmd("SUBSCRIBE");
         for topic in chunk {

@@ -359,9 +359,11 @@ impl Redis {
         self.connection_opt().expect("redis is up")
     }
 
-    /// Channels with at least one subscriber (`PUBSUB CHANNELS`).
+    /// Topic channels with at least one subscriber (`PUBSUB CHANNELS`),
+    /// leaving out the admin planes' `shardcast:$nodes`.
     pub fn channels(&self) -> Vec<String> {
         let mut v: Vec<String> = redis::cmd("PUBSUB").arg("CHANNELS").query(&mut self.connection()).unwrap();
+        v.retain(|c| c != "shardcast:$nodes");
         v.sort();
         v
     }
