@@ -17,7 +17,10 @@
 //! - [`topic`]: topic names and the shard-local subscriber registry.
 //! - [`bus`]: cross-shard channels (crossbeam), doorbells, interest map.
 //! - [`bridge`]: Redis pub/sub between nodes (bridge shard only), FlatBuffers envelopes.
-//! - [`metrics`]: per-shard counters, `/metrics`.
+//! - [`metrics`]: per-shard counters and latency histograms, the
+//!   Prometheus page.
+//! - [`admin`]: the admin plane (HTTP API, `/metrics`, health, dashboard)
+//!   on its own thread; reaches the shards only through the [`bus`].
 //!
 //! # Threading model
 //! One OS thread per shard, each running one glommio `LocalExecutor` pinned
