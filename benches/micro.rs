@@ -76,7 +76,7 @@ fn fanout(c: &mut Criterion) {
             for p in &peers {
                 let mut out = p.outbox();
                 let len: usize = out.slices(1).map(<[u8]>::len).sum();
-                out.consume(len, |queued| stats.write_delay.observe(written.since(queued)));
+                out.consume(len, |queued| stats.write_delay.observe_micros(written.micros_since(queued)));
             }
         })
     });

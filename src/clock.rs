@@ -25,6 +25,11 @@ impl Stamp {
         Duration::from_micros(self.0.get().saturating_sub(earlier.0.get()))
     }
 
+    /// Microseconds from `earlier` to `self` (zero if `earlier` is later).
+    pub fn micros_since(self, earlier: Stamp) -> u64 {
+        self.0.get().saturating_sub(earlier.0.get())
+    }
+
     pub fn micros(self) -> u64 {
         self.0.get() - 1
     }

@@ -12,7 +12,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -24,26 +23,34 @@ use crate::auth::Admission;
 /// The content type of [`render`]'s page.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Upper bounds of the latency histograms' buckets, in microseconds.
-pub const LATENCY_BOUNDS_US: [u64; 19] = [
-    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
-    5_000_000, 10_000_000,
-];
+/// The latency histograms' buckets: upper bounds of 2^(i+3) µs, from 8 µs
+/// to 2^24 µs (16.8 s), then +Inf. Powers of two make a bucket one
+/// `leading_zeros` away (an observation is on the write path of every frame:
+/// a binary search over 1-2.5-5 bounds cost ~5 ns a frame, this ~1).
+const LATENCY_BUCKETS: usize = 22;
+
+/// Upper bound of latency bucket `i`, in microseconds.
+fn latency_bound_us(i: usize) -> u64 {
+    1 << (i + 3)
+}
 
 /// A latency histogram with one writer (the owning shard) and any number of
 /// readers. Buckets are not cumulative; the encoder makes them so.
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// One per bound, plus one for "above the last bound".
-    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    buckets: [AtomicU64; LATENCY_BUCKETS + 1],
     sum_us: AtomicU64,
 }
 
 impl Histogram {
-    /// Records one observation. Only the owning shard may call this.
-    pub fn observe(&self, elapsed: Duration) {
-        let us = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
-        let bucket = LATENCY_BOUNDS_US.partition_point(|&bound| bound < us);
+    /// Records one observation of `us` microseconds (no `Duration` round
+    /// trip: this is on every frame's write path). Only the owning shard may
+    /// call this.
+    pub fn observe_micros(&self, us: u64) {
+        // The smallest i with us <= 2^(i+3): ceil(log2(us)) - 3.
+        let log2_ceil = 64 - us.saturating_sub(1).leading_zeros() as usize;
+        let bucket = log2_ceil.saturating_sub(3).min(LATENCY_BUCKETS);
         ShardStats::add(&self.buckets[bucket], 1);
         ShardStats::add(&self.sum_us, us);
     }
@@ -61,7 +68,7 @@ impl Histogram {
         for (i, bucket) in self.buckets.iter().enumerate() {
             let n = bucket.load(Ordering::Relaxed);
             count += n;
-            let bound = LATENCY_BOUNDS_US.get(i).map_or(f64::INFINITY, |&us| us as f64 / 1e6);
+            let bound = if i < LATENCY_BUCKETS { latency_bound_us(i) as f64 / 1e6 } else { f64::INFINITY };
             buckets.push((bound, n));
         }
         (buckets, self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, count)
@@ -163,7 +170,7 @@ pub struct NodeMetrics {
 impl Collector for NodeMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (name, kind, unit, help, value) in SERIES {
-            let mut metric = encoder.encode_descriptor(name, help, unit.as_ref(), kind.clone())?;
+            let mut metric = encoder.encode_descriptor(name, help, unit.as_ref(), *kind)?;
             for (i, shard) in self.stats.iter().enumerate() {
                 let labels = [("shard", i.to_string())];
                 let mut family = metric.encode_family(&labels)?;
@@ -173,7 +180,8 @@ impl Collector for NodeMetrics {
                 }
             }
         }
-        let histograms: [(&str, &str, fn(&ShardStats) -> &Histogram); 2] = [
+        type Field = fn(&ShardStats) -> &Histogram;
+        let histograms: [(&str, &str, Field); 2] = [
             ("fanout_delay", "Time from a publish being received (from its socket, the API or Redis) to its frame being queued to the shard's subscribers.", |s| &s.fanout_delay),
             ("write_delay", "Time from a frame being queued to a client to its last byte being written to the socket.", |s| &s.write_delay),
         ];
@@ -207,14 +215,14 @@ mod tests {
         let stats: Arc<[ShardStats]> = (0..2).map(|_| ShardStats::default()).collect();
         ShardStats::add(&stats[1].publishes, 3);
         ShardStats::add(&stats[0].connections, 2);
-        stats[1].write_delay.observe(Duration::from_micros(30));
-        stats[1].write_delay.observe(Duration::from_secs(20));
+        stats[1].write_delay.observe_micros(30);
+        stats[1].write_delay.observe_micros(20_000_000);
         let page = render(&stats, &Arc::new(Admission::new(0, 0)));
         assert!(page.contains("shardcast_publishes_total{shard=\"1\"} 3\n"), "{page}");
         assert!(page.contains("shardcast_connections{shard=\"0\"} 2\n"), "{page}");
         assert!(page.contains("shardcast_compression_input_bytes_total{shard=\"0\"} 0\n"), "{page}");
-        assert!(page.contains("shardcast_write_delay_seconds_bucket{le=\"0.000025\",shard=\"1\"} 0\n"), "{page}");
-        assert!(page.contains("shardcast_write_delay_seconds_bucket{le=\"0.00005\",shard=\"1\"} 1\n"), "{page}");
+        assert!(page.contains("shardcast_write_delay_seconds_bucket{le=\"0.000016\",shard=\"1\"} 0\n"), "{page}");
+        assert!(page.contains("shardcast_write_delay_seconds_bucket{le=\"0.000032\",shard=\"1\"} 1\n"), "{page}");
         assert!(page.contains("shardcast_write_delay_seconds_bucket{le=\"+Inf\",shard=\"1\"} 2\n"), "{page}");
         assert!(page.contains("shardcast_write_delay_seconds_count{shard=\"1\"} 2\n"), "{page}");
         assert!(page.ends_with("# EOF\n"));
@@ -223,15 +231,17 @@ mod tests {
     #[test]
     fn histogram_buckets_by_upper_bound() {
         let h = Histogram::default();
-        h.observe(Duration::from_micros(10));
-        h.observe(Duration::from_micros(11));
-        h.observe(Duration::from_secs(11));
+        for us in [0, 8, 9, 16, 17, 1 << 24, (1 << 24) + 1] {
+            h.observe_micros(us);
+        }
         let (buckets, sum, count) = h.snapshot();
-        assert_eq!(count, 3);
-        assert_eq!(buckets[0], (10e-6, 1), "le is inclusive");
-        assert_eq!(buckets[1].1, 1);
-        assert_eq!(buckets[LATENCY_BOUNDS_US.len() - 1].1, 0);
+        assert_eq!(count, 7);
+        assert_eq!(buckets[0], (8e-6, 2), "le is inclusive: 0 and 8 µs");
+        assert_eq!(buckets[1], (16e-6, 2), "9 and 16 µs");
+        assert_eq!(buckets[2].1, 1, "17 µs");
+        assert_eq!(buckets[LATENCY_BUCKETS - 1], (16.777216, 1));
         assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, 1));
-        assert!((sum - 11.000021).abs() < 1e-9);
+        let want = (8 + 9 + 16 + 17 + (1 << 24) + (1 << 24) + 1) as f64 / 1e6;
+        assert!((sum - want).abs() < 1e-9);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,10 +158,17 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         ready_rx.recv().map_err(|_| RuntimeError::Shard { shard: 0, reason: "a shard exited during start-up".into() })?;
     }
     drop(announce_tx);
+    let draining = Arc::new(AtomicBool::new(false));
     let admin_addr = match admin_bound {
         Some(bound) => {
             let addr = bound.addr;
-            let wiring = admin::Wiring { mailboxes: mailboxes.clone(), stats: stats.clone(), admission: admission.clone(), announcements: announce_rx };
+            let wiring = admin::Wiring {
+                mailboxes: mailboxes.clone(),
+                stats: stats.clone(),
+                admission: admission.clone(),
+                announcements: announce_rx,
+                draining: draining.clone(),
+            };
             admin::spawn(config.clone(), bound, wiring).map_err(RuntimeError::Admin)?;
             Some(addr)
         }
@@ -186,6 +193,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             std::process::exit(1);
         }
     });
+    draining.store(true, Ordering::Relaxed);
     for mailbox in &mailboxes {
         mailbox.control(ControlMsg::Shutdown);
     }

@@ -413,6 +413,10 @@ pub async fn healthz() -> Json<Value> {
 /// `GET /readyz`: every shard answers and accepts, and Redis (when
 /// configured) is connected; 503 naming the reason otherwise.
 pub async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        let reason = "shutting down: draining connections";
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "reason": reason, "reasons": [reason] }))).into_response();
+    }
     let reports = match reports(&state).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),

@@ -22,6 +22,7 @@ pub mod shards;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -60,6 +61,8 @@ pub struct AdminState {
     pub admission: Arc<Admission>,
     pub history: Mutex<History>,
     pub nodes: Mutex<Nodes>,
+    /// Set by the main thread when SIGINT/SIGTERM starts the drain.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// The admin listener, bound before the shards start so that a taken port
@@ -98,6 +101,8 @@ pub struct Wiring {
     pub admission: Arc<Admission>,
     /// Other nodes' announcements, from the bridge shard.
     pub announcements: mpsc::Receiver<Bytes>,
+    /// Raised when the node starts draining (`/readyz` turns 503 at once).
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Capacity of the bridge -> admin announcement queue.
@@ -120,6 +125,7 @@ pub fn spawn(config: Arc<Config>, bound: Bound, wiring: Wiring) -> std::io::Resu
         admission: wiring.admission,
         history: Mutex::default(),
         nodes: Mutex::new(Nodes::new(config.server.node_id.clone(), admin.max_nodes, admin.node_info_interval)),
+        draining: wiring.draining,
     });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let listener = bound.listener;

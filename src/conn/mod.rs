@@ -232,7 +232,7 @@ fn wrote(out: &mut Outbox, n: usize, stats: &ShardStats) {
     let now = Stamp::now();
     let mut frames = 0;
     out.consume(n, |queued| {
-        stats.write_delay.observe(now.since(queued));
+        stats.write_delay.observe_micros(now.micros_since(queued));
         frames += 1;
     });
     ShardStats::add(&stats.frames_written, frames);

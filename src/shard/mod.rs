@@ -337,7 +337,7 @@ impl Shard {
         let limits = &self.config.queue;
         let stats = self.stats();
         let now = Stamp::now();
-        stats.fanout_delay.observe(now.since(msg.received));
+        stats.fanout_delay.observe_micros(now.micros_since(msg.received));
         let mut delivered = 0;
         if entry.other_wires == 0 {
             // Every subscriber takes plain JSON: one frame for all.

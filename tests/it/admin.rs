@@ -215,6 +215,20 @@ fn info_topics_health_and_metrics_describe_the_node() {
 }
 
 #[test]
+fn readyz_turns_503_as_soon_as_the_drain_starts() {
+    let server = Server::start("[shutdown]\ndrain_timeout_ms = 3000\n[queue]\nclose_timeout_ms = 3000\n", &["--shards", "2"]);
+    // A client that never answers the close keeps the drain going.
+    let _stubborn = server.client();
+    assert_eq!(get(&server, "/readyz").0, 200);
+    server.signal(libc::SIGTERM);
+    eventually(Duration::from_secs(2), "503 while draining", || {
+        let (status, body) = get(&server, "/readyz");
+        status == 503 && body["reason"].as_str().is_some_and(|r| r.contains("shutting down"))
+    });
+    assert_eq!(get(&server, "/healthz").0, 200, "the process still runs");
+}
+
+#[test]
 fn the_api_key_guards_the_api_and_a_public_address_needs_one() {
     let server = Server::start("[admin]\napi_key = \"s3cret\"\n", &["--admin-listen", "127.0.0.1:0"]);
     assert_error(get(&server, "/api/info"), 401, "unauthorized", None);
