@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with a Rust toolchain:
-# installs what the tests need (redis-server, flatc, Python websockets, chromium, playwright-core)
-# when missing, checks the
-# committed FlatBuffers code matches schemas/, then runs every test.
+# installs what the tests need (redis-server, flatc, Python websockets, chromium,
+# playwright-core) when missing, checks the committed FlatBuffers code matches
+# schemas/, then runs every test.
 #
 #   bash tests/run.sh          # everything
 #   bash tests/run.sh --regen  # only regenerate src/*/generated/ from schemas/

@@ -136,3 +136,21 @@ fn idle_spreads_over_child_processes_beyond_the_descriptor_limit() {
     assert_eq!(r["ops"], 300, "{r}");
     assert!(server.metric("connections_accepted_total") >= 300);
 }
+
+#[test]
+fn admin_smoke() {
+    let spawn = format!("{} --admin-listen 127.0.0.1:0", spawn_cmd());
+    let r = one(&["api", "--spawn", &spawn, "--connections", "2"]);
+    assert_measured(&r, "publishes");
+    assert_eq!(r["details"]["failed"], 0.0, "{r}");
+    assert!(r["details"]["deliveries"].as_f64().unwrap() > 0.0, "the subscriber received: {r}");
+    let polled = one(&["fanout", "--spawn", &spawn, "--subscribers", "5", "--max", "--poll-admin-hz", "20"]);
+    assert!(polled["details"]["dashboard_polls"].as_f64().unwrap() >= 1.0, "{polled}");
+    assert_eq!(polled["lost"], 0, "{polled}");
+    let runs = bench(&["admin", "--rounds", "1", "--subscribers", "20", "--connections", "2", "--poll-hz", "5"]);
+    assert_eq!(runs.len(), 4, "api, websocket publishes, fan-out without and with a dashboard");
+    assert_measured(&runs[0], "publishes");
+    for r in &runs[1..] {
+        assert_measured(r, "deliveries");
+    }
+}
