@@ -583,6 +583,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     let bus = BusConfig { capacity: ranged("bus.capacity", raw.bus.capacity, 1, 10_000_000, "1..=10000000 messages")? };
     let admin = validate_admin(&raw.admin)?;
+    if let Some(a) = admin.as_ref().filter(|a| a.max_pending < server.shards) {
+        return Err(invalid("admin.max_pending", a.max_pending, format!("at least the number of shards ({}): /api/info takes one per shard", server.shards)));
+    }
     let r = &raw.redis;
     let redis = if r.url.is_empty() {
         None
@@ -853,6 +856,7 @@ mod tests {
         assert!(err("[admin]\nlisten = \"nope\"").contains("admin.listen"));
         assert!(err("[admin]\napi_key = \"has space\"").contains("admin.api_key"));
         assert!(err("[admin]\nmax_body_bytes = 1").contains("admin.max_body_bytes"));
+        assert!(err("[server]\nshards = 4\n[admin]\nmax_pending = 3").contains("admin.max_pending"));
     }
 
     #[test]

@@ -16,7 +16,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
-use tokio::sync::oneshot;
 
 use super::shards::Gathered;
 use super::AdminState;
@@ -162,8 +161,8 @@ async fn deliver(state: &AdminState, msgs: Vec<Arc<Outgoing>>) -> Result<(), Api
     let mut waiting = Vec::with_capacity(per_shard.len());
     let mut calls = Vec::with_capacity(per_shard.len());
     for (shard, msgs) in per_shard {
-        let (reply, rx) = oneshot::channel();
-        calls.push((shard, AdminCall::Publish { msgs, permit: shards.permit()?, reply }));
+        let (reply, rx) = shards.reply()?;
+        calls.push((shard, AdminCall::Publish { msgs, reply }));
         waiting.push((shard, rx));
     }
     for (shard, call) in calls {

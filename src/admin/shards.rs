@@ -5,7 +5,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
 use super::api::ApiError;
@@ -41,11 +41,12 @@ impl Shards {
         self.mailboxes.len()
     }
 
-    /// A place among the requests in flight, or 503 when they are all taken.
-    pub fn permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            ApiError::unavailable("too many admin requests in flight ([admin] max_pending); retry shortly")
-        })
+    /// A reply channel for one call, holding one of the `max_pending`
+    /// places until the shard answers; 503 when they are all taken.
+    pub fn reply<T>(&self) -> Result<(Reply<T>, oneshot::Receiver<T>), ApiError> {
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| busy())?;
+        let (tx, rx) = oneshot::channel();
+        Ok((Reply::new(tx, permit), rx))
     }
 
     /// The shard that handles API messages for `topic`: always the same one,
@@ -64,16 +65,22 @@ impl Shards {
     /// Asks every shard (`make(shard, reply)` builds each call) and gathers
     /// the answers that arrive within the timeout.
     pub async fn gather<T>(&self, make: impl Fn(usize, Reply<T>) -> AdminCall) -> Result<Gathered<T>, ApiError> {
-        let _permit = self.permit()?;
-        let pending: Vec<_> = (0..self.mailboxes.len())
-            .map(|shard| {
-                let (tx, rx) = oneshot::channel();
-                self.call(shard, make(shard, tx));
-                rx
-            })
-            .collect();
+        // All the places at once, or none: a half-sent gather helps nobody.
+        let shards = self.mailboxes.len();
+        let mut permits = self.permits.clone().try_acquire_many_owned(shards as u32).map_err(|_| busy())?;
+        let mut pending = Vec::with_capacity(shards);
+        for shard in 0..shards {
+            let (tx, rx) = oneshot::channel();
+            let permit = permits.split(1).expect("one permit per shard was taken");
+            self.call(shard, make(shard, Reply::new(tx, permit)));
+            pending.push(rx);
+        }
         Ok(gather(pending, Instant::now() + self.timeout).await)
     }
+}
+
+fn busy() -> ApiError {
+    ApiError::unavailable("too many admin calls waiting on the shards ([admin] max_pending); retry shortly")
 }
 
 /// Awaits every receiver until `deadline`; a receiver that has no answer by
@@ -113,11 +120,11 @@ mod tests {
     fn permits_are_bounded_and_topics_have_one_home() {
         let (mailboxes, _inboxes) = crate::bus::build(4, 8).unwrap();
         let shards = Shards::new(mailboxes, Duration::from_secs(1), 2, None);
-        let a = shards.permit().unwrap();
-        let _b = shards.permit().unwrap();
-        assert!(shards.permit().is_err(), "a third request in flight is refused");
+        let a = shards.reply::<()>().unwrap();
+        let _b = shards.reply::<()>().unwrap();
+        assert!(shards.reply::<()>().is_err(), "a third call in flight is refused");
         drop(a);
-        assert!(shards.permit().is_ok());
+        assert!(shards.reply::<()>().is_ok(), "a call's place is free once its reply is gone (answered or dropped)");
         assert_eq!(shards.home("news"), shards.home("news"));
         assert!((0..100).map(|i| shards.home(&format!("t{i}"))).any(|h| h != shards.home("news")), "topics spread over shards");
     }

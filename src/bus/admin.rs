@@ -12,9 +12,25 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::protocol::Outgoing;
 
-/// Where a shard sends its answer. A send to an admin request that timed
-/// out goes nowhere, harmlessly.
-pub type Reply<T> = oneshot::Sender<T>;
+/// Where a shard sends its answer, and the call's place among `[admin]
+/// max_pending`: it is released when the shard has answered (or dropped the
+/// call), not when the admin thread stops waiting, so calls queued on a slow
+/// shard stay bounded. An answer to a request that timed out goes nowhere.
+#[derive(Debug)]
+pub struct Reply<T> {
+    tx: oneshot::Sender<T>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T> Reply<T> {
+    pub fn new(tx: oneshot::Sender<T>, permit: OwnedSemaphorePermit) -> Reply<T> {
+        Reply { tx, _permit: permit }
+    }
+
+    pub fn send(self, answer: T) {
+        let _ = self.tx.send(answer);
+    }
+}
 
 /// One admin request to one shard.
 #[derive(Debug)]
@@ -25,9 +41,8 @@ pub enum AdminCall {
     /// Local topics starting with `prefix`, the first `limit` by name.
     Topics { prefix: String, limit: usize, reply: Reply<TopicList> },
     /// Fan these messages out exactly as client publishes (local subscribers,
-    /// other shards, Redis), in order, then answer. The permit is the request's
-    /// place in `[admin] max_pending`; it is released when the shard is done.
-    Publish { msgs: Vec<Arc<Outgoing>>, permit: OwnedSemaphorePermit, reply: Reply<()> },
+    /// other shards, Redis), in order, then answer.
+    Publish { msgs: Vec<Arc<Outgoing>>, reply: Reply<()> },
     /// Close every connection of `user` on this shard with `code`/`reason`
     /// and answer how many. With `forward` (the bridge shard only), also
     /// tell the other nodes through Redis.

@@ -11,7 +11,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use glommio::timer::sleep;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::Shard;
 use crate::bus::admin::{AdminCall, Reply, ShardReport, TopicList};
@@ -21,21 +20,17 @@ use crate::protocol::Outgoing;
 use crate::topic::{self, RESERVED_PREFIX};
 
 /// API publishes waiting for their turn on this shard. Bounded by
-/// `[admin] max_pending`: each holds one of the admin plane's permits.
-pub(super) type ApiQueue = VecDeque<(Vec<Arc<Outgoing>>, OwnedSemaphorePermit, Reply<()>)>;
+/// `[admin] max_pending`: each reply holds one of the admin plane's permits.
+pub(super) type ApiQueue = VecDeque<(Vec<Arc<Outgoing>>, Reply<()>)>;
 
 impl Shard {
     /// Handles one call from the admin thread.
     pub(super) fn on_admin(&self, call: AdminCall) {
         match call {
-            AdminCall::Report { node_topics, reply } => {
-                let _ = reply.send(self.report(node_topics));
-            }
-            AdminCall::Topics { prefix, limit, reply } => {
-                let _ = reply.send(self.topic_list(&prefix, limit));
-            }
-            AdminCall::Publish { msgs, permit, reply } => {
-                self.api_queue.borrow_mut().push_back((msgs, permit, reply));
+            AdminCall::Report { node_topics, reply } => reply.send(self.report(node_topics)),
+            AdminCall::Topics { prefix, limit, reply } => reply.send(self.topic_list(&prefix, limit)),
+            AdminCall::Publish { msgs, reply } => {
+                self.api_queue.borrow_mut().push_back((msgs, reply));
                 self.api_ready.raise();
             }
             AdminCall::Disconnect { user, code, reason, forward, reply } => {
@@ -46,7 +41,7 @@ impl Shard {
                     }
                 }
                 if let Some(reply) = reply {
-                    let _ = reply.send(closed);
+                    reply.send(closed);
                 }
             }
             AdminCall::Announce(summary) => {
@@ -127,7 +122,7 @@ impl Shard {
 pub async fn api_publish_loop(shard: Rc<Shard>) {
     loop {
         let next = shard.api_queue.borrow_mut().pop_front();
-        let Some((msgs, permit, reply)) = next else {
+        let Some((msgs, reply)) = next else {
             shard.api_ready.wait().await;
             continue;
         };
@@ -139,7 +134,6 @@ pub async fn api_publish_loop(shard: Rc<Shard>) {
                 }
             }
         }
-        let _ = reply.send(());
-        drop(permit);
+        reply.send(());
     }
 }
