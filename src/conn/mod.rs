@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Future};
 use glommio::net::TcpStream;
@@ -40,8 +40,6 @@ const MAX_IOVECS: usize = 64;
 /// Reads handled per wake-up before the task yields to its neighbours.
 const READ_BUDGET: usize = 16;
 
-/// Pause before retrying a publish whose destination shard's channel is full.
-const BUS_RETRY: Duration = Duration::from_micros(200);
 
 /// Serves one accepted TCP connection until it closes.
 ///
@@ -376,7 +374,7 @@ impl Conn {
                 self.blocked = None;
                 return true;
             }
-            *retry = Some(Timer::new(BUS_RETRY));
+            *retry = Some(Timer::new(crate::shard::tasks::BUS_RETRY));
         }
     }
 

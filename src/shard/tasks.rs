@@ -21,8 +21,9 @@ use crate::protocol::close;
 /// the shard's connections.
 const BUS_BATCH: usize = 1024;
 
-/// Pause before retrying a publish whose destination shard's channel is full.
-pub(super) const BUS_RETRY: Duration = Duration::from_micros(200);
+/// Pause before retrying a publish whose destination shard's channel is full
+/// (a client's publish, or the API's).
+pub const BUS_RETRY: Duration = Duration::from_micros(200);
 
 /// How often a shard logs that accept() keeps failing (e.g. EMFILE).
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
