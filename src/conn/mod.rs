@@ -859,6 +859,7 @@ impl RateStrikes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn token_bucket_allows_burst_then_rate() {
