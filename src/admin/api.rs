@@ -144,8 +144,9 @@ fn check_topic(state: &AdminState, field: String, name: &str) -> Result<(), ApiE
 }
 
 fn check_user(user: &str) -> Result<(), ApiError> {
-    if user.is_empty() || user.len() > crate::auth::MAX_USER_BYTES {
-        return Err(ApiError::field("user", "bad_request", "a user id of 1 to 256 bytes"));
+    if !crate::auth::is_user_id(user) {
+        let message = format!("a user id of 1 to {} bytes", crate::auth::MAX_USER_BYTES);
+        return Err(ApiError::field("user", "bad_request", message));
     }
     Ok(())
 }

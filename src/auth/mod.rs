@@ -42,3 +42,9 @@ pub struct Identity {
 
 /// Longest `sub` (user id) accepted, in bytes.
 pub const MAX_USER_BYTES: usize = 256;
+
+/// Whether `user` can be a user id: 1 to [`MAX_USER_BYTES`] bytes. The one
+/// rule for ids arriving from a client's `send`, the admin API and Redis.
+pub fn is_user_id(user: &str) -> bool {
+    !user.is_empty() && user.len() <= MAX_USER_BYTES
+}

@@ -417,7 +417,7 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
     // A user's direct messages, or a client topic.
     let recipient = topic.and_then(|t| t.strip_prefix(crate::topic::USER_PREFIX));
     let valid = match (topic, recipient) {
-        (Some(_), Some(user)) => !user.is_empty() && user.len() <= crate::auth::MAX_USER_BYTES,
+        (Some(_), Some(user)) => crate::auth::is_user_id(user),
         (Some(topic), None) => crate::topic::validate(topic, limits.max_topic_len).is_ok(),
         (None, _) => false,
     };

@@ -696,7 +696,7 @@ impl Conn {
                     };
                     return self.forbidden(id, message.into());
                 }
-                if user.is_empty() || user.len() > MAX_USER_BYTES {
+                if !crate::auth::is_user_id(&user) {
                     let message = format!("field `user` must be a user id of 1 to {MAX_USER_BYTES} bytes");
                     return self.reply_error(RequestError { id, code: ErrorCode::BadRequest, message });
                 }
