@@ -157,6 +157,11 @@ impl ShardStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// One series summed over every shard (e.g. `|s| &s.connections`).
+    pub fn total(all: &[ShardStats], series: fn(&ShardStats) -> &AtomicU64) -> u64 {
+        all.iter().map(|s| ShardStats::get(series(s))).sum()
+    }
 }
 
 /// The node's metrics as a `prometheus-client` collector: every shard's

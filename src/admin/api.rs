@@ -2,6 +2,7 @@
 //! `{"error":{"code":…,"message":…}}` with a 4xx/5xx status (see `docs/admin.md`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +22,7 @@ use super::shards::Gathered;
 use super::AdminState;
 use crate::bus::admin::{AdminCall, ShardReport, TopicList};
 use crate::clock::Stamp;
+use crate::metrics::ShardStats;
 use crate::protocol::{close, Kind, Outgoing};
 use crate::topic;
 
@@ -262,9 +264,7 @@ async fn reports(state: &AdminState) -> Result<Gathered<ShardReport>, ApiError> 
 /// This node's summary, as announced to the others.
 pub fn summary(state: &AdminState, reports: &Gathered<ShardReport>) -> super::cluster::NodeSummary {
     let history = state.history.lock().expect("admin state lock");
-    let sum = |f: fn(&crate::metrics::ShardStats) -> &std::sync::atomic::AtomicU64| -> u64 {
-        state.stats.iter().map(|s| crate::metrics::ShardStats::get(f(s))).sum()
-    };
+    let sum = |series| ShardStats::total(&state.stats, series);
     super::cluster::NodeSummary {
         id: state.node_id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -282,7 +282,7 @@ pub fn summary(state: &AdminState, reports: &Gathered<ShardReport>) -> super::cl
 /// The bridge's state, or `None` without Redis.
 fn redis_state(state: &AdminState, reports: &Gathered<ShardReport>) -> Option<Value> {
     let bridge = state.shards.bridge?;
-    let get = |f: fn(&crate::metrics::ShardStats) -> &std::sync::atomic::AtomicU64| crate::metrics::ShardStats::get(f(&state.stats[bridge]));
+    let get = |series: fn(&ShardStats) -> &AtomicU64| ShardStats::get(series(&state.stats[bridge]));
     let report = reports.answers.iter().find(|r| r.shard == bridge).and_then(|r| r.redis);
     Some(match report {
         None => json!({ "connected": false, "answered": false }),
@@ -322,8 +322,8 @@ pub async fn info(State(state): State<Arc<AdminState>>) -> Result<Json<Value>, A
                 "messages_in_per_second": rates.messages_in_per_second,
                 "messages_out_per_second": rates.messages_out_per_second,
                 "deliveries_per_second": rates.deliveries_per_second,
-                "dropped_frames_total": crate::metrics::ShardStats::get(&stats.dropped_frames),
-                "slow_consumer_disconnects_total": crate::metrics::ShardStats::get(&stats.slow_consumer_disconnects),
+                "dropped_frames_total": ShardStats::get(&stats.dropped_frames),
+                "slow_consumer_disconnects_total": ShardStats::get(&stats.slow_consumer_disconnects),
             })
         })
         .collect();

@@ -3,7 +3,6 @@
 //! announcements ([`Nodes`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +22,7 @@ struct Totals {
 
 impl Totals {
     fn read(s: &ShardStats) -> Totals {
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let get = ShardStats::get;
         Totals {
             // Messages entering the node's fan-out: client publishes and
             // direct messages, API messages, messages from other nodes.
@@ -91,7 +90,7 @@ impl History {
         if let Some((then, old)) = &self.last {
             let seconds = now.duration_since(*then).as_secs_f64();
             self.shard_rates = old.iter().zip(&totals).map(|(o, n)| Rates::between(*o, *n, seconds)).collect();
-            let get = |f: fn(&ShardStats) -> &std::sync::atomic::AtomicU64| stats.iter().map(|s| f(s).load(Ordering::Relaxed)).sum();
+            let get = |series| ShardStats::total(stats, series);
             self.samples.push_back(Sample {
                 t: unix_ms(),
                 connections: get(|s| &s.connections),
