@@ -274,21 +274,11 @@ fn an_explicit_admin_address_in_use_stops_the_start_but_the_default_does_not() {
     // The default address taken (by us, or by whatever already holds it):
     // logged, and the node serves WebSockets without the admin plane.
     let _held = std::net::TcpListener::bind("127.0.0.1:9090");
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(crate::util::BIN)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let ws = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string();
-    Client::connect(&format!("{ws}/ws"));
-    let _ = child.kill();
-    let _ = child.wait();
-    let logged = std::fs::read_to_string(log.path()).unwrap();
-    assert!(logged.contains("default admin address"), "{logged}");
+    let mut defaults = Command::new(crate::util::BIN);
+    defaults.args(["--listen", "127.0.0.1:0"]);
+    let server = Server::spawn(defaults, false).unwrap();
+    let _ = server.client();
+    assert!(server.stderr().contains("default admin address"), "{}", server.stderr());
 }
 
 /// A node with 2 shards bridged to `redis`, announcing itself every 200 ms.

@@ -196,52 +196,34 @@ fn print_config_shows_the_effective_config() {
 
 #[test]
 fn out_of_file_descriptors_is_logged_without_spinning_and_recovers() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new("sh")
-        .args(["-c", &format!("ulimit -n 48 && exec {BIN} --listen 127.0.0.1:0 --shards 1")])
-        .stdout(Stdio::piped())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ws://").unwrap_or_else(|| panic!("{line:?}")).to_string();
-    let guard = KillOnDrop(child);
+    let mut limited = Command::new("sh");
+    limited.args(["-c", &format!("ulimit -n 48 && exec {BIN} --listen 127.0.0.1:0 --shards 1 --admin-listen ''")]);
+    let server = Server::spawn(limited, false).unwrap();
+    let addr = server.addr.clone();
     let mut first = Client::connect(&format!("ws://{addr}/ws"));
     // Far more sockets than descriptors left: the rest wait in the backlog.
     let extra: Vec<_> = (0..60).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
     crate::util::eventually(Duration::from_secs(5), "the EMFILE warning", || {
-        std::fs::read_to_string(log.path()).unwrap().contains("out of file descriptors")
+        server.stderr().contains("out of file descriptors")
     });
     let ticks = |pid: u32| -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
         f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
     };
-    let pid = guard.0.id();
+    let pid = server.child.id();
     let before = ticks(pid);
     std::thread::sleep(Duration::from_secs(1));
     let used = ticks(pid) - before;
     assert!(used < 30, "server used {used} ticks in 1 s while out of descriptors: spinning");
     assert_eq!(first.request(json!({"type":"ping"}), 1)["type"], "pong", "existing clients still served");
-    let warnings = std::fs::read_to_string(log.path()).unwrap().matches("accept failed").count();
+    let warnings = server.stderr().matches("accept failed").count();
     assert!(warnings <= 2, "logged once per interval, not per failure ({warnings})");
     drop(extra);
     crate::util::eventually(Duration::from_secs(10), "a new connection once descriptors free up", || {
         let url = format!("ws://{addr}/ws");
         tungstenite::connect(url.as_str()).is_ok()
     });
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Completes a WebSocket handshake on a raw socket that will never read again.

@@ -37,7 +37,6 @@ impl Server {
             f.write_all(config.as_bytes()).unwrap();
             f
         });
-        let log = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["--listen", "127.0.0.1:0"]);
         // The admin plane prints a second line when it runs. Tests that set
@@ -47,10 +46,21 @@ impl Server {
             cmd.args(["--admin-listen", "127.0.0.1:0"]);
         }
         let expect_admin = chosen.is_none_or(|a| !a.is_empty());
-        cmd.args(args).stdout(Stdio::piped()).stderr(log.reopen().unwrap());
+        cmd.args(args);
         if let Some(f) = &file {
             cmd.arg("--config").arg(f.path());
         }
+        let mut server = Server::spawn(cmd, expect_admin)?;
+        server._config = file;
+        Ok(server)
+    }
+
+    /// Runs `cmd` (the binary, or a shell that execs it) with its stderr
+    /// logged, and reads its readiness line, and the admin line after it
+    /// when `expect_admin`.
+    pub fn spawn(mut cmd: Command, expect_admin: bool) -> Result<Server, String> {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        cmd.stdout(Stdio::piped()).stderr(log.reopen().unwrap());
         let mut child = cmd.spawn().map_err(|e| e.to_string())?;
         let stdout = child.stdout.take().unwrap();
         let mut stdout = BufReader::new(stdout);
@@ -69,7 +79,7 @@ impl Server {
             stdout.read_line(&mut next).map_err(|e| e.to_string())?;
             admin = next.trim().strip_prefix("admin listening on http://").map(str::to_string);
         }
-        Ok(Server { child, addr, admin, _config: file, log })
+        Ok(Server { child, addr, admin, _config: None, log })
     }
 
     /// Everything the server logged so far.
