@@ -6,14 +6,17 @@
 //! incomplete frame (or fragmented message) are copied into memory of the
 //! connection's own, and freed as soon as the frame completes.
 
+mod cork;
 mod peer;
 mod session;
 mod transport;
 
-pub use peer::{ConnId, Outbox, Peer, Pushed};
+pub use cork::Cork;
+pub use peer::{ConnId, Outbox, Peer, Pushed, Queueing};
 pub use transport::Transport;
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -114,6 +117,9 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream) -> Option<Conn> {
     let Ok(Some((Upgraded { endpoint, leftover, token, ip, wire }, stream))) = upgraded else { return None };
     let peer = Rc::new(Peer::new(shard.next_conn_id(), Instant::now()));
     peer.wire.set(wire);
+    if let Transport::Plain(tcp) = &stream {
+        peer.send_directly_on(tcp.as_raw_fd());
+    }
     shard.add_peer(peer.clone());
     let bucket = TokenBucket::new(shard.config.limits.publish_burst);
     let mut conn = Conn {
@@ -236,6 +242,49 @@ fn wrote(out: &mut Outbox, n: usize, stats: &ShardStats) {
     ShardStats::add(&stats.frames_written, frames);
 }
 
+/// What [`flush_direct`] left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// The outbox is empty.
+    All,
+    /// The socket's send buffer is full; frames remain.
+    WouldBlock,
+}
+
+/// Sends `out` on the plain socket `fd` until it is empty or the socket is
+/// full, without waiting. Small frames are copied into the shard's write
+/// `scratch` and sent with one `send` (one kernel copy of one buffer beats
+/// many tiny iovecs); a frame too large for the scratch goes out as a
+/// vectored write straight from the queue. Used by a connection's task and
+/// by the shard's flush ([`Cork`]).
+pub fn flush_direct(out: &mut Outbox, fd: i32, scratch: &mut Vec<u8>, stats: &ShardStats) -> io::Result<Flushed> {
+    while !out.is_empty() {
+        scratch.clear();
+        let cap = scratch.capacity();
+        for slice in out.slices(usize::MAX) {
+            if scratch.len() + slice.len() > cap {
+                break;
+            }
+            scratch.extend_from_slice(slice);
+        }
+        let sent = if scratch.is_empty() {
+            let iov: IovBatch = out.slices(MAX_IOVECS).collect();
+            send_vectored(fd, iov.as_slice())
+        } else {
+            let one = [libc::iovec { iov_base: scratch.as_mut_ptr().cast(), iov_len: scratch.len() }];
+            send_vectored(fd, &one)
+        };
+        ShardStats::add(&stats.socket_writes, 1);
+        match sent {
+            Ok(n) => wrote(out, n, stats),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::WouldBlock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Flushed::All)
+}
+
 /// A message being reassembled from fragments. Bounded by `max_message_bytes`.
 struct Fragment {
     opcode: Opcode,
@@ -280,6 +329,13 @@ pub struct Conn {
     /// Identity and admission slots (see `session.rs`). `None`: anonymous,
     /// holding no per-IP slot.
     session: Option<Box<session::Session>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The descriptor closes with `stream`, and may be reused at once.
+        self.peer.detach();
+    }
 }
 
 impl Conn {
@@ -360,7 +416,7 @@ impl Conn {
 
     /// Whether input may be read. Registers the waker otherwise.
     fn poll_unblocked(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.peer.awaiting_interest.get() {
+        if self.peer.awaiting_interest() {
             return false;
         }
         let Some(Blocked::Bus { pending, retry }) = self.blocked.as_deref_mut() else { return true };
@@ -416,49 +472,23 @@ impl Conn {
         }
     }
 
-    /// Plain TCP: small frames are copied into the shard's write scratch and
-    /// sent with one `send` (one kernel copy of one buffer beats many tiny
-    /// iovecs); a frame too large for the scratch goes out as a vectored
-    /// write straight from the queue.
+    /// Plain TCP: what [`flush_direct`] cannot send now waits for
+    /// writability through the reactor.
     fn poll_flush_plain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let shard = self.shard.clone();
         loop {
-            let mut out = self.peer.outbox();
-            if out.is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            let mut scratch = shard.write_scratch.borrow_mut();
-            scratch.clear();
-            let cap = scratch.capacity();
-            for slice in out.slices(usize::MAX) {
-                if scratch.len() + slice.len() > cap {
-                    break;
-                }
-                scratch.extend_from_slice(slice);
-            }
-            let sent = if scratch.is_empty() {
-                let iov: IovBatch = out.slices(MAX_IOVECS).collect();
-                send_vectored(self.stream.raw_fd(), iov.as_slice())
-            } else {
-                let one = [libc::iovec { iov_base: scratch.as_mut_ptr().cast(), iov_len: scratch.len() }];
-                send_vectored(self.stream.raw_fd(), &one)
-            };
-            drop(scratch);
-            match sent {
-                Ok(n) => wrote(&mut out, n, shard.stats()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Wait for writability through the reactor: glommio's
-                    // poll_write retries the send and registers the waker.
-                    let head = out.head().expect("outbox not empty");
-                    drop(out);
+            let flushed = flush_direct(&mut self.peer.outbox(), self.stream.raw_fd(), &mut shard.write_scratch.borrow_mut(), shard.stats());
+            match flushed? {
+                Flushed::All => return Poll::Ready(Ok(())),
+                Flushed::WouldBlock => {
+                    // glommio's poll_write retries the send and registers the waker.
+                    let head = self.peer.outbox().head().expect("outbox not empty");
                     match Pin::new(&mut self.stream).poll_write(cx, &head) {
                         Poll::Ready(Ok(n)) => wrote(&mut self.peer.outbox(), n, shard.stats()),
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => return Poll::Pending,
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -472,7 +502,7 @@ impl Conn {
             if self.input_closed {
                 return buf.len();
             }
-            if self.blocked.is_some() || self.peer.awaiting_interest.get() {
+            if self.blocked.is_some() || self.peer.awaiting_interest() {
                 // Decode the rest once unblocked, before reading more.
                 self.resume = true;
                 break;
@@ -577,7 +607,7 @@ impl Conn {
     }
 
     fn send(&self, frame: bytes::Bytes) {
-        self.peer.push(frame, &self.shard.config.queue, self.shard.stats());
+        self.peer.push(frame, self.shard.queueing());
     }
 
     /// A compressed message: inflated with the shard's decompressor, its

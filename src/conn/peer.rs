@@ -4,6 +4,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
 
@@ -11,6 +13,7 @@ use crate::clock::Stamp;
 
 use bytes::Bytes;
 
+use super::Cork;
 use crate::config::{Overflow, QueueConfig};
 use crate::metrics::ShardStats;
 use crate::protocol::{close, Encoding, Wire};
@@ -156,6 +159,22 @@ pub enum Pushed {
     Closed,
 }
 
+/// The connection must stop now, without flushing (close timeout, drain deadline).
+const ABORTED: u8 = 1;
+/// See [`Peer::awaiting_interest`].
+const AWAITING_INTEREST: u8 = 2;
+/// Listed in the shard's [`Cork`].
+const CORKED: u8 = 4;
+
+/// Where a shard queues frames: the bounds and overflow policy, its
+/// counters, and the cork that sends what was queued.
+#[derive(Clone, Copy)]
+pub struct Queueing<'a> {
+    pub limits: &'a QueueConfig,
+    pub stats: &'a ShardStats,
+    pub cork: &'a Cork,
+}
+
 /// The shared half of a connection, held by the connection task, the shard's
 /// connection table and every topic it subscribes to. Touched only by its own
 /// shard (it is `!Send`: `RefCell`/`Cell`); other shards reach it only through
@@ -163,17 +182,21 @@ pub enum Pushed {
 pub struct Peer {
     pub id: ConnId,
     outbox: RefCell<Outbox>,
-    /// Waker of the connection task; woken when work arrives for it.
+    /// Waker of the connection task; woken when work arrives for it that the
+    /// shard's flush cannot do (TLS writes, a full socket, closing).
     waker: Cell<Option<Waker>>,
+    /// The plain TCP socket the shard's flush may send on directly; -1 for
+    /// TLS, and once the connection task has ended (the descriptor may then
+    /// be another connection's).
+    fd: Cell<RawFd>,
+
     /// Last time the client sent anything (heartbeat timeout).
     pub last_seen: Cell<Stamp>,
     /// Last time the server pinged it.
     pub last_ping: Cell<Stamp>,
-    /// The connection must stop now, without flushing (close timeout, drain deadline).
-    aborted: Cell<bool>,
-    /// A subscribe of this connection waits for other shards to confirm interest;
-    /// its input is not read meanwhile.
-    pub awaiting_interest: Cell<bool>,
+    /// [`ABORTED`], [`AWAITING_INTEREST`], [`CORKED`]: one byte, so that
+    /// `Peer` stays in its allocation size class.
+    flags: Cell<u8>,
     /// How its messages are sent: the negotiated subprotocol's encoding and
     /// permessage-deflate mode. Set once, at the upgrade.
     pub wire: Cell<Wire>,
@@ -191,10 +214,10 @@ impl Peer {
             id,
             outbox: RefCell::new(Outbox::default()),
             waker: Cell::new(None),
+            fd: Cell::new(-1),
             last_seen: Cell::new(Stamp::from(now)),
             last_ping: Cell::new(Stamp::from(now)),
-            aborted: Cell::new(false),
-            awaiting_interest: Cell::new(false),
+            flags: Cell::new(0),
             wire: Cell::new(Wire::default()),
         }
     }
@@ -223,14 +246,34 @@ impl Peer {
         }
     }
 
+    /// Lets the shard's flush send on `fd` directly (plain TCP only).
+    pub fn send_directly_on(&self, fd: RawFd) {
+        self.fd.set(fd);
+    }
+
+    /// The connection task has ended: nothing may be sent on its descriptor.
+    pub fn detach(&self) {
+        self.fd.set(-1);
+    }
+
+    /// The socket the shard's flush may send on, if any.
+    pub fn direct_fd(&self) -> Option<RawFd> {
+        Some(self.fd.get()).filter(|fd| *fd >= 0)
+    }
+
     /// Queues a frame under the queue bounds and overflow policy.
-    pub fn push(&self, frame: Bytes, limits: &QueueConfig, stats: &ShardStats) -> Pushed {
-        self.push_at(frame, Stamp::now(), limits, stats)
+    pub fn push(self: &Rc<Self>, frame: Bytes, q: Queueing<'_>) -> Pushed {
+        self.push_at(frame, Stamp::now(), q)
     }
 
     /// [`Peer::push`] with the clock already read: delivery to many
     /// subscribers reads it once per message, not once per subscriber.
-    pub fn push_at(&self, frame: Bytes, now: Stamp, limits: &QueueConfig, stats: &ShardStats) -> Pushed {
+    ///
+    /// The first frame into an empty queue lists the connection in the
+    /// shard's cork (sent after the current batch of work), or wakes its task
+    /// when only the task can send (TLS).
+    pub fn push_at(self: &Rc<Self>, frame: Bytes, now: Stamp, q: Queueing<'_>) -> Pushed {
+        let Queueing { limits, stats, cork } = q;
         let mut out = self.outbox.borrow_mut();
         if out.closing.is_some() {
             return Pushed::Closed;
@@ -269,7 +312,11 @@ impl Peer {
         out.enqueue(frame, now);
         drop(out);
         if was_empty {
-            self.wake();
+            if self.fd.get() >= 0 {
+                cork.add(self);
+            } else {
+                self.wake();
+            }
         }
         result
     }
@@ -296,13 +343,40 @@ impl Peer {
         self.outbox.borrow().closing
     }
 
+    fn flag(&self, flag: u8) -> bool {
+        self.flags.get() & flag != 0
+    }
+
+    /// Sets or clears `flag`; returns whether it was set.
+    fn set_flag(&self, flag: u8, on: bool) -> bool {
+        let old = self.flags.get();
+        self.flags.set(if on { old | flag } else { old & !flag });
+        old & flag != 0
+    }
+
     pub fn abort(&self) {
-        self.aborted.set(true);
+        self.set_flag(ABORTED, true);
         self.wake();
     }
 
     pub fn is_aborted(&self) -> bool {
-        self.aborted.get()
+        self.flag(ABORTED)
+    }
+
+    /// A subscribe of this connection waits for other shards to confirm
+    /// interest; its input is not read meanwhile.
+    pub fn awaiting_interest(&self) -> bool {
+        self.flag(AWAITING_INTEREST)
+    }
+
+    pub fn set_awaiting_interest(&self, on: bool) {
+        self.set_flag(AWAITING_INTEREST, on);
+    }
+
+    /// Marks the connection listed in the shard's [`Cork`] (`true`) or taken
+    /// off it; returns whether it was listed.
+    pub fn set_corked(&self, on: bool) -> bool {
+        self.set_flag(CORKED, on)
     }
 }
 
@@ -315,6 +389,10 @@ mod tests {
         QueueConfig { max_messages, max_bytes, overflow, close_timeout: Duration::from_secs(1) }
     }
 
+    fn push(p: &Rc<Peer>, frame: Bytes, limits: &QueueConfig, stats: &ShardStats) -> Pushed {
+        p.push(frame, Queueing { limits, stats, cork: &Cork::default() })
+    }
+
     fn frame(n: usize) -> Bytes {
         Bytes::from(vec![b'x'; n])
     }
@@ -322,34 +400,34 @@ mod tests {
     #[test]
     fn disconnect_policy_keeps_the_half_written_head_and_closes() {
         let stats = ShardStats::default();
-        let p = Peer::new(ConnId::new(0, 1), Instant::now());
+        let p = Rc::new(Peer::new(ConnId::new(0, 1), Instant::now()));
         let q = limits(3, 1 << 20, Overflow::Disconnect);
         for _ in 0..3 {
-            assert_eq!(p.push(frame(10), &q, &stats), Pushed::Queued);
+            assert_eq!(push(&p, frame(10), &q, &stats), Pushed::Queued);
         }
         p.outbox().consume(4, |_| {});
-        assert_eq!(p.push(frame(10), &q, &stats), Pushed::SlowConsumer);
+        assert_eq!(push(&p, frame(10), &q, &stats), Pushed::SlowConsumer);
         let out = p.outbox();
         let sent: Vec<usize> = out.slices(10).map(|s| s.len()).collect();
         assert_eq!(sent, vec![6, 2 + 2 + "slow consumer".len()]);
         drop(out);
-        assert_eq!(p.push(frame(1), &q, &stats), Pushed::Closed);
+        assert_eq!(push(&p, frame(1), &q, &stats), Pushed::Closed);
         assert_eq!(stats.slow_consumer_disconnects.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[test]
     fn drop_oldest_policy_bounds_bytes() {
         let stats = ShardStats::default();
-        let p = Peer::new(ConnId::new(0, 1), Instant::now());
+        let p = Rc::new(Peer::new(ConnId::new(0, 1), Instant::now()));
         let q = limits(100, 1024, Overflow::DropOldest);
         for _ in 0..50 {
-            p.push(frame(100), &q, &stats);
+            push(&p, frame(100), &q, &stats);
         }
         let out = p.outbox();
         assert_eq!(out.frames.len(), 11, "the head and 10 waiting behind it");
         assert!(out.waiting_bytes() <= 1024);
         drop(out);
-        assert_eq!(p.push(frame(2000), &q, &stats), Pushed::Dropped, "too big to wait behind others");
+        assert_eq!(push(&p, frame(2000), &q, &stats), Pushed::Dropped, "too big to wait behind others");
     }
 
     /// `waiting` must always equal the bytes behind the head.
@@ -363,10 +441,10 @@ mod tests {
     fn the_waiting_count_follows_every_change() {
         let stats = ShardStats::default();
         for overflow in [Overflow::Disconnect, Overflow::DropOldest] {
-            let p = Peer::new(ConnId::new(0, 1), Instant::now());
+            let p = Rc::new(Peer::new(ConnId::new(0, 1), Instant::now()));
             let q = limits(5, 100, overflow);
             for i in 0..12 {
-                p.push(frame(7 + i), &q, &stats);
+                push(&p, frame(7 + i), &q, &stats);
                 check_waiting(&p);
                 if i % 3 == 0 {
                     p.outbox().consume(5, |_| {});
@@ -384,21 +462,21 @@ mod tests {
     fn an_empty_queue_takes_one_frame_of_any_size() {
         let stats = ShardStats::default();
         for overflow in [Overflow::Disconnect, Overflow::DropOldest] {
-            let p = Peer::new(ConnId::new(0, 1), Instant::now());
+            let p = Rc::new(Peer::new(ConnId::new(0, 1), Instant::now()));
             let q = limits(4, 1024, overflow);
-            assert_eq!(p.push(frame(1 << 20), &q, &stats), Pushed::Queued, "{overflow:?}: 1 MiB into an empty queue");
-            assert_eq!(p.push(frame(1000), &q, &stats), Pushed::Queued, "max_bytes counts what waits behind the head");
-            assert_ne!(p.push(frame(100), &q, &stats), Pushed::Queued, "{overflow:?}: 1100 bytes would wait");
+            assert_eq!(push(&p, frame(1 << 20), &q, &stats), Pushed::Queued, "{overflow:?}: 1 MiB into an empty queue");
+            assert_eq!(push(&p, frame(1000), &q, &stats), Pushed::Queued, "max_bytes counts what waits behind the head");
+            assert_ne!(push(&p, frame(100), &q, &stats), Pushed::Queued, "{overflow:?}: 1100 bytes would wait");
         }
     }
 
     #[test]
     fn consume_walks_frames_and_frees_memory() {
         let stats = ShardStats::default();
-        let p = Peer::new(ConnId::new(0, 1), Instant::now());
+        let p = Rc::new(Peer::new(ConnId::new(0, 1), Instant::now()));
         let q = limits(100, 1 << 20, Overflow::Disconnect);
         for _ in 0..20 {
-            p.push(frame(5), &q, &stats);
+            push(&p, frame(5), &q, &stats);
         }
         p.outbox().consume(12, |_| {});
         assert_eq!(p.outbox().head().unwrap().len(), 3);

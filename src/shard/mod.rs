@@ -24,7 +24,7 @@ use crate::bridge::{Bridge, InterestAck};
 use crate::clock::Stamp;
 use crate::bus::{ControlMsg, InterestMap, Mailbox, PublishMsg, ShardSet};
 use crate::config::Config;
-use crate::conn::{ConnId, Peer};
+use crate::conn::{ConnId, Cork, Peer, Queueing};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
 use crate::protocol::{close, Builder, Encoding, Kind, Outgoing, Payload, Wire};
@@ -84,6 +84,9 @@ pub struct Shard {
     /// queued frames are copied here and sent in one syscall. Borrowed only
     /// within one non-blocking send. Its capacity is `write_buffer_bytes`.
     pub write_scratch: RefCell<Vec<u8>>,
+    /// Connections with frames queued during the current batch of work,
+    /// sent by the flush task after it (see [`Cork`]).
+    pub cork: Cork,
     /// The heartbeat ping frame, encoded once.
     pub ping_frame: Bytes,
     /// permessage-deflate for every connection of the shard: messages are
@@ -138,6 +141,7 @@ impl Shard {
             admission,
             deadlines: RefCell::default(),
             deadline_earlier: Notify::default(),
+            cork: Cork::default(),
             scratch: RefCell::new(scratch),
             write_scratch: RefCell::new(write_scratch),
             ping_frame: crate::ws::frame::build(crate::ws::frame::Opcode::Ping, &[]),
@@ -153,6 +157,11 @@ impl Shard {
             next_token: Cell::new(0),
             shutting_down: Cell::new(false),
         }
+    }
+
+    /// How this shard queues frames to its connections.
+    pub fn queueing(&self) -> Queueing<'_> {
+        Queueing { limits: &self.config.queue, stats: self.stats(), cork: &self.cork }
     }
 
     pub fn stats(&self) -> &ShardStats {
@@ -201,11 +210,11 @@ impl Shard {
                 let mut pending = self.pending_interest.borrow_mut();
                 let wait = pending.get_mut(&token).expect("pending token is tracked");
                 wait.waiters.push((peer.clone(), ready));
-                peer.awaiting_interest.set(true);
+                peer.set_awaiting_interest(true);
             }
             None => {
                 if let Some(frame) = ready {
-                    peer.push(frame, &self.config.queue, self.stats());
+                    peer.push(frame, self.queueing());
                 }
             }
         }
@@ -334,7 +343,7 @@ impl Shard {
     pub fn deliver_local(&self, msg: &Outgoing, skip: Option<ConnId>) {
         let registry = self.registry.borrow();
         let Some(entry) = registry.get(&msg.topic) else { return };
-        let limits = &self.config.queue;
+        let q = self.queueing();
         let stats = self.stats();
         let now = Stamp::now();
         stats.fanout_delay.observe_micros(now.micros_since(msg.received));
@@ -344,7 +353,7 @@ impl Shard {
             let frame = msg.plain(Encoding::Json, stats);
             for (id, peer) in &entry.subscribers {
                 if Some(*id) != skip {
-                    peer.push_at(frame.clone(), now, limits, stats);
+                    peer.push_at(frame.clone(), now, q);
                     delivered += 1;
                 }
             }
@@ -377,7 +386,7 @@ impl Shard {
                     frame
                 }
             };
-            peer.push_at(frame, now, limits, stats);
+            peer.push_at(frame, now, q);
             delivered += 1;
         }
         ShardStats::add(&stats.deliveries, delivered);
@@ -429,9 +438,9 @@ impl Shard {
         }
         for (peer, ready) in wait.waiters {
             if let Some(frame) = ready {
-                peer.push(frame, &self.config.queue, self.stats());
+                peer.push(frame, self.queueing());
             }
-            peer.awaiting_interest.set(false);
+            peer.set_awaiting_interest(false);
             peer.wake();
         }
     }
@@ -530,7 +539,7 @@ impl Shard {
             if let Some(interval) = hb.interval {
                 if now.since(peer.last_ping.get()) >= interval {
                     peer.last_ping.set(now);
-                    peer.push_at(self.ping_frame.clone(), now, &self.config.queue, self.stats());
+                    peer.push_at(self.ping_frame.clone(), now, self.queueing());
                 }
             }
         }

@@ -56,6 +56,7 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
     let sweeper = spawn_local(sweep_loop(shard.clone())).detach();
     let deadlines = spawn_local(deadline_loop(shard.clone())).detach();
     let api = spawn_local(super::admin::api_publish_loop(shard.clone())).detach();
+    let flush = spawn_local(flush_loop(shard.clone())).detach();
     let bridge = shard.bridge.clone().map(|b| crate::bridge::spawn(shard.clone(), b)).unwrap_or_default();
     ready();
     bus_loop(&shard, inbox).await;
@@ -64,10 +65,21 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
     sweeper.cancel();
     deadlines.cancel();
     api.cancel();
+    flush.cancel();
     for task in bridge {
         task.cancel();
     }
     debug!(shard = index, "shard stopped");
+}
+
+/// Sends what the shard's connections were given during each batch of work
+/// (see [`crate::conn::Cork`]).
+async fn flush_loop(shard: Rc<Shard>) {
+    let mut spare = Vec::new();
+    loop {
+        shard.cork.ready.wait().await;
+        shard.cork.flush(&mut spare, &mut shard.write_scratch.borrow_mut(), shard.stats());
+    }
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
