@@ -137,7 +137,9 @@ pub struct FanoutArgs {
     /// As fast as the server sustains, with at most --window messages per publisher in flight.
     #[arg(long)]
     max: bool,
-    #[arg(long, default_value_t = 256)]
+    /// Messages per publisher in flight under --max (8: a publisher a few
+    /// messages ahead, like a live feed; see `compare --windows` for a sweep).
+    #[arg(long, default_value_t = 8)]
     window: usize,
     /// Connect publishers here instead of --url (e.g. another node, to measure
     /// cross-node delivery through Redis).
@@ -225,6 +227,18 @@ pub struct CompareArgs {
     /// Command starting the baseline (default: shardcast-baseline next to this one, port 0).
     #[arg(long, value_name = "CMD")]
     baseline: Option<String>,
+    /// Command starting the Node.js `ws` peer. Default: `node
+    /// benches/peers/ws/server.mjs --listen 127.0.0.1:0` when node is on the
+    /// PATH and the peer's packages are installed (`bash benches/peers/install.sh`).
+    #[arg(long, value_name = "CMD")]
+    node: Option<String>,
+    /// Leave the Node.js peer out.
+    #[arg(long, conflicts_with = "node")]
+    no_node: bool,
+    /// `fanout` only: run it at each of these `--window`s (e.g. 1,8,64,256)
+    /// and print the servers side by side per window.
+    #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
+    windows: Vec<usize>,
     /// The scenario and its options, e.g. `--scenario fanout --subscribers 1000 --max`.
     #[arg(long)]
     scenario: String,
@@ -443,8 +457,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// `compare`: the same scenario against shardcast and the baseline,
-/// alternating rounds; prints medians and ratios.
+/// The Node.js peer's default command, when it can run here.
+fn node_peer() -> Option<String> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers/ws");
+    let installed = std::path::Path::new(dir).join("node_modules/ws/package.json").exists();
+    let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    (installed && node).then(|| format!("node {dir}/server.mjs --listen 127.0.0.1:0"))
+}
+
+/// `compare`: the same scenario against shardcast, the tokio baseline and
+/// (when present) the Node.js `ws` peer, alternating rounds; prints medians
+/// and ratios. With `--windows`, once per fan-out window, side by side.
 fn compare(c: CompareArgs) -> Result<(), String> {
     let shardcast = match c.shardcast {
         Some(cmd) => cmd,
@@ -454,26 +477,85 @@ fn compare(c: CompareArgs) -> Result<(), String> {
         Some(cmd) => cmd,
         None => format!("{} --listen 127.0.0.1:0", sibling("shardcast-baseline")?),
     };
-    let mut argv = vec![c.scenario.clone()];
-    argv.extend(c.rest.iter().cloned());
-    let variants = [("shardcast", argv.clone(), shardcast), ("baseline", argv.clone(), baseline)];
-    let (results, json) = interleave(c.rounds, &variants)?;
-    if json {
-        return Ok(());
+    let node = match (c.no_node, c.node) {
+        (true, _) => None,
+        (false, Some(cmd)) => Some(cmd),
+        (false, None) => {
+            let found = node_peer();
+            if found.is_none() {
+                eprintln!("compare: no Node.js peer (node missing, or run `bash benches/peers/install.sh`); comparing with the baseline only");
+            }
+            found
+        }
+    };
+    if !c.windows.is_empty() && c.scenario != "fanout" {
+        return Err("--windows applies to --scenario fanout".into());
     }
-    type Metric = fn(&Report) -> Option<f64>;
-    let metrics: [(&str, Metric); 7] = [
-        ("ops/s", |r| Some(r.ops_per_second)),
-        ("ops per server CPU-s", |r| r.ops_per_server_cpu_second),
-        ("server CPU %", |r| r.server.as_ref().map(|s| s.cpu_percent)),
-        ("p50 latency µs", |r| r.latency.as_ref().map(|l| l.p50_us)),
-        ("p99 latency µs", |r| r.latency.as_ref().map(|l| l.p99_us)),
-        ("server RSS after MiB", |r| r.server.as_ref().map(|s| s.rss_after_bytes as f64 / 1048576.0)),
-        ("lost + out of order", |r| Some((r.lost + r.out_of_order) as f64)),
-    ];
-    println!("scenario {} {} — medians of {} rounds each, alternating", c.scenario, c.rest.join(" "), c.rounds);
-    print_medians(&metrics, &["shardcast", "baseline"], &results, &[(0, 1)]);
+    let mut labels = vec!["shardcast", "baseline"];
+    let mut servers = vec![shardcast, baseline];
+    if let Some(cmd) = node {
+        labels.push("node-ws");
+        servers.push(cmd);
+    }
+    let ratios: Vec<(usize, usize)> = (1..labels.len()).map(|i| (0, i)).collect();
+    let windows: Vec<Option<usize>> = if c.windows.is_empty() { vec![None] } else { c.windows.iter().map(|w| Some(*w)).collect() };
+    let mut sweep = Vec::new();
+    for window in windows {
+        let mut argv = vec![c.scenario.clone()];
+        argv.extend(c.rest.iter().cloned());
+        if let Some(w) = window {
+            argv.extend(["--window".to_string(), w.to_string()]);
+        }
+        let variants: Vec<Variant> = labels.iter().zip(&servers).map(|(l, cmd)| (*l, argv.clone(), cmd.clone())).collect();
+        let (results, json) = interleave(c.rounds, &variants)?;
+        if json {
+            continue;
+        }
+        let metrics: [(&str, Metric); 8] = [
+            ("ops/s", |r| Some(r.ops_per_second)),
+            ("ops per server CPU-s", |r| r.ops_per_server_cpu_second),
+            ("server CPU %", |r| r.server.as_ref().map(|s| s.cpu_percent)),
+            ("generator CPU %", |r| Some(r.generator_cpu_seconds / r.seconds * 100.0)),
+            ("p50 latency µs", |r| r.latency.as_ref().map(|l| l.p50_us)),
+            ("p99 latency µs", |r| r.latency.as_ref().map(|l| l.p99_us)),
+            ("server RSS after MiB", |r| r.server.as_ref().map(|s| s.rss_after_bytes as f64 / 1048576.0)),
+            ("lost + out of order", |r| Some((r.lost + r.out_of_order) as f64)),
+        ];
+        println!("scenario {} {} — medians of {} rounds each, alternating", argv[0], argv[1..].join(" "), c.rounds);
+        print_medians(&metrics, &labels, &results, &ratios);
+        println!();
+        if let Some(w) = window {
+            sweep.push((w, results));
+        }
+    }
+    if sweep.len() > 1 {
+        print_sweep(&labels, &sweep);
+    }
     Ok(())
+}
+
+/// The window sweep in one table: deliveries per server CPU-second and p99
+/// per server and window, and shardcast's ratio to each other server.
+fn print_sweep(labels: &[&str], sweep: &[(usize, Vec<Vec<Report>>)]) {
+    let mut header = vec!["window".to_string()];
+    header.extend(labels.iter().map(|l| format!("{l} per CPU-s")));
+    header.extend(labels[1..].iter().map(|l| format!("shardcast/{l}")));
+    header.extend(labels.iter().map(|l| format!("{l} p99 µs")));
+    let rows: Vec<Vec<String>> = sweep
+        .iter()
+        .map(|(w, results)| {
+            let per_cpu: Vec<f64> = results.iter().map(|r| median(r.iter().filter_map(|r| r.ops_per_server_cpu_second).collect())).collect();
+            let p99: Vec<f64> = results.iter().map(|r| median(r.iter().filter_map(|r| r.latency.as_ref().map(|l| l.p99_us)).collect())).collect();
+            let mut row = vec![w.to_string()];
+            row.extend(per_cpu.iter().map(|v| format!("{v:.0}")));
+            row.extend(per_cpu[1..].iter().map(|v| format!("{:.2}x", per_cpu[0] / v)));
+            row.extend(p99.iter().map(|v| format!("{v:.0}")));
+            row
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    println!("window sweep — deliveries per server CPU-second, medians");
+    report::print_table(&header, &rows);
 }
 
 /// Options of the interleaved comparisons (`auth`, `wire`).
