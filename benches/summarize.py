@@ -23,7 +23,11 @@ for path in sorted(out.glob("*.jsonl")):
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     groups = {}
     for r in rows:
-        groups.setdefault(r.get("server_name", "shardcast"), []).append(r)
+        server = r.get("server_name", "shardcast")
+        window = r.get("details", {}).get("window")
+        if window is not None:
+            server += f" (window {window:.0f})"
+        groups.setdefault(server, []).append(r)
     for server, rs in groups.items():
         extra = []
         d = rs[0].get("details", {})

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs every target of benches/README.md three times and prints the medians.
-# Server pinned to CPU 0, generator to CPU 1 (a 2-core host); adjust CPUS.
+# Runs every scenario of benches/README.md's results table against shardcast,
+# the tokio baseline and (when Node.js is present) the Node.js `ws` peer,
+# interleaved, RUNS rounds each, and prints the medians. Server pinned to CPU
+# 0 with one shard, generator to CPU 1 (a 2-core host; adjust the CPUs).
 #
-#   bash benches/targets.sh [OUT_DIR]       # ~10 minutes
+#   bash benches/targets.sh [OUT_DIR]       # ~25 minutes
 #
-# Needs: cargo build --release --bins; redis-server for the cross-node rows.
+# Needs: cargo build --release --bins. Installs the Node.js peer's packages
+# (benches/peers/install.sh) when node is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-target/bench-results}
@@ -12,30 +15,29 @@ mkdir -p "$OUT"
 B=target/release
 SERVER_CPU=${SERVER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
-SRV="taskset -c $SERVER_CPU $B/shardcast --listen 127.0.0.1:0 --shards 1 --config benches/server.toml"
-GEN="taskset -c $GEN_CPU $B/shardcast-bench"
 RUNS=${RUNS:-3}
+PIN="taskset -c $SERVER_CPU"
+SRV="$PIN $B/shardcast --listen 127.0.0.1:0 --shards 1 --config benches/server.toml"
+BASE="$PIN $B/shardcast-baseline --listen 127.0.0.1:0 --threads 1"
+GEN="taskset -c $GEN_CPU $B/shardcast-bench"
 
-run() { # name, args...
+bash benches/peers/install.sh
+NODE=(--no-node)
+if [ -f benches/peers/ws/node_modules/ws/package.json ] && command -v node >/dev/null; then
+    NODE=(--node "$PIN node benches/peers/ws/server.mjs --listen 127.0.0.1:0")
+fi
+
+compare() { # name, scenario args...
     local name=$1; shift
-    : > "$OUT/$name.jsonl"
-    for i in $(seq "$RUNS"); do
-        $GEN "$@" --json >> "$OUT/$name.jsonl"
-    done
+    echo "== $name" >&2
+    $GEN compare --rounds "$RUNS" --shardcast "$SRV" --baseline "$BASE" "${NODE[@]}" "$@" --json > "$OUT/$name.jsonl"
 }
 
-run fanout-1k fanout --spawn "$SRV" --subscribers 1000 --publishers 1 --payload 64 --max --duration 5 --warmup 1
-run fanout-10k fanout --spawn "$SRV" --subscribers 10000 --publishers 1 --payload 64 --max --duration 5 --warmup 1
-run rooms rooms --spawn "$SRV" --clients 2000 --room-size 10 --msg-rate 10 --duration 10 --warmup 2
-run idle-19k idle --spawn "$SRV" --connections 19000 --duration 30 --warmup 0
-run connect connect --spawn "$SRV" --concurrency 64 --duration 5 --warmup 1
-run echo echo --spawn "$SRV" --connections 64 --duration 5 --warmup 1
-$GEN compare --rounds "$RUNS" --shardcast "$SRV" \
-    --baseline "taskset -c $SERVER_CPU $B/shardcast-baseline --listen 127.0.0.1:0 --threads 1" \
-    --scenario fanout --subscribers 1000 --max --duration 5 --warmup 1 --json > "$OUT/compare-fanout.jsonl"
-for s in echo connect; do
-    $GEN compare --rounds "$RUNS" --shardcast "$SRV" \
-        --baseline "taskset -c $SERVER_CPU $B/shardcast-baseline --listen 127.0.0.1:0 --threads 1" \
-        --scenario $s --duration 5 --warmup 1 --json > "$OUT/compare-$s.jsonl"
-done
+compare fanout-1k-sweep --windows 1,8,64,256 --scenario fanout --subscribers 1000 --max --duration 5 --warmup 1
+compare fanout-10k --scenario fanout --subscribers 10000 --max --window 8 --duration 5 --warmup 1
+compare fanout-rate --scenario fanout --subscribers 1000 --rate 50 --duration 10 --warmup 2
+compare rooms --scenario rooms --clients 2000 --room-size 10 --msg-rate 10 --duration 10 --warmup 2
+compare idle-19k --scenario idle --connections 19000 --duration 10 --warmup 0
+compare connect --scenario connect --concurrency 64 --duration 5 --warmup 1
+compare echo --scenario echo --connections 64 --duration 5 --warmup 1
 python3 benches/summarize.py "$OUT"

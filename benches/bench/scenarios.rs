@@ -354,6 +354,10 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
         .detail("publishers", a.publishers as f64)
         .detail("payload_bytes", a.payload as f64)
         .detail("published", sent.iter().map(Cell::get).sum::<u64>() as f64);
+    let report = match a.rate {
+        Some(rate) => report.detail("rate", rate),
+        None => report.detail("window", a.window as f64),
+    };
     drop(keep);
     Ok((report, hist))
 }
