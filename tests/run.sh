@@ -48,6 +48,8 @@ if ! [ -d tests/browser/node_modules/playwright-core ]; then
     echo "tests/run.sh: installing playwright-core (npm ci in tests/browser)"
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# The Node.js `ws` peer that `shardcast-bench compare` measures beside shardcast.
+bash benches/peers/install.sh
 
 # Each schema and where its generated Rust code is committed.
 schemas="schemas/bridge.fbs:src/bridge/generated schemas/client.fbs:src/protocol/generated"

@@ -77,6 +77,11 @@ impl Admission {
         acquire(&self.users, user, self.max_per_user).then(|| UserSlot { admission: self.clone(), user: user.clone() })
     }
 
+    /// Whether connections per client IP are limited (`max_connections_per_ip` > 0).
+    pub fn limits_ips(&self) -> bool {
+        self.max_per_ip > 0
+    }
+
     /// Counts one more connection from `ip`. `Err` when that would exceed
     /// `max_connections_per_ip`; `Ok(None)` when no per-IP limit is set
     /// (nothing is tracked then).

@@ -98,8 +98,7 @@ impl Future for Serve {
 /// The handshake, under `handshake_timeout_ms`; the connection, registered
 /// with its shard, once upgraded.
 async fn upgrade(shard: Rc<Shard>, stream: TcpStream) -> Option<Conn> {
-    let _ = stream.set_nodelay(true);
-    let client_ip = stream.peer_addr().ok()?.ip();
+    // TCP_NODELAY comes from the listening socket (accepted sockets inherit it).
     let timeout = shard.config.server.handshake_timeout;
     // One deadline for the TLS handshake and the HTTP upgrade together.
     let upgraded = glommio::timer::timeout(timeout, async {
@@ -111,16 +110,19 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream) -> Option<Conn> {
             },
             None => Transport::Plain(stream),
         };
-        Ok(handshake(&shard, &mut stream, client_ip).await.map(|up| (up, stream)))
+        Ok(handshake(&shard, &mut stream).await.map(|up| (up, stream)))
     })
     .await;
-    let Ok(Some((Upgraded { endpoint, leftover, token, ip, wire }, stream))) = upgraded else { return None };
+    let Ok(Some((Upgraded { endpoint, response, leftover, token, ip, wire }, stream))) = upgraded else { return None };
     let peer = Rc::new(Peer::new(shard.next_conn_id(), Instant::now()));
     peer.wire.set(wire);
     if let Transport::Plain(tcp) = &stream {
         peer.send_directly_on(tcp.as_raw_fd());
     }
     shard.add_peer(peer.clone());
+    // The 101 goes out with whatever the session queues next (the welcome):
+    // one send, one segment, one wake-up of the client for both.
+    peer.push(response.into(), shard.queueing());
     let bucket = TokenBucket::new(shard.config.limits.publish_burst);
     let mut conn = Conn {
         shard,
@@ -149,6 +151,8 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream) -> Option<Conn> {
 /// A request that was answered with 101 Switching Protocols.
 struct Upgraded {
     endpoint: Endpoint,
+    /// The 101 Switching Protocols response, to send first.
+    response: Vec<u8>,
     /// Bytes read past the request: already WebSocket data.
     leftover: Vec<u8>,
     token: Option<String>,
@@ -160,7 +164,7 @@ struct Upgraded {
 
 /// Reads and answers the HTTP upgrade request. `None` when the connection
 /// was refused.
-async fn handshake(shard: &Shard, stream: &mut Transport, client_ip: std::net::IpAddr) -> Option<Upgraded> {
+async fn handshake(shard: &Shard, stream: &mut Transport) -> Option<Upgraded> {
     let server = &shard.config.server;
     let rules = handshake::Rules {
         ws_path: &server.ws_path,
@@ -196,7 +200,8 @@ async fn handshake(shard: &Shard, stream: &mut Transport, client_ip: std::net::I
     };
     let reply = match decision {
         Decision::Upgrade { endpoint, response, consumed, token, encoding, deflate } => {
-            let ip = shard.admission.admit_ip(client_ip);
+            // The peer's address is looked up only when per-IP limits need it.
+            let ip = if shard.admission.limits_ips() { shard.admission.admit_ip(stream.peer_ip()?) } else { Ok(None) };
             let open = shard.node_connections.fetch_add(1, Ordering::Relaxed);
             if ip.is_err() {
                 shard.node_connections.fetch_sub(1, Ordering::Relaxed);
@@ -206,13 +211,11 @@ async fn handshake(shard: &Shard, stream: &mut Transport, client_ip: std::net::I
                 shard.node_connections.fetch_sub(1, Ordering::Relaxed);
                 handshake::response(503, "Service Unavailable", "Retry-After: 1\r\n", "text/plain", b"server is at max_connections\n")
             } else {
-                if stream.write_all(&response).await.is_err() {
-                    shard.node_connections.fetch_sub(1, Ordering::Relaxed);
-                    return None;
-                }
+                // The connection now counts against max_connections; its
+                // task's end (`Shard::remove_peer`) gives the count back.
                 let leftover = buf[consumed..filled].to_vec();
                 let wire = Wire { encoding, deflate: deflate.map_or(Mode::Off, |a| a.mode()) };
-                return Some(Upgraded { endpoint, leftover, token, ip: ip.unwrap_or_default(), wire });
+                return Some(Upgraded { endpoint, response, leftover, token, ip: ip.unwrap_or_default(), wire });
             }
         }
         Decision::Metrics => {

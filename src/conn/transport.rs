@@ -20,6 +20,15 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// The client's address, `None` once the connection is gone.
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        let tcp = match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(s) => s.get_ref().0,
+        };
+        tcp.peer_addr().ok().map(|a| a.ip())
+    }
+
     /// The socket under the transport (for `sendmsg`, `shutdown`).
     pub fn raw_fd(&self) -> RawFd {
         match self {

@@ -105,15 +105,21 @@ fn echo_smoke() {
 }
 
 #[test]
-fn compare_smoke_runs_both_servers_alternately() {
+fn compare_sweeps_windows_over_the_three_servers_alternately() {
     let baseline = format!("{BASELINE} --listen 127.0.0.1:0 --threads 1");
+    // Installed by tests/run.sh (benches/peers/install.sh).
+    let node = format!("node {}/benches/peers/ws/server.mjs --listen 127.0.0.1:0", env!("CARGO_MANIFEST_DIR"));
     let runs = bench(&[
-        "compare", "--rounds", "1", "--shardcast", &spawn_cmd(), "--baseline", &baseline,
-        "--scenario", "fanout", "--subscribers", "10", "--max",
+        "compare", "--rounds", "1", "--shardcast", &spawn_cmd(), "--baseline", &baseline, "--node", &node,
+        "--windows", "1,8", "--scenario", "fanout", "--subscribers", "10", "--max",
     ]);
-    let names: Vec<&str> = runs.iter().map(|r| r["server_name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["shardcast", "baseline"]);
+    let names: Vec<(&str, f64)> = runs.iter().map(|r| (r["server_name"].as_str().unwrap(), r["details"]["window"].as_f64().unwrap())).collect();
+    assert_eq!(
+        names,
+        [("shardcast", 1.0), ("baseline", 1.0), ("node-ws", 1.0), ("shardcast", 8.0), ("baseline", 8.0), ("node-ws", 8.0)]
+    );
     for r in &runs {
+        assert_measured(r, "deliveries");
         assert_eq!(r["lost"], 0, "{r}");
     }
 }

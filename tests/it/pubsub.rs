@@ -160,3 +160,35 @@ fn full_cross_shard_channel_pushes_back_without_loss_or_reordering() {
     reader.join().expect("every message, in order, through a full channel");
     assert!(server.metric("bus_full_waits_total") > 0, "the channel was full at least once");
 }
+
+#[test]
+fn the_upgrade_response_and_the_welcome_leave_in_one_write() {
+    let server = Server::start("", &["--shards", "1"]);
+    let mut c = server.client();
+    assert_eq!(server.metric("socket_writes_total"), 1, "101 Switching Protocols and the welcome frame: one send");
+    c.subscribe("t");
+    assert_eq!(server.metric("socket_writes_total"), 2, "then the ack");
+}
+
+#[test]
+fn deliveries_queued_in_one_batch_reach_a_subscriber_in_one_send() {
+    const N: usize = 100;
+    let server = Server::start(UNLIMITED, &["--shards", "1"]);
+    let mut subscriber = server.client();
+    subscriber.subscribe("batch");
+    let mut publisher = server.client();
+    let before = server.metric("socket_writes_total");
+    // One TCP write carrying N publishes (no ids: no acks), read by the
+    // server in one go: the subscriber's N frames are corked and sent together.
+    for i in 0..N {
+        let publish = json!({"type": "publish", "topic": "batch", "payload": i});
+        publisher.ws.write(tungstenite::Message::text(publish.to_string())).unwrap();
+    }
+    publisher.ws.flush().unwrap();
+    for i in 0..N {
+        assert_eq!(subscriber.recv()["payload"], json!(i));
+    }
+    let sends = server.metric("socket_writes_total") - before;
+    assert!(sends <= 3, "{N} deliveries took {sends} sends");
+    assert!(server.metric("frames_written_total") >= N as u64);
+}
