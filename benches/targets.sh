@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every scenario of benches/README.md's results table against shardcast,
-# the tokio baseline and (when Node.js is present) the Node.js `ws` peer,
+# the tokio baseline, the Node.js `ws` peer (when Node.js is present) and the
+# uWebSockets peer (when built: bash benches/peers/uws/build.sh),
 # interleaved, RUNS rounds each, and prints the medians. Server pinned to CPU
 # 0 with one shard, generator to CPU 1 (a 2-core host; adjust the CPUs).
 #
-#   bash benches/targets.sh [OUT_DIR]       # ~25 minutes
+#   bash benches/targets.sh [OUT_DIR]       # ~25 minutes, ~35 with uWebSockets
 #
 # Needs: cargo build --release --bins. Installs the Node.js peer's packages
 # (benches/peers/install.sh) when node is present.
@@ -26,11 +27,15 @@ NODE=(--no-node)
 if [ -f benches/peers/ws/node_modules/ws/package.json ] && command -v node >/dev/null; then
     NODE=(--node "$PIN node benches/peers/ws/server.mjs --listen 127.0.0.1:0")
 fi
+UWS=(--no-uws)
+if [ -x benches/peers/uws/uws-peer ]; then
+    UWS=(--uws "$PIN benches/peers/uws/uws-peer --listen 127.0.0.1:0")
+fi
 
 compare() { # name, scenario args...
     local name=$1; shift
     echo "== $name" >&2
-    $GEN compare --rounds "$RUNS" --shardcast "$SRV" --baseline "$BASE" "${NODE[@]}" "$@" --json > "$OUT/$name.jsonl"
+    $GEN compare --rounds "$RUNS" --shardcast "$SRV" --baseline "$BASE" "${NODE[@]}" "${UWS[@]}" "$@" --json > "$OUT/$name.jsonl"
 }
 
 compare fanout-1k-sweep --windows 1,8,64,256 --scenario fanout --subscribers 1000 --max --duration 5 --warmup 1

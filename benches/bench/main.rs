@@ -235,6 +235,13 @@ pub struct CompareArgs {
     /// Leave the Node.js peer out.
     #[arg(long, conflicts_with = "node")]
     no_node: bool,
+    /// Command starting the uWebSockets peer. Default: `benches/peers/uws/uws-peer
+    /// --listen 127.0.0.1:0` when it was built (`bash benches/peers/uws/build.sh`).
+    #[arg(long, value_name = "CMD")]
+    uws: Option<String>,
+    /// Leave the uWebSockets peer out.
+    #[arg(long, conflicts_with = "uws")]
+    no_uws: bool,
     /// `fanout` only: run it at each of these `--window`s (e.g. 1,8,64,256)
     /// and print the servers side by side per window.
     #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
@@ -465,9 +472,31 @@ fn node_peer() -> Option<String> {
     (installed && node).then(|| format!("node {dir}/server.mjs --listen 127.0.0.1:0"))
 }
 
+/// The uWebSockets peer's default command, when it was built.
+fn uws_peer() -> Option<String> {
+    let exe = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers/uws/uws-peer");
+    std::path::Path::new(exe).exists().then(|| format!("{exe} --listen 127.0.0.1:0"))
+}
+
+/// A comparison peer's command: given, found, or left out (`off`).
+fn optional_peer(off: bool, given: Option<String>, found: fn() -> Option<String>, missing: &str) -> Option<String> {
+    match (off, given) {
+        (true, _) => None,
+        (false, Some(cmd)) => Some(cmd),
+        (false, None) => {
+            let cmd = found();
+            if cmd.is_none() {
+                eprintln!("compare: {missing}");
+            }
+            cmd
+        }
+    }
+}
+
 /// `compare`: the same scenario against shardcast, the tokio baseline and
-/// (when present) the Node.js `ws` peer, alternating rounds; prints medians
-/// and ratios. With `--windows`, once per fan-out window, side by side.
+/// (when present) the Node.js `ws` and uWebSockets peers, alternating
+/// rounds; prints medians and ratios. With `--windows`, once per fan-out
+/// window, side by side.
 fn compare(c: CompareArgs) -> Result<(), String> {
     let shardcast = match c.shardcast {
         Some(cmd) => cmd,
@@ -477,25 +506,18 @@ fn compare(c: CompareArgs) -> Result<(), String> {
         Some(cmd) => cmd,
         None => format!("{} --listen 127.0.0.1:0", sibling("shardcast-baseline")?),
     };
-    let node = match (c.no_node, c.node) {
-        (true, _) => None,
-        (false, Some(cmd)) => Some(cmd),
-        (false, None) => {
-            let found = node_peer();
-            if found.is_none() {
-                eprintln!("compare: no Node.js peer (node missing, or run `bash benches/peers/install.sh`); comparing with the baseline only");
-            }
-            found
-        }
-    };
+    let node = optional_peer(c.no_node, c.node, node_peer, "no Node.js peer (node missing, or run `bash benches/peers/install.sh`)");
+    let uws = optional_peer(c.no_uws, c.uws, uws_peer, "no uWebSockets peer (build it: `bash benches/peers/uws/build.sh`)");
     if !c.windows.is_empty() && c.scenario != "fanout" {
         return Err("--windows applies to --scenario fanout".into());
     }
     let mut labels = vec!["shardcast", "baseline"];
     let mut servers = vec![shardcast, baseline];
-    if let Some(cmd) = node {
-        labels.push("node-ws");
-        servers.push(cmd);
+    for (label, cmd) in [("node-ws", node), ("uws", uws)] {
+        if let Some(cmd) = cmd {
+            labels.push(label);
+            servers.push(cmd);
+        }
     }
     let ratios: Vec<(usize, usize)> = (1..labels.len()).map(|i| (0, i)).collect();
     let windows: Vec<Option<usize>> = if c.windows.is_empty() { vec![None] } else { c.windows.iter().map(|w| Some(*w)).collect() };

@@ -110,7 +110,7 @@ fn compare_sweeps_windows_over_the_three_servers_alternately() {
     // Installed by tests/run.sh (benches/peers/install.sh).
     let node = format!("node {}/benches/peers/ws/server.mjs --listen 127.0.0.1:0", env!("CARGO_MANIFEST_DIR"));
     let runs = bench(&[
-        "compare", "--rounds", "1", "--shardcast", &spawn_cmd(), "--baseline", &baseline, "--node", &node,
+        "compare", "--rounds", "1", "--shardcast", &spawn_cmd(), "--baseline", &baseline, "--node", &node, "--no-uws",
         "--windows", "1,8", "--scenario", "fanout", "--subscribers", "10", "--max",
     ]);
     let names: Vec<(&str, f64)> = runs.iter().map(|r| (r["server_name"].as_str().unwrap(), r["details"]["window"].as_f64().unwrap())).collect();
