@@ -15,6 +15,10 @@
 //! short of. Compared with waking one task per subscriber, it also saves a
 //! task poll (and its readiness check) per delivery.
 //!
+//! The flush task sends in chunks and yields between them when glommio says
+//! other work is due, so a flush of many thousands of connections (a
+//! heartbeat round, a huge topic) does not hold the reactor off.
+//!
 //! Only plain TCP connections are sent to directly; a TLS connection's bytes
 //! must pass through its record layer, owned by its task, which is woken
 //! instead. A send that would block hands the connection back to its task,
@@ -49,13 +53,17 @@ impl Cork {
         }
     }
 
-    /// Sends every listed connection's queue; returns how many were listed.
-    /// `spare` is an empty list to swap in (its capacity is reused).
-    pub fn flush(&self, spare: &mut Vec<Rc<Peer>>, scratch: &mut Vec<u8>, stats: &ShardStats) -> usize {
-        debug_assert!(spare.is_empty());
-        std::mem::swap(&mut *self.listed.borrow_mut(), spare);
-        let count = spare.len();
-        for peer in spare.drain(..) {
+    /// Moves the listed connections into `batch` (empty; its capacity is
+    /// reused), to be sent with [`Cork::send`].
+    pub fn take(&self, batch: &mut Vec<Rc<Peer>>) {
+        debug_assert!(batch.is_empty());
+        std::mem::swap(&mut *self.listed.borrow_mut(), batch);
+    }
+
+    /// Sends each connection's whole queue. A connection listed again while
+    /// it waited (it was given more) is sent with the next batch.
+    pub fn send(peers: &[Rc<Peer>], scratch: &mut Vec<u8>, stats: &ShardStats) {
+        for peer in peers {
             peer.set_corked(false);
             if peer.is_aborted() {
                 continue;
@@ -70,8 +78,6 @@ impl Cork {
                 Ok(Flushed::WouldBlock) | Err(_) => peer.wake(),
             }
         }
-        ShardStats::add(&stats.cork_flushes, 1);
-        count
     }
 }
 
@@ -110,13 +116,20 @@ mod tests {
         let (cork, stats) = (Cork::default(), ShardStats::default());
         let limits = QueueConfig { max_messages: 1000, max_bytes: 1 << 20, overflow: Overflow::Disconnect, close_timeout: Duration::from_secs(1) };
         let q = Queueing { limits: &limits, stats: &stats, cork: &cork };
-        let (mut spare, mut scratch) = (Vec::new(), Vec::with_capacity(4096));
+        let (mut batch, mut scratch) = (Vec::new(), Vec::with_capacity(4096));
+        let mut flush = |batch: &mut Vec<Rc<Peer>>| {
+            cork.take(batch);
+            Cork::send(batch, &mut scratch, &stats);
+            let n = batch.len();
+            batch.clear();
+            n
+        };
 
         for byte in [b'a', b'b', b'c'] {
             peer.push(Bytes::from(vec![byte; 10]), q);
         }
         assert_eq!(cork.listed.borrow().len(), 1, "listed once, however many frames");
-        assert_eq!(cork.flush(&mut spare, &mut scratch, &stats), 1);
+        assert_eq!(flush(&mut batch), 1);
         assert_eq!((stats.socket_writes.load(Relaxed), stats.frames_written.load(Relaxed)), (1, 3));
         let mut got = [0; 30];
         client.read_exact(&mut got).unwrap();
@@ -128,7 +141,7 @@ mod tests {
         let mut filler = ours.try_clone().unwrap();
         while filler.write(&[0; 4096]).is_ok() {}
         peer.push(Bytes::from_static(b"later"), q);
-        cork.flush(&mut spare, &mut scratch, &stats);
+        flush(&mut batch);
         assert!(!peer.outbox().is_empty());
         assert_eq!(wakes.0.load(Relaxed), 1, "a full socket wakes the task");
 

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use super::Shard;
 use crate::bus::{ControlMsg, Inbox, Mailbox};
 use crate::config::Config;
+use crate::conn::Cork;
 use crate::metrics::ShardStats;
 use crate::protocol::close;
 
@@ -24,6 +25,9 @@ const BUS_BATCH: usize = 1024;
 /// Pause before retrying a publish whose destination shard's channel is full
 /// (a client's publish, or the API's).
 pub const BUS_RETRY: Duration = Duration::from_micros(200);
+
+/// Connections the flush task sends to between checks for other work.
+const FLUSH_CHUNK: usize = 512;
 
 /// How often a shard logs that accept() keeps failing (e.g. EMFILE).
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
@@ -75,10 +79,18 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
 /// Sends what the shard's connections were given during each batch of work
 /// (see [`crate::conn::Cork`]).
 async fn flush_loop(shard: Rc<Shard>) {
-    let mut spare = Vec::new();
+    let mut batch = Vec::new();
     loop {
         shard.cork.ready.wait().await;
-        shard.cork.flush(&mut spare, &mut shard.write_scratch.borrow_mut(), shard.stats());
+        shard.cork.take(&mut batch);
+        for chunk in batch.chunks(FLUSH_CHUNK) {
+            Cork::send(chunk, &mut shard.write_scratch.borrow_mut(), shard.stats());
+            // A flush of many thousands of connections (a heartbeat round, a
+            // huge topic) lets the reactor and other tasks run in between.
+            glommio::yield_if_needed().await;
+        }
+        ShardStats::add(&shard.stats().cork_flushes, 1);
+        batch.clear();
     }
 }
 
