@@ -68,10 +68,9 @@ impl Cork {
             if peer.is_aborted() {
                 continue;
             }
-            let Some(fd) = peer.direct_fd() else {
-                peer.wake();
-                continue;
-            };
+            // Only plain connections are listed; one without a socket now
+            // was detached while listed: its task has ended.
+            let Some(fd) = peer.direct_fd() else { continue };
             match flush_direct(&mut peer.outbox(), fd, scratch, stats) {
                 Ok(Flushed::All) => {}
                 // Its task waits for writability (or meets the error).

@@ -312,7 +312,7 @@ impl Peer {
         out.enqueue(frame, now);
         drop(out);
         if was_empty {
-            if self.fd.get() >= 0 {
+            if self.direct_fd().is_some() {
                 cork.add(self);
             } else {
                 self.wake();
