@@ -15,7 +15,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::namespace::{Access, Namespace, Namespaces};
+use crate::auth::namespace::{Access, HistoryPolicy, Namespace, Namespaces, TopicOptions};
+
+/// The most messages a topic's history may keep (`history_size`).
+const MAX_HISTORY_SIZE: u64 = 1_000_000;
+/// The longest a topic's history may outlive its last publish: 30 days.
+const MAX_HISTORY_TTL_MS: u64 = 30 * 86_400_000;
 use crate::auth::token::{TokenPolicy, Verifier};
 use crate::auth::Glob;
 use crate::tls::{Certificates, MinVersion, TlsError};
@@ -91,6 +96,8 @@ pub struct RawLimits {
     pub rate_limit_disconnect: u64,
     pub max_connections_per_user: u64,
     pub max_connections_per_ip: u64,
+    pub max_presence_clients: u64,
+    pub history_memory_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,13 +132,24 @@ pub struct RawCompression {
     pub compress_once: bool,
 }
 
-/// One `[[namespaces]]` table. Every key is required.
+/// One `[[namespaces]]` table. `pattern`, `subscribe` and `publish` are
+/// required; the topic options default to off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNamespace {
     pub pattern: String,
     pub subscribe: String,
     pub publish: String,
+    #[serde(default)]
+    pub presence: bool,
+    #[serde(default)]
+    pub join_leave: bool,
+    #[serde(default)]
+    pub history_size: u64,
+    #[serde(default)]
+    pub history_ttl_ms: u64,
+    #[serde(default)]
+    pub recover: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +191,7 @@ pub struct RawRedis {
     pub buffer_messages: u64,
     pub batch_messages: u64,
     pub pipeline_depth: u64,
+    pub presence_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -271,6 +290,12 @@ pub struct LimitsConfig {
     pub max_connections_per_user: u32,
     /// WebSocket connections per client IP on this node; 0 = unlimited.
     pub max_connections_per_ip: u32,
+    /// Entries one `presence` reply may list (`too_many_results` beyond).
+    pub max_presence_clients: usize,
+    /// Bytes all history rings of the node may hold (split evenly over the
+    /// shards, each the home of its share of topics); the least recently
+    /// published topics' rings are evicted beyond it.
+    pub history_memory_bytes: usize,
 }
 
 /// `[tls]`, with the certificate and key loaded (and checked to match).
@@ -347,6 +372,8 @@ pub struct RedisConfig {
     pub buffer_messages: usize,
     pub batch_messages: usize,
     pub pipeline_depth: usize,
+    /// How long a node's presence entries live in Redis without a refresh.
+    pub presence_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -466,23 +493,34 @@ fn merge(base: &mut toml::Table, user: toml::Table, prefix: &str) -> Result<(), 
     Ok(())
 }
 
-/// `[[namespaces]]`: tables of strings with exactly the known keys.
+/// `[[namespaces]]`: tables with exactly the known keys, each of its type.
 fn check_namespace_tables(items: &[toml::Value]) -> Result<(), ConfigError> {
-    const KEYS: [&str; 3] = ["pattern", "subscribe", "publish"];
+    const REQUIRED: [&str; 3] = ["pattern", "subscribe", "publish"];
+    const FLAGS: [&str; 3] = ["presence", "join_leave", "recover"];
+    const COUNTS: [&str; 2] = ["history_size", "history_ttl_ms"];
     for (i, item) in items.iter().enumerate() {
         let Some(table) = item.as_table() else {
             return Err(ConfigError::WrongType { key: format!("namespaces[{i}]"), expected: "table", found: item.type_str() });
         };
         for (key, value) in table {
             let full = format!("namespaces[{i}].{key}");
-            if !KEYS.contains(&key.as_str()) {
+            let (expected, ok) = if REQUIRED.contains(&key.as_str()) {
+                ("string", value.is_str())
+            } else if FLAGS.contains(&key.as_str()) {
+                ("boolean", value.is_bool())
+            } else if COUNTS.contains(&key.as_str()) {
+                ("integer", value.is_integer())
+            } else {
                 return Err(ConfigError::UnknownKey { key: full });
+            };
+            if !ok {
+                return Err(ConfigError::WrongType { key: full, expected, found: value.type_str() });
             }
-            if !value.is_str() {
-                return Err(ConfigError::WrongType { key: full, expected: "string", found: value.type_str() });
+            if value.as_integer().is_some_and(|n| n < 0) {
+                return Err(invalid(full, value, "a non-negative integer"));
             }
         }
-        if let Some(missing) = KEYS.iter().find(|k| !table.contains_key(**k)) {
+        if let Some(missing) = REQUIRED.iter().find(|k| !table.contains_key(**k)) {
             return Err(invalid(format!("namespaces[{i}].{missing}"), "(missing)", "every namespace sets pattern, subscribe and publish"));
         }
     }
@@ -568,6 +606,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         rate_limit_disconnect: ranged("limits.rate_limit_disconnect", l.rate_limit_disconnect, 0, 100_000_000, "0 (never)..=100000000")?,
         max_connections_per_user: ranged("limits.max_connections_per_user", l.max_connections_per_user, 0, 100_000_000, "0 (unlimited)..=100000000")?,
         max_connections_per_ip: ranged("limits.max_connections_per_ip", l.max_connections_per_ip, 0, 100_000_000, "0 (unlimited)..=100000000")?,
+        max_presence_clients: ranged("limits.max_presence_clients", l.max_presence_clients, 1, 10_000_000, "1..=10000000")?,
+        history_memory_bytes: ranged("limits.history_memory_bytes", l.history_memory_bytes, 1 << 20, 1 << 40, "1048576..=1099511627776 bytes")?,
     };
     let q = &raw.queue;
     let overflow = match q.overflow.as_str() {
@@ -614,6 +654,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             buffer_messages: ranged("redis.buffer_messages", r.buffer_messages, 1, 100_000_000, "1..=100000000")?,
             batch_messages: ranged("redis.batch_messages", r.batch_messages, 1, 100_000, "1..=100000")?,
             pipeline_depth: ranged("redis.pipeline_depth", r.pipeline_depth, 1, 1024, "1..=1024")?,
+            presence_ttl: ms(ranged::<u64>("redis.presence_ttl_ms", r.presence_ttl_ms, 300, 86_400_000, "300..=86400000 ms")?),
         })
     };
     let auth = validate_auth(&raw.auth)?;
@@ -742,10 +783,28 @@ fn validate_namespaces(raw: &[RawNamespace]) -> Result<Namespaces, ConfigError> 
         let mode = |key: &str, value: &str| {
             Access::parse(value).ok_or_else(|| invalid(format!("namespaces[{i}].{key}"), format!("{value:?}"), MODES))
         };
+        let key = |name: &str| format!("namespaces[{i}].{name}");
+        let history = match (ns.history_size, ns.history_ttl_ms) {
+            (0, _) => None,
+            (_, 0) => return Err(invalid(key("history_ttl_ms"), 0, "1..=2592000000 ms: required when history_size > 0")),
+            (size, ttl) => {
+                if size > MAX_HISTORY_SIZE {
+                    return Err(invalid(key("history_size"), size, format!("0 (no history)..={MAX_HISTORY_SIZE} messages")));
+                }
+                if ttl > MAX_HISTORY_TTL_MS {
+                    return Err(invalid(key("history_ttl_ms"), ttl, format!("1..={MAX_HISTORY_TTL_MS} ms")));
+                }
+                Some(HistoryPolicy { size: size as usize, ttl: ms(ttl) })
+            }
+        };
+        if ns.recover && history.is_none() {
+            return Err(invalid(key("recover"), true, "false: recovery needs history (history_size > 0)"));
+        }
         rules.push(Namespace {
             pattern: Glob::new(&ns.pattern),
             subscribe: mode("subscribe", &ns.subscribe)?,
             publish: mode("publish", &ns.publish)?,
+            options: TopicOptions { presence: ns.presence, join_leave: ns.join_leave, history, recover: ns.recover },
         });
     }
     Ok(Namespaces::new(rules))

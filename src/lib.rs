@@ -15,6 +15,10 @@
 //! - [`protocol`]: requests, the shared outgoing message and its wire forms,
 //!   error and close codes; `json` and `flatbuf` are the two encodings.
 //! - [`topic`]: topic names and the shard-local subscriber registry.
+//! - [`history`]: offsets, bounded rings on each history topic's home shard,
+//!   and the hold-and-merge that makes recovery loss-free.
+//! - [`presence`]: who is subscribed to a topic, kept by one owner shard
+//!   per topic (the bridge shard keeps the Redis copy across nodes).
 //! - [`bus`]: cross-shard channels (crossbeam), doorbells, interest map.
 //! - [`bridge`]: Redis pub/sub between nodes (bridge shard only), FlatBuffers envelopes.
 //! - [`metrics`]: per-shard counters and latency histograms, the
@@ -44,8 +48,10 @@ pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod history;
 pub mod metrics;
 pub mod notify;
+pub mod presence;
 pub mod protocol;
 pub mod runtime;
 pub mod shard;

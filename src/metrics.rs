@@ -139,6 +139,17 @@ stats! {
     redis_bad_messages: Counter, "Messages from Redis refused (bad envelope, bad JSON, bad topic, too big).";
     redis_pipeline_depth: Gauge, "PUBLISH batches written to Redis and not yet answered (at most redis.pipeline_depth).";
     redis_buffered: Gauge, "Messages waiting for the Redis publisher connection (at most redis.buffer_messages).";
+    history_appended: Counter, "Messages given an offset and stored in a history ring on this shard (the home shard of their topic).";
+    history_bytes: Gauge(Bytes), "Bytes held by this shard's history rings (at most its share of limits.history_memory_bytes).";
+    history_topics: Gauge, "Topics with a history ring on this shard.";
+    history_evictions: Counter, "History rings evicted to stay within limits.history_memory_bytes (their topics get a new epoch).";
+    history_expirations: Counter, "History rings dropped because history_ttl_ms passed since their last publish.";
+    history_relay_waits: Counter, "Numbered history messages that waited for room on a shard's channel.";
+    recoveries: Counter, "Subscribes with recover answered recovered:true.";
+    recoveries_failed: Counter, "Subscribes with recover answered recovered:false (epoch changed, history trimmed or expired, reply too big).";
+    history_requests: Counter, "history requests answered.";
+    presence_requests: Counter, "presence and presence_stats requests answered.";
+    presence_bad_entries: Counter, "Presence entries read from Redis that were not valid and were skipped.";
 }
 
 impl ShardStats {

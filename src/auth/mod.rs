@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 pub use admission::{Admission, IpSlot, UserSlot};
 pub use glob::Glob;
-pub use namespace::{Access, Action, Namespaces};
+pub use namespace::{Access, Action, HistoryPolicy, Namespaces, TopicOptions};
 pub use token::{TokenError, Verifier};
 
 use crate::clock::Stamp;

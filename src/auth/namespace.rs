@@ -41,22 +41,51 @@ pub enum Action {
     Publish,
 }
 
+/// How long and how much of a topic's messages are kept (`history_size`,
+/// `history_ttl_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Messages kept per topic (at least 1).
+    pub size: usize,
+    /// How long the history lives after the topic's last publish.
+    pub ttl: std::time::Duration,
+}
+
+/// What a namespace turns on for its topics besides permissions. Resolved
+/// once per request from the first matching namespace; all off for topics
+/// no namespace matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TopicOptions {
+    /// `presence` / `presence_stats` requests are answered.
+    pub presence: bool,
+    /// Subscribers receive `join` and `leave` messages.
+    pub join_leave: bool,
+    /// Messages carry an offset and epoch and are kept (`None`: a plain topic).
+    pub history: Option<HistoryPolicy>,
+    /// `subscribe` may carry `recover` (implies `history`).
+    pub recover: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Namespace {
     pub pattern: Glob,
     pub subscribe: Access,
     pub publish: Access,
+    pub options: TopicOptions,
 }
 
 /// The `[[namespaces]]` rules, in file order.
 #[derive(Debug, Clone, Default)]
 pub struct Namespaces {
     rules: Vec<Namespace>,
+    /// Some namespace keeps history: publishes must look their topic up.
+    any_history: bool,
 }
 
 impl Namespaces {
     pub fn new(rules: Vec<Namespace>) -> Namespaces {
-        Namespaces { rules }
+        let any_history = rules.iter().any(|ns| ns.options.history.is_some());
+        Namespaces { rules, any_history }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -71,6 +100,20 @@ impl Namespaces {
             Some(ns) => ns.publish,
             None => Access::Anyone,
         }
+    }
+
+    /// The options of `topic`'s namespace (all off when none matches).
+    pub fn options(&self, topic: &str) -> TopicOptions {
+        if self.rules.is_empty() {
+            return TopicOptions::default();
+        }
+        self.rules.iter().find(|ns| ns.pattern.matches(topic)).map(|ns| ns.options).unwrap_or_default()
+    }
+
+    /// Whether any namespace keeps history (the publish path asks per
+    /// message only when one does).
+    pub fn any_history(&self) -> bool {
+        self.any_history
     }
 
     /// Whether `who` (`None`: anonymous) may do `action` on `topic`.
@@ -98,7 +141,7 @@ mod tests {
     use super::*;
 
     fn ns(pattern: &str, subscribe: Access, publish: Access) -> Namespace {
-        Namespace { pattern: Glob::new(pattern), subscribe, publish }
+        Namespace { pattern: Glob::new(pattern), subscribe, publish, options: TopicOptions::default() }
     }
 
     fn user(subscribe: &[&str], publish: &[&str]) -> Identity {

@@ -16,7 +16,11 @@ pub enum Incoming<'a> {
     /// Published by a shardcast node. `sender` is a direct message's
     /// verified sender (`None`: anonymous, or a topic message); `json` says
     /// the payload is a JSON value (else bytes from a FlatBuffers publisher).
-    Node { origin: &'a str, payload: &'a [u8], sender: Option<&'a str>, json: bool },
+    /// `skip` is the publishing connection on `origin` that asked not to
+    /// receive it (0: none).
+    Node { origin: &'a str, payload: &'a [u8], sender: Option<&'a str>, json: bool, skip: u64 },
+    /// A join (or leave) of connection `client` of `user` on `origin`.
+    Presence { origin: &'a str, join: bool, client: &'a str, user: Option<&'a str> },
     /// Published by another Redis client: the bytes are the JSON payload.
     External { payload: &'a [u8] },
     /// A shardcast node's admin API asks every node to close the
@@ -34,6 +38,8 @@ pub enum BadMessage {
     /// A disconnect with a code outside 4000-4999 or a reason that is not
     /// UTF-8 of at most 123 bytes.
     BadDisconnect,
+    /// A join or leave without a client id, or with one or a user too long.
+    BadPresence,
 }
 
 /// Encodes one envelope into `builder` (reset first) and returns its bytes.
@@ -44,6 +50,7 @@ pub fn encode<'b>(
     payload: &[u8],
     json: bool,
     sender: Option<&str>,
+    skip: u64,
 ) -> &'b [u8] {
     builder.reset();
     let origin = builder.create_string(origin);
@@ -51,7 +58,7 @@ pub fn encode<'b>(
     let payload = builder.create_vector(payload);
     let user = sender.map(|s| builder.create_string(s));
     let flags = if json { Flags::Json } else { Flags::empty() };
-    let args = EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags, seq: 0, user, code: 0 };
+    let args = EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags, user, skip, ..Default::default() };
     let env = Envelope::create(builder, &args);
     generated::shardcast::bridge::finish_envelope_buffer(builder, env);
     builder.finished_data()
@@ -64,7 +71,30 @@ pub fn encode_disconnect<'b>(builder: &'b mut FlatBufferBuilder<'static>, origin
     let origin = builder.create_string(origin);
     let topic = builder.create_string(topic);
     let payload = builder.create_vector(reason.as_bytes());
-    let args = EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags: Flags::Disconnect, seq: 0, user: None, code };
+    let args = EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags: Flags::Disconnect, code, ..Default::default() };
+    let env = Envelope::create(builder, &args);
+    generated::shardcast::bridge::finish_envelope_buffer(builder, env);
+    builder.finished_data()
+}
+
+/// Encodes a join (`join`) or leave of connection `client` of `user` on
+/// `topic` into `builder` (reset first) and returns its bytes.
+pub fn encode_presence<'b>(
+    builder: &'b mut FlatBufferBuilder<'static>,
+    origin: &str,
+    topic: &str,
+    join: bool,
+    client: &str,
+    user: Option<&str>,
+) -> &'b [u8] {
+    builder.reset();
+    let origin = builder.create_string(origin);
+    let topic = builder.create_string(topic);
+    let payload = builder.create_vector::<u8>(&[]);
+    let client = builder.create_string(client);
+    let user = user.map(|u| builder.create_string(u));
+    let flags = if join { Flags::Join } else { Flags::Leave };
+    let args = EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags, user, client: Some(client), ..Default::default() };
     let env = Envelope::create(builder, &args);
     generated::shardcast::bridge::finish_envelope_buffer(builder, env);
     builder.finished_data()
@@ -86,12 +116,20 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming<'_>, BadMessage> {
                 }
                 return Ok(Incoming::Disconnect { origin: env.origin(), code: env.code(), reason });
             }
+            if env.flags().intersects(Flags::Join | Flags::Leave) {
+                let client = env.client().filter(|c| !c.is_empty() && c.len() <= 512).ok_or(BadMessage::BadPresence)?;
+                let user = env.user().filter(|u| !u.is_empty());
+                if user.is_some_and(|u| !crate::auth::is_user_id(u)) {
+                    return Err(BadMessage::BadPresence);
+                }
+                return Ok(Incoming::Presence { origin: env.origin(), join: env.flags().contains(Flags::Join), client, user });
+            }
             let json = env.flags().contains(Flags::Json);
             if json && !is_json(payload) {
                 return Err(BadMessage::PayloadNotJson);
             }
             let sender = env.user().filter(|u| !u.is_empty());
-            return Ok(Incoming::Node { origin: env.origin(), payload, sender, json });
+            return Ok(Incoming::Node { origin: env.origin(), payload, sender, json, skip: env.skip() });
         }
     }
     if is_json(bytes) {
@@ -107,12 +145,18 @@ mod tests {
     #[test]
     fn round_trips() {
         let mut b = FlatBufferBuilder::new();
-        let bytes = encode(&mut b, "node-a", "news", br#"{"x":1}"#, true, None).to_vec();
-        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: br#"{"x":1}"#, sender: None, json: true }));
-        let bytes = encode(&mut b, "node-a", "$user:bob", b"2", true, Some("alice")).to_vec();
-        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"2", sender: Some("alice"), json: true }));
-        let bytes = encode(&mut b, "node-a", "bin", b"\x00\xff", false, None).to_vec();
-        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"\x00\xff", sender: None, json: false }));
+        let bytes = encode(&mut b, "node-a", "news", br#"{"x":1}"#, true, None, 0).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: br#"{"x":1}"#, sender: None, json: true, skip: 0 }));
+        let bytes = encode(&mut b, "node-a", "$user:bob", b"2", true, Some("alice"), 7).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"2", sender: Some("alice"), json: true, skip: 7 }));
+        let bytes = encode(&mut b, "node-a", "bin", b"\x00\xff", false, None, 0).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"\x00\xff", sender: None, json: false, skip: 0 }));
+        let bytes = encode_presence(&mut b, "node-a", "chat", true, "node-a:0-1", Some("alice")).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Presence { origin: "node-a", join: true, client: "node-a:0-1", user: Some("alice") }));
+        let bytes = encode_presence(&mut b, "node-a", "chat", false, "node-a:0-1", None).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Presence { origin: "node-a", join: false, client: "node-a:0-1", user: None }));
+        let bytes = encode_presence(&mut b, "node-a", "chat", false, "", None).to_vec();
+        assert_eq!(decode(&bytes), Err(BadMessage::BadPresence));
     }
 
     #[test]
@@ -136,7 +180,7 @@ mod tests {
     #[test]
     fn garbage_is_refused_never_panics() {
         let mut b = FlatBufferBuilder::new();
-        let good = encode(&mut b, "n", "t", b"1", true, None).to_vec();
+        let good = encode(&mut b, "n", "t", b"1", true, None, 0).to_vec();
         assert_eq!(decode(b"not json"), Err(BadMessage::Undecodable));
         assert_eq!(decode(b""), Err(BadMessage::Undecodable));
         for cut in 0..good.len() {
@@ -147,7 +191,7 @@ mod tests {
             bad[i] ^= 0xff;
             let _ = decode(&bad);
         }
-        let not_json = encode(&mut b, "n", "t", b"{oops", true, None).to_vec();
+        let not_json = encode(&mut b, "n", "t", b"{oops", true, None, 0).to_vec();
         assert_eq!(decode(&not_json), Err(BadMessage::PayloadNotJson));
     }
 }

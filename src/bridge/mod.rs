@@ -13,6 +13,14 @@
 //! Both reconnect with exponential backoff; the subscriber re-subscribes
 //! everything on reconnect. Delivery across nodes is at most once.
 //!
+//! The publisher connection also carries history and presence
+//! (`scripts.rs`): numbered publishes to history topics, history reads for
+//! recovery and `history` requests, and this node's presence entries, which
+//! are written in coalesced batches (one script call per changed topic per
+//! write, pipelined with the publishes) and refreshed every third of
+//! `[redis] presence_ttl_ms`. Every command is matched to its reply in
+//! order; a read whose connection fails is answered "unavailable".
+//!
 //! Besides messages, the same connections carry the admin plane's traffic
 //! between nodes: disconnect orders on a user's channel (only nodes with
 //! that user's connections are subscribed to it), and each node's periodic
@@ -20,6 +28,7 @@
 
 pub mod envelope;
 mod resp;
+pub mod scripts;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -36,19 +45,26 @@ use glommio::timer::sleep;
 use redis::Value;
 use tracing::{debug, info, warn};
 
+use crate::auth::HistoryPolicy;
 use crate::clock::Stamp;
 use crate::config::RedisConfig;
+use crate::conn::ConnId;
+use crate::history::{Position, Query};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
 use crate::protocol::{Kind, Outgoing};
 use crate::shard::Shard;
 use resp::{BridgeError, RespReader};
+use scripts::Script;
 
 /// Bytes read from a Redis connection per read call.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Channels per SUBSCRIBE command when re-subscribing after a reconnect.
 const SUBSCRIBE_CHUNK: usize = 1000;
+
+/// Presence entries per write when the node refreshes a topic's entries.
+const PRESENCE_CHUNK: usize = 1000;
 
 /// The channel (after `[redis] channel_prefix`) on which nodes announce
 /// themselves to each other's admin plane. `$`: no client topic can clash.
@@ -66,9 +82,18 @@ pub struct Bridge {
     /// changes of one connection's lifetime between two writes.
     changes: RefCell<VecDeque<(Rc<str>, bool)>>,
     changed: Notify,
-    /// Packed PUBLISH commands waiting for the publisher connection.
-    /// At most `buffer_messages`; the oldest is dropped beyond.
-    outbound: RefCell<VecDeque<Vec<u8>>>,
+    /// Commands waiting for the publisher connection. At most
+    /// `buffer_messages` publishes (the oldest is dropped beyond); reads
+    /// come on top, at most one per waiting client connection.
+    outbound: RefCell<VecDeque<Outbound>>,
+    /// This node's presence changes not yet written, per topic, in order.
+    /// Bounded by the subscribes and unsubscribes between two writes.
+    presence_ops: RefCell<HashMap<Arc<str>, Vec<PresenceOp>, ahash::RandomState>>,
+    presence_ready: Notify,
+    /// Every entry of the node is to be rewritten (after a reconnect).
+    presence_refresh: Cell<bool>,
+    /// Epochs offered to Redis for topics that have none.
+    epochs: RefCell<crate::history::Epochs>,
     outbound_ready: Notify,
     subscribed_connected: Cell<bool>,
     publisher_connected: Cell<bool>,
@@ -80,6 +105,39 @@ pub struct Bridge {
     /// subscribes in flight (one per waiting connection).
     confirmations: RefCell<HashMap<Rc<str>, Vec<InterestAck>, ahash::RandomState>>,
     builder: RefCell<FlatBufferBuilder<'static>>,
+}
+
+/// One command for the publisher connection and what its reply is for.
+struct Outbound {
+    packed: Vec<u8>,
+    on_reply: OnReply,
+}
+
+/// What to do with a command's reply.
+enum OnReply {
+    /// A PUBLISH, a numbered publish or a presence write: counted.
+    Count,
+    /// SCRIPT LOAD on connect: only errors matter.
+    Setup,
+    /// A history read for a connection on shard `from`.
+    History { query: Query, from: usize, conn: ConnId, id: Option<u64> },
+    /// A presence read for a connection on shard `from`.
+    Presence { stats: bool, from: usize, conn: ConnId, id: u64 },
+}
+
+impl OnReply {
+    /// Whether the command may be dropped when the buffer is full.
+    fn droppable(&self) -> bool {
+        matches!(self, OnReply::Count)
+    }
+}
+
+/// A presence change of one connection of this node.
+#[derive(Debug, Clone)]
+struct PresenceOp {
+    join: bool,
+    client: Arc<str>,
+    user: Option<Arc<str>>,
 }
 
 /// An interest acknowledgement the bridge owes once Redis confirms a SUBSCRIBE.
@@ -99,6 +157,10 @@ impl Bridge {
             changes: RefCell::default(),
             changed: Notify::default(),
             outbound: RefCell::default(),
+            presence_ops: RefCell::default(),
+            presence_ready: Notify::default(),
+            presence_refresh: Cell::new(false),
+            epochs: RefCell::new(crate::history::Epochs::new(usize::MAX)),
             outbound_ready: Notify::default(),
             subscribed_connected: Cell::new(false),
             publisher_connected: Cell::new(false),
@@ -161,10 +223,117 @@ impl Bridge {
     /// for the other nodes.
     pub fn enqueue(&self, msg: &Outgoing, stats: &ShardStats) {
         let mut builder = self.builder.borrow_mut();
-        let envelope = envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, msg.sender());
+        let envelope = match &msg.kind {
+            Kind::Join { client, user } => envelope::encode_presence(&mut builder, &self.node_id, &msg.topic, true, client, user.as_deref()),
+            Kind::Leave { client, user } => envelope::encode_presence(&mut builder, &self.node_id, &msg.topic, false, client, user.as_deref()),
+            Kind::Message | Kind::Direct { .. } => {
+                envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, msg.sender(), 0)
+            }
+        };
         let command = redis::cmd("PUBLISH").arg(self.channel(&msg.topic)).arg(envelope).get_packed_command();
         drop(builder);
         self.push_command(command, stats);
+    }
+
+    /// Queues a message of a history topic for Redis to number, store and
+    /// publish to every node, this one included ([`scripts::NUMBER`]).
+    /// `skip` is the publishing connection that asked not to receive it.
+    pub fn enqueue_numbered(&self, msg: &Outgoing, policy: HistoryPolicy, skip: Option<ConnId>, stats: &ShardStats) {
+        let keys = scripts::Keys { prefix: &self.config.channel_prefix };
+        let mut builder = self.builder.borrow_mut();
+        let skip = skip.map_or(0, |c| c.0);
+        let envelope = envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, None, skip);
+        let command = redis::cmd("EVALSHA")
+            .arg(Script::Number.sha())
+            .arg(2)
+            .arg(keys.meta(&msg.topic))
+            .arg(keys.stream(&msg.topic))
+            .arg(self.channel(&msg.topic))
+            .arg(envelope)
+            .arg(policy.size)
+            .arg(policy.ttl.as_millis() as u64)
+            .arg(&*self.epochs.borrow_mut().next())
+            .get_packed_command();
+        drop(builder);
+        self.push_command(command, stats);
+    }
+
+    /// Sends a history read for connection `conn` on shard `from`; the
+    /// answer comes back through that shard. While the publisher connection
+    /// is down the read waits for the next connection attempt, and is
+    /// answered "unavailable" if that fails.
+    pub fn query_history(&self, topic: &str, policy: HistoryPolicy, query: Query, budget: usize, from: usize, conn: ConnId, id: Option<u64>) {
+        let keys = scripts::Keys { prefix: &self.config.channel_prefix };
+        let (mode, after, count) = match &query {
+            Query::Position => ("after", 0, 0),
+            Query::Recover(since) => ("after", since.offset, policy.size),
+            Query::Range { since: Some(since), limit } => ("after", since.offset, (*limit).min(policy.size)),
+            Query::Range { since: None, limit } => ("latest", 0, (*limit).min(policy.size)),
+        };
+        let packed = redis::cmd("EVALSHA")
+            .arg(Script::Read.sha())
+            .arg(2)
+            .arg(keys.meta(topic))
+            .arg(keys.stream(topic))
+            .arg(mode)
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg(count)
+            .arg(budget)
+            .arg(policy.ttl.as_millis() as u64)
+            .arg(&*self.epochs.borrow_mut().next())
+            .get_packed_command();
+        self.push_read(Outbound { packed, on_reply: OnReply::History { query, from, conn, id } });
+    }
+
+    /// Sends a presence read (every node's entries of `topic`) for
+    /// connection `conn` on shard `from`, like [`Bridge::query_history`].
+    pub fn query_presence(&self, topic: &str, stats: bool, max: usize, from: usize, conn: ConnId, id: u64) {
+        let keys = scripts::Keys { prefix: &self.config.channel_prefix };
+        let packed = redis::cmd("EVALSHA")
+            .arg(Script::PresenceRead.sha())
+            .arg(2)
+            .arg(keys.presence(topic))
+            .arg(keys.presence_expiry(topic))
+            .arg(if stats { "stats" } else { "list" })
+            .arg(max)
+            .get_packed_command();
+        self.push_read(Outbound { packed, on_reply: OnReply::Presence { stats, from, conn, id } });
+    }
+
+    /// Answers "unavailable" to every read not yet sent (the connection
+    /// attempt failed or the connection was lost); publishes stay buffered.
+    fn fail_unsent_reads(&self, shard: &Shard) {
+        let reads: Vec<OnReply> = {
+            let mut outbound = self.outbound.borrow_mut();
+            let (reads, publishes): (VecDeque<Outbound>, VecDeque<Outbound>) = outbound.drain(..).partition(|c| !c.on_reply.droppable());
+            *outbound = publishes;
+            reads.into_iter().map(|c| c.on_reply).collect()
+        };
+        for on_reply in reads {
+            fail(shard, on_reply);
+        }
+    }
+
+    /// Records a presence change of this node for the next coalesced write.
+    pub fn presence_write(&self, topic: &str, join: bool, client: &Arc<str>, user: Option<&Arc<str>>) {
+        let op = PresenceOp { join, client: client.clone(), user: user.cloned() };
+        self.presence_ops.borrow_mut().entry(topic.into()).or_default().push(op);
+        self.presence_ready.raise();
+    }
+
+    /// Packs one presence write of `topic` ([`scripts::PRESENCE_WRITE`]).
+    fn presence_command<'a>(&self, topic: &str, ops: impl Iterator<Item = &'a PresenceOp>) -> Vec<u8> {
+        let keys = scripts::Keys { prefix: &self.config.channel_prefix };
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(Script::PresenceWrite.sha())
+            .arg(2)
+            .arg(keys.presence(topic))
+            .arg(keys.presence_expiry(topic))
+            .arg(self.config.presence_ttl.as_millis() as u64);
+        for op in ops {
+            cmd.arg(if op.join { "+" } else { "-" }).arg(&*op.client).arg(op.user.as_deref().unwrap_or(""));
+        }
+        cmd.get_packed_command()
     }
 
     /// Queues an order for the other nodes to close `user`'s connections.
@@ -197,15 +366,24 @@ impl Bridge {
         }
     }
 
-    fn push_command(&self, command: Vec<u8>, stats: &ShardStats) {
+    fn push_command(&self, packed: Vec<u8>, stats: &ShardStats) {
         let mut outbound = self.outbound.borrow_mut();
         if outbound.len() >= self.config.buffer_messages {
-            outbound.pop_front();
-            ShardStats::add(&stats.redis_dropped, 1);
+            // The oldest publish goes; reads (bounded by the connections
+            // waiting for them) are never dropped.
+            if let Some(i) = outbound.iter().position(|c| c.on_reply.droppable()) {
+                outbound.remove(i);
+                ShardStats::add(&stats.redis_dropped, 1);
+            }
         }
-        outbound.push_back(command);
+        outbound.push_back(Outbound { packed, on_reply: OnReply::Count });
         ShardStats::set(&stats.redis_buffered, outbound.len() as u64);
         drop(outbound);
+        self.outbound_ready.raise();
+    }
+
+    fn push_read(&self, command: Outbound) {
+        self.outbound.borrow_mut().push_back(command);
         self.outbound_ready.raise();
     }
 
@@ -222,7 +400,8 @@ impl Bridge {
 pub fn spawn(shard: Rc<Shard>, bridge: Rc<Bridge>) -> Vec<glommio::task::JoinHandle<()>> {
     vec![
         glommio::spawn_local(reconnecting(shard.clone(), bridge.clone(), Role::Publisher)).detach(),
-        glommio::spawn_local(reconnecting(shard, bridge, Role::Subscriber)).detach(),
+        glommio::spawn_local(reconnecting(shard.clone(), bridge.clone(), Role::Subscriber)).detach(),
+        glommio::spawn_local(presence_loop(shard, bridge)).detach(),
     ]
 }
 
@@ -266,6 +445,9 @@ async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, role: Role) {
                 warn!(role = ?role, server = %bridge.server_name(), "redis connection lost: {err}; reconnecting");
             }
             Err(err) => {
+                if role == Role::Publisher {
+                    bridge.fail_unsent_reads(&shard);
+                }
                 // Log the first failure as a warning and the rest quietly,
                 // but always name an authentication problem.
                 if !warned || matches!(err, BridgeError::Refused(_)) {
@@ -281,58 +463,144 @@ async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, role: Role) {
     }
 }
 
-/// Writes pipelined PUBLISH batches and counts Redis' replies.
+/// Writes pipelined command batches and hands Redis' replies to whoever
+/// waits for them. When the connection fails, what was sent and not
+/// answered is counted lost (publishes) or answered "unavailable" (reads),
+/// and so are the reads not yet sent: their clients must not wait for a
+/// reconnect. Unsent publishes stay buffered for the next connection.
 async fn run_publisher(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) -> Result<(), BridgeError> {
+    let mut in_flight = VecDeque::new();
+    let result = publisher_loop(shard, bridge, &mut stream, &mut in_flight).await;
+    for on_reply in in_flight {
+        fail(shard, on_reply);
+    }
+    bridge.fail_unsent_reads(shard);
+    result
+}
+
+/// A command whose reply will never come.
+fn fail(shard: &Shard, on_reply: OnReply) {
+    match on_reply {
+        OnReply::Count => ShardStats::add(&shard.stats().redis_dropped, 1),
+        OnReply::Setup => {}
+        OnReply::History { from, conn, id, .. } => shard.answer_history(from, conn, id, None),
+        OnReply::Presence { from, conn, id, .. } => shard.answer_presence(from, conn, id, None),
+    }
+}
+
+async fn publisher_loop(shard: &Shard, bridge: &Bridge, stream: &mut TcpStream, in_flight: &mut VecDeque<OnReply>) -> Result<(), BridgeError> {
     let cfg = &bridge.config;
     let stats = shard.stats();
-    let mut reader = RespReader::new(READ_CHUNK, shard.config.limits.max_message_bytes);
+    let limits = &shard.config.limits;
+    let mut reader = RespReader::new(READ_CHUNK, limits.max_message_bytes * 4 + limits.max_presence_clients * 512);
     // Sizes of the batches written and not yet fully answered.
-    let mut in_flight: VecDeque<usize> = VecDeque::new();
+    let mut batches: VecDeque<usize> = VecDeque::new();
+    // The scripts first: every EVALSHA after them on this connection finds them.
     let mut packed = Vec::new();
+    for script in Script::ALL {
+        redis::cmd("SCRIPT").arg("LOAD").arg(script.text()).write_packed_command(&mut packed);
+        in_flight.push_back(OnReply::Setup);
+    }
+    batches.push_back(Script::ALL.len());
+    stream.write_all(&packed).await?;
+    // Redis may have lost this node's presence while we were away.
+    bridge.presence_refresh.set(true);
+    bridge.presence_ready.raise();
     loop {
         let has_outbound = !bridge.outbound.borrow().is_empty();
-        if has_outbound && in_flight.len() < cfg.pipeline_depth {
+        if has_outbound && batches.len() < cfg.pipeline_depth {
             packed.clear();
             let n = {
                 let mut outbound = bridge.outbound.borrow_mut();
                 let n = outbound.len().min(cfg.batch_messages);
                 for command in outbound.drain(..n) {
-                    packed.extend_from_slice(&command);
+                    packed.extend_from_slice(&command.packed);
+                    in_flight.push_back(command.on_reply);
                 }
                 ShardStats::set(&stats.redis_buffered, outbound.len() as u64);
                 n
             };
-            in_flight.push_back(n);
-            ShardStats::set(&stats.redis_pipeline_depth, in_flight.len() as u64);
-            if let Err(e) = stream.write_all(&packed).await {
-                ShardStats::add(&stats.redis_dropped, in_flight.iter().sum::<usize>() as u64);
-                return Err(e.into());
-            }
+            batches.push_back(n);
+            ShardStats::set(&stats.redis_pipeline_depth, batches.len() as u64);
+            stream.write_all(&packed).await?;
             continue;
         }
-        if in_flight.is_empty() {
+        if batches.is_empty() {
             bridge.outbound_ready.wait().await;
             continue;
         }
-        let replies = match reader.read_values(&mut stream).await {
-            Ok(v) => v,
-            Err(e) => {
-                ShardStats::add(&stats.redis_dropped, in_flight.iter().sum::<usize>() as u64);
-                return Err(e);
-            }
-        };
-        for reply in replies {
-            if let Value::ServerError(e) = &reply {
-                warn!("redis refused a PUBLISH: {e:?}");
-                ShardStats::add(&stats.redis_dropped, 1);
-            } else {
-                ShardStats::add(&stats.redis_published, 1);
-            }
-            let head = in_flight.front_mut().ok_or(BridgeError::Protocol("reply without a request"))?;
+        for reply in reader.read_values(stream).await? {
+            let on_reply = in_flight.pop_front().ok_or(BridgeError::Protocol("reply without a request"))?;
+            on_command_reply(shard, on_reply, reply);
+            let head = batches.front_mut().ok_or(BridgeError::Protocol("reply without a request"))?;
             *head -= 1;
             if *head == 0 {
-                in_flight.pop_front();
-                ShardStats::set(&stats.redis_pipeline_depth, in_flight.len() as u64);
+                batches.pop_front();
+                ShardStats::set(&stats.redis_pipeline_depth, batches.len() as u64);
+            }
+        }
+    }
+}
+
+/// Hands one reply of the publisher connection to whoever waits for it.
+fn on_command_reply(shard: &Shard, on_reply: OnReply, reply: Value) {
+    let stats = shard.stats();
+    if let Value::ServerError(e) = &reply {
+        warn!("redis refused a command: {e:?}");
+        return fail(shard, on_reply);
+    }
+    match on_reply {
+        OnReply::Count => ShardStats::add(&stats.redis_published, 1),
+        OnReply::Setup => {}
+        OnReply::History { query, from, conn, id } => {
+            let read = scripts::parse_read(&reply, shard.config.limits.max_message_bytes);
+            if read.is_none() {
+                ShardStats::add(&stats.redis_bad_messages, 1);
+            }
+            let answer = read.map(|(top, epoch, publications)| {
+                crate::history::answer(&query, Position { offset: top, epoch: epoch.into() }, publications.into_iter())
+            });
+            shard.answer_history(from, conn, id, answer);
+        }
+        OnReply::Presence { stats: want_stats, from, conn, id } => {
+            let found = scripts::parse_presence(&reply, want_stats).map(|(found, skipped)| {
+                ShardStats::add(&stats.presence_bad_entries, skipped);
+                found
+            });
+            if found.is_none() {
+                ShardStats::add(&stats.redis_bad_messages, 1);
+            }
+            shard.answer_presence(from, conn, id, found);
+        }
+    }
+}
+
+/// Writes this node's presence changes to Redis as they come (coalesced
+/// per topic into one script call per write) and refreshes every entry of
+/// the node every third of `presence_ttl_ms`, so that entries of a node
+/// that died expire and those of a live one never do.
+async fn presence_loop(shard: Rc<Shard>, bridge: Rc<Bridge>) {
+    let period = bridge.config.presence_ttl / 3;
+    let mut next_refresh = std::time::Instant::now() + period;
+    loop {
+        let wait = next_refresh.saturating_duration_since(std::time::Instant::now());
+        futures_lite::future::or(bridge.presence_ready.wait(), sleep(wait)).await;
+        if !bridge.publisher_connected.get() {
+            continue;
+        }
+        let stats = shard.stats();
+        let ops = std::mem::take(&mut *bridge.presence_ops.borrow_mut());
+        for (topic, ops) in &ops {
+            bridge.push_command(bridge.presence_command(topic, ops.iter()), stats);
+        }
+        if bridge.presence_refresh.replace(false) || std::time::Instant::now() >= next_refresh {
+            next_refresh = std::time::Instant::now() + period;
+            let presence = shard.presence.borrow();
+            for (topic, members) in presence.iter() {
+                let ops: Vec<PresenceOp> = members.map(|m| PresenceOp { join: true, client: m.client.clone(), user: m.user.clone() }).collect();
+                for chunk in ops.chunks(PRESENCE_CHUNK) {
+                    bridge.push_command(bridge.presence_command(topic, chunk.iter()), stats);
+                }
             }
         }
     }
@@ -425,9 +693,25 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
         ShardStats::add(&stats.redis_bad_messages, 1);
         return;
     };
+    if data.starts_with(scripts::NUMBERED_MAGIC) {
+        return on_numbered(shard, bridge, topic, data).await;
+    }
+    if recipient.is_none() && shard.has_history(topic) {
+        // History topics carry only numbered messages (from NUMBER): a bare
+        // PUBLISH would have no offset. Backends publish through the admin API.
+        ShardStats::add(&stats.redis_bad_messages, 1);
+        debug!(topic, "refused an unnumbered message on a history topic");
+        return;
+    }
     let (payload, sender, json) = match envelope::decode(data) {
-        Ok(envelope::Incoming::Node { origin, .. }) if origin == bridge.node_id => return,
+        Ok(envelope::Incoming::Node { origin, .. } | envelope::Incoming::Presence { origin, .. }) if origin == bridge.node_id => return,
         Ok(envelope::Incoming::Node { payload, sender, json, .. }) => (payload, sender, json),
+        Ok(envelope::Incoming::Presence { join, client, user, .. }) => {
+            let (client, user) = (Arc::from(client), user.map(Arc::from));
+            let kind = if join { Kind::Join { client, user } } else { Kind::Leave { client, user } };
+            ShardStats::add(&stats.redis_received, 1);
+            return fan_out_remote(shard, Outgoing::presence(topic, kind), None).await;
+        }
         Ok(envelope::Incoming::Disconnect { origin, .. }) if origin == bridge.node_id => return,
         Ok(envelope::Incoming::Disconnect { code, reason, .. }) => {
             match recipient {
@@ -453,8 +737,32 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
         None => Kind::Message,
     };
     let msg = Outgoing::remote(topic, kind, Bytes::copy_from_slice(payload), json, Stamp::now());
-    if let Err(mut pending) = shard.fan_out_remote(msg) {
-        // Backpressure: stop reading Redis until every shard took it.
+    fan_out_remote(shard, msg, None).await;
+}
+
+/// A message numbered by Redis ([`scripts::NUMBER`]), from any node, this
+/// one included: delivered with its offset and epoch.
+async fn on_numbered(shard: &Shard, bridge: &Bridge, topic: &str, data: &[u8]) {
+    let stats = shard.stats();
+    let decoded = scripts::split_numbered(data).and_then(|(offset, epoch, env)| match envelope::decode(env) {
+        Ok(envelope::Incoming::Node { origin, payload, json, skip, sender: None }) => Some((offset, epoch, origin, payload, json, skip)),
+        _ => None,
+    });
+    let Some((offset, epoch, origin, payload, json, skip)) = decoded.filter(|d| d.3.len() <= shard.config.limits.max_message_bytes) else {
+        ShardStats::add(&stats.redis_bad_messages, 1);
+        return;
+    };
+    ShardStats::add(&stats.redis_received, 1);
+    let skip = (origin == bridge.node_id && skip != 0).then_some(ConnId(skip));
+    let position = Position { offset, epoch: epoch.into() };
+    let msg = Outgoing::positioned(topic, Kind::Message, Bytes::copy_from_slice(payload), json, Some(position), Stamp::now());
+    fan_out_remote(shard, msg, skip).await;
+}
+
+/// Fans out a message from Redis; backpressure: Redis is not read until
+/// every shard took it.
+async fn fan_out_remote(shard: &Shard, msg: Arc<Outgoing>, skip: Option<ConnId>) {
+    if let Err(mut pending) = shard.fan_out_remote(msg, skip) {
         while !shard.retry_publish(&mut pending) {
             sleep(Duration::from_micros(200)).await;
         }

@@ -1,16 +1,25 @@
 //! Cross-shard messaging: the only way shards talk to each other.
 //!
-//! Every shard owns one inbox with two crossbeam (lock-free) channels:
+//! Every shard owns one inbox with three crossbeam (lock-free) channels:
 //! - `data`, bounded by `[bus] capacity`, carries publishes. A full data
 //!   channel is backpressure: the publishing connection stops being read
 //!   until there is room, so the pressure reaches the publisher through TCP.
+//!   The bus loop always drains it and never waits while doing so.
+//! - `sequence`, bounded by `[bus] capacity`, carries publishes to history
+//!   topics on their way to the shard that assigns their offsets (the
+//!   topic's home shard, or the bridge shard with Redis). That shard reads
+//!   it only while its relay of numbered messages not yet handed on is
+//!   short, so a slow destination pushes back on publishers, never on
+//!   another shard's bus loop (no cycle of shards waiting on each other).
 //! - `control` carries interest changes, their acknowledgements, admin-plane
 //!   calls (bounded by `[admin] max_pending` and one call per API request
-//!   per shard, each awaited by the admin thread) and shutdown.
+//!   per shard, each awaited by the admin thread), history and presence
+//!   queries and their answers, presence changes, and shutdown.
 //!   It is unbounded in type but bounded by construction: a connection has at
-//!   most one unacknowledged subscribe in flight (it is not read while it
-//!   waits), so a shard's control backlog is at most about three messages per
-//!   connection of the sending shards. Control messages are never dropped.
+//!   most one unanswered request in flight (it is not read while it waits),
+//!   and a subscribe or unsubscribe adds at most one presence change, so a
+//!   shard's control backlog is at most a few messages per connection of the
+//!   sending shards. Control messages are never dropped.
 //!
 //! A shard with an empty inbox sleeps in its io_uring; a sender rings its
 //! [`Doorbell`] (one byte on a socketpair) only when the shard said it is
@@ -28,6 +37,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 pub use interest::{InterestMap, ShardSet};
 
+use crate::conn::ConnId;
+use crate::history::HistoryMsg;
+use crate::presence::PresenceMsg;
 use crate::protocol::Outgoing;
 
 /// A publish crossing to another shard: the message and its encoded forms
@@ -39,6 +51,18 @@ pub struct PublishMsg {
     /// Set only on the copy sent to the Redis bridge shard: publish it to
     /// the other nodes as well as delivering it locally.
     pub forward: bool,
+    /// The publishing connection, when it asked not to receive its own
+    /// message (`skip_self`).
+    pub skip: Option<ConnId>,
+    /// A publish to a history topic for the shard that numbers it (it rides
+    /// the `sequence` channel and carries no position yet).
+    pub sequence: bool,
+}
+
+impl PublishMsg {
+    pub fn new(msg: Arc<Outgoing>, skip: Option<ConnId>) -> PublishMsg {
+        PublishMsg { msg, forward: false, skip, sequence: false }
+    }
 }
 
 /// Control traffic between shards.
@@ -52,6 +76,10 @@ pub enum ControlMsg {
     InterestApplied { token: u64 },
     /// A request from the admin plane (answered on its own reply channel).
     Admin(admin::AdminCall),
+    /// History queries to the topic's offset authority, and their answers.
+    History(HistoryMsg),
+    /// Presence changes and queries to the topic's owner, and their answers.
+    Presence(PresenceMsg),
     /// Stop accepting, close every client with 1001, drain, exit.
     Shutdown,
 }
@@ -98,6 +126,7 @@ impl Doorbell {
 #[derive(Debug, Clone)]
 pub struct Mailbox {
     data: Sender<PublishMsg>,
+    sequence: Sender<PublishMsg>,
     control: Sender<ControlMsg>,
     bell: Arc<Doorbell>,
 }
@@ -106,6 +135,7 @@ pub struct Mailbox {
 #[derive(Debug)]
 pub struct Inbox {
     pub data: Receiver<PublishMsg>,
+    pub sequence: Receiver<PublishMsg>,
     pub control: Receiver<ControlMsg>,
     pub bell: Arc<Doorbell>,
     /// The socket the bell rings; the shard waits on it when idle.
@@ -127,6 +157,19 @@ impl Mailbox {
         }
     }
 
+    /// Hands a publish to a history topic to the shard that numbers it;
+    /// gives it back when that shard's sequence channel is full.
+    pub fn try_sequence(&self, msg: PublishMsg) -> Result<(), PublishMsg> {
+        match self.sequence.try_send(msg) {
+            Ok(()) => {
+                self.bell.ring();
+                Ok(())
+            }
+            Err(TrySendError::Full(msg)) => Err(msg),
+            Err(TrySendError::Disconnected(_)) => Ok(()),
+        }
+    }
+
     pub fn control(&self, msg: ControlMsg) {
         // Disconnected only during shutdown, when the message no longer matters.
         let _ = self.control.send(msg);
@@ -140,10 +183,11 @@ pub fn build(shards: usize, capacity: usize) -> std::io::Result<(Vec<Mailbox>, V
     let mut inboxes = Vec::with_capacity(shards);
     for _ in 0..shards {
         let (data_tx, data_rx) = crossbeam_channel::bounded(capacity);
+        let (sequence_tx, sequence_rx) = crossbeam_channel::bounded(capacity);
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let (bell, bell_rx) = Doorbell::new()?;
-        mailboxes.push(Mailbox { data: data_tx, control: control_tx, bell: bell.clone() });
-        inboxes.push(Inbox { data: data_rx, control: control_rx, bell, bell_rx });
+        mailboxes.push(Mailbox { data: data_tx, sequence: sequence_tx, control: control_tx, bell: bell.clone() });
+        inboxes.push(Inbox { data: data_rx, sequence: sequence_rx, control: control_rx, bell, bell_rx });
     }
     Ok((mailboxes, inboxes))
 }
@@ -171,7 +215,7 @@ mod tests {
         let payload = crate::protocol::Payload { bytes: b"1", json: true };
         let stats = crate::metrics::ShardStats::default();
         let m = Outgoing::new("t", crate::protocol::Kind::Message, payload, crate::protocol::Encoding::Json, crate::clock::Stamp::now(), &stats);
-        let msg = PublishMsg { msg: m, forward: false };
+        let msg = PublishMsg::new(m, None);
         assert!(mailboxes[0].try_publish(msg.clone()).is_ok());
         assert!(mailboxes[0].try_publish(msg.clone()).is_ok());
         assert!(mailboxes[0].try_publish(msg.clone()).is_err());

@@ -28,12 +28,15 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use tracing::debug;
 
-use crate::auth::{Access, Action, IpSlot, MAX_USER_BYTES};
+use crate::auth::{Access, Action, IpSlot, TopicOptions, MAX_USER_BYTES};
+use crate::history::wait::Request as WaitRequest;
+use crate::history::Query as HistoryQuery;
+use crate::presence::Member;
 use crate::clock::Stamp;
 use crate::metrics::ShardStats;
 use crate::protocol::{close, Command, Encoding, ErrorCode, RequestError, Wire};
 use crate::ws::deflate::{InflateError, Mode};
-use crate::shard::{PendingPublish, Shard};
+use crate::shard::{PendingPublish, Shard, Then};
 use crate::ws::frame::{self, Opcode};
 use crate::ws::handshake::{self, Decision, Endpoint};
 
@@ -419,7 +422,7 @@ impl Conn {
 
     /// Whether input may be read. Registers the waker otherwise.
     fn poll_unblocked(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.peer.awaiting_interest() {
+        if self.peer.awaiting() {
             return false;
         }
         let Some(Blocked::Bus { pending, retry }) = self.blocked.as_deref_mut() else { return true };
@@ -505,7 +508,7 @@ impl Conn {
             if self.input_closed {
                 return buf.len();
             }
-            if self.blocked.is_some() || self.peer.awaiting_interest() {
+            if self.blocked.is_some() || self.peer.awaiting() {
                 // Decode the rest once unblocked, before reading more.
                 self.resume = true;
                 break;
@@ -674,11 +677,22 @@ impl Conn {
             Command::Ping => self.send(encoding.pong_frame(id)),
             Command::Auth { token } => self.on_auth(id, &token),
             Command::Refresh { token } => self.on_refresh(id, &token),
-            Command::Subscribe { topic } => {
+            Command::Subscribe { topic, recover } => {
                 if !self.topic_allowed(id, &topic, Action::Subscribe) {
                     return;
                 }
-                let subscribed = self.shard.registry.borrow().get(&topic).is_some_and(|e| e.subscribers.contains_key(&self.peer.id));
+                let options = shard.config.namespaces.options(&topic);
+                if recover.is_some() && !options.recover {
+                    let message = "recovery is not enabled for this topic's namespace (recover = true)".into();
+                    return self.reply_error(RequestError { id, code: ErrorCode::NotAvailable, message });
+                }
+                let subscribed = self.is_subscribed(&topic);
+                if !subscribed && self.topics.len() >= limits.max_topics_per_connection {
+                    // Forget subscriptions the shard undid (history unavailable).
+                    let registry = shard.registry.borrow();
+                    let me = self.peer.id;
+                    self.topics.retain(|t| registry.get(t).is_some_and(|e| e.subscribers.contains_key(&me)));
+                }
                 if !subscribed && self.topics.len() >= limits.max_topics_per_connection {
                     return self.reply_error(RequestError {
                         id,
@@ -687,13 +701,33 @@ impl Conn {
                     });
                 }
                 // Acked now, or by the shard once the other shards confirmed
-                // the interest; without an id there is no ack.
-                let name = self.shard.subscribe(&self.peer, &topic, id.map(|id| encoding.ack_frame(id)));
+                // the interest (and, on a history topic, once its position is
+                // known); without an id there is no ack.
+                let then = match options.history {
+                    Some(_) => Then::Position(WaitRequest { id, recover }),
+                    None => Then::Frame(id.map(|id| encoding.ack_frame(id))),
+                };
+                let member = (options.presence || options.join_leave).then(|| Member {
+                    client: shard.client_id(self.peer.id).into(),
+                    user: self.identity().map(|i| i.user.clone()),
+                });
+                let name = self.shard.subscribe(&self.peer, &topic, options, then, member);
                 if !subscribed {
                     // Most connections hold one or a few topics: grow one at a time.
                     self.topics.reserve_exact(1);
                     self.topics.push(name);
                 }
+            }
+            Command::Presence { topic } => self.on_presence_request(id, &topic, false),
+            Command::PresenceStats { topic } => self.on_presence_request(id, &topic, true),
+            Command::History { topic, since, limit } => {
+                let Some((id, options)) = self.topic_request(id, &topic, "history") else { return };
+                let Some(policy) = options.history else {
+                    return self.not_available(id, "this topic's namespace keeps no history (history_size = 0)");
+                };
+                let limit = limit.map_or(policy.size, |l| usize::try_from(l).unwrap_or(usize::MAX).min(policy.size));
+                self.peer.set_awaiting(true);
+                shard.ask_history(&topic, HistoryQuery::Range { since, limit }, self.peer.id, Some(id));
             }
             Command::Unsubscribe { topic } => {
                 if let Err(why) = crate::topic::validate(&topic, limits.max_topic_len) {
@@ -741,6 +775,38 @@ impl Conn {
                 self.accepted(id, sent);
             }
         }
+    }
+
+    fn is_subscribed(&self, topic: &str) -> bool {
+        self.shard.registry.borrow().get(topic).is_some_and(|e| e.subscribers.contains_key(&self.peer.id))
+    }
+
+    /// Checks a `presence` / `presence_stats` / `history` request: a valid
+    /// topic the connection may subscribe to, and an id to answer under.
+    /// Returns the id and the topic's options, or answers the error.
+    fn topic_request(&mut self, id: Option<u64>, topic: &str, kind: &str) -> Option<(u64, TopicOptions)> {
+        let Some(req) = id else {
+            let message = format!("a {kind} request needs an `id` to answer under");
+            self.reply_error(RequestError { id, code: ErrorCode::BadRequest, message });
+            return None;
+        };
+        if !self.topic_allowed(id, topic, Action::Subscribe) {
+            return None;
+        }
+        Some((req, self.shard.config.namespaces.options(topic)))
+    }
+
+    fn on_presence_request(&mut self, id: Option<u64>, topic: &str, stats: bool) {
+        let kind = if stats { "presence_stats" } else { "presence" };
+        let Some((id, options)) = self.topic_request(id, topic, kind) else { return };
+        if !options.presence {
+            return self.not_available(id, "presence is not enabled for this topic's namespace (presence = true)");
+        }
+        self.shard.ask_presence(topic, stats, self.peer.id, id);
+    }
+
+    fn not_available(&mut self, id: u64, message: &str) {
+        self.reply_error(RequestError { id: Some(id), code: ErrorCode::NotAvailable, message: message.into() });
     }
 
     /// Whether `topic` is a valid client topic this connection may use for

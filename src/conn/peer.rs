@@ -161,8 +161,8 @@ pub enum Pushed {
 
 /// The connection must stop now, without flushing (close timeout, drain deadline).
 const ABORTED: u8 = 1;
-/// See [`Peer::awaiting_interest`].
-const AWAITING_INTEREST: u8 = 2;
+/// See [`Peer::awaiting`].
+const AWAITING: u8 = 2;
 /// Listed in the shard's [`Cork`].
 const CORKED: u8 = 4;
 
@@ -194,7 +194,7 @@ pub struct Peer {
     pub last_seen: Cell<Stamp>,
     /// Last time the server pinged it.
     pub last_ping: Cell<Stamp>,
-    /// [`ABORTED`], [`AWAITING_INTEREST`], [`CORKED`]: one byte, so that
+    /// [`ABORTED`], [`AWAITING`], [`CORKED`]: one byte, so that
     /// `Peer` stays in its allocation size class.
     flags: Cell<u8>,
     /// How its messages are sent: the negotiated subprotocol's encoding and
@@ -363,14 +363,16 @@ impl Peer {
         self.flag(ABORTED)
     }
 
-    /// A subscribe of this connection waits for other shards to confirm
-    /// interest; its input is not read meanwhile.
-    pub fn awaiting_interest(&self) -> bool {
-        self.flag(AWAITING_INTEREST)
+    /// A request of this connection waits for another shard's answer (a
+    /// subscribe's interest confirmation or history position, a presence or
+    /// history query); its input is not read meanwhile, so each connection
+    /// has at most one such request in flight.
+    pub fn awaiting(&self) -> bool {
+        self.flag(AWAITING)
     }
 
-    pub fn set_awaiting_interest(&self, on: bool) {
-        self.set_flag(AWAITING_INTEREST, on);
+    pub fn set_awaiting(&self, on: bool) {
+        self.set_flag(AWAITING, on);
     }
 
     /// Marks the connection listed in the shard's [`Cork`] (`true`) or taken

@@ -7,10 +7,10 @@
 
 use std::rc::Rc;
 
-use crate::auth::{Identity, IpSlot, TokenError, UserSlot};
+use crate::auth::{Identity, IpSlot, TokenError, TopicOptions, UserSlot};
 use crate::metrics::ShardStats;
 use crate::protocol::{close, ErrorCode, RequestError};
-use crate::shard::Deadline;
+use crate::shard::{Deadline, Then};
 use crate::topic;
 
 use super::Conn;
@@ -81,7 +81,7 @@ impl Conn {
     fn welcome(&self, user: Option<&str>) -> bytes::Bytes {
         let shard = &self.shard;
         let encoding = self.peer.encoding();
-        encoding.welcome_frame(&self.peer.id.to_string(), &shard.config.server.node_id, shard.index, user)
+        encoding.welcome_frame(&shard.client_id(self.peer.id), &shard.config.server.node_id, shard.index, user)
     }
 
     /// The verified identity; `None` for anonymous connections.
@@ -123,7 +123,7 @@ impl Conn {
             self.send(self.peer.encoding().ack_frame(id));
         }
         let welcome = self.welcome(Some(&identity.user));
-        let topic = shard.subscribe(&self.peer, &topic::user_topic(&identity.user), Some(welcome));
+        let topic = shard.subscribe(&self.peer, &topic::user_topic(&identity.user), TopicOptions::default(), Then::Frame(Some(welcome)), None);
         let user = State::User { identity, _slot: slot, topic };
         match &mut self.session {
             Some(session) => session.state = user,

@@ -12,7 +12,8 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, VerifierOptions, WIPOffset};
 
-use super::{Command, ErrorCode, Payload, Request, RequestError};
+use super::{Answer, Command, ErrorCode, Payload, Reply, Request, RequestError, Since};
+use crate::history::MAX_EPOCH_BYTES;
 use crate::ws::frame::{self, Opcode};
 
 #[allow(clippy::all, unused_imports, dead_code, non_snake_case, unsafe_op_in_unsafe_fn, mismatched_lifetime_syntaxes)]
@@ -47,6 +48,14 @@ fn payload<'a>(v: Option<flatbuffers::Vector<'a, u8>>, id: Option<u64>) -> Resul
     v.map(|v| Payload::from_bytes(v.bytes())).ok_or_else(|| bad(id, "missing field `payload`"))
 }
 
+fn since(p: StreamPosition<'_>, id: Option<u64>, field: &str) -> Result<Since, RequestError> {
+    let epoch = p.epoch().ok_or_else(|| bad(id, format!("missing field `{field}.epoch`")))?;
+    if epoch.len() > MAX_EPOCH_BYTES {
+        return Err(bad(id, format!("field `{field}.epoch` is longer than {MAX_EPOCH_BYTES} bytes")));
+    }
+    Ok(Since { offset: p.offset(), epoch: epoch.to_string() })
+}
+
 /// Decodes one request from a binary frame's bytes.
 pub fn parse_request<'a>(buf: &'a [u8]) -> Result<Request<'a>, RequestError> {
     let frame = root_as_client_frame_with_opts(&options(buf.len()), buf)
@@ -54,7 +63,11 @@ pub fn parse_request<'a>(buf: &'a [u8]) -> Result<Request<'a>, RequestError> {
     let id = frame.id();
     let missing = || bad(id, "missing field `request`");
     let command = match frame.request_type() {
-        Request_::Subscribe => Command::Subscribe { topic: required(frame.request_as_subscribe().and_then(|r| r.topic()), id, "topic")? },
+        Request_::Subscribe => {
+            let sub = frame.request_as_subscribe().ok_or_else(missing)?;
+            let recover = sub.recover().map(|p| since(p, id, "recover")).transpose()?;
+            Command::Subscribe { topic: required(sub.topic(), id, "topic")?, recover }
+        }
         Request_::Unsubscribe => Command::Unsubscribe { topic: required(frame.request_as_unsubscribe().and_then(|r| r.topic()), id, "topic")? },
         Request_::Publish => {
             let p = frame.request_as_publish().ok_or_else(missing)?;
@@ -66,6 +79,15 @@ pub fn parse_request<'a>(buf: &'a [u8]) -> Result<Request<'a>, RequestError> {
         Request_::Send => {
             let s = frame.request_as_send().ok_or_else(missing)?;
             Command::Send { user: required(s.user(), id, "user")?, payload: payload(s.payload(), id)? }
+        }
+        Request_::Presence => Command::Presence { topic: required(frame.request_as_presence().and_then(|r| r.topic()), id, "topic")? },
+        Request_::PresenceStats => {
+            Command::PresenceStats { topic: required(frame.request_as_presence_stats().and_then(|r| r.topic()), id, "topic")? }
+        }
+        Request_::History => {
+            let h = frame.request_as_history().ok_or_else(missing)?;
+            let since = h.since().map(|p| since(p, id, "since")).transpose()?;
+            Command::History { topic: required(h.topic(), id, "topic")?, since, limit: h.limit() }
         }
         Request_::NONE => return Err(missing()),
         other => {
@@ -90,7 +112,7 @@ fn server_frame(
 }
 
 pub fn ack_frame(id: u64) -> Bytes {
-    server_frame(Some(id), Event::Ack, |b| Ack::create(b, &AckArgs {}).as_union_value())
+    server_frame(Some(id), Event::Ack, |b| Ack::create(b, &AckArgs::default()).as_union_value())
 }
 
 pub fn pong_frame(id: Option<u64>) -> Bytes {
@@ -114,12 +136,86 @@ pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>)
     })
 }
 
+/// A reply carrying data (see [`Reply`]).
+pub fn reply_frame(reply: &Reply<'_>) -> Bytes {
+    fn publications<'b>(
+        b: &mut FlatBufferBuilder<'b>,
+        answer: &Answer,
+    ) -> WIPOffset<flatbuffers::Vector<'b, flatbuffers::ForwardsUOffset<Publication<'b>>>> {
+        let items: Vec<_> = answer
+            .publications
+            .iter()
+            .map(|p| {
+                let payload = b.create_vector(&p.payload);
+                Publication::create(b, &PublicationArgs { offset: p.offset, payload: Some(payload) })
+            })
+            .collect();
+        b.create_vector(&items)
+    }
+    match reply {
+        Reply::Subscribed { id, answer, recovery } => server_frame(Some(*id), Event::Ack, |b| {
+            let pubs = recovery.then(|| publications(b, answer));
+            let epoch = b.create_string(&answer.position.epoch);
+            let args = AckArgs {
+                recovered: recovery.then_some(answer.recovered),
+                publications: pubs,
+                offset: Some(answer.position.offset),
+                epoch: Some(epoch),
+            };
+            Ack::create(b, &args).as_union_value()
+        }),
+        Reply::History { id, answer } => server_frame(Some(*id), Event::HistoryResult, |b| {
+            let pubs = publications(b, answer);
+            let epoch = b.create_string(&answer.position.epoch);
+            let args = HistoryResultArgs { publications: Some(pubs), offset: answer.position.offset, epoch: Some(epoch) };
+            HistoryResult::create(b, &args).as_union_value()
+        }),
+        Reply::Presence { id, clients } => server_frame(Some(*id), Event::PresenceResult, |b| {
+            let items: Vec<_> = clients
+                .iter()
+                .map(|(client, user)| {
+                    let client = b.create_string(client);
+                    let user = user.as_deref().map(|u| b.create_string(u));
+                    ClientInfo::create(b, &ClientInfoArgs { client: Some(client), user })
+                })
+                .collect();
+            let clients = b.create_vector(&items);
+            PresenceResult::create(b, &PresenceResultArgs { clients: Some(clients) }).as_union_value()
+        }),
+        Reply::PresenceStats { id, clients, users } => server_frame(Some(*id), Event::PresenceStatsResult, |b| {
+            PresenceStatsResult::create(b, &PresenceStatsResultArgs { clients: *clients, users: *users }).as_union_value()
+        }),
+    }
+}
+
+/// A `Join` (`join`) or `Leave` event's `ServerFrame`.
+pub fn presence_event_frame(join: bool, topic: &str, client: &str, user: Option<&str>) -> Bytes {
+    let kind = if join { Event::Join } else { Event::Leave };
+    server_frame(None, kind, |b| {
+        let topic = Some(b.create_string(topic));
+        let client = Some(b.create_string(client));
+        let user = user.map(|u| b.create_string(u));
+        if join {
+            Join::create(b, &JoinArgs { topic, client, user }).as_union_value()
+        } else {
+            Leave::create(b, &LeaveArgs { topic, client, user }).as_union_value()
+        }
+    })
+}
+
 /// A topic message's `ServerFrame`; the payload travels as it was published.
 pub fn message_frame(topic: &str, payload: &[u8]) -> Bytes {
+    message_frame_at(topic, payload, None)
+}
+
+/// A message's `ServerFrame`, with its offset and epoch on a history topic.
+pub fn message_frame_at(topic: &str, payload: &[u8], position: Option<(u64, &str)>) -> Bytes {
     server_frame(None, Event::Message, |b| {
         let topic = b.create_string(topic);
         let payload = b.create_vector(payload);
-        Message::create(b, &MessageArgs { topic: Some(topic), payload: Some(payload) }).as_union_value()
+        let epoch = position.map(|(_, e)| b.create_string(e));
+        let args = MessageArgs { topic: Some(topic), payload: Some(payload), offset: position.map(|(o, _)| o), epoch };
+        Message::create(b, &args).as_union_value()
     })
 }
 
@@ -187,7 +283,7 @@ mod tests {
     fn bad_frames_are_bad_requests_never_panics() {
         let none = client_frame(Some(3), Request_::NONE, |_| None);
         assert_eq!(parse_request(&none).unwrap_err().id, Some(3));
-        let no_topic = client_frame(Some(4), Request_::Subscribe, |b| Some(Subscribe::create(b, &SubscribeArgs { topic: None }).as_union_value()));
+        let no_topic = client_frame(Some(4), Request_::Subscribe, |b| Some(Subscribe::create(b, &SubscribeArgs { topic: None, recover: None }).as_union_value()));
         let e = parse_request(&no_topic).unwrap_err();
         assert_eq!((e.id, e.code), (Some(4), ErrorCode::BadRequest));
         assert_eq!(parse_request(b"").unwrap_err().code, ErrorCode::BadRequest);

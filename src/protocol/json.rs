@@ -11,7 +11,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::{Command, ErrorCode, Payload, Request, RequestError};
+use super::{Answer, Command, ErrorCode, Payload, Reply, Request, RequestError, Since};
+use crate::history::MAX_EPOCH_BYTES;
 use crate::ws::frame::{self, Opcode};
 
 /// The subprotocol name (also what no `Sec-WebSocket-Protocol` means).
@@ -35,6 +36,31 @@ struct RawRequest<'a> {
     token: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     user: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    recover: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    since: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    limit: Option<&'a RawValue>,
+}
+
+/// `{"offset":N,"epoch":"…"}` as a client sends it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSince {
+    offset: u64,
+    epoch: String,
+}
+
+/// A `recover` or `since` field: an object with a u64 `offset` and a
+/// string `epoch` of at most [`MAX_EPOCH_BYTES`] bytes.
+fn since_field(raw: &RawValue, id: Option<u64>, name: &str) -> Result<Since, RequestError> {
+    let wrong = || bad(id, ErrorCode::BadRequest, format!("field `{name}` must be {{\"offset\":<unsigned integer>,\"epoch\":<string>}}"));
+    let since: RawSince = serde_json::from_str(raw.get()).map_err(|_| wrong())?;
+    if since.epoch.len() > MAX_EPOCH_BYTES {
+        return Err(bad(id, ErrorCode::BadRequest, format!("field `{name}.epoch` is longer than {MAX_EPOCH_BYTES} bytes")));
+    }
+    Ok(Since { offset: since.offset, epoch: since.epoch })
 }
 
 /// `Some(raw)` for any present value, `null` included (serde's `Option`
@@ -86,7 +112,10 @@ pub fn parse_request<'a>(text: &'a [u8]) -> Result<Request<'a>, RequestError> {
     let string = |field: Option<&'a RawValue>, name: &str| string_field(required(field, name)?, id, name);
     let topic = || string(raw.topic, "topic");
     let command = match &*kind {
-        "subscribe" => Command::Subscribe { topic: topic()? },
+        "subscribe" => {
+            let recover = raw.recover.map(|r| since_field(r, id, "recover")).transpose()?;
+            Command::Subscribe { topic: topic()?, recover }
+        }
         "unsubscribe" => Command::Unsubscribe { topic: topic()? },
         "publish" => {
             let topic = topic()?;
@@ -102,6 +131,19 @@ pub fn parse_request<'a>(text: &'a [u8]) -> Result<Request<'a>, RequestError> {
         "auth" => Command::Auth { token: string(raw.token, "token")? },
         "refresh" => Command::Refresh { token: string(raw.token, "token")? },
         "send" => Command::Send { user: string(raw.user, "user")?, payload: Payload::json(required(raw.payload, "payload")?) },
+        "presence" => Command::Presence { topic: topic()? },
+        "presence_stats" => Command::PresenceStats { topic: topic()? },
+        "history" => {
+            let since = raw.since.map(|r| since_field(r, id, "since")).transpose()?;
+            let limit = match raw.limit {
+                None => None,
+                Some(v) => Some(
+                    serde_json::from_str::<u64>(v.get())
+                        .map_err(|_| bad(id, ErrorCode::BadRequest, "field `limit` must be an unsigned integer"))?,
+                ),
+            };
+            Command::History { topic: topic()?, since, limit }
+        }
         other => {
             let mut shown: String = other.chars().take(64).collect();
             if shown.len() < other.len() {
@@ -140,11 +182,37 @@ fn payload_pieces(payload: &[u8], is_json: bool) -> (&'static [u8], std::borrow:
 /// `{"type":"message","topic":T,"payload":P}` as a complete text frame:
 /// built once per message per node and shared by every JSON recipient.
 pub fn message_frame(topic: &str, payload: &[u8], is_json: bool) -> Bytes {
+    message_frame_at(topic, payload, is_json, None)
+}
+
+/// A message frame; on a history topic with its `"offset"` and `"epoch"`
+/// (before the payload, which stays last: see [`embedded_payload`]).
+pub fn message_frame_at(topic: &str, payload: &[u8], is_json: bool, position: Option<(u64, &str)>) -> Bytes {
     const PREFIX: &[u8] = br#"{"type":"message","topic":"#;
     let mut quoted = Vec::with_capacity(topic.len() + 2);
     push_json_str(&mut quoted, topic);
+    if let Some((offset, epoch)) = position {
+        quoted.extend_from_slice(format!(r#","offset":{offset},"epoch":"#).as_bytes());
+        push_json_str(&mut quoted, epoch);
+    }
     let (field, value) = payload_pieces(payload, is_json);
     frame::build(Opcode::Text, &[PREFIX, &quoted, field, &value, b"}"])
+}
+
+/// `{"type":"join"|"leave","topic":T,"client":C,"user":U}` (`user` null
+/// for an anonymous connection).
+pub fn presence_event_frame(kind: &str, topic: &str, client: &str, user: Option<&str>) -> Bytes {
+    let mut body = Vec::with_capacity(48 + topic.len() + client.len() + user.map_or(4, str::len));
+    body.extend_from_slice(br#"{"type":"#);
+    push_json_str(&mut body, kind);
+    body.extend_from_slice(br#","topic":"#);
+    push_json_str(&mut body, topic);
+    body.extend_from_slice(br#","client":"#);
+    push_json_str(&mut body, client);
+    body.extend_from_slice(br#","user":"#);
+    push_json_nullable_str(&mut body, user);
+    body.push(b'}');
+    text_frame(&body)
 }
 
 /// `{"type":"direct","from":F,"payload":P}`: a direct message. `from` is the
@@ -180,6 +248,62 @@ pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>)
     push_json_str(&mut body, node);
     body.extend_from_slice(format!(r#","shard":{shard},"user":"#).as_bytes());
     push_json_nullable_str(&mut body, user);
+    body.push(b'}');
+    text_frame(&body)
+}
+
+/// `"publications":[{"offset":N,"payload":P},…],"offset":N,"epoch":E`.
+fn push_answer(body: &mut Vec<u8>, answer: &Answer) {
+    body.extend_from_slice(br#""publications":["#);
+    for (i, p) in answer.publications.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(format!(r#"{{"offset":{}"#, p.offset).as_bytes());
+        let (field, value) = payload_pieces(&p.payload, p.json);
+        body.extend_from_slice(field);
+        body.extend_from_slice(&value);
+        body.push(b'}');
+    }
+    body.extend_from_slice(format!(r#"],"offset":{},"epoch":"#, answer.position.offset).as_bytes());
+    push_json_str(body, &answer.position.epoch);
+}
+
+/// A reply carrying data (see [`Reply`]).
+pub fn reply_frame(reply: &Reply<'_>) -> Bytes {
+    let mut body = Vec::with_capacity(128);
+    match reply {
+        Reply::Subscribed { id, answer, recovery } => {
+            body.extend_from_slice(format!(r#"{{"type":"ack","id":{id},"#).as_bytes());
+            if *recovery {
+                body.extend_from_slice(format!(r#""recovered":{},"#, answer.recovered).as_bytes());
+                push_answer(&mut body, answer);
+            } else {
+                body.extend_from_slice(format!(r#""offset":{},"epoch":"#, answer.position.offset).as_bytes());
+                push_json_str(&mut body, &answer.position.epoch);
+            }
+        }
+        Reply::History { id, answer } => {
+            body.extend_from_slice(format!(r#"{{"type":"history","id":{id},"#).as_bytes());
+            push_answer(&mut body, answer);
+        }
+        Reply::Presence { id, clients } => {
+            body.extend_from_slice(format!(r#"{{"type":"presence","id":{id},"clients":{{"#).as_bytes());
+            for (i, (client, user)) in clients.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                push_json_str(&mut body, client);
+                body.extend_from_slice(br#":{"user":"#);
+                push_json_nullable_str(&mut body, user.as_deref());
+                body.push(b'}');
+            }
+            body.push(b'}');
+        }
+        Reply::PresenceStats { id, clients, users } => {
+            body.extend_from_slice(format!(r#"{{"type":"presence_stats","id":{id},"clients":{clients},"users":{users}"#).as_bytes());
+        }
+    }
     body.push(b'}');
     text_frame(&body)
 }
@@ -226,7 +350,15 @@ mod tests {
     fn parses_every_request() {
         let r = parse_request(br#"{"type":"subscribe","topic":"news","id":1}"#).unwrap();
         assert_eq!(r.id, Some(1));
-        assert!(matches!(r.command, Command::Subscribe { ref topic } if topic == "news"));
+        assert!(matches!(r.command, Command::Subscribe { ref topic, recover: None } if topic == "news"));
+        let r = parse_request(br#"{"type":"subscribe","topic":"c","recover":{"offset":10,"epoch":"e1"}}"#).unwrap();
+        assert!(matches!(r.command, Command::Subscribe { recover: Some(Since { offset: 10, ref epoch }), .. } if epoch == "e1"));
+        let r = parse_request(br#"{"type":"history","topic":"c","since":{"offset":3,"epoch":"e"},"limit":5,"id":3}"#).unwrap();
+        assert!(matches!(r.command, Command::History { since: Some(_), limit: Some(5), .. }));
+        let r = parse_request(br#"{"type":"history","topic":"c"}"#).unwrap();
+        assert!(matches!(r.command, Command::History { since: None, limit: None, .. }));
+        assert!(matches!(parse_request(br#"{"type":"presence","topic":"c"}"#).unwrap().command, Command::Presence { .. }));
+        assert!(matches!(parse_request(br#"{"type":"presence_stats","topic":"c"}"#).unwrap().command, Command::PresenceStats { .. }));
         let r = parse_request(br#"{"type":"unsubscribe","topic":"n\"ews"}"#).unwrap();
         assert!(matches!(r.command, Command::Unsubscribe { ref topic } if topic == "n\"ews"));
         let r = parse_request(br#" {"type":"publish","topic":"t","payload":{"a": [1, 2]},"skip_self":true} "#).unwrap();
@@ -266,6 +398,13 @@ mod tests {
         assert_eq!(code(r#"{"type":"auth","token":1}"#), (None, ErrorCode::BadRequest));
         assert_eq!(code(r#"{"type":"send","user":"a"}"#), (None, ErrorCode::BadRequest));
         assert_eq!(code(r#"{"type":"send","payload":1}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"subscribe","topic":"t","recover":{"offset":-1,"epoch":"e"},"id":1}"#), (Some(1), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"subscribe","topic":"t","recover":{"offset":1}}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"subscribe","topic":"t","recover":5}"#), (None, ErrorCode::BadRequest));
+        let long = format!(r#"{{"type":"history","topic":"t","since":{{"offset":1,"epoch":"{}"}}}}"#, "e".repeat(65));
+        assert_eq!(code(&long), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"history","topic":"t","limit":"x"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"presence"}"#), (None, ErrorCode::BadRequest));
     }
 
     #[test]
@@ -302,5 +441,36 @@ mod tests {
         assert_eq!(body(&d), serde_json::json!({"type":"direct","from":"bob","payload":{"t":1}}));
         assert_eq!(&embedded_payload(&d, 7)[..], br#"{"t":1}"#);
         assert_eq!(body(&direct_frame(None, b"2", true)), serde_json::json!({"type":"direct","from":null,"payload":2}));
+        let m = message_frame_at("c", b"[1]", true, Some((11, "e\"1")));
+        assert_eq!(body(&m), serde_json::json!({"type":"message","topic":"c","offset":11,"epoch":"e\"1","payload":[1]}));
+        assert_eq!(&embedded_payload(&m, 3)[..], b"[1]");
+        let j = presence_event_frame("join", "c", "0-1", Some("alice"));
+        assert_eq!(body(&j), serde_json::json!({"type":"join","topic":"c","client":"0-1","user":"alice"}));
+        assert_eq!(body(&presence_event_frame("leave", "c", "0-1", None))["user"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn replies_have_the_documented_shapes() {
+        use crate::history::{Position, Publication};
+        let publications = vec![
+            Publication { offset: 11, payload: Bytes::from_static(b"{\"a\":1}"), json: true },
+            Publication { offset: 12, payload: Bytes::from_static(b"\x00"), json: false },
+        ];
+        let answer = Answer { position: Position { offset: 12, epoch: "ep".into() }, publications, recovered: true };
+        let r = reply_frame(&Reply::Subscribed { id: 4, answer: &answer, recovery: true });
+        assert_eq!(
+            body(&r),
+            serde_json::json!({"type":"ack","id":4,"recovered":true,"publications":[{"offset":11,"payload":{"a":1}},{"offset":12,"payload_base64":"AA=="}],"offset":12,"epoch":"ep"})
+        );
+        let r = reply_frame(&Reply::Subscribed { id: 5, answer: &answer, recovery: false });
+        assert_eq!(body(&r), serde_json::json!({"type":"ack","id":5,"offset":12,"epoch":"ep"}));
+        let r = reply_frame(&Reply::History { id: 3, answer: &answer });
+        assert_eq!(body(&r)["publications"][0]["offset"], 11);
+        assert_eq!(body(&r)["type"], "history");
+        let clients = vec![("0-1".to_string(), Some("alice".to_string())), ("1-2".to_string(), None)];
+        let r = reply_frame(&Reply::Presence { id: 1, clients: &clients });
+        assert_eq!(body(&r), serde_json::json!({"type":"presence","id":1,"clients":{"0-1":{"user":"alice"},"1-2":{"user":null}}}));
+        let r = reply_frame(&Reply::PresenceStats { id: 2, clients: 3, users: 2 });
+        assert_eq!(body(&r), serde_json::json!({"type":"presence_stats","id":2,"clients":3,"users":2}));
     }
 }

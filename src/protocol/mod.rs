@@ -15,6 +15,8 @@ pub use outgoing::{Builder, Kind, Outgoing, Wire};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+pub use crate::history::{Answer, Since};
+
 /// How a connection's requests and replies are encoded, from its
 /// `Sec-WebSocket-Protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +69,13 @@ impl Encoding {
         }
     }
 
+    pub fn reply_frame(self, reply: &Reply<'_>) -> Bytes {
+        match self {
+            Encoding::Json => json::reply_frame(reply),
+            Encoding::FlatBuffers => flatbuf::reply_frame(reply),
+        }
+    }
+
     pub fn welcome_frame(self, client: &str, node: &str, shard: usize, user: Option<&str>) -> Bytes {
         match self {
             Encoding::Json => json::welcome_frame(client, node, shard, user),
@@ -106,7 +115,8 @@ pub struct Request<'a> {
 
 #[derive(Debug)]
 pub enum Command<'a> {
-    Subscribe { topic: std::borrow::Cow<'a, str> },
+    /// `recover`: the last position the client saw of the topic.
+    Subscribe { topic: std::borrow::Cow<'a, str>, recover: Option<Since> },
     Unsubscribe { topic: std::borrow::Cow<'a, str> },
     /// `payload` is kept verbatim (never re-serialised).
     Publish { topic: std::borrow::Cow<'a, str>, payload: Payload<'a>, skip_self: bool },
@@ -117,6 +127,25 @@ pub enum Command<'a> {
     Refresh { token: std::borrow::Cow<'a, str> },
     /// A direct message to every connection of `user`, on every node.
     Send { user: std::borrow::Cow<'a, str>, payload: Payload<'a> },
+    /// Who is subscribed to `topic`, on every shard and node.
+    Presence { topic: std::borrow::Cow<'a, str> },
+    /// How many connections and distinct users are subscribed to `topic`.
+    PresenceStats { topic: std::borrow::Cow<'a, str> },
+    /// Messages of `topic`'s history: after `since`, or the latest; at
+    /// most `limit` (`None`: up to the namespace's `history_size`).
+    History { topic: std::borrow::Cow<'a, str>, since: Option<Since>, limit: Option<u64> },
+}
+
+/// A reply that carries data, in whichever encoding the connection speaks.
+#[derive(Debug)]
+pub enum Reply<'a> {
+    /// The ack of a subscribe to a history topic: its position and, for a
+    /// subscribe with `recover`, the outcome and what was missed.
+    Subscribed { id: u64, answer: &'a Answer, recovery: bool },
+    History { id: u64, answer: &'a Answer },
+    /// `(client id, user)` of every subscriber.
+    Presence { id: u64, clients: &'a [(String, Option<String>)] },
+    PresenceStats { id: u64, clients: u64, users: u64 },
 }
 
 /// Error codes of `{"type":"error"}` replies. After any of them the connection
@@ -142,6 +171,12 @@ pub enum ErrorCode {
     /// The connection's identity may not do this (namespace rules,
     /// `[auth] direct_messages`, a `refresh` for another user).
     Forbidden,
+    /// The topic's namespace does not enable this (`presence`, history,
+    /// `recover`), or the Redis copy it needs is unreachable right now.
+    NotAvailable,
+    /// A `presence` reply would list more than `[limits] max_presence_clients`
+    /// connections (`presence_stats` still answers).
+    TooManyResults,
 }
 
 impl ErrorCode {
@@ -155,6 +190,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotAvailable => "not_available",
+            ErrorCode::TooManyResults => "too_many_results",
         }
     }
 }

@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use super::{flatbuf, json, Encoding, Payload};
 use crate::clock::Stamp;
+use crate::history::Position;
 use crate::metrics::ShardStats;
 use crate::ws::deflate::{Compressor, Mode};
 use crate::ws::frame::{self, Opcode};
@@ -63,6 +64,11 @@ pub enum Kind {
     /// A direct message to the user of the topic `$user:<id>`, from a
     /// verified sender (`None`: anonymous, or a backend).
     Direct { from: Option<Arc<str>> },
+    /// `{"type":"join"}`: connection `client` (of `user`, `None` when
+    /// anonymous) subscribed to the topic. No payload.
+    Join { client: Arc<str>, user: Option<Arc<str>> },
+    /// `{"type":"leave"}`: it unsubscribed or disconnected.
+    Leave { client: Arc<str>, user: Option<Arc<str>> },
 }
 
 /// A message being fanned out. `Send + Sync`: shared across shards.
@@ -79,6 +85,8 @@ pub struct Outgoing {
     /// When the node received it (read from the publisher's socket, the
     /// admin API or Redis): the start of the fan-out delay histogram.
     pub received: Stamp,
+    /// Its place in the topic's history; `None` on topics without history.
+    pub position: Option<Position>,
     /// The encoded forms, indexed by [`Wire`]: each encoding plain, deflated,
     /// and in stored blocks.
     forms: [OnceLock<Bytes>; 6],
@@ -105,20 +113,31 @@ impl Outgoing {
     pub fn new(topic: &str, kind: Kind, payload: Payload<'_>, origin: Encoding, received: Stamp, stats: &ShardStats) -> Arc<Outgoing> {
         let forms: [OnceLock<Bytes>; 6] = Default::default();
         let bytes = if origin == Encoding::Json && payload.json {
-            let frame = encode(Encoding::Json, topic, &kind, payload.bytes, true, stats);
+            let frame = encode(Encoding::Json, topic, &kind, payload.bytes, true, None, stats);
             let slice = json::embedded_payload(&frame, payload.bytes.len());
             let _ = forms[index(Encoding::Json, Mode::Off)].set(frame);
             slice
         } else {
             Bytes::copy_from_slice(payload.bytes)
         };
-        Arc::new(Outgoing { topic: topic.into(), kind, payload: bytes, payload_is_json: payload.json, received, forms })
+        Arc::new(Outgoing { topic: topic.into(), kind, payload: bytes, payload_is_json: payload.json, received, position: None, forms })
     }
 
     /// A message whose payload is already `Bytes` (from another node through
     /// Redis, or from the admin API); no form is built yet.
     pub fn remote(topic: &str, kind: Kind, payload: Bytes, payload_is_json: bool, received: Stamp) -> Arc<Outgoing> {
-        Arc::new(Outgoing { topic: topic.into(), kind, payload, payload_is_json, received, forms: Default::default() })
+        Outgoing::positioned(topic, kind, payload, payload_is_json, None, received)
+    }
+
+    /// A message with its place in the topic's history (given by the
+    /// topic's home shard, or by Redis); no form is built yet.
+    pub fn positioned(topic: &str, kind: Kind, payload: Bytes, payload_is_json: bool, position: Option<Position>, received: Stamp) -> Arc<Outgoing> {
+        Arc::new(Outgoing { topic: topic.into(), kind, payload, payload_is_json, received, position, forms: Default::default() })
+    }
+
+    /// A `join` or `leave` message (no payload).
+    pub fn presence(topic: &str, kind: Kind) -> Arc<Outgoing> {
+        Outgoing::positioned(topic, kind, Bytes::new(), true, None, Stamp::now())
     }
 
     /// The frame for a recipient taking `wire`, built on first use (with
@@ -135,7 +154,10 @@ impl Outgoing {
     /// The uncompressed frame in `encoding`, built on first use.
     pub fn plain(&self, encoding: Encoding, stats: &ShardStats) -> &Bytes {
         self.forms[index(encoding, Mode::Off)]
-            .get_or_init(|| encode(encoding, &self.topic, &self.kind, &self.payload, self.payload_is_json, stats))
+            .get_or_init(|| {
+                let position = self.position.as_ref().map(|p| (p.offset, &*p.epoch));
+                encode(encoding, &self.topic, &self.kind, &self.payload, self.payload_is_json, position, stats)
+            })
     }
 
     /// Whether the uncompressed form for `encoding` has been built (tests).
@@ -147,22 +169,27 @@ impl Outgoing {
     pub fn sender(&self) -> Option<&str> {
         match &self.kind {
             Kind::Direct { from } => from.as_deref(),
+            Kind::Join { user, .. } | Kind::Leave { user, .. } => user.as_deref(),
             Kind::Message => None,
         }
     }
 }
 
-fn encode(encoding: Encoding, topic: &str, kind: &Kind, payload: &[u8], is_json: bool, stats: &ShardStats) -> Bytes {
+fn encode(encoding: Encoding, topic: &str, kind: &Kind, payload: &[u8], is_json: bool, position: Option<(u64, &str)>, stats: &ShardStats) -> Bytes {
     let counter = match encoding {
         Encoding::Json => &stats.encodings_json,
         Encoding::FlatBuffers => &stats.encodings_flatbuffers,
     };
     ShardStats::add(counter, 1);
     match (encoding, kind) {
-        (Encoding::Json, Kind::Message) => json::message_frame(topic, payload, is_json),
+        (Encoding::Json, Kind::Message) => json::message_frame_at(topic, payload, is_json, position),
         (Encoding::Json, Kind::Direct { from }) => json::direct_frame(from.as_deref(), payload, is_json),
-        (Encoding::FlatBuffers, Kind::Message) => flatbuf::message_frame(topic, payload),
+        (Encoding::Json, Kind::Join { client, user }) => json::presence_event_frame("join", topic, client, user.as_deref()),
+        (Encoding::Json, Kind::Leave { client, user }) => json::presence_event_frame("leave", topic, client, user.as_deref()),
+        (Encoding::FlatBuffers, Kind::Message) => flatbuf::message_frame_at(topic, payload, position),
         (Encoding::FlatBuffers, Kind::Direct { from }) => flatbuf::direct_frame(from.as_deref(), payload),
+        (Encoding::FlatBuffers, Kind::Join { client, user }) => flatbuf::presence_event_frame(true, topic, client, user.as_deref()),
+        (Encoding::FlatBuffers, Kind::Leave { client, user }) => flatbuf::presence_event_frame(false, topic, client, user.as_deref()),
     }
 }
 

@@ -128,7 +128,7 @@ pub async fn api_publish_loop(shard: Rc<Shard>) {
         };
         for msg in msgs {
             ShardStats::add(&shard.stats().api_publishes, 1);
-            if let Err(mut pending) = shard.fan_out(msg, None) {
+            if let Err(mut pending) = shard.route(msg) {
                 while !shard.retry_publish(&mut pending) {
                     sleep(super::tasks::BUS_RETRY).await;
                 }

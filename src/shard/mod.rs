@@ -6,6 +6,8 @@
 
 mod admin;
 pub mod deadline;
+mod history;
+mod presence;
 pub mod tasks;
 
 pub use deadline::{Deadline, Deadlines};
@@ -19,7 +21,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::auth::Admission;
+use crate::auth::{Admission, TopicOptions};
+use crate::presence::Member;
 use crate::bridge::{Bridge, InterestAck};
 use crate::clock::Stamp;
 use crate::bus::{ControlMsg, InterestMap, Mailbox, PublishMsg, ShardSet};
@@ -47,9 +50,20 @@ struct PendingInterest {
     topic: Rc<str>,
     /// Shards that have not answered yet.
     remaining: usize,
-    /// Connections to release, each with the frame to queue then (its ack,
-    /// or its welcome), if any.
-    waiters: Vec<(Rc<Peer>, Option<Bytes>)>,
+    /// Connections to release, each with what to do then.
+    waiters: Vec<(Rc<Peer>, Then)>,
+}
+
+/// What a subscribe does once it is effective (every shard, and Redis,
+/// will deliver the topic's messages to it).
+#[derive(Debug)]
+pub enum Then {
+    /// Queue this frame (the ack, or the welcome), if any.
+    Frame(Option<Bytes>),
+    /// A history topic: ask the topic's offset authority for its position
+    /// (and, with `recover`, what was missed); the ack is built from the
+    /// answer, and live messages are held until then ([`crate::history::wait`]).
+    Position(crate::history::wait::Request),
 }
 
 /// Per-core state. Created on the shard's own thread; never leaves it.
@@ -104,6 +118,20 @@ pub struct Shard {
     pub bridge: Option<Rc<Bridge>>,
     /// The bridge shard's index when Redis is configured.
     bridge_shard: Option<usize>,
+    /// The history rings of the topics this shard is home to (single node;
+    /// with Redis the history lives there). This shard only.
+    history: RefCell<crate::history::History>,
+    /// This shard's connections waiting for a history topic's position,
+    /// with the live messages held for them meanwhile.
+    holds: RefCell<crate::history::wait::Holds>,
+    /// Numbered history messages (and join/leave events) not yet handed to
+    /// every interested shard, oldest first. While it holds
+    /// `[bus] capacity` entries the sequence channel is not read, so
+    /// publishers wait instead of this growing.
+    relay: RefCell<std::collections::VecDeque<PendingPublish>>,
+    /// The node's presence for the topics this shard owns (the bridge
+    /// refreshes the Redis copy from it).
+    pub presence: RefCell<crate::presence::Presence>,
     next_conn: Cell<u64>,
     next_token: Cell<u64>,
     pub shutting_down: Cell<bool>,
@@ -122,6 +150,7 @@ impl Shard {
         let scratch = vec![0; config.server.read_buffer_bytes];
         let write_scratch = Vec::with_capacity(config.server.write_buffer_bytes);
         let bridge_shard = config.redis.as_ref().map(|r| r.bridge_shard);
+        let history_budget = config.limits.history_memory_bytes / config.server.shards.max(1);
         let compressor = Compressor::new(config.compression.level);
         let tls = config.tls.as_ref().map(|t| crate::tls::server_config(t.certificates.clone(), t.min_version).into());
         let bridge = config
@@ -151,6 +180,10 @@ impl Shard {
             pending_interest: RefCell::default(),
             api_queue: RefCell::default(),
             api_ready: Notify::default(),
+            history: RefCell::new(crate::history::History::new(index, history_budget)),
+            holds: RefCell::default(),
+            relay: RefCell::default(),
+            presence: RefCell::default(),
             bridge,
             bridge_shard,
             next_conn: Cell::new(0),
@@ -168,6 +201,12 @@ impl Shard {
         &self.all_stats[self.index]
     }
 
+    /// A connection's client id as clients see it (welcome, presence,
+    /// join/leave): unique across the nodes, `<node id>:<shard>-<seq>`.
+    pub fn client_id(&self, conn: ConnId) -> String {
+        format!("{}:{conn}", self.config.server.node_id)
+    }
+
     pub fn next_conn_id(&self) -> ConnId {
         let seq = self.next_conn.get() + 1;
         self.next_conn.set(seq);
@@ -178,17 +217,23 @@ impl Shard {
         self.mailboxes.iter().enumerate().filter(move |(i, _)| *i != self.index)
     }
 
-    /// Subscribes `peer` to `topic` (validated) and queues `ready` (the
-    /// request's ack, say) once the subscription is effective. When this is
-    /// the topic's first subscriber here, that is only once every other shard
-    /// has recorded this shard's interest and, when that made the node newly
-    /// interested, once Redis confirmed the SUBSCRIBE: a publish anywhere
-    /// after `ready` is guaranteed to arrive, from this node or another.
-    /// Meanwhile the connection is not read (`awaiting_interest`).
-    pub fn subscribe(&self, peer: &Rc<Peer>, topic: &str, ready: Option<Bytes>) -> Rc<str> {
+    /// Subscribes `peer` to `topic` (validated; `options` are its
+    /// namespace's) and does `then` (queue the request's ack, say) once the
+    /// subscription is effective. When this is the topic's first subscriber
+    /// here, that is only once every other shard has recorded this shard's
+    /// interest and, when that made the node newly interested, once Redis
+    /// confirmed the SUBSCRIBE: a publish anywhere after the ack is
+    /// guaranteed to arrive, from this node or another. Meanwhile the
+    /// connection is not read (`Peer::awaiting`). `member` is the
+    /// connection as presence lists it (presence or join_leave topics).
+    pub fn subscribe(&self, peer: &Rc<Peer>, topic: &str, options: TopicOptions, then: Then, member: Option<Member>) -> Rc<str> {
         let mut registry = self.registry.borrow_mut();
-        let sub = registry.subscribe(topic, peer);
+        let sub = registry.subscribe(topic, peer, options);
         let entry = registry.get_mut(topic).expect("just subscribed");
+        if let Then::Position(request) = &then {
+            // Held from now on: no live message can pass the answer.
+            self.holds.borrow_mut().start(peer.id, sub.name.clone(), request.clone());
+        }
         if sub.first {
             let token = self.next_token.get() + 1;
             let awaits_redis = self.node_interest_changed(topic, true, Some(InterestAck { shard: self.index, token }));
@@ -205,28 +250,63 @@ impl Shard {
                     .insert(token, PendingInterest { topic: sub.name.clone(), remaining, waiters: Vec::new() });
             }
         }
-        match entry.pending_interest {
+        let pending = entry.pending_interest;
+        let tracked = entry.options.presence || entry.options.join_leave;
+        drop(registry);
+        if let (true, true, Some(member)) = (sub.added, tracked, member) {
+            self.presence_join(&sub.name, peer.id, member);
+        }
+        match pending {
             Some(token) => {
                 let mut pending = self.pending_interest.borrow_mut();
                 let wait = pending.get_mut(&token).expect("pending token is tracked");
-                wait.waiters.push((peer.clone(), ready));
-                peer.set_awaiting_interest(true);
+                wait.waiters.push((peer.clone(), then));
+                peer.set_awaiting(true);
             }
             None => {
-                if let Some(frame) = ready {
-                    peer.push(frame, self.queueing());
+                if self.subscribed(peer, &sub.name, then) {
+                    peer.set_awaiting(true);
                 }
             }
         }
         sub.name
     }
 
+    /// Does what a subscribe does once effective. Returns true while the
+    /// connection still waits (for its position).
+    fn subscribed(&self, peer: &Rc<Peer>, topic: &Rc<str>, then: Then) -> bool {
+        match then {
+            Then::Frame(frame) => {
+                if let Some(frame) = frame {
+                    peer.push(frame, self.queueing());
+                }
+                false
+            }
+            Then::Position(request) => {
+                let query = match request.recover {
+                    Some(since) => crate::history::Query::Recover(since),
+                    None => crate::history::Query::Position,
+                };
+                self.ask_history(topic, query, peer.id, None);
+                // The answer may have come at once (this shard is the home).
+                self.holds.borrow().holds(peer.id, topic)
+            }
+        }
+    }
+
     /// Removes `id` from `topic`; tells the other shards when it was the last
     /// local subscriber. Returns whether it was subscribed.
     pub fn unsubscribe(&self, topic: &str, id: ConnId) -> bool {
-        let Some(last) = self.registry.borrow_mut().unsubscribe(topic, id) else {
+        let mut registry = self.registry.borrow_mut();
+        let options = registry.get(topic).map(|e| e.options).unwrap_or_default();
+        let Some(last) = registry.unsubscribe(topic, id) else {
             return false;
         };
+        drop(registry);
+        self.holds.borrow_mut().cancel(id, topic);
+        if options.presence || options.join_leave {
+            self.presence_leave(topic, id);
+        }
         if last {
             let elsewhere = !self.interest.borrow().shards(topic).is_empty();
             self.node_interest_changed(topic, elsewhere, None);
@@ -244,10 +324,27 @@ impl Shard {
     /// message to each other interested shard. Per-publisher order holds
     /// because a connection with a [`PendingPublish`] is not read until it
     /// completes, and each shard-to-shard channel is FIFO.
+    ///
+    /// A publish to a history topic instead travels to the shard that
+    /// numbers it ([`Shard::sequence`]) and fans out from there; per-publisher
+    /// order on the topic holds because every channel on the way is FIFO.
     pub fn publish(&self, origin: &Peer, topic: &str, payload: Payload<'_>, skip_self: bool) -> Result<(), Box<PendingPublish>> {
-        let msg = Outgoing::new(topic, Kind::Message, payload, origin.encoding(), origin.last_seen.get(), self.stats());
         ShardStats::add(&self.stats().publishes, 1);
-        self.fan_out(msg, skip_self.then_some(origin.id))
+        let skip = skip_self.then_some(origin.id);
+        if self.has_history(topic) {
+            let msg = Outgoing::remote(topic, Kind::Message, Bytes::copy_from_slice(payload.bytes), payload.json, origin.last_seen.get());
+            return self.sequence(msg, skip);
+        }
+        let msg = Outgoing::new(topic, Kind::Message, payload, origin.encoding(), origin.last_seen.get(), self.stats());
+        self.fan_out(msg, skip)
+    }
+
+    /// Fans out a message from the admin API: numbered first on a history topic.
+    pub fn route(&self, msg: Arc<Outgoing>) -> Result<(), Box<PendingPublish>> {
+        if msg.kind == Kind::Message && self.has_history(&msg.topic) {
+            return self.sequence(msg, None);
+        }
+        self.fan_out(msg, None)
     }
 
     /// Delivers a direct message to every connection of `user` on this node
@@ -275,15 +372,15 @@ impl Shard {
             }
             (None, None) => {}
         }
-        self.dispatch(PublishMsg { msg, forward: false }, remaining, forward_to)
+        self.dispatch(PublishMsg::new(msg, skip), remaining, forward_to)
     }
 
     /// Fans out a message that came from another node (through the bridge):
     /// local subscribers and other interested shards, never back to Redis.
-    pub fn fan_out_remote(&self, msg: Arc<Outgoing>) -> Result<(), Box<PendingPublish>> {
-        self.deliver_local(&msg, None);
+    pub fn fan_out_remote(&self, msg: Arc<Outgoing>, skip: Option<ConnId>) -> Result<(), Box<PendingPublish>> {
+        self.deliver_local(&msg, skip);
         let remaining = self.interest.borrow().shards(&msg.topic);
-        self.dispatch(PublishMsg { msg, forward: false }, remaining, None)
+        self.dispatch(PublishMsg::new(msg, skip), remaining, None)
     }
 
     /// Hands `msg` to the `remaining` shards; what could not be handed yet
@@ -307,7 +404,14 @@ impl Shard {
         let targets = pending.remaining;
         for shard in targets.iter() {
             let msg = PublishMsg { forward: pending.forward_to == Some(shard), ..pending.msg.clone() };
-            if shard == self.index || self.mailboxes[shard].try_publish(msg).is_ok() {
+            let handed = if msg.sequence {
+                // Numbering goes through the channel even to this shard, so
+                // that its bound applies to every publisher alike.
+                self.mailboxes[shard].try_sequence(msg).is_ok()
+            } else {
+                shard == self.index || self.mailboxes[shard].try_publish(msg).is_ok()
+            };
+            if handed {
                 pending.remaining.remove(shard);
             }
         }
@@ -330,7 +434,7 @@ impl Shard {
     /// A publish from another shard: deliver it here and, on the bridge
     /// shard, pass it on to Redis.
     fn on_publish(&self, publish: PublishMsg) {
-        self.deliver_local(&publish.msg, None);
+        self.deliver_local(&publish.msg, publish.skip);
         if publish.forward {
             if let Some(bridge) = &self.bridge {
                 bridge.enqueue(&publish.msg, self.stats());
@@ -340,9 +444,14 @@ impl Shard {
 
     /// Queues `msg` to every local subscriber of its topic except `skip`,
     /// each in its connection's encoding (every form built once per node).
-    pub fn deliver_local(&self, msg: &Outgoing, skip: Option<ConnId>) {
+    /// On a history topic, a subscriber still waiting for its position gets
+    /// it held instead ([`crate::history::wait`]).
+    pub fn deliver_local(&self, msg: &Arc<Outgoing>, skip: Option<ConnId>) {
         let registry = self.registry.borrow();
         let Some(entry) = registry.get(&msg.topic) else { return };
+        if entry.options.history.is_some() && !self.holds.borrow().is_empty() {
+            return self.deliver_holding(entry, msg, skip);
+        }
         let q = self.queueing();
         let stats = self.stats();
         let now = Stamp::now();
@@ -410,6 +519,8 @@ impl Shard {
             }
             ControlMsg::InterestApplied { token } => self.interest_acked(InterestAck { shard: self.index, token }),
             ControlMsg::Admin(call) => self.on_admin(call),
+            ControlMsg::History(msg) => self.on_history(msg),
+            ControlMsg::Presence(msg) => self.on_presence(msg),
             ControlMsg::Shutdown => unreachable!("handled by the bus loop"),
         }
     }
@@ -436,12 +547,11 @@ impl Shard {
                 entry.pending_interest = None;
             }
         }
-        for (peer, ready) in wait.waiters {
-            if let Some(frame) = ready {
-                peer.push(frame, self.queueing());
+        for (peer, then) in wait.waiters {
+            if !self.subscribed(&peer, &wait.topic, then) {
+                peer.set_awaiting(false);
+                peer.wake();
             }
-            peer.set_awaiting_interest(false);
-            peer.wake();
         }
     }
 

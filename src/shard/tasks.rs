@@ -130,6 +130,7 @@ async fn bus_loop(shard: &Shard, inbox: Inbox) {
     // SAFETY: the fd is one end of a socketpair whose ownership moves here.
     let mut bell = unsafe { UnixStream::from_raw_fd(inbox.bell_rx.into_raw_fd()) };
     let mut rings = [0u8; 64];
+    let relay_limit = shard.config.bus.capacity;
     loop {
         let mut busy = false;
         while let Ok(msg) = inbox.control.try_recv() {
@@ -146,13 +147,28 @@ async fn bus_loop(shard: &Shard, inbox: Inbox) {
             n += 1;
         }
         ShardStats::add(&shard.stats().bus_received, n as u64);
-        if busy || n > 0 {
+        // History publishes to number, only while the relay of numbered
+        // messages waiting for room elsewhere is short (see `bus`).
+        let relayed = shard.retry_relay();
+        let mut numbered = 0;
+        while numbered < BUS_BATCH && shard.relay_len() < relay_limit {
+            let Ok(msg) = inbox.sequence.try_recv() else { break };
+            shard.on_sequence(msg);
+            numbered += 1;
+        }
+        if busy || n > 0 || numbered > 0 {
             // Let the connections just woken write before taking more.
             futures_lite::future::yield_now().await;
             continue;
         }
+        if relayed > 0 {
+            // Waiting for room on another shard's channel, which its bus
+            // loop (never blocked) is draining.
+            sleep(BUS_RETRY).await;
+            continue;
+        }
         inbox.bell.arm();
-        if !inbox.control.is_empty() || !inbox.data.is_empty() {
+        if !inbox.control.is_empty() || !inbox.data.is_empty() || !inbox.sequence.is_empty() {
             inbox.bell.disarm();
             continue;
         }
@@ -172,9 +188,14 @@ async fn sweep_loop(shard: Rc<Shard>) {
         .min()
         .expect("close_timeout is always set");
     let tick = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut next_expiry = Instant::now();
     loop {
         sleep(tick).await;
         shard.sweep(crate::clock::Stamp::now());
+        if Instant::now() >= next_expiry {
+            shard.expire_history();
+            next_expiry = Instant::now() + crate::history::EXPIRY_SWEEP;
+        }
     }
 }
 

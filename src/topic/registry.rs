@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use indexmap::IndexMap;
 
+use crate::auth::TopicOptions;
 use crate::conn::{ConnId, Peer};
 use crate::protocol::Wire;
 
@@ -25,6 +26,9 @@ pub struct TopicEntry {
     /// compressed). While 0, delivery sends one frame to all without looking
     /// at any connection's wire.
     pub other_wires: usize,
+    /// The topic's namespace options, resolved when it got its first
+    /// subscriber here (all off for the server's own `$` topics).
+    pub options: TopicOptions,
 }
 
 /// What a subscribe changed.
@@ -55,7 +59,8 @@ fn is_client_topic(topic: &str) -> bool {
 }
 
 impl Registry {
-    pub fn subscribe(&mut self, topic: &str, peer: &Rc<Peer>) -> Subscribed {
+    /// Adds `peer` to `topic`; a new topic takes `options`.
+    pub fn subscribe(&mut self, topic: &str, peer: &Rc<Peer>, options: TopicOptions) -> Subscribed {
         let other_wire = usize::from(peer.wire.get() != Wire::default());
         if let Some(entry) = self.topics.get_mut(topic) {
             let added = entry.subscribers.insert(peer.id, peer.clone()).is_none();
@@ -68,7 +73,7 @@ impl Registry {
         let name: Rc<str> = topic.into();
         let mut subscribers = Subscribers::default();
         subscribers.insert(peer.id, peer.clone());
-        let entry = TopicEntry { name: name.clone(), subscribers, pending_interest: None, other_wires: other_wire };
+        let entry = TopicEntry { name: name.clone(), subscribers, pending_interest: None, other_wires: other_wire, options };
         let client = usize::from(is_client_topic(topic));
         self.client_topics += client;
         self.client_subscriptions += client;

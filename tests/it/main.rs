@@ -9,6 +9,7 @@ mod auth;
 mod bench;
 mod conformance;
 mod errors;
+mod history;
 mod lifecycle;
 mod pubsub;
 mod redis;

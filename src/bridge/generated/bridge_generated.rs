@@ -21,6 +21,11 @@ mod bitflags_flags {
       /// ("$user:<id>") with close code `code`; the payload is the close reason
       /// (UTF-8, at most 123 bytes). Sent by the admin API's disconnect.
       const Disconnect = 2;
+      /// Not a message: connection `client` (of `user`) subscribed to `topic`
+      /// (join_leave namespaces). No payload.
+      const Join = 4;
+      /// Not a message: connection `client` left `topic`.
+      const Leave = 8;
     }
   }
 }
@@ -90,6 +95,8 @@ impl<'a> Envelope<'a> {
   pub const VT_SEQ: ::flatbuffers::VOffsetT = 12;
   pub const VT_USER: ::flatbuffers::VOffsetT = 14;
   pub const VT_CODE: ::flatbuffers::VOffsetT = 16;
+  pub const VT_CLIENT: ::flatbuffers::VOffsetT = 18;
+  pub const VT_SKIP: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -101,7 +108,9 @@ impl<'a> Envelope<'a> {
     args: &'args EnvelopeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Envelope<'bldr>> {
     let mut builder = EnvelopeBuilder::new(_fbb);
+    builder.add_skip(args.skip);
     builder.add_seq(args.seq);
+    if let Some(x) = args.client { builder.add_client(x); }
     if let Some(x) = args.user { builder.add_user(x); }
     builder.add_flags(args.flags);
     if let Some(x) = args.payload { builder.add_payload(x); }
@@ -168,6 +177,24 @@ impl<'a> Envelope<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u16>(Envelope::VT_CODE, Some(0)).unwrap()}
   }
+  /// Join/Leave: the connection's client id.
+  #[inline]
+  pub fn client(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Envelope::VT_CLIENT, None)}
+  }
+  /// A publish with skip_self: the publishing connection (on `origin`), not
+  /// to receive it; 0 = none. Used on history topics, whose messages come
+  /// back to their own node from Redis.
+  #[inline]
+  pub fn skip(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Envelope::VT_SKIP, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -183,6 +210,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
      .visit_field::<u16>("code", Self::VT_CODE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client", Self::VT_CLIENT, false)?
+     .visit_field::<u64>("skip", Self::VT_SKIP, false)?
      .finish();
     Ok(())
   }
@@ -195,6 +224,8 @@ pub struct EnvelopeArgs<'a> {
     pub seq: u64,
     pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub code: u16,
+    pub client: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub skip: u64,
 }
 impl<'a> Default for EnvelopeArgs<'a> {
   #[inline]
@@ -207,6 +238,8 @@ impl<'a> Default for EnvelopeArgs<'a> {
       seq: 0,
       user: None,
       code: 0,
+      client: None,
+      skip: 0,
     }
   }
 }
@@ -245,6 +278,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EnvelopeBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u16>(Envelope::VT_CODE, code, 0);
   }
   #[inline]
+  pub fn add_client(&mut self, client: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Envelope::VT_CLIENT, client);
+  }
+  #[inline]
+  pub fn add_skip(&mut self, skip: u64) {
+    self.fbb_.push_slot::<u64>(Envelope::VT_SKIP, skip, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EnvelopeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     EnvelopeBuilder {
@@ -272,6 +313,8 @@ impl ::core::fmt::Debug for Envelope<'_> {
       ds.field("seq", &self.seq());
       ds.field("user", &self.user());
       ds.field("code", &self.code());
+      ds.field("client", &self.client());
+      ds.field("skip", &self.skip());
       ds.finish()
   }
 }

@@ -13,10 +13,10 @@ pub mod client {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 7;
+pub const ENUM_MAX_REQUEST: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 8] = [
+pub const ENUM_VALUES_REQUEST: [Request; 11] = [
   Request::NONE,
   Request::Subscribe,
   Request::Unsubscribe,
@@ -25,6 +25,9 @@ pub const ENUM_VALUES_REQUEST: [Request; 8] = [
   Request::Auth,
   Request::Refresh,
   Request::Send,
+  Request::Presence,
+  Request::PresenceStats,
+  Request::History,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -40,9 +43,12 @@ impl Request {
   pub const Auth: Self = Self(5);
   pub const Refresh: Self = Self(6);
   pub const Send: Self = Self(7);
+  pub const Presence: Self = Self(8);
+  pub const PresenceStats: Self = Self(9);
+  pub const History: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Subscribe,
@@ -52,6 +58,9 @@ impl Request {
     Self::Auth,
     Self::Refresh,
     Self::Send,
+    Self::Presence,
+    Self::PresenceStats,
+    Self::History,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -64,6 +73,9 @@ impl Request {
       Self::Auth => Some("Auth"),
       Self::Refresh => Some("Refresh"),
       Self::Send => Some("Send"),
+      Self::Presence => Some("Presence"),
+      Self::PresenceStats => Some("PresenceStats"),
+      Self::History => Some("History"),
       _ => None,
     }
   }
@@ -123,10 +135,10 @@ pub struct RequestUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_EVENT: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_EVENT: u8 = 6;
+pub const ENUM_MAX_EVENT: u8 = 11;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_EVENT: [Event; 7] = [
+pub const ENUM_VALUES_EVENT: [Event; 12] = [
   Event::NONE,
   Event::Welcome,
   Event::Ack,
@@ -134,6 +146,11 @@ pub const ENUM_VALUES_EVENT: [Event; 7] = [
   Event::Message,
   Event::Direct,
   Event::Error,
+  Event::Join,
+  Event::Leave,
+  Event::PresenceResult,
+  Event::PresenceStatsResult,
+  Event::HistoryResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -148,9 +165,14 @@ impl Event {
   pub const Message: Self = Self(4);
   pub const Direct: Self = Self(5);
   pub const Error: Self = Self(6);
+  pub const Join: Self = Self(7);
+  pub const Leave: Self = Self(8);
+  pub const PresenceResult: Self = Self(9);
+  pub const PresenceStatsResult: Self = Self(10);
+  pub const HistoryResult: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 6;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Welcome,
@@ -159,6 +181,11 @@ impl Event {
     Self::Message,
     Self::Direct,
     Self::Error,
+    Self::Join,
+    Self::Leave,
+    Self::PresenceResult,
+    Self::PresenceStatsResult,
+    Self::HistoryResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -170,6 +197,11 @@ impl Event {
       Self::Message => Some("Message"),
       Self::Direct => Some("Direct"),
       Self::Error => Some("Error"),
+      Self::Join => Some("Join"),
+      Self::Leave => Some("Leave"),
+      Self::PresenceResult => Some("PresenceResult"),
+      Self::PresenceStatsResult => Some("PresenceStatsResult"),
+      Self::HistoryResult => Some("HistoryResult"),
       _ => None,
     }
   }
@@ -226,9 +258,124 @@ impl<'a> ::flatbuffers::Verifiable for Event {
 impl ::flatbuffers::SimpleToVerifyInSlice for Event {}
 pub struct EventUnionTableOffset {}
 
+pub enum StreamPositionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A place in a topic's history: JSON's {"offset":…,"epoch":…}.
+pub struct StreamPosition<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StreamPosition<'a> {
+  type Inner = StreamPosition<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StreamPosition<'a> {
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 4;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StreamPosition { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StreamPositionArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<StreamPosition<'bldr>> {
+    let mut builder = StreamPositionBuilder::new(_fbb);
+    builder.add_offset(args.offset);
+    if let Some(x) = args.epoch { builder.add_epoch(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StreamPosition::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StreamPosition::VT_EPOCH, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for StreamPosition<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StreamPositionArgs<'a> {
+    pub offset: u64,
+    pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for StreamPositionArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    StreamPositionArgs {
+      offset: 0,
+      epoch: None,
+    }
+  }
+}
+
+pub struct StreamPositionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StreamPositionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(StreamPosition::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StreamPosition::VT_EPOCH, epoch);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StreamPositionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StreamPositionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StreamPosition<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StreamPosition<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StreamPosition");
+      ds.field("offset", &self.offset());
+      ds.field("epoch", &self.epoch());
+      ds.finish()
+  }
+}
 pub enum SubscribeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// `recover`: the last position the client saw (recovery namespaces only).
 pub struct Subscribe<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -243,6 +390,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Subscribe<'a> {
 
 impl<'a> Subscribe<'a> {
   pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_RECOVER: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -254,6 +402,7 @@ impl<'a> Subscribe<'a> {
     args: &'args SubscribeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Subscribe<'bldr>> {
     let mut builder = SubscribeBuilder::new(_fbb);
+    if let Some(x) = args.recover { builder.add_recover(x); }
     if let Some(x) = args.topic { builder.add_topic(x); }
     builder.finish()
   }
@@ -266,6 +415,13 @@ impl<'a> Subscribe<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Subscribe::VT_TOPIC, None)}
   }
+  #[inline]
+  pub fn recover(&self) -> Option<StreamPosition<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<StreamPosition>>(Subscribe::VT_RECOVER, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Subscribe<'_> {
@@ -275,18 +431,21 @@ impl ::flatbuffers::Verifiable for Subscribe<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<StreamPosition>>("recover", Self::VT_RECOVER, false)?
      .finish();
     Ok(())
   }
 }
 pub struct SubscribeArgs<'a> {
     pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub recover: Option<::flatbuffers::WIPOffset<StreamPosition<'a>>>,
 }
 impl<'a> Default for SubscribeArgs<'a> {
   #[inline]
   fn default() -> Self {
     SubscribeArgs {
       topic: None,
+      recover: None,
     }
   }
 }
@@ -299,6 +458,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SubscribeBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Subscribe::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_recover(&mut self, recover: ::flatbuffers::WIPOffset<StreamPosition<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<StreamPosition>>(Subscribe::VT_RECOVER, recover);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SubscribeBuilder<'a, 'b, A> {
@@ -319,6 +482,7 @@ impl ::core::fmt::Debug for Subscribe<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("Subscribe");
       ds.field("topic", &self.topic());
+      ds.field("recover", &self.recover());
       ds.finish()
   }
 }
@@ -931,6 +1095,329 @@ impl ::core::fmt::Debug for Send<'_> {
       ds.finish()
   }
 }
+pub enum PresenceOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Presence<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Presence<'a> {
+  type Inner = Presence<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Presence<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Presence { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PresenceArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Presence<'bldr>> {
+    let mut builder = PresenceBuilder::new(_fbb);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Presence::VT_TOPIC, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Presence<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PresenceArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for PresenceArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PresenceArgs {
+      topic: None,
+    }
+  }
+}
+
+pub struct PresenceBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Presence::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PresenceBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Presence<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Presence<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Presence");
+      ds.field("topic", &self.topic());
+      ds.finish()
+  }
+}
+pub enum PresenceStatsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PresenceStats<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PresenceStats<'a> {
+  type Inner = PresenceStats<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PresenceStats<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PresenceStats { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PresenceStatsArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PresenceStats<'bldr>> {
+    let mut builder = PresenceStatsBuilder::new(_fbb);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PresenceStats::VT_TOPIC, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PresenceStats<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PresenceStatsArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for PresenceStatsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PresenceStatsArgs {
+      topic: None,
+    }
+  }
+}
+
+pub struct PresenceStatsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceStatsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PresenceStats::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceStatsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PresenceStatsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PresenceStats<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PresenceStats<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PresenceStats");
+      ds.field("topic", &self.topic());
+      ds.finish()
+  }
+}
+pub enum HistoryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// `limit` absent: up to the namespace's history_size; 0: the position only.
+pub struct History<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for History<'a> {
+  type Inner = History<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> History<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SINCE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LIMIT: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    History { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HistoryArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<History<'bldr>> {
+    let mut builder = HistoryBuilder::new(_fbb);
+    if let Some(x) = args.limit { builder.add_limit(x); }
+    if let Some(x) = args.since { builder.add_since(x); }
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(History::VT_TOPIC, None)}
+  }
+  #[inline]
+  pub fn since(&self) -> Option<StreamPosition<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<StreamPosition>>(History::VT_SINCE, None)}
+  }
+  #[inline]
+  pub fn limit(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(History::VT_LIMIT, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for History<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<StreamPosition>>("since", Self::VT_SINCE, false)?
+     .visit_field::<u64>("limit", Self::VT_LIMIT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HistoryArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub since: Option<::flatbuffers::WIPOffset<StreamPosition<'a>>>,
+    pub limit: Option<u64>,
+}
+impl<'a> Default for HistoryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    HistoryArgs {
+      topic: None,
+      since: None,
+      limit: None,
+    }
+  }
+}
+
+pub struct HistoryBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HistoryBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(History::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_since(&mut self, since: ::flatbuffers::WIPOffset<StreamPosition<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<StreamPosition>>(History::VT_SINCE, since);
+  }
+  #[inline]
+  pub fn add_limit(&mut self, limit: u64) {
+    self.fbb_.push_slot_always::<u64>(History::VT_LIMIT, limit);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HistoryBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HistoryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<History<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for History<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("History");
+      ds.field("topic", &self.topic());
+      ds.field("since", &self.since());
+      ds.field("limit", &self.limit());
+      ds.finish()
+  }
+}
 pub enum ClientFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1094,6 +1581,51 @@ impl<'a> ClientFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_presence(&self) -> Option<Presence<'a>> {
+    if self.request_type() == Request::Presence {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Presence::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_presence_stats(&self) -> Option<PresenceStats<'a>> {
+    if self.request_type() == Request::PresenceStats {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PresenceStats::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_history(&self) -> Option<History<'a>> {
+    if self.request_type() == Request::History {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { History::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ClientFrame<'_> {
@@ -1112,6 +1644,9 @@ impl ::flatbuffers::Verifiable for ClientFrame<'_> {
           Request::Auth => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Auth>>("Request::Auth", pos),
           Request::Refresh => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Refresh>>("Request::Refresh", pos),
           Request::Send => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Send>>("Request::Send", pos),
+          Request::Presence => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Presence>>("Request::Presence", pos),
+          Request::PresenceStats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStats>>("Request::PresenceStats", pos),
+          Request::History => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<History>>("Request::History", pos),
           _ => Ok(()),
         }
      })?
@@ -1222,11 +1757,145 @@ impl ::core::fmt::Debug for ClientFrame<'_> {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        Request::Presence => {
+          if let Some(x) = self.request_as_presence() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::PresenceStats => {
+          if let Some(x) = self.request_as_presence_stats() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::History => {
+          if let Some(x) = self.request_as_history() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         _ => {
           let x: Option<()> = None;
           ds.field("request", &x)
         },
       };
+      ds.finish()
+  }
+}
+pub enum PublicationOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Publication<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Publication<'a> {
+  type Inner = Publication<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Publication<'a> {
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Publication { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PublicationArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Publication<'bldr>> {
+    let mut builder = PublicationBuilder::new(_fbb);
+    builder.add_offset(args.offset);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Publication::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn payload(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Publication::VT_PAYLOAD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Publication<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PublicationArgs<'a> {
+    pub offset: u64,
+    pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for PublicationArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PublicationArgs {
+      offset: 0,
+      payload: None,
+    }
+  }
+}
+
+pub struct PublicationBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PublicationBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(Publication::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Publication::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PublicationBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PublicationBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Publication<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Publication<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Publication");
+      ds.field("offset", &self.offset());
+      ds.field("payload", &self.payload());
       ds.finish()
   }
 }
@@ -1380,6 +2049,8 @@ impl ::core::fmt::Debug for Welcome<'_> {
 pub enum AckOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// On a subscribe to a history topic: the topic's `offset` and `epoch`; with
+/// `recover`, also `recovered` and the `publications` missed.
 pub struct Ack<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1393,6 +2064,10 @@ impl<'a> ::flatbuffers::Follow<'a> for Ack<'a> {
 }
 
 impl<'a> Ack<'a> {
+  pub const VT_RECOVERED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PUBLICATIONS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 8;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1401,12 +2076,45 @@ impl<'a> Ack<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    _args: &'args AckArgs
+    args: &'args AckArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Ack<'bldr>> {
     let mut builder = AckBuilder::new(_fbb);
+    if let Some(x) = args.offset { builder.add_offset(x); }
+    if let Some(x) = args.epoch { builder.add_epoch(x); }
+    if let Some(x) = args.publications { builder.add_publications(x); }
+    if let Some(x) = args.recovered { builder.add_recovered(x); }
     builder.finish()
   }
 
+
+  #[inline]
+  pub fn recovered(&self) -> Option<bool> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Ack::VT_RECOVERED, None)}
+  }
+  #[inline]
+  pub fn publications(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication>>>>(Ack::VT_PUBLICATIONS, None)}
+  }
+  #[inline]
+  pub fn offset(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Ack::VT_OFFSET, None)}
+  }
+  #[inline]
+  pub fn epoch(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Ack::VT_EPOCH, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Ack<'_> {
@@ -1415,16 +2123,28 @@ impl ::flatbuffers::Verifiable for Ack<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
+     .visit_field::<bool>("recovered", Self::VT_RECOVERED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Publication>>>>("publications", Self::VT_PUBLICATIONS, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
      .finish();
     Ok(())
   }
 }
-pub struct AckArgs {
+pub struct AckArgs<'a> {
+    pub recovered: Option<bool>,
+    pub publications: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication<'a>>>>>,
+    pub offset: Option<u64>,
+    pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
-impl<'a> Default for AckArgs {
+impl<'a> Default for AckArgs<'a> {
   #[inline]
   fn default() -> Self {
     AckArgs {
+      recovered: None,
+      publications: None,
+      offset: None,
+      epoch: None,
     }
   }
 }
@@ -1434,6 +2154,22 @@ pub struct AckBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
   start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
 }
 impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AckBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_recovered(&mut self, recovered: bool) {
+    self.fbb_.push_slot_always::<bool>(Ack::VT_RECOVERED, recovered);
+  }
+  #[inline]
+  pub fn add_publications(&mut self, publications: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Publication<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Ack::VT_PUBLICATIONS, publications);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot_always::<u64>(Ack::VT_OFFSET, offset);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Ack::VT_EPOCH, epoch);
+  }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AckBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
@@ -1452,6 +2188,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AckBuilder<'a, 'b, A> {
 impl ::core::fmt::Debug for Ack<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("Ack");
+      ds.field("recovered", &self.recovered());
+      ds.field("publications", &self.publications());
+      ds.field("offset", &self.offset());
+      ds.field("epoch", &self.epoch());
       ds.finish()
   }
 }
@@ -1536,6 +2276,7 @@ impl ::core::fmt::Debug for Pong<'_> {
 pub enum MessageOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// `offset` and `epoch` on history topics only.
 pub struct Message<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1551,6 +2292,8 @@ impl<'a> ::flatbuffers::Follow<'a> for Message<'a> {
 impl<'a> Message<'a> {
   pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
   pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 6;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 8;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1562,6 +2305,8 @@ impl<'a> Message<'a> {
     args: &'args MessageArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Message<'bldr>> {
     let mut builder = MessageBuilder::new(_fbb);
+    if let Some(x) = args.offset { builder.add_offset(x); }
+    if let Some(x) = args.epoch { builder.add_epoch(x); }
     if let Some(x) = args.payload { builder.add_payload(x); }
     if let Some(x) = args.topic { builder.add_topic(x); }
     builder.finish()
@@ -1582,6 +2327,20 @@ impl<'a> Message<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Message::VT_PAYLOAD, None)}
   }
+  #[inline]
+  pub fn offset(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Message::VT_OFFSET, None)}
+  }
+  #[inline]
+  pub fn epoch(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Message::VT_EPOCH, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Message<'_> {
@@ -1592,6 +2351,8 @@ impl ::flatbuffers::Verifiable for Message<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
      .finish();
     Ok(())
   }
@@ -1599,6 +2360,8 @@ impl ::flatbuffers::Verifiable for Message<'_> {
 pub struct MessageArgs<'a> {
     pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub offset: Option<u64>,
+    pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for MessageArgs<'a> {
   #[inline]
@@ -1606,6 +2369,8 @@ impl<'a> Default for MessageArgs<'a> {
     MessageArgs {
       topic: None,
       payload: None,
+      offset: None,
+      epoch: None,
     }
   }
 }
@@ -1622,6 +2387,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MessageBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Message::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot_always::<u64>(Message::VT_OFFSET, offset);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Message::VT_EPOCH, epoch);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MessageBuilder<'a, 'b, A> {
@@ -1643,6 +2416,8 @@ impl ::core::fmt::Debug for Message<'_> {
     let mut ds = f.debug_struct("Message");
       ds.field("topic", &self.topic());
       ds.field("payload", &self.payload());
+      ds.field("offset", &self.offset());
+      ds.field("epoch", &self.epoch());
       ds.finish()
   }
 }
@@ -1872,6 +2647,719 @@ impl ::core::fmt::Debug for Error<'_> {
       ds.finish()
   }
 }
+pub enum JoinOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// `user` absent for an anonymous connection.
+pub struct Join<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Join<'a> {
+  type Inner = Join<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Join<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CLIENT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_USER: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Join { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args JoinArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Join<'bldr>> {
+    let mut builder = JoinBuilder::new(_fbb);
+    if let Some(x) = args.user { builder.add_user(x); }
+    if let Some(x) = args.client { builder.add_client(x); }
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Join::VT_TOPIC, None)}
+  }
+  #[inline]
+  pub fn client(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Join::VT_CLIENT, None)}
+  }
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Join::VT_USER, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Join<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client", Self::VT_CLIENT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct JoinArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub client: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for JoinArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    JoinArgs {
+      topic: None,
+      client: None,
+      user: None,
+    }
+  }
+}
+
+pub struct JoinBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> JoinBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Join::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_client(&mut self, client: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Join::VT_CLIENT, client);
+  }
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Join::VT_USER, user);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> JoinBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    JoinBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Join<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Join<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Join");
+      ds.field("topic", &self.topic());
+      ds.field("client", &self.client());
+      ds.field("user", &self.user());
+      ds.finish()
+  }
+}
+pub enum LeaveOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Leave<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Leave<'a> {
+  type Inner = Leave<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Leave<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CLIENT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_USER: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Leave { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeaveArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Leave<'bldr>> {
+    let mut builder = LeaveBuilder::new(_fbb);
+    if let Some(x) = args.user { builder.add_user(x); }
+    if let Some(x) = args.client { builder.add_client(x); }
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Leave::VT_TOPIC, None)}
+  }
+  #[inline]
+  pub fn client(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Leave::VT_CLIENT, None)}
+  }
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Leave::VT_USER, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Leave<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client", Self::VT_CLIENT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaveArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub client: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for LeaveArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LeaveArgs {
+      topic: None,
+      client: None,
+      user: None,
+    }
+  }
+}
+
+pub struct LeaveBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaveBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Leave::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_client(&mut self, client: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Leave::VT_CLIENT, client);
+  }
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Leave::VT_USER, user);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaveBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaveBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Leave<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Leave<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Leave");
+      ds.field("topic", &self.topic());
+      ds.field("client", &self.client());
+      ds.field("user", &self.user());
+      ds.finish()
+  }
+}
+pub enum ClientInfoOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ClientInfo<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClientInfo<'a> {
+  type Inner = ClientInfo<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClientInfo<'a> {
+  pub const VT_CLIENT: ::flatbuffers::VOffsetT = 4;
+  pub const VT_USER: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClientInfo { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClientInfoArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClientInfo<'bldr>> {
+    let mut builder = ClientInfoBuilder::new(_fbb);
+    if let Some(x) = args.user { builder.add_user(x); }
+    if let Some(x) = args.client { builder.add_client(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn client(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ClientInfo::VT_CLIENT, None)}
+  }
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ClientInfo::VT_USER, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClientInfo<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client", Self::VT_CLIENT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClientInfoArgs<'a> {
+    pub client: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for ClientInfoArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClientInfoArgs {
+      client: None,
+      user: None,
+    }
+  }
+}
+
+pub struct ClientInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientInfoBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_client(&mut self, client: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientInfo::VT_CLIENT, client);
+  }
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientInfo::VT_USER, user);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientInfoBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClientInfoBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClientInfo<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClientInfo<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClientInfo");
+      ds.field("client", &self.client());
+      ds.field("user", &self.user());
+      ds.finish()
+  }
+}
+pub enum PresenceResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PresenceResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PresenceResult<'a> {
+  type Inner = PresenceResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PresenceResult<'a> {
+  pub const VT_CLIENTS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PresenceResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PresenceResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PresenceResult<'bldr>> {
+    let mut builder = PresenceResultBuilder::new(_fbb);
+    if let Some(x) = args.clients { builder.add_clients(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn clients(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClientInfo<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClientInfo>>>>(PresenceResult::VT_CLIENTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PresenceResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ClientInfo>>>>("clients", Self::VT_CLIENTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PresenceResultArgs<'a> {
+    pub clients: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClientInfo<'a>>>>>,
+}
+impl<'a> Default for PresenceResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PresenceResultArgs {
+      clients: None,
+    }
+  }
+}
+
+pub struct PresenceResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_clients(&mut self, clients: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ClientInfo<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PresenceResult::VT_CLIENTS, clients);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PresenceResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PresenceResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PresenceResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PresenceResult");
+      ds.field("clients", &self.clients());
+      ds.finish()
+  }
+}
+pub enum PresenceStatsResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PresenceStatsResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PresenceStatsResult<'a> {
+  type Inner = PresenceStatsResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PresenceStatsResult<'a> {
+  pub const VT_CLIENTS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_USERS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PresenceStatsResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PresenceStatsResultArgs
+  ) -> ::flatbuffers::WIPOffset<PresenceStatsResult<'bldr>> {
+    let mut builder = PresenceStatsResultBuilder::new(_fbb);
+    builder.add_users(args.users);
+    builder.add_clients(args.clients);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn clients(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PresenceStatsResult::VT_CLIENTS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn users(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PresenceStatsResult::VT_USERS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PresenceStatsResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("clients", Self::VT_CLIENTS, false)?
+     .visit_field::<u64>("users", Self::VT_USERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PresenceStatsResultArgs {
+    pub clients: u64,
+    pub users: u64,
+}
+impl<'a> Default for PresenceStatsResultArgs {
+  #[inline]
+  fn default() -> Self {
+    PresenceStatsResultArgs {
+      clients: 0,
+      users: 0,
+    }
+  }
+}
+
+pub struct PresenceStatsResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceStatsResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_clients(&mut self, clients: u64) {
+    self.fbb_.push_slot::<u64>(PresenceStatsResult::VT_CLIENTS, clients, 0);
+  }
+  #[inline]
+  pub fn add_users(&mut self, users: u64) {
+    self.fbb_.push_slot::<u64>(PresenceStatsResult::VT_USERS, users, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceStatsResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PresenceStatsResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PresenceStatsResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PresenceStatsResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PresenceStatsResult");
+      ds.field("clients", &self.clients());
+      ds.field("users", &self.users());
+      ds.finish()
+  }
+}
+pub enum HistoryResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct HistoryResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for HistoryResult<'a> {
+  type Inner = HistoryResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> HistoryResult<'a> {
+  pub const VT_PUBLICATIONS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    HistoryResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HistoryResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<HistoryResult<'bldr>> {
+    let mut builder = HistoryResultBuilder::new(_fbb);
+    builder.add_offset(args.offset);
+    if let Some(x) = args.epoch { builder.add_epoch(x); }
+    if let Some(x) = args.publications { builder.add_publications(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn publications(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication>>>>(HistoryResult::VT_PUBLICATIONS, None)}
+  }
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HistoryResult::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(HistoryResult::VT_EPOCH, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for HistoryResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Publication>>>>("publications", Self::VT_PUBLICATIONS, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HistoryResultArgs<'a> {
+    pub publications: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication<'a>>>>>,
+    pub offset: u64,
+    pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for HistoryResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    HistoryResultArgs {
+      publications: None,
+      offset: 0,
+      epoch: None,
+    }
+  }
+}
+
+pub struct HistoryResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HistoryResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_publications(&mut self, publications: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Publication<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HistoryResult::VT_PUBLICATIONS, publications);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(HistoryResult::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HistoryResult::VT_EPOCH, epoch);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HistoryResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HistoryResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<HistoryResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for HistoryResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("HistoryResult");
+      ds.field("publications", &self.publications());
+      ds.field("offset", &self.offset());
+      ds.field("epoch", &self.epoch());
+      ds.finish()
+  }
+}
 pub enum ServerFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2020,6 +3508,81 @@ impl<'a> ServerFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn event_as_join(&self) -> Option<Join<'a>> {
+    if self.event_type() == Event::Join {
+      self.event().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Join::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn event_as_leave(&self) -> Option<Leave<'a>> {
+    if self.event_type() == Event::Leave {
+      self.event().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Leave::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn event_as_presence_result(&self) -> Option<PresenceResult<'a>> {
+    if self.event_type() == Event::PresenceResult {
+      self.event().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PresenceResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn event_as_presence_stats_result(&self) -> Option<PresenceStatsResult<'a>> {
+    if self.event_type() == Event::PresenceStatsResult {
+      self.event().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PresenceStatsResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn event_as_history_result(&self) -> Option<HistoryResult<'a>> {
+    if self.event_type() == Event::HistoryResult {
+      self.event().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { HistoryResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ServerFrame<'_> {
@@ -2037,6 +3600,11 @@ impl ::flatbuffers::Verifiable for ServerFrame<'_> {
           Event::Message => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Message>>("Event::Message", pos),
           Event::Direct => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Direct>>("Event::Direct", pos),
           Event::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("Event::Error", pos),
+          Event::Join => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Join>>("Event::Join", pos),
+          Event::Leave => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Leave>>("Event::Leave", pos),
+          Event::PresenceResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceResult>>("Event::PresenceResult", pos),
+          Event::PresenceStatsResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStatsResult>>("Event::PresenceStatsResult", pos),
+          Event::HistoryResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HistoryResult>>("Event::HistoryResult", pos),
           _ => Ok(()),
         }
      })?
@@ -2135,6 +3703,41 @@ impl ::core::fmt::Debug for ServerFrame<'_> {
         },
         Event::Error => {
           if let Some(x) = self.event_as_error() {
+            ds.field("event", &x)
+          } else {
+            ds.field("event", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Event::Join => {
+          if let Some(x) = self.event_as_join() {
+            ds.field("event", &x)
+          } else {
+            ds.field("event", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Event::Leave => {
+          if let Some(x) = self.event_as_leave() {
+            ds.field("event", &x)
+          } else {
+            ds.field("event", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Event::PresenceResult => {
+          if let Some(x) = self.event_as_presence_result() {
+            ds.field("event", &x)
+          } else {
+            ds.field("event", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Event::PresenceStatsResult => {
+          if let Some(x) = self.event_as_presence_stats_result() {
+            ds.field("event", &x)
+          } else {
+            ds.field("event", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Event::HistoryResult => {
+          if let Some(x) = self.event_as_history_result() {
             ds.field("event", &x)
           } else {
             ds.field("event", &"InvalidFlatbuffer: Union discriminant does not match value.")

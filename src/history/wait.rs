@@ -1,0 +1,154 @@
+//! Subscribers waiting for their position: the merge that makes recovery
+//! loss-free.
+//!
+//! A subscribe to a history topic registers the connection at once (so no
+//! live message can slip past it) and asks the topic's offset authority
+//! (home shard, or Redis through the bridge) for the current position and,
+//! with `recover`, what was missed. Until that answer arrives, live messages
+//! of the topic for that connection are held here instead of queued. Then
+//! the ack (with the recovered publications) goes out first, and the held
+//! messages follow, minus those at or below the answer's offset: they are
+//! in the answer already (or predate the subscription). The authority
+//! answers after the subscriber's shard is registered as interested, so
+//! every message past the answer's offset reaches the hold: nothing is
+//! missed and nothing comes twice.
+//!
+//! Owned by the subscriber's shard, touched only by it.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::conn::ConnId;
+use crate::protocol::Outgoing;
+
+use super::Since;
+
+/// What the connection asked, to build its ack once the answer is in.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The subscribe's id (no id: no ack, the held messages still follow).
+    pub id: Option<u64>,
+    /// `recover`'s position, if any.
+    pub recover: Option<Since>,
+}
+
+/// One connection's wait.
+#[derive(Debug)]
+pub struct Hold {
+    pub topic: Rc<str>,
+    pub request: Request,
+    /// Live messages of `topic` that arrived meanwhile, in arrival order.
+    held: Vec<Arc<Outgoing>>,
+    /// More arrived than may be held: the connection is a slow consumer.
+    pub overflowed: bool,
+}
+
+/// The connections of a shard waiting for their position, at most one wait
+/// per connection (it is not read meanwhile). Each hold keeps at most
+/// `[queue] max_messages` messages.
+#[derive(Debug, Default)]
+pub struct Holds {
+    waits: HashMap<ConnId, Hold, ahash::RandomState>,
+}
+
+impl Holds {
+    pub fn start(&mut self, conn: ConnId, topic: Rc<str>, request: Request) {
+        self.waits.insert(conn, Hold { topic, request, held: Vec::new(), overflowed: false });
+    }
+
+    /// Whether `conn`'s messages of `topic` are being held.
+    pub fn holds(&self, conn: ConnId, topic: &str) -> bool {
+        self.waits.get(&conn).is_some_and(|h| &*h.topic == topic)
+    }
+
+    /// Holds `msg` for `conn`. Returns false when the hold is full (it is
+    /// marked overflowed and the message dropped).
+    pub fn hold(&mut self, conn: ConnId, msg: &Arc<Outgoing>, max: usize) -> bool {
+        let Some(wait) = self.waits.get_mut(&conn) else { return false };
+        if wait.held.len() >= max {
+            wait.overflowed = true;
+            return false;
+        }
+        wait.held.push(msg.clone());
+        true
+    }
+
+    /// Ends `conn`'s wait, if it has one for `topic` (an unsubscribe or a
+    /// close while waiting: the answer is then dropped).
+    pub fn cancel(&mut self, conn: ConnId, topic: &str) -> bool {
+        if self.holds(conn, topic) {
+            self.waits.remove(&conn);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn finish(&mut self, conn: ConnId) -> Option<Hold> {
+        self.waits.remove(&conn)
+    }
+
+    pub fn len(&self) -> usize {
+        self.waits.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waits.is_empty()
+    }
+}
+
+impl Hold {
+    /// The held messages to deliver after an answer at offset `top`: those
+    /// without a position (join/leave) as they came, positioned ones only
+    /// past `top`, each offset once.
+    pub fn release(self, top: u64) -> impl Iterator<Item = Arc<Outgoing>> {
+        let mut last = top;
+        self.held.into_iter().filter(move |m| match m.position.as_ref() {
+            None => true,
+            Some(p) if p.offset > last => {
+                last = p.offset;
+                true
+            }
+            Some(_) => false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Stamp;
+    use crate::history::Position;
+    use crate::protocol::Kind;
+
+    fn msg(offset: Option<u64>) -> Arc<Outgoing> {
+        let position = offset.map(|offset| Position { offset, epoch: "e".into() });
+        Outgoing::positioned("t", Kind::Message, bytes::Bytes::from_static(b"1"), true, position, Stamp::now())
+    }
+
+    #[test]
+    fn release_drops_what_the_answer_covers_and_keeps_order() {
+        let mut holds = Holds::default();
+        let conn = ConnId::new(0, 1);
+        holds.start(conn, "t".into(), Request { id: Some(1), recover: None });
+        assert!(holds.holds(conn, "t") && !holds.holds(conn, "u"));
+        for m in [msg(Some(4)), msg(Some(5)), msg(None), msg(Some(6)), msg(Some(6)), msg(Some(7))] {
+            assert!(holds.hold(conn, &m, 10));
+        }
+        let hold = holds.finish(conn).unwrap();
+        let out: Vec<Option<u64>> = hold.release(5).map(|m| m.position.as_ref().map(|p| p.offset)).collect();
+        assert_eq!(out, vec![None, Some(6), Some(7)]);
+        assert!(holds.is_empty());
+    }
+
+    #[test]
+    fn a_hold_is_bounded() {
+        let mut holds = Holds::default();
+        let conn = ConnId::new(0, 1);
+        holds.start(conn, "t".into(), Request { id: None, recover: None });
+        assert!(holds.hold(conn, &msg(Some(1)), 1));
+        assert!(!holds.hold(conn, &msg(Some(2)), 1));
+        assert!(holds.finish(conn).unwrap().overflowed);
+    }
+}
