@@ -11,6 +11,7 @@ mod conformance;
 mod errors;
 mod history;
 mod lifecycle;
+mod presence;
 mod pubsub;
 mod redis;
 mod tls;
