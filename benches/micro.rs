@@ -86,7 +86,7 @@ fn fanout(c: &mut Criterion) {
 fn cross_shard(c: &mut Criterion) {
     let (mailboxes, inboxes) = bus::build(2, 1 << 16).unwrap();
     let msg = Outgoing::new("news", Kind::Message, Payload { bytes: PAYLOAD, json: true }, Encoding::Json, Stamp::now(), &ShardStats::default());
-    let msg = PublishMsg { msg, forward: false };
+    let msg = PublishMsg::new(msg, None);
     let mut g = c.benchmark_group("bus");
     g.throughput(Throughput::Elements(1));
     g.bench_function("cross_shard_hop_send_recv", |b| {

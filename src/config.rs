@@ -950,6 +950,34 @@ mod tests {
     }
 
     #[test]
+    fn topic_options_load_and_bad_ones_are_named() {
+        let base = "[[namespaces]]\npattern = \"chat:*\"\nsubscribe = \"anyone\"\npublish = \"anyone\"\n";
+        let c = Config::from_toml(
+            &format!("{base}presence = true\njoin_leave = true\nhistory_size = 100\nhistory_ttl_ms = 60000\nrecover = true\n"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let o = c.namespaces.options("chat:1");
+        assert!(o.presence && o.join_leave && o.recover);
+        assert_eq!(o.history.map(|h| (h.size, h.ttl.as_millis())), Some((100, 60_000)));
+        assert!(c.namespaces.any_history());
+        assert_eq!(c.namespaces.options("news"), crate::auth::TopicOptions::default());
+        let plain = Config::from_toml(base, &Overrides::default()).unwrap();
+        assert!(!plain.namespaces.any_history(), "a namespace without the keys is plain");
+        let bad = |body: &str| err(&format!("{base}{body}"));
+        assert!(bad("history_size = 10").contains("namespaces[0].history_ttl_ms"), "ttl is required with history");
+        assert!(bad("recover = true").contains("namespaces[0].recover"), "recover needs history");
+        assert!(bad("presence = \"yes\"").contains("namespaces[0].presence"));
+        assert!(bad("history_size = -1\nhistory_ttl_ms = 1").contains("namespaces[0].history_size"));
+        assert!(bad("history_size = 2000000\nhistory_ttl_ms = 1").contains("namespaces[0].history_size"));
+        assert!(bad("history_size = 1\nhistory_ttl_ms = 99999999999").contains("namespaces[0].history_ttl_ms"));
+        assert!(bad("join_leave = 1").contains("namespaces[0].join_leave"));
+        assert!(err("[limits]\nmax_presence_clients = 0").contains("limits.max_presence_clients"));
+        assert!(err("[limits]\nhistory_memory_bytes = 1000").contains("limits.history_memory_bytes"));
+        assert!(err("[redis]\nurl = \"redis://127.0.0.1:6379\"\npresence_ttl_ms = 10").contains("redis.presence_ttl_ms"));
+    }
+
+    #[test]
     fn auth_section_validates() {
         let c = Config::defaults();
         assert!(c.auth.verifier.is_none(), "auth is off by default");

@@ -13,6 +13,7 @@
 
 mod admin;
 mod auth;
+mod history;
 mod proc;
 mod progress;
 mod report;
@@ -65,6 +66,15 @@ enum Scenario {
     /// server CPU-second; fan-out with and without a polling dashboard.
     /// Interleaved rounds.
     Admin(admin::AdminArgs),
+    /// Recovery: a subscriber that missed --messages messages of a history
+    /// topic subscribes with `recover` and gets them in the ack, over and
+    /// over on one connection (closed loop). Needs a history namespace
+    /// matching --topic (the `history` comparison writes one).
+    Recover(RecoverArgs),
+    /// What history costs: fan-out to a plain vs a history topic, on one
+    /// node and through Redis, and recovery, single node vs Redis.
+    /// Interleaved rounds; starts its own redis-server.
+    History(history::HistoryArgs),
 }
 
 /// Options every scenario takes.
@@ -149,6 +159,25 @@ pub struct FanoutArgs {
     /// `/api/history`) this many times a second; 0 = not at all.
     #[arg(long, default_value_t = 0.0)]
     poll_admin_hz: f64,
+    /// Topics are named PREFIX0, PREFIX1, ... (e.g. a prefix a history
+    /// namespace matches).
+    #[arg(long, default_value = "fanout-")]
+    topic_prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Messages missed and recovered per recovery.
+    #[arg(long, default_value_t = 1000)]
+    messages: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// The history topic.
+    #[arg(long, default_value = "hist:recover")]
+    topic: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -280,8 +309,9 @@ fn common(s: &Scenario) -> &CommonArgs {
         Scenario::Connect(a) => &a.common,
         Scenario::Echo(a) => &a.common,
         Scenario::Api(a) => &a.common,
-        Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) => {
-            unreachable!("compare, auth, wire and admin run other scenarios")
+        Scenario::Recover(a) => &a.common,
+        Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) => {
+            unreachable!("compare, auth, wire, admin and history run other scenarios")
         }
     }
 }
@@ -345,6 +375,7 @@ fn main() {
         Scenario::Auth(a) => auth::run(a),
         Scenario::Wire(a) => wire::run(a),
         Scenario::Admin(a) => admin::run(a),
+        Scenario::History(a) => history::run(a),
         Scenario::Idle(a) if a.child => idle_child(&a),
         s => run_once(&s).map(|r| r.print(common(&s).json)),
     };
@@ -399,7 +430,8 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
             Scenario::Connect(a) => scenarios::connect(&run, a, &Progress::new("handshakes")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Echo(a) => scenarios::echo(&run, a, &Progress::new("round trips")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Api(a) => scenarios::api(&run, a, &Progress::new("publishes")).await.map(|(r, h)| (r, Some(h))),
-            Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) => unreachable!(),
+            Scenario::Recover(a) => scenarios::recover(&run, a, &Progress::new("recoveries")).await.map(|(r, h)| (r, Some(h))),
+            Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) => unreachable!(),
         }
     })?;
     if let (Some(path), Some(h)) = (&c.plot, &hist) {

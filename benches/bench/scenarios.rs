@@ -15,7 +15,7 @@ use tokio::task::spawn_local;
 use crate::progress::Progress;
 use crate::report::{Latency, Report, Window};
 use crate::ws::{field, put_frame, Target, Ws, OP_TEXT};
-use crate::{ApiArgs, ConnectArgs, EchoArgs, FanoutArgs, IdleArgs, RoomsArgs, Run};
+use crate::{ApiArgs, ConnectArgs, EchoArgs, FanoutArgs, IdleArgs, RecoverArgs, RoomsArgs, Run};
 
 /// Connections opened at once while setting up.
 const SETUP_PARALLELISM: usize = 256;
@@ -213,10 +213,12 @@ fn with_latency(mut r: Report, hist: &Histogram<u64>) -> Report {
 pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
     let target = run.target.clone();
     let topics = a.topics.max(1);
-    let topic = |i: usize| format!("fanout-{}", i % topics);
+    let prefix = a.topic_prefix.clone();
+    let topic = |i: usize| format!("{prefix}{}", i % topics);
     progress.phase("connecting subscribers");
+    let sub_prefix = a.topic_prefix.clone();
     let subs = connect_many(run, &target, a.subscribers, move |i, mut ws| {
-        let t = format!("fanout-{}", i % topics);
+        let t = format!("{sub_prefix}{}", i % topics);
         async move {
             ws.welcome_and_subscribe(&t).await?;
             Ok(ws)
@@ -759,4 +761,96 @@ pub async fn api(run: &Run, a: &ApiArgs, progress: &Progress) -> Result<(Report,
         }
     }
     Ok((report, hist))
+}
+
+/// `recover`: publishes `messages` messages to a history topic, then, on one
+/// connection, subscribes with `recover` from before them, checks the ack
+/// recovered every one, unsubscribes, and again (closed loop). Ops are
+/// recoveries; latency is request to complete ack.
+pub async fn recover(run: &Run, a: &RecoverArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
+    let io = |e: std::io::Error| e.to_string();
+    progress.phase("publishing the history");
+    let mut ws = Ws::connect(&run.target, None, false).await.map_err(io)?;
+    ws.next_text().await.map_err(io)?;
+    let mut buf = Vec::new();
+    for i in 0..a.messages {
+        publish_frame(&mut buf, &a.topic, &payload(i as u64, 0, a.payload));
+    }
+    ws.write_raw(&buf).await.map_err(io)?;
+    // The position after them (requests are answered in order).
+    let ask = format!(r#"{{"type":"history","topic":"{}","limit":0,"id":1}}"#, a.topic);
+    ws.send_text(ask.as_bytes()).await.map_err(io)?;
+    let position = loop {
+        let reply = ws.next_text().await.map_err(io)?;
+        let v: serde_json::Value = serde_json::from_slice(&reply).map_err(|e| e.to_string())?;
+        match v["type"].as_str() {
+            Some("history") => break v,
+            Some("error") => return Err(format!("history request refused: {v} (is there a history namespace matching {}?)", a.topic)),
+            _ => continue,
+        }
+    };
+    let top = position["offset"].as_u64().ok_or("no offset in the history reply")?;
+    let epoch = position["epoch"].as_str().ok_or("no epoch")?.to_string();
+    let since = top.checked_sub(a.messages as u64).ok_or("fewer messages in history than published: raise history_size")?;
+    let subscribe = format!(r#"{{"type":"subscribe","topic":"{}","recover":{{"offset":{since},"epoch":"{epoch}"}},"id":2}}"#, a.topic);
+    let unsubscribe = format!(r#"{{"type":"unsubscribe","topic":"{}","id":3}}"#, a.topic);
+    let done = Rc::new(Cell::new(0u64));
+    let failed = Rc::new(Cell::new(0u64));
+    let hist = Rc::new(RefCell::new(new_hist()));
+    let recording = Rc::new(Cell::new(false));
+    let stop = Rc::new(Cell::new(false));
+    let expected = a.messages;
+    let task = {
+        let (done, failed, hist, recording, stop) = (done.clone(), failed.clone(), hist.clone(), recording.clone(), stop.clone());
+        spawn_local(async move {
+            while !stop.get() {
+                let started = now_ns();
+                if ws.send_text(subscribe.as_bytes()).await.is_err() {
+                    break;
+                }
+                let ack = loop {
+                    match ws.next_text().await {
+                        Ok(t) if t.starts_with(br#"{"type":"ack""#) || t.starts_with(br#"{"type":"error""#) => break Some(t),
+                        Ok(_) => continue,
+                        Err(_) => break None,
+                    }
+                };
+                let Some(ack) = ack else { break };
+                let ok = serde_json::from_slice::<serde_json::Value>(&ack)
+                    .map(|v| v["recovered"] == true && v["publications"].as_array().map_or(0, Vec::len) == expected)
+                    .unwrap_or(false);
+                if ok {
+                    if recording.get() {
+                        let _ = hist.borrow_mut().record(now_ns().saturating_sub(started).max(1));
+                    }
+                    done.set(done.get() + 1);
+                } else {
+                    failed.set(failed.get() + 1);
+                }
+                if ws.send_text(unsubscribe.as_bytes()).await.is_err() {
+                    break;
+                }
+                loop {
+                    match ws.next_text().await {
+                        Ok(t) if t.starts_with(br#"{"type":"ack""#) => break,
+                        Ok(_) => continue,
+                        Err(_) => return,
+                    }
+                }
+            }
+        })
+    };
+    let d = done.clone();
+    let (ops, m) = measure(run, progress, move || d.get(), Some(&recording)).await;
+    stop.set(true);
+    let _ = task.await;
+    if done.get() == 0 {
+        return Err(format!("no recovery succeeded ({} failed)", failed.get()));
+    }
+    let hist = hist.borrow().clone();
+    let report = Report::new("recover", &run.url, m, "recoveries", ops)
+        .detail("messages_per_recovery", a.messages as f64)
+        .detail("payload_bytes", a.payload as f64)
+        .detail("failed_recoveries", failed.get() as f64);
+    Ok((with_latency(report, &hist), hist))
 }

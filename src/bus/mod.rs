@@ -54,14 +54,15 @@ pub struct PublishMsg {
     /// The publishing connection, when it asked not to receive its own
     /// message (`skip_self`).
     pub skip: Option<ConnId>,
-    /// A publish to a history topic for the shard that numbers it (it rides
-    /// the `sequence` channel and carries no position yet).
-    pub sequence: bool,
+    /// A publish to a history topic, from shard `Some(from)`, for the shard
+    /// that numbers it (it rides the `sequence` channel and carries no
+    /// position yet).
+    pub sequence: Option<usize>,
 }
 
 impl PublishMsg {
     pub fn new(msg: Arc<Outgoing>, skip: Option<ConnId>) -> PublishMsg {
-        PublishMsg { msg, forward: false, skip, sequence: false }
+        PublishMsg { msg, forward: false, skip, sequence: None }
     }
 }
 

@@ -162,8 +162,11 @@ pub fn answer(query: &Query, position: Position, entries: impl DoubleEndedIterat
 /// authority (its home shard, or the bridge shard with Redis).
 #[derive(Debug)]
 pub enum HistoryMsg {
-    /// `query` of connection `conn` on shard `from` (request `id`, if any).
-    Query { topic: Arc<str>, query: Query, from: usize, conn: ConnId, id: Option<u64> },
+    /// `query` of connection `conn` on shard `from` (request `id`, if any),
+    /// to answer once the authority has numbered the first `after`
+    /// publishes shard `from` sent it: the asking client's own publishes
+    /// are then in the answer.
+    Query { topic: Arc<str>, query: Query, from: usize, conn: ConnId, id: Option<u64>, after: u64 },
     /// The answer, for `conn` on the receiving shard. `None`: unavailable
     /// (Redis could not be asked).
     Answer { conn: ConnId, id: Option<u64>, answer: Option<Answer> },

@@ -39,7 +39,7 @@ impl Shard {
     pub(super) fn sequence(&self, msg: Arc<Outgoing>, skip: Option<ConnId>) -> Result<(), Box<PendingPublish>> {
         let mut to = ShardSet::default();
         to.insert(self.history_authority(&msg.topic));
-        self.dispatch(PublishMsg { msg, forward: false, skip, sequence: true }, to, None)
+        self.dispatch(PublishMsg { msg, forward: false, skip, sequence: Some(self.index) }, to, None)
     }
 
     /// Numbers one message read from this shard's sequence channel: with
@@ -47,7 +47,10 @@ impl Shard {
     /// this one included, gets it back numbered); otherwise stores it in the
     /// topic's ring and fans it out from here.
     pub(super) fn on_sequence(&self, publish: PublishMsg) {
-        let PublishMsg { msg, skip, .. } = publish;
+        let PublishMsg { msg, skip, sequence, .. } = publish;
+        if let Some(counted) = sequence.and_then(|from| self.sequenced_from.get(from)) {
+            counted.set(counted.get() + 1);
+        }
         let Some(policy) = self.config.namespaces.options(&msg.topic).history else {
             // Not a history topic (cannot happen: namespaces do not change).
             self.relay(msg, skip);
@@ -102,7 +105,8 @@ impl Shard {
     /// Asks `topic`'s authority `query` for connection `conn` of this shard.
     pub fn ask_history(&self, topic: &str, query: Query, conn: ConnId, id: Option<u64>) {
         let authority = self.history_authority(topic);
-        let msg = HistoryMsg::Query { topic: topic.into(), query, from: self.index, conn, id };
+        let after = self.sequenced_to[authority].get();
+        let msg = HistoryMsg::Query { topic: topic.into(), query, from: self.index, conn, id, after };
         if authority == self.index {
             self.on_history(msg);
         } else {
@@ -114,7 +118,11 @@ impl Shard {
     /// asking connection's shard).
     pub(super) fn on_history(&self, msg: HistoryMsg) {
         match msg {
-            HistoryMsg::Query { topic, query, from, conn, id } => {
+            HistoryMsg::Query { from, after, .. } if self.sequenced_from[from].get() < after => {
+                // Publishes the asker sent before are still in the sequence channel.
+                self.deferred_queries.borrow_mut().push((after, msg));
+            }
+            HistoryMsg::Query { topic, query, from, conn, id, .. } => {
                 let Some(policy) = self.config.namespaces.options(&topic).history else {
                     return self.answer_history(from, conn, id, None);
                 };
@@ -129,6 +137,26 @@ impl Shard {
                 self.answer_history(from, conn, id, Some(answer));
             }
             HistoryMsg::Answer { conn, id, answer } => self.on_history_answer(conn, id, answer),
+        }
+    }
+
+    /// Answers the deferred queries whose publishes have all been numbered
+    /// (after each batch read from the sequence channel).
+    pub(super) fn release_deferred_queries(&self) {
+        if self.deferred_queries.borrow().is_empty() {
+            return;
+        }
+        let ready: Vec<HistoryMsg> = {
+            let mut deferred = self.deferred_queries.borrow_mut();
+            let (ready, waiting): (Vec<_>, Vec<_>) = deferred.drain(..).partition(|(after, msg)| match msg {
+                HistoryMsg::Query { from, .. } => self.sequenced_from[*from].get() >= *after,
+                HistoryMsg::Answer { .. } => true,
+            });
+            *deferred = waiting;
+            ready.into_iter().map(|(_, msg)| msg).collect()
+        };
+        for msg in ready {
+            self.on_history(msg);
         }
     }
 

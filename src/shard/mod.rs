@@ -129,6 +129,14 @@ pub struct Shard {
     /// `[bus] capacity` entries the sequence channel is not read, so
     /// publishers wait instead of this growing.
     relay: RefCell<std::collections::VecDeque<PendingPublish>>,
+    /// Publishes this shard handed to each shard's sequence channel, and
+    /// those it numbered from each shard: a history query carries the
+    /// former and is answered once the latter reaches it, so a client's
+    /// own publishes are in what it asks for next (see `shard::history`).
+    sequenced_to: Vec<Cell<u64>>,
+    sequenced_from: Vec<Cell<u64>>,
+    /// History queries waiting for the publishes sent before them.
+    deferred_queries: RefCell<Vec<(u64, crate::history::HistoryMsg)>>,
     /// The node's presence for the topics this shard owns (the bridge
     /// refreshes the Redis copy from it).
     pub presence: RefCell<crate::presence::Presence>,
@@ -151,6 +159,7 @@ impl Shard {
         let write_scratch = Vec::with_capacity(config.server.write_buffer_bytes);
         let bridge_shard = config.redis.as_ref().map(|r| r.bridge_shard);
         let history_budget = config.limits.history_memory_bytes / config.server.shards.max(1);
+        let shards = mailboxes.len();
         let compressor = Compressor::new(config.compression.level);
         let tls = config.tls.as_ref().map(|t| crate::tls::server_config(t.certificates.clone(), t.min_version).into());
         let bridge = config
@@ -183,6 +192,9 @@ impl Shard {
             history: RefCell::new(crate::history::History::new(index, history_budget)),
             holds: RefCell::default(),
             relay: RefCell::default(),
+            sequenced_to: (0..shards).map(|_| Cell::new(0)).collect(),
+            sequenced_from: (0..shards).map(|_| Cell::new(0)).collect(),
+            deferred_queries: RefCell::default(),
             presence: RefCell::default(),
             bridge,
             bridge_shard,
@@ -404,10 +416,15 @@ impl Shard {
         let targets = pending.remaining;
         for shard in targets.iter() {
             let msg = PublishMsg { forward: pending.forward_to == Some(shard), ..pending.msg.clone() };
-            let handed = if msg.sequence {
+            let handed = if msg.sequence.is_some() {
                 // Numbering goes through the channel even to this shard, so
                 // that its bound applies to every publisher alike.
-                self.mailboxes[shard].try_sequence(msg).is_ok()
+                let handed = self.mailboxes[shard].try_sequence(msg).is_ok();
+                if handed {
+                    let sent = &self.sequenced_to[shard];
+                    sent.set(sent.get() + 1);
+                }
+                handed
             } else {
                 shard == self.index || self.mailboxes[shard].try_publish(msg).is_ok()
             };

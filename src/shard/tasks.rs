@@ -156,6 +156,9 @@ async fn bus_loop(shard: &Shard, inbox: Inbox) {
             shard.on_sequence(msg);
             numbered += 1;
         }
+        if numbered > 0 {
+            shard.release_deferred_queries();
+        }
         if busy || n > 0 || numbered > 0 {
             // Let the connections just woken write before taking more.
             futures_lite::future::yield_now().await;

@@ -354,3 +354,68 @@ fn rsv1_without_deflate_or_on_a_control_frame_closes_1002() {
     assert!(head.starts_with("HTTP/1.1 101") && !head.contains("Sec-WebSocket-Extensions"), "{head}");
     assert_eq!(declined.recv_frame().unwrap().0, 0x81, "an uncompressed welcome");
 }
+
+#[test]
+fn flatbuffers_clients_get_positions_recover_and_ask_presence() {
+    let ns = "[[namespaces]]\npattern = \"chat:*\"\nsubscribe = \"anyone\"\npublish = \"anyone\"\npresence = true\nhistory_size = 10\nhistory_ttl_ms = 60000\nrecover = true\n";
+    let server = Server::start(&format!("{ns}[limits]\npublish_rate = 0"), &["--shards", "2"]);
+    let raw = |c: &mut Fb| match c.0.recv_message() {
+        Ws::Binary(b) => b.to_vec(),
+        other => panic!("expected a binary frame, got {other:?}"),
+    };
+    let subscribe = |c: &mut Fb, id: u64, recover: Option<(u64, &str)>| {
+        c.send(Some(id), Request::Subscribe, |b| {
+            let topic = Some(b.create_string("chat:fb"));
+            let recover = recover.map(|(offset, epoch)| {
+                let epoch = Some(b.create_string(epoch));
+                StreamPosition::create(b, &StreamPositionArgs { offset, epoch })
+            });
+            Subscribe::create(b, &SubscribeArgs { topic, recover }).as_union_value()
+        });
+    };
+    let mut sub = Fb::connect(&server, None);
+    subscribe(&mut sub, 1, None);
+    let bytes = raw(&mut sub);
+    let ack = flatbuffers::root::<ServerFrame>(&bytes).unwrap().event_as_ack().expect("an ack");
+    let epoch = ack.epoch().expect("the topic's epoch").to_string();
+    assert_eq!((ack.offset(), ack.recovered()), (Some(0), None));
+    let mut publisher = server.client();
+    for i in 1..=3 {
+        publisher.publish("chat:fb", json!(i));
+        let bytes = raw(&mut sub);
+        let m = flatbuffers::root::<ServerFrame>(&bytes).unwrap().event_as_message().unwrap();
+        assert_eq!((m.offset(), m.epoch(), m.payload().unwrap().bytes()), (Some(i), Some(epoch.as_str()), i.to_string().as_bytes()));
+    }
+    let mut back = Fb::connect(&server, None);
+    subscribe(&mut back, 2, Some((1, &epoch)));
+    let bytes = raw(&mut back);
+    let ack = flatbuffers::root::<ServerFrame>(&bytes).unwrap().event_as_ack().unwrap();
+    assert_eq!((ack.recovered(), ack.offset()), (Some(true), Some(3)));
+    let offsets: Vec<u64> = ack.publications().unwrap().iter().map(|p| p.offset()).collect();
+    assert_eq!(offsets, vec![2, 3]);
+    back.send(Some(3), Request::History, |b| {
+        let topic = Some(b.create_string("chat:fb"));
+        History::create(b, &HistoryArgs { topic, since: None, limit: Some(1) }).as_union_value()
+    });
+    let bytes = raw(&mut back);
+    let h = flatbuffers::root::<ServerFrame>(&bytes).unwrap().event_as_history_result().expect("a history result");
+    assert_eq!((h.offset(), h.publications().unwrap().len()), (3, 1));
+    back.send(Some(4), Request::Presence, |b| {
+        let topic = Some(b.create_string("chat:fb"));
+        Presence::create(b, &PresenceArgs { topic }).as_union_value()
+    });
+    let bytes = raw(&mut back);
+    let p = flatbuffers::root::<ServerFrame>(&bytes).unwrap().event_as_presence_result().expect("a presence result");
+    let mut clients: Vec<String> = p.clients().unwrap().iter().map(|c| c.client().unwrap().to_string()).collect();
+    clients.sort();
+    let mut expected = vec![sub.0.id.clone(), back.0.id.clone()];
+    expected.sort();
+    assert_eq!(clients, expected);
+    back.send(Some(5), Request::PresenceStats, |b| {
+        let topic = Some(b.create_string("chat:fb"));
+        PresenceStats::create(b, &PresenceStatsArgs { topic }).as_union_value()
+    });
+    let bytes = raw(&mut back);
+    let s = flatbuffers::root::<ServerFrame>(&bytes).unwrap().event_as_presence_stats_result().unwrap();
+    assert_eq!((s.clients(), s.users()), (2, 0));
+}
