@@ -21,7 +21,7 @@ use shardcast::config::{Config, Overrides};
 use shardcast::conn::Peer;
 use shardcast::metrics::ShardStats;
 use shardcast::protocol::{flatbuf, json, Encoding, Kind, Outgoing, Payload};
-use shardcast::shard::Shard;
+use shardcast::shard::{Shard, Then};
 
 const PUBLISH: &[u8] = br#"{"type":"publish","topic":"news","payload":{"s":12345,"p":0,"t":987654321,"x":"xxxxxxxxxxxxxxxxxx"},"id":7}"#;
 const PAYLOAD: &[u8] = br#"{"s":12345,"p":0,"t":987654321,"x":"xxxxxxxxxxxxxxxxxx"}"#;
@@ -60,7 +60,7 @@ fn fanout(c: &mut Criterion) {
     let (shard, _inboxes) = shard(1);
     let peers: Vec<Rc<Peer>> = (0..1000).map(|_| Rc::new(Peer::new(shard.next_conn_id(), Instant::now()))).collect();
     for p in &peers {
-        shard.subscribe(p, "news", None);
+        shard.subscribe(p, "news", Default::default(), Then::Frame(None), None);
     }
     let msg = Outgoing::new("news", Kind::Message, Payload { bytes: PAYLOAD, json: true }, Encoding::Json, Stamp::now(), &ShardStats::default());
     let stats = ShardStats::default();
@@ -103,19 +103,19 @@ fn topics(c: &mut Criterion) {
     let peer = Rc::new(Peer::new(shard.next_conn_id(), Instant::now()));
     let others: Vec<Rc<Peer>> = (0..100).map(|_| Rc::new(Peer::new(shard.next_conn_id(), Instant::now()))).collect();
     for p in &others {
-        shard.subscribe(p, "busy", None);
+        shard.subscribe(p, "busy", Default::default(), Then::Frame(None), None);
     }
     let mut g = c.benchmark_group("topic");
     g.throughput(Throughput::Elements(1));
     g.bench_function("subscribe_unsubscribe_busy_topic", |b| {
         b.iter(|| {
-            shard.subscribe(&peer, black_box("busy"), None);
+            shard.subscribe(&peer, black_box("busy"), Default::default(), Then::Frame(None), None);
             shard.unsubscribe("busy", peer.id);
         })
     });
     g.bench_function("subscribe_unsubscribe_new_topic", |b| {
         b.iter(|| {
-            shard.subscribe(&peer, black_box("fresh"), None);
+            shard.subscribe(&peer, black_box("fresh"), Default::default(), Then::Frame(None), None);
             shard.unsubscribe("fresh", peer.id);
         })
     });

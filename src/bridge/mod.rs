@@ -49,7 +49,7 @@ use crate::auth::HistoryPolicy;
 use crate::clock::Stamp;
 use crate::config::RedisConfig;
 use crate::conn::ConnId;
-use crate::history::{Position, Query};
+use crate::history::{Position, Query, ReplyTo};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
 use crate::protocol::{Kind, Outgoing};
@@ -119,8 +119,8 @@ enum OnReply {
     Count,
     /// SCRIPT LOAD on connect: only errors matter.
     Setup,
-    /// A history read for a connection on shard `from`.
-    History { query: Query, from: usize, conn: ConnId, id: Option<u64> },
+    /// A history read for a connection.
+    History { query: Query, to: ReplyTo },
     /// A presence read for a connection on shard `from`.
     Presence { stats: bool, from: usize, conn: ConnId, id: u64 },
 }
@@ -252,7 +252,7 @@ impl Bridge {
             .arg(envelope)
             .arg(policy.size)
             .arg(policy.ttl.as_millis() as u64)
-            .arg(&*self.epochs.borrow_mut().next())
+            .arg(&*self.epochs.borrow_mut().fresh())
             .get_packed_command();
         drop(builder);
         self.push_command(command, stats);
@@ -262,7 +262,7 @@ impl Bridge {
     /// answer comes back through that shard. While the publisher connection
     /// is down the read waits for the next connection attempt, and is
     /// answered "unavailable" if that fails.
-    pub fn query_history(&self, topic: &str, policy: HistoryPolicy, query: Query, budget: usize, from: usize, conn: ConnId, id: Option<u64>) {
+    pub fn query_history(&self, topic: &str, policy: HistoryPolicy, query: Query, budget: usize, to: ReplyTo) {
         let keys = scripts::Keys { prefix: &self.config.channel_prefix };
         let (mode, after, count) = match &query {
             Query::Position => ("after", 0, 0),
@@ -280,9 +280,9 @@ impl Bridge {
             .arg(count)
             .arg(budget)
             .arg(policy.ttl.as_millis() as u64)
-            .arg(&*self.epochs.borrow_mut().next())
+            .arg(&*self.epochs.borrow_mut().fresh())
             .get_packed_command();
-        self.push_read(Outbound { packed, on_reply: OnReply::History { query, from, conn, id } });
+        self.push_read(Outbound { packed, on_reply: OnReply::History { query, to } });
     }
 
     /// Sends a presence read (every node's entries of `topic`) for
@@ -483,7 +483,7 @@ fn fail(shard: &Shard, on_reply: OnReply) {
     match on_reply {
         OnReply::Count => ShardStats::add(&shard.stats().redis_dropped, 1),
         OnReply::Setup => {}
-        OnReply::History { from, conn, id, .. } => shard.answer_history(from, conn, id, None),
+        OnReply::History { to, .. } => shard.answer_history(to, None),
         OnReply::Presence { from, conn, id, .. } => shard.answer_presence(from, conn, id, None),
     }
 }
@@ -552,7 +552,7 @@ fn on_command_reply(shard: &Shard, on_reply: OnReply, reply: Value) {
     match on_reply {
         OnReply::Count => ShardStats::add(&stats.redis_published, 1),
         OnReply::Setup => {}
-        OnReply::History { query, from, conn, id } => {
+        OnReply::History { query, to } => {
             let read = scripts::parse_read(&reply, shard.config.limits.max_message_bytes);
             if read.is_none() {
                 ShardStats::add(&stats.redis_bad_messages, 1);
@@ -560,7 +560,7 @@ fn on_command_reply(shard: &Shard, on_reply: OnReply, reply: Value) {
             let answer = read.map(|(top, epoch, publications)| {
                 crate::history::answer(&query, Position { offset: top, epoch: epoch.into() }, publications.into_iter())
             });
-            shard.answer_history(from, conn, id, answer);
+            shard.answer_history(to, answer);
         }
         OnReply::Presence { stats: want_stats, from, conn, id } => {
             let found = scripts::parse_presence(&reply, want_stats).map(|(found, skipped)| {

@@ -158,6 +158,15 @@ pub fn answer(query: &Query, position: Position, entries: impl DoubleEndedIterat
     }
 }
 
+/// Where a history answer goes: connection `conn` on shard `shard`, as the
+/// reply to request `id` (`None`: a subscribe's position).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyTo {
+    pub shard: usize,
+    pub conn: ConnId,
+    pub id: Option<u64>,
+}
+
 /// History traffic between a subscriber's shard and the topic's offset
 /// authority (its home shard, or the bridge shard with Redis).
 #[derive(Debug)]
@@ -210,7 +219,7 @@ impl Epochs {
     }
 
     /// A fresh epoch, never handed out before by this process.
-    pub fn next(&mut self) -> Arc<str> {
+    pub fn fresh(&mut self) -> Arc<str> {
         self.next += 1;
         format!("{}-{}", self.prefix, self.next).into()
     }
@@ -277,7 +286,7 @@ impl History {
             self.dropped.expired += 1;
         }
         if !self.rings.contains_key(topic) {
-            let epoch = self.epochs.next();
+            let epoch = self.epochs.fresh();
             let stamp = self.touch_stamp();
             let name: Rc<str> = topic.into();
             self.order.insert(stamp, name.clone());

@@ -13,7 +13,7 @@ use super::{PendingPublish, Shard};
 use crate::bus::{ControlMsg, PublishMsg, ShardSet};
 use crate::clock::Stamp;
 use crate::conn::ConnId;
-use crate::history::{self, Answer, HistoryMsg, Query};
+use crate::history::{self, Answer, HistoryMsg, Query, ReplyTo};
 use crate::metrics::ShardStats;
 use crate::protocol::{close, ErrorCode, Outgoing, Reply, RequestError};
 use crate::topic::registry::TopicEntry;
@@ -123,18 +123,19 @@ impl Shard {
                 self.deferred_queries.borrow_mut().push((after, msg));
             }
             HistoryMsg::Query { topic, query, from, conn, id, .. } => {
+                let to = ReplyTo { shard: from, conn, id };
                 let Some(policy) = self.config.namespaces.options(&topic).history else {
-                    return self.answer_history(from, conn, id, None);
+                    return self.answer_history(to, None);
                 };
                 if let Some(bridge) = &self.bridge {
                     let budget = self.config.limits.max_message_bytes.saturating_sub(REPLY_OVERHEAD);
-                    return bridge.query_history(&topic, policy, query, budget, from, conn, id);
+                    return bridge.query_history(&topic, policy, query, budget, to);
                 }
                 let mut rings = self.history.borrow_mut();
                 let answer = rings.query(&topic, policy, &query, Instant::now());
                 self.history_gauges(&rings);
                 drop(rings);
-                self.answer_history(from, conn, id, Some(answer));
+                self.answer_history(to, Some(answer));
             }
             HistoryMsg::Answer { conn, id, answer } => self.on_history_answer(conn, id, answer),
         }
@@ -161,11 +162,12 @@ impl Shard {
     }
 
     /// Sends an answer to the asking shard (or handles it, when that is this one).
-    pub fn answer_history(&self, to: usize, conn: ConnId, id: Option<u64>, answer: Option<Answer>) {
-        if to == self.index {
+    pub fn answer_history(&self, to: ReplyTo, answer: Option<Answer>) {
+        let ReplyTo { shard, conn, id } = to;
+        if shard == self.index {
             self.on_history_answer(conn, id, answer);
         } else {
-            self.mailboxes[to].control(ControlMsg::History(HistoryMsg::Answer { conn, id, answer }));
+            self.mailboxes[shard].control(ControlMsg::History(HistoryMsg::Answer { conn, id, answer }));
         }
     }
 
