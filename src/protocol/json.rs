@@ -44,9 +44,9 @@ struct RawRequest<'a> {
     limit: Option<&'a RawValue>,
 }
 
-/// `{"offset":N,"epoch":"…"}` as a client sends it.
+/// `{"offset":N,"epoch":"…"}` as a client sends it (other fields ignored,
+/// as in every request).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSince {
     offset: u64,
     epoch: String,

@@ -362,3 +362,59 @@ fn history_is_unavailable_while_redis_is_down_and_back_after() {
         c.request(json!({"type":"history","topic":"chat:d"}), 5)["type"] == "history"
     });
 }
+
+#[test]
+fn numbered_messages_wait_in_the_relay_when_a_channel_is_full_and_stay_in_order() {
+    // A one-message bus: the home shard's relay must hold what the other
+    // shard's channel cannot take yet, without reordering or losing any.
+    const N: u64 = 3000;
+    let server = Server::start(&node_config(10, 60_000, "", "[bus]\ncapacity = 1\n"), &["--shards", "2"]);
+    let mut subs = server.clients_on_every_shard(2);
+    for s in &mut subs {
+        subscribe(s, "chat:relay", None, 1);
+    }
+    let mut p = server.client();
+    for i in 1..=N {
+        p.publish("chat:relay", json!(i));
+    }
+    for s in &mut subs {
+        read_until(s, 0, 0, N);
+    }
+    assert!(server.metric("history_relay_waits_total") > 0, "the relay was used");
+}
+
+#[test]
+fn a_subscriber_whose_held_messages_overflow_is_a_slow_consumer() {
+    // Recovery through Redis takes a round trip; meanwhile live messages are
+    // held, at most [queue] max_messages of them.
+    let redis = Redis::start();
+    let extra = format!("[redis]\nurl = \"{}\"\nreconnect_min_ms = 20\n[queue]\nmax_messages = 4\n", redis.url());
+    let config = format!("{}[limits]\npublish_rate = 0\n{extra}", history_ns(10_000, 60_000));
+    let server = Server::start(&config, &["--shards", "2"]);
+    let mut first = server.client();
+    let epoch = subscribe(&mut first, "chat:flood", None, 1)["epoch"].as_str().unwrap().to_string();
+    drop(first);
+    let paused = Arc::new(AtomicBool::new(false));
+    let publishing = publisher(server.url("/ws"), "chat:flood", 200_000, paused);
+    let mut closed = false;
+    for attempt in 0..50 {
+        let mut c = server.client();
+        c.send(json!({"type":"subscribe","topic":"chat:flood","recover":{"offset":0,"epoch":epoch},"id":attempt}));
+        loop {
+            match c.ws.read() {
+                Ok(tungstenite::Message::Close(Some(f))) => {
+                    closed = u16::from(f.code) == 1013;
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        if closed {
+            break;
+        }
+    }
+    drop(publishing);
+    assert!(closed, "a hold overflowed into a 1013 close");
+    assert!(server.metric("slow_consumer_disconnects_total") > 0);
+}

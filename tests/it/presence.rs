@@ -146,7 +146,8 @@ fn presence_spans_nodes_and_a_killed_node_drops_out_within_the_ttl() {
     let only_a: BTreeMap<String, Value> = [(on_a.id.clone(), json!("alice"))].into_iter().collect();
     let killed = std::time::Instant::now();
     eventually(Duration::from_secs(5), "the killed node to drop out", || presence(&mut asker, "room:x", 3) == only_a);
-    assert!(killed.elapsed() < Duration::from_millis(2500), "dropped out after {:?}", killed.elapsed());
+    // presence_ttl_ms is 1 s; the margin is for a loaded CI machine.
+    assert!(killed.elapsed() < Duration::from_millis(3000), "dropped out after {:?}", killed.elapsed());
     // A's own entries are refreshed, so they outlive the TTL.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(presence(&mut asker, "room:x", 4), only_a);
