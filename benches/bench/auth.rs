@@ -19,7 +19,7 @@ use clap::Args;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
 use crate::report::Report;
-use crate::{bench_config, interleave, print_medians, sibling, Metric, RoundArgs, Variant};
+use crate::{bench_config, interleave, print_medians, sibling, Metric, RoundArgs, TempConfig, Variant};
 
 const SECRET: &str = "shardcast-bench-secret";
 
@@ -48,25 +48,12 @@ fn token(alg: Algorithm, key: &EncodingKey) -> Result<String, String> {
     encode(&Header::new(alg), &claims, key).map_err(|e| format!("cannot sign a {alg:?} token: {e}"))
 }
 
-/// Writes the bench config plus `[auth]` to a temporary file; removed on drop.
-struct AuthConfig(std::path::PathBuf);
-
-impl AuthConfig {
-    fn write(public_key: &str) -> Result<AuthConfig, String> {
-        let base = std::fs::read_to_string(bench_config()?).map_err(|e| e.to_string())?;
-        let text = format!(
-            "{base}\n[auth]\nhmac_secret = \"{SECRET}\"\npublic_key_file = \"{public_key}\"\nallow_anonymous = true\nrequire_exp = true\n"
-        );
-        let path = std::env::temp_dir().join(format!("shardcast-bench-auth-{}.toml", std::process::id()));
-        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        Ok(AuthConfig(path))
-    }
-}
-
-impl Drop for AuthConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+/// The bench config plus `[auth]`, in a temporary file.
+fn auth_config(public_key: &str) -> Result<TempConfig, String> {
+    let base = std::fs::read_to_string(bench_config()?).map_err(|e| e.to_string())?;
+    let text =
+        format!("{base}\n[auth]\nhmac_secret = \"{SECRET}\"\npublic_key_file = \"{public_key}\"\nallow_anonymous = true\nrequire_exp = true\n");
+    TempConfig::write("auth", &text)
 }
 
 pub fn run(a: AuthArgs) -> Result<(), String> {
@@ -79,7 +66,7 @@ pub fn run(a: AuthArgs) -> Result<(), String> {
     let rsa = EncodingKey::from_rsa_pem(&pem).map_err(|e| format!("{private}: {e}"))?;
     let hs256 = token(Algorithm::HS256, &EncodingKey::from_secret(SECRET.as_bytes()))?;
     let rs256 = token(Algorithm::RS256, &rsa)?;
-    let config = AuthConfig::write(&public)?;
+    let config = auth_config(&public)?;
     let binary = sibling("shardcast")?;
     let server = |config: &str| format!("{}{binary} --listen 127.0.0.1:0 --config {config}", a.rounds.server_prefix);
     let with_auth = server(&config.0.display().to_string());

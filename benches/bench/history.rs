@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use clap::Args;
 
 use crate::report::Report;
-use crate::{interleave, print_medians, sibling, Metric, RoundArgs, Variant};
+use crate::{interleave, print_medians, sibling, Metric, RoundArgs, TempConfig, Variant};
 
 #[derive(Debug, Clone, Args)]
 pub struct HistoryArgs {
@@ -80,23 +80,6 @@ fn redis_cpu_percent(r: &Report) -> Option<f64> {
     r.details.iter().find(|(k, _)| k.starts_with("pid_")).map(|(_, cpu)| cpu / r.seconds * 100.0)
 }
 
-/// Writes a server config to a temporary file (removed when dropped).
-struct ConfigFile(std::path::PathBuf);
-
-impl ConfigFile {
-    fn write(name: &str, text: &str) -> Result<ConfigFile, String> {
-        let path = std::env::temp_dir().join(format!("shardcast-bench-{}-{name}.toml", std::process::id()));
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(ConfigFile(path))
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 pub fn run(a: HistoryArgs) -> Result<(), String> {
     let redis = RedisServer::start(&a.redis_server)?;
     let size = a.messages.max(1000);
@@ -104,10 +87,10 @@ pub fn run(a: HistoryArgs) -> Result<(), String> {
         "[[namespaces]]\npattern = \"hist:*\"\nsubscribe = \"anyone\"\npublish = \"anyone\"\nhistory_size = {size}\nhistory_ttl_ms = 600000\nrecover = true\n\
          [limits]\npublish_rate = 0\nmax_message_bytes = 1048576\n[log]\nlevel = \"warn\"\n[server]\nmax_connections = 19500\n"
     );
-    let single = ConfigFile::write("history", &base)?;
-    let bridged = ConfigFile::write("history-redis", &format!("{base}[redis]\nurl = \"redis://127.0.0.1:{}\"\n", redis.port))?;
+    let single = TempConfig::write("history", &base)?;
+    let bridged = TempConfig::write("history-redis", &format!("{base}[redis]\nurl = \"redis://127.0.0.1:{}\"\n", redis.port))?;
     let binary = sibling("shardcast")?;
-    let server = |config: &ConfigFile| {
+    let server = |config: &TempConfig| {
         format!("{}{binary} --listen 127.0.0.1:0 --admin-listen '' --config {}", a.rounds.server_prefix, config.0.display())
     };
     let common = a.rounds.run_options();

@@ -706,6 +706,24 @@ pub fn print_medians(metrics: &[(&str, Metric)], labels: &[&str], results: &[Vec
 }
 
 /// The server config the benches use (rate limits off, roomy queues).
+/// A server config written to a temporary file for a comparison's runs;
+/// removed when dropped.
+pub struct TempConfig(pub std::path::PathBuf);
+
+impl TempConfig {
+    pub fn write(name: &str, text: &str) -> Result<TempConfig, String> {
+        let path = std::env::temp_dir().join(format!("shardcast-bench-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(TempConfig(path))
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 pub fn bench_config() -> Result<String, String> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/server.toml");
     if std::path::Path::new(path).exists() {

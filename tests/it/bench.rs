@@ -160,3 +160,20 @@ fn admin_smoke() {
         assert_measured(r, "deliveries");
     }
 }
+
+#[test]
+fn history_smoke() {
+    let runs = bench(&["history", "--rounds", "1", "--subscribers", "10", "--messages", "50"]);
+    let names: Vec<&str> = runs.iter().map(|r| r["server_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["plain", "history", "plain, redis", "history, redis", "single node", "redis"]);
+    for r in &runs[..4] {
+        assert_measured(r, "deliveries");
+        assert_eq!((r["lost"].as_u64(), r["out_of_order"].as_u64()), (Some(0), Some(0)), "{r}");
+    }
+    for r in &runs[4..] {
+        assert_measured(r, "recoveries");
+        assert_eq!(r["details"]["failed_recoveries"], 0.0, "{r}");
+        assert_eq!(r["details"]["messages_per_recovery"], 50.0, "{r}");
+    }
+    assert!(runs[3]["details"].as_object().unwrap().keys().any(|k| k.starts_with("pid_")), "redis-server's CPU is reported: {}", runs[3]);
+}
