@@ -10,8 +10,16 @@
 //! messages follow, minus those at or below the answer's offset: they are
 //! in the answer already (or predate the subscription). The authority
 //! answers after the subscriber's shard is registered as interested, so
-//! every message past the answer's offset reaches the hold: nothing is
-//! missed and nothing comes twice.
+//! every message past the answer's offset reaches the hold or comes after
+//! it: nothing is missed.
+//!
+//! The answer and the live messages travel different paths (the control
+//! channel, or the bridge's command connection, against the data channel
+//! and the relay), so a message numbered before the answer may still
+//! arrive after it. A fence at the last offset delivered stops those: the
+//! connection's messages of the topic at or below it are dropped, and the
+//! fence falls with the first message above it (each path is FIFO, so
+//! nothing older can follow). Nothing comes twice.
 //!
 //! Owned by the subscriber's shard, touched only by it.
 
@@ -45,16 +53,41 @@ pub struct Hold {
 }
 
 /// The connections of a shard waiting for their position, at most one wait
-/// per connection (it is not read meanwhile). Each hold keeps at most
-/// `[queue] max_messages` messages.
+/// per connection (it is not read meanwhile), and at most one fence per
+/// connection after it. Each hold keeps at most `[queue] max_messages`
+/// messages.
 #[derive(Debug, Default)]
 pub struct Holds {
     waits: HashMap<ConnId, Hold, ahash::RandomState>,
+    /// After a wait: the topic and the last offset the connection got.
+    fences: HashMap<ConnId, (Rc<str>, u64), ahash::RandomState>,
 }
 
 impl Holds {
     pub fn start(&mut self, conn: ConnId, topic: Rc<str>, request: Request) {
+        self.fences.remove(&conn);
         self.waits.insert(conn, Hold { topic, request, held: Vec::new(), overflowed: false });
+    }
+
+    /// After `conn`'s wait: its messages of `topic` up to `offset` were
+    /// delivered (or are in the answer).
+    pub fn fence(&mut self, conn: ConnId, topic: Rc<str>, offset: u64) {
+        self.fences.insert(conn, (topic, offset));
+    }
+
+    /// Whether a message of `topic` at `offset` is new to `conn`; the first
+    /// one past its fence takes the fence down.
+    pub fn pass(&mut self, conn: ConnId, topic: &str, offset: u64) -> bool {
+        match self.fences.get(&conn) {
+            Some((t, fence)) if &**t == topic => {
+                if offset <= *fence {
+                    return false;
+                }
+                self.fences.remove(&conn);
+                true
+            }
+            _ => true,
+        }
     }
 
     /// Whether `conn`'s messages of `topic` are being held.
@@ -77,6 +110,9 @@ impl Holds {
     /// Ends `conn`'s wait, if it has one for `topic` (an unsubscribe or a
     /// close while waiting: the answer is then dropped).
     pub fn cancel(&mut self, conn: ConnId, topic: &str) -> bool {
+        if self.fences.get(&conn).is_some_and(|(t, _)| &**t == topic) {
+            self.fences.remove(&conn);
+        }
         if self.holds(conn, topic) {
             self.waits.remove(&conn);
             true
@@ -90,11 +126,12 @@ impl Holds {
     }
 
     pub fn len(&self) -> usize {
-        self.waits.len()
+        self.waits.len() + self.fences.len()
     }
 
+    /// No connection waits or is fenced: deliveries need not look.
     pub fn is_empty(&self) -> bool {
-        self.waits.is_empty()
+        self.waits.is_empty() && self.fences.is_empty()
     }
 }
 
@@ -140,6 +177,22 @@ mod tests {
         let out: Vec<Option<u64>> = hold.release(5).map(|m| m.position.as_ref().map(|p| p.offset)).collect();
         assert_eq!(out, vec![None, Some(6), Some(7)]);
         assert!(holds.is_empty());
+    }
+
+    #[test]
+    fn a_fence_drops_what_the_answer_covered_until_a_newer_message() {
+        let mut holds = Holds::default();
+        let conn = ConnId::new(0, 1);
+        holds.fence(conn, "t".into(), 10);
+        assert!(holds.pass(conn, "u", 3), "another topic is not fenced");
+        assert!(!holds.pass(conn, "t", 9), "numbered before the answer, arrived after it");
+        assert!(!holds.pass(conn, "t", 10));
+        assert!(holds.pass(conn, "t", 11));
+        assert!(holds.is_empty(), "the fence fell");
+        assert!(holds.pass(conn, "t", 5), "no fence, no filter");
+        holds.fence(conn, "t".into(), 10);
+        assert!(holds.cancel(conn, "t") || holds.is_empty());
+        assert!(holds.is_empty(), "an unsubscribe takes the fence down");
     }
 
     #[test]

@@ -195,9 +195,14 @@ impl Shard {
                     peer.close(close::TRY_AGAIN_LATER, "slow consumer", false);
                 } else {
                     let builder = self.form_builder();
+                    let topic = hold.topic.clone();
+                    let mut last = answer.position.offset;
                     for msg in hold.release(answer.position.offset) {
+                        last = msg.position.as_ref().map_or(last, |p| p.offset.max(last));
                         peer.push(msg.frame(peer.wire.get(), &builder), self.queueing());
                     }
+                    // Messages numbered before the answer may still be on their way.
+                    self.holds.borrow_mut().fence(conn, topic, last);
                 }
             }
             (Some(hold), None) => {
@@ -230,7 +235,8 @@ impl Shard {
     }
 
     /// Delivery on a history topic while some connection of this shard
-    /// waits for its position: those connections get the message held.
+    /// waits for its position (it gets the message held) or was just
+    /// positioned (it skips what its answer already covered).
     pub(super) fn deliver_holding(&self, entry: &TopicEntry, msg: &Arc<Outgoing>, skip: Option<ConnId>) {
         let q = self.queueing();
         let now = Stamp::now();
@@ -245,6 +251,11 @@ impl Shard {
             if holds.holds(*id, &msg.topic) {
                 holds.hold(*id, msg, max);
                 continue;
+            }
+            if let Some(p) = &msg.position {
+                if !holds.pass(*id, &msg.topic, p.offset) {
+                    continue;
+                }
             }
             peer.push_at(msg.frame(peer.wire.get(), &builder), now, q);
             delivered += 1;
