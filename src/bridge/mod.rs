@@ -123,6 +123,9 @@ enum OnReply {
     History { query: Query, to: ReplyTo },
     /// A presence read for a connection on shard `from`.
     Presence { stats: bool, from: usize, conn: ConnId, id: u64 },
+    /// A presence write that subscribes wait for (never dropped: bounded
+    /// by the waiting connections).
+    Written(Vec<InterestAck>),
 }
 
 impl OnReply {
@@ -138,6 +141,8 @@ struct PresenceOp {
     join: bool,
     client: Arc<str>,
     user: Option<Arc<str>>,
+    /// The subscribe waiting for this entry to be in Redis.
+    ack: Option<InterestAck>,
 }
 
 /// An interest acknowledgement the bridge owes once Redis confirms a SUBSCRIBE.
@@ -300,8 +305,9 @@ impl Bridge {
         self.push_read(Outbound { packed, on_reply: OnReply::Presence { stats, from, conn, id } });
     }
 
-    /// Answers "unavailable" to every read not yet sent (the connection
-    /// attempt failed or the connection was lost); publishes stay buffered.
+    /// Answers "unavailable" to every read not yet sent and releases the
+    /// subscribes waiting for presence writes (the connection attempt failed
+    /// or the connection was lost); publishes stay buffered.
     fn fail_unsent_reads(&self, shard: &Shard) {
         let reads: Vec<OnReply> = {
             let mut outbound = self.outbound.borrow_mut();
@@ -312,13 +318,27 @@ impl Bridge {
         for on_reply in reads {
             fail(shard, on_reply);
         }
+        // Subscribes waiting for presence writes not yet sent go on; the
+        // writes stay queued for the next connection.
+        let acks: Vec<InterestAck> =
+            self.presence_ops.borrow_mut().values_mut().flat_map(|ops| ops.iter_mut().filter_map(|op| op.ack.take())).collect();
+        for ack in acks {
+            shard.interest_acked(ack);
+        }
     }
 
     /// Records a presence change of this node for the next coalesced write.
-    pub fn presence_write(&self, topic: &str, join: bool, client: &Arc<str>, user: Option<&Arc<str>>) {
-        let op = PresenceOp { join, client: client.clone(), user: user.cloned() };
+    /// `ack` is released when Redis confirms the write; it is handed back
+    /// (nothing to wait for) while the publisher connection is down.
+    pub fn presence_write(&self, topic: &str, join: bool, client: &Arc<str>, user: Option<&Arc<str>>, ack: Option<InterestAck>) -> Option<InterestAck> {
+        let ack = match ack {
+            Some(ack) if !self.publisher_connected.get() => return Some(ack),
+            ack => ack,
+        };
+        let op = PresenceOp { join, client: client.clone(), user: user.cloned(), ack };
         self.presence_ops.borrow_mut().entry(topic.into()).or_default().push(op);
         self.presence_ready.raise();
+        None
     }
 
     /// Packs one presence write of `topic` ([`scripts::PRESENCE_WRITE`]).
@@ -382,6 +402,8 @@ impl Bridge {
         self.outbound_ready.raise();
     }
 
+    /// Queues a command someone waits for (a read, or a presence write a
+    /// subscribe waits for): never dropped for room.
     fn push_read(&self, command: Outbound) {
         self.outbound.borrow_mut().push_back(command);
         self.outbound_ready.raise();
@@ -483,6 +505,8 @@ fn fail(shard: &Shard, on_reply: OnReply) {
     match on_reply {
         OnReply::Count => ShardStats::add(&shard.stats().redis_dropped, 1),
         OnReply::Setup => {}
+        // The write is lost; the refresh after the reconnect rewrites it.
+        OnReply::Written(acks) => acks.into_iter().for_each(|ack| shard.interest_acked(ack)),
         OnReply::History { to, .. } => shard.answer_history(to, None),
         OnReply::Presence { from, conn, id, .. } => shard.answer_presence(from, conn, id, None),
     }
@@ -552,6 +576,7 @@ fn on_command_reply(shard: &Shard, on_reply: OnReply, reply: Value) {
     match on_reply {
         OnReply::Count => ShardStats::add(&stats.redis_published, 1),
         OnReply::Setup => {}
+        OnReply::Written(acks) => acks.into_iter().for_each(|ack| shard.interest_acked(ack)),
         OnReply::History { query, to } => {
             let read = scripts::parse_read(&reply, shard.config.limits.max_message_bytes);
             if read.is_none() {
@@ -591,13 +616,19 @@ async fn presence_loop(shard: Rc<Shard>, bridge: Rc<Bridge>) {
         let stats = shard.stats();
         let ops = std::mem::take(&mut *bridge.presence_ops.borrow_mut());
         for (topic, ops) in &ops {
-            bridge.push_command(bridge.presence_command(topic, ops.iter()), stats);
+            let packed = bridge.presence_command(topic, ops.iter());
+            let acks: Vec<InterestAck> = ops.iter().filter_map(|op| op.ack).collect();
+            if acks.is_empty() {
+                bridge.push_command(packed, stats);
+            } else {
+                bridge.push_read(Outbound { packed, on_reply: OnReply::Written(acks) });
+            }
         }
         if bridge.presence_refresh.replace(false) || std::time::Instant::now() >= next_refresh {
             next_refresh = std::time::Instant::now() + period;
             let presence = shard.presence.borrow();
             for (topic, members) in presence.iter() {
-                let ops: Vec<PresenceOp> = members.map(|m| PresenceOp { join: true, client: m.client.clone(), user: m.user.clone() }).collect();
+                let ops: Vec<PresenceOp> = members.map(|m| PresenceOp { join: true, client: m.client.clone(), user: m.user.clone(), ack: None }).collect();
                 for chunk in ops.chunks(PRESENCE_CHUNK) {
                     bridge.push_command(bridge.presence_command(topic, chunk.iter()), stats);
                 }

@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::bridge::InterestAck;
 use crate::conn::ConnId;
 
 /// A client in a presence reply: its client id and user (`None`: anonymous).
@@ -32,7 +33,10 @@ pub enum Found {
 #[derive(Debug)]
 pub enum PresenceMsg {
     /// `client` (its cluster-wide id, with its user) subscribed to `topic`.
-    Join { topic: Arc<str>, conn: ConnId, client: Arc<str>, user: Option<Arc<str>> },
+    /// With `ack`, its subscribe is acked once the owner has the entry in
+    /// Redis (acknowledged like an interest change), so that a `presence`
+    /// asked anywhere after the ack lists it.
+    Join { topic: Arc<str>, conn: ConnId, client: Arc<str>, user: Option<Arc<str>>, ack: Option<InterestAck> },
     /// It unsubscribed or closed.
     Leave { topic: Arc<str>, conn: ConnId },
     /// A `presence` (`stats` false) or `presence_stats` request of

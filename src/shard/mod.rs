@@ -262,11 +262,28 @@ impl Shard {
                     .insert(token, PendingInterest { topic: sub.name.clone(), remaining, waiters: Vec::new() });
             }
         }
-        let pending = entry.pending_interest;
+        let mut pending = entry.pending_interest;
         let tracked = entry.options.presence || entry.options.join_leave;
         drop(registry);
         if let (true, true, Some(member)) = (sub.added, tracked, member) {
-            self.presence_join(&sub.name, peer.id, member);
+            // With Redis the ack also waits for the presence entry to be
+            // written there: in the topic's round, or in one of its own.
+            let ack = self.bridge_shard.is_some().then(|| {
+                let mut rounds = self.pending_interest.borrow_mut();
+                let token = match pending {
+                    Some(token) => token,
+                    None => {
+                        let token = self.next_token.get() + 1;
+                        self.next_token.set(token);
+                        rounds.insert(token, PendingInterest { topic: sub.name.clone(), remaining: 0, waiters: Vec::new() });
+                        pending = Some(token);
+                        token
+                    }
+                };
+                rounds.get_mut(&token).expect("tracked").remaining += 1;
+                InterestAck { shard: self.index, token }
+            });
+            self.presence_join(&sub.name, peer.id, member, ack);
         }
         match pending {
             Some(token) => {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::Shard;
+use crate::bridge::InterestAck;
 use crate::bus::ControlMsg;
 use crate::conn::ConnId;
 use crate::metrics::ShardStats;
@@ -25,9 +26,10 @@ impl Shard {
         }
     }
 
-    /// Connection `conn` subscribed to a presence or join_leave topic.
-    pub(super) fn presence_join(&self, topic: &str, conn: ConnId, member: Member) {
-        let msg = PresenceMsg::Join { topic: topic.into(), conn, client: member.client, user: member.user };
+    /// Connection `conn` subscribed to a presence or join_leave topic;
+    /// `ack` is released once the entry is in Redis (or at once without).
+    pub(super) fn presence_join(&self, topic: &str, conn: ConnId, member: Member, ack: Option<InterestAck>) {
+        let msg = PresenceMsg::Join { topic: topic.into(), conn, client: member.client, user: member.user, ack };
         self.to_presence_owner(topic, msg);
     }
 
@@ -49,13 +51,19 @@ impl Shard {
     /// the asking connection's shard (answers).
     pub(super) fn on_presence(&self, msg: PresenceMsg) {
         match msg {
-            PresenceMsg::Join { topic, conn, client, user } => {
+            PresenceMsg::Join { topic, conn, client, user, ack } => {
                 let member = Member { client: client.clone(), user: user.clone() };
-                if !self.presence.borrow_mut().join(&topic, conn, member) {
-                    return;
+                let joined = self.presence.borrow_mut().join(&topic, conn, member);
+                let ack = match &self.bridge {
+                    Some(bridge) if joined => bridge.presence_write(&topic, true, &client, user.as_ref(), ack),
+                    _ => ack,
+                };
+                // Nothing to wait for (already present, no Redis, Redis down).
+                if let Some(ack) = ack {
+                    self.interest_acked(ack);
                 }
-                if let Some(bridge) = &self.bridge {
-                    bridge.presence_write(&topic, true, &client, user.as_ref());
+                if !joined {
+                    return;
                 }
                 if self.config.namespaces.options(&topic).join_leave {
                     // Everyone but the joining connection itself.
@@ -65,7 +73,7 @@ impl Shard {
             PresenceMsg::Leave { topic, conn } => {
                 let Some(member) = self.presence.borrow_mut().leave(&topic, conn) else { return };
                 if let Some(bridge) = &self.bridge {
-                    bridge.presence_write(&topic, false, &member.client, None);
+                    bridge.presence_write(&topic, false, &member.client, None, None);
                 }
                 if self.config.namespaces.options(&topic).join_leave {
                     self.announce(Outgoing::presence(&topic, Kind::Leave { client: member.client, user: member.user }), None);
