@@ -148,6 +148,8 @@ stats! {
     recoveries: Counter, "Subscribes with recover answered recovered:true.";
     recoveries_failed: Counter, "Subscribes with recover answered recovered:false (epoch changed, history trimmed or expired, reply too big).";
     history_requests: Counter, "history requests answered.";
+    history_refilled: Counter, "Numbered messages the bridge read back from Redis to fill a gap in a history topic's stream (missed while its subscription was down).";
+    history_duplicates_dropped: Counter, "Numbered messages from Redis dropped because their offset was already delivered.";
     presence_requests: Counter, "presence and presence_stats requests answered.";
     presence_bad_entries: Counter, "Presence entries read from Redis that were not valid and were skipped.";
 }

@@ -27,6 +27,7 @@
 //! summary on the `$nodes` channel, handed to the admin thread.
 
 pub mod envelope;
+mod refill;
 mod resp;
 pub mod scripts;
 
@@ -55,6 +56,7 @@ use crate::notify::Notify;
 use crate::protocol::{Kind, Outgoing};
 use crate::shard::Shard;
 use resp::{BridgeError, RespReader};
+use refill::Verdict;
 use scripts::Script;
 
 /// Bytes read from a Redis connection per read call.
@@ -94,6 +96,8 @@ pub struct Bridge {
     presence_refresh: Cell<bool>,
     /// Epochs offered to Redis for topics that have none.
     epochs: RefCell<crate::history::Epochs>,
+    /// The last offset delivered per history topic, and gaps being refilled.
+    refills: RefCell<refill::Refills>,
     outbound_ready: Notify,
     subscribed_connected: Cell<bool>,
     publisher_connected: Cell<bool>,
@@ -126,6 +130,9 @@ enum OnReply {
     /// A presence write that subscribes wait for (never dropped: bounded
     /// by the waiting connections).
     Written(Vec<InterestAck>),
+    /// The missing range of a history topic's stream, in `epoch` (at most
+    /// one refill in flight per topic).
+    Refill { topic: Arc<str>, epoch: Arc<str> },
 }
 
 impl OnReply {
@@ -166,6 +173,7 @@ impl Bridge {
             presence_ready: Notify::default(),
             presence_refresh: Cell::new(false),
             epochs: RefCell::new(crate::history::Epochs::new(usize::MAX)),
+            refills: RefCell::default(),
             outbound_ready: Notify::default(),
             subscribed_connected: Cell::new(false),
             publisher_connected: Cell::new(false),
@@ -191,6 +199,9 @@ impl Bridge {
         } else {
             wanted.remove(topic)
         };
+        if !interested && changed {
+            self.refills.borrow_mut().forget(topic);
+        }
         if interested && !changed {
             // A SUBSCRIBE for it may still be on its way: wait for the same
             // confirmation.
@@ -325,6 +336,29 @@ impl Bridge {
         for ack in acks {
             shard.interest_acked(ack);
         }
+    }
+
+    /// Reads the offsets of `topic` between `after` and `before` (both
+    /// excluded) for a refill, in `held`'s epoch.
+    /// The reply carries at most `budget` bytes of payloads (what does not
+    /// fit stays a gap).
+    fn refill_read(&self, topic: &str, policy: HistoryPolicy, after: u64, before: u64, held: &Outgoing, budget: usize) {
+        let keys = scripts::Keys { prefix: &self.config.channel_prefix };
+        let count = (before - after - 1).min(policy.size as u64);
+        let packed = redis::cmd("EVALSHA")
+            .arg(Script::Read.sha())
+            .arg(2)
+            .arg(keys.meta(topic))
+            .arg(keys.stream(topic))
+            .arg("after")
+            .arg(format!("{}-0", after + 1))
+            .arg(count)
+            .arg(budget)
+            .arg(policy.ttl.as_millis() as u64)
+            .arg(&*self.epochs.borrow_mut().fresh())
+            .get_packed_command();
+        let epoch = held.position.as_ref().map_or_else(|| Arc::from(""), |p| p.epoch.clone());
+        self.push_read(Outbound { packed, on_reply: OnReply::Refill { topic: topic.into(), epoch } });
     }
 
     /// Records a presence change of this node for the next coalesced write.
@@ -507,6 +541,8 @@ fn fail(shard: &Shard, on_reply: OnReply) {
         OnReply::Setup => {}
         // The write is lost; the refresh after the reconnect rewrites it.
         OnReply::Written(acks) => acks.into_iter().for_each(|ack| shard.interest_acked(ack)),
+        // The gap stays (the offsets show it); what was held goes out.
+        OnReply::Refill { topic, .. } => deliver_refill(shard, &topic, Vec::new()),
         OnReply::History { to, .. } => shard.answer_history(to, None),
         OnReply::Presence { from, conn, id, .. } => shard.answer_presence(from, conn, id, None),
     }
@@ -577,6 +613,29 @@ fn on_command_reply(shard: &Shard, on_reply: OnReply, reply: Value) {
         OnReply::Count => ShardStats::add(&stats.redis_published, 1),
         OnReply::Setup => {}
         OnReply::Written(acks) => acks.into_iter().for_each(|ack| shard.interest_acked(ack)),
+        OnReply::Refill { topic, epoch: wanted } => {
+            let max = shard.config.limits.max_message_bytes;
+            let filled: Vec<Arc<Outgoing>> = match scripts::parse_read(&reply, max) {
+                // Another epoch since: the missing messages are gone.
+                Some((_, epoch, _)) if *epoch != *wanted => Vec::new(),
+                Some((_, epoch, publications)) => {
+                    let epoch: Arc<str> = epoch.into();
+                    ShardStats::add(&stats.history_refilled, publications.len() as u64);
+                    publications
+                        .into_iter()
+                        .map(|p| {
+                            let position = Some(Position { offset: p.offset, epoch: epoch.clone() });
+                            Outgoing::positioned(&topic, Kind::Message, p.payload, p.json, position, Stamp::now())
+                        })
+                        .collect()
+                }
+                None => {
+                    ShardStats::add(&stats.redis_bad_messages, 1);
+                    Vec::new()
+                }
+            };
+            deliver_refill(shard, &topic, filled);
+        }
         OnReply::History { query, to } => {
             let read = scripts::parse_read(&reply, shard.config.limits.max_message_bytes);
             if read.is_none() {
@@ -787,7 +846,40 @@ async fn on_numbered(shard: &Shard, bridge: &Bridge, topic: &str, data: &[u8]) {
     let skip = (origin == bridge.node_id && skip != 0).then_some(ConnId(skip));
     let position = Position { offset, epoch: epoch.into() };
     let msg = Outgoing::positioned(topic, Kind::Message, Bytes::copy_from_slice(payload), json, Some(position), Stamp::now());
-    fan_out_remote(shard, msg, skip).await;
+    // Numbered messages (refills included) leave through the shard's relay,
+    // in order; Redis is not read while the relay is long.
+    let capacity = shard.config.bus.capacity;
+    while shard.retry_relay() >= capacity {
+        sleep(crate::shard::tasks::BUS_RETRY).await;
+    }
+    let verdict = bridge.refills.borrow_mut().arrive(topic, &msg, capacity);
+    match verdict {
+        Verdict::Deliver => shard.relay(msg, skip),
+        Verdict::Duplicate => ShardStats::add(&stats.history_duplicates_dropped, 1),
+        Verdict::Held => {}
+        Verdict::Refill { after, before } => match shard.config.namespaces.options(topic).history {
+            Some(policy) => bridge.refill_read(topic, policy, after, before, &msg, 2 * shard.config.limits.max_message_bytes),
+            None => deliver_refill(shard, topic, Vec::new()),
+        },
+        Verdict::GiveUp => {
+            deliver_refill(shard, topic, Vec::new());
+            if bridge.refills.borrow_mut().arrive(topic, &msg, capacity) == Verdict::Deliver {
+                shard.relay(msg, skip);
+            }
+        }
+    }
+}
+
+/// Delivers a refill's messages and what was held behind it, in order.
+fn deliver_refill(shard: &Shard, topic: &str, filled: Vec<Arc<Outgoing>>) {
+    let Some(bridge) = &shard.bridge else { return };
+    let mut batch = bridge.refills.borrow_mut().drain(topic, filled);
+    while !batch.is_empty() {
+        for msg in batch {
+            shard.relay(msg, None);
+        }
+        batch = bridge.refills.borrow_mut().drain(topic, Vec::new());
+    }
 }
 
 /// Fans out a message from Redis; backpressure: Redis is not read until

@@ -71,7 +71,7 @@ impl Shard {
 
     /// Delivers `msg` here and hands it to every other interested shard,
     /// behind anything already waiting in the relay (order per topic).
-    pub(super) fn relay(&self, msg: Arc<Outgoing>, skip: Option<ConnId>) {
+    pub fn relay(&self, msg: Arc<Outgoing>, skip: Option<ConnId>) {
         self.deliver_local(&msg, skip);
         let remaining = self.interest.borrow().shards(&msg.topic);
         if remaining.is_empty() {
@@ -87,7 +87,7 @@ impl Shard {
     }
 
     /// Hands on what the relay holds, oldest first. Returns how many remain.
-    pub(super) fn retry_relay(&self) -> usize {
+    pub fn retry_relay(&self) -> usize {
         let mut relay = self.relay.borrow_mut();
         while let Some(front) = relay.front_mut() {
             if !self.retry_publish(front) {

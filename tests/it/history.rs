@@ -418,3 +418,24 @@ fn a_subscriber_whose_held_messages_overflow_is_a_slow_consumer() {
     assert!(closed, "a hold overflowed into a 1013 close");
     assert!(server.metric("slow_consumer_disconnects_total") > 0);
 }
+
+#[test]
+fn a_node_that_loses_its_redis_subscription_refills_the_gap_from_the_stream() {
+    const TOTAL: u64 = 4000;
+    let redis = Redis::start();
+    let a = redis_node(&redis, 10_000, 60_000);
+    let b = redis_node(&redis, 10_000, 60_000);
+    let mut sub = b.client();
+    subscribe(&mut sub, "chat:gap", None, 1);
+    let paused = Arc::new(AtomicBool::new(false));
+    let publishing = publisher(a.url("/ws"), "chat:gap", TOTAL, paused);
+    let (offset, seq) = read_until(&mut sub, 0, 0, 300);
+    // Redis drops every subscriber connection; B reconnects after ~20 ms
+    // while A keeps publishing: B missed messages on the channel.
+    redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").exec(&mut redis.connection()).unwrap();
+    let (_, s) = read_until(&mut sub, offset, seq, TOTAL);
+    assert_eq!(s, TOTAL);
+    publishing.join().unwrap();
+    assert!(b.metric("redis_reconnects_total") >= 1, "the subscription was lost");
+    assert!(b.metric("history_refilled_total") > 0, "the gap was filled from the stream");
+}
