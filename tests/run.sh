@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with a Rust toolchain:
 # installs what the tests need (redis-server, flatc, Python websockets, chromium,
-# playwright-core) when missing, checks the committed FlatBuffers code matches
+# playwright-core, the JS client's `ws`) when missing, checks the committed FlatBuffers code matches
 # schemas/, then runs every test.
 #
 #   bash tests/run.sh          # everything
@@ -47,6 +47,11 @@ fi
 if ! [ -d tests/browser/node_modules/playwright-core ]; then
     echo "tests/run.sh: installing playwright-core (npm ci in tests/browser)"
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# The JavaScript client's own suite (tests/it/clients.rs runs it): its dev dependency `ws`.
+if ! [ -d clients/js/node_modules/ws ]; then
+    echo "tests/run.sh: installing the JS client's dev dependencies (npm ci in clients/js)"
+    (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
 # The Node.js `ws` peer that `shardcast-bench compare` measures beside shardcast.
 bash benches/peers/install.sh

@@ -7,6 +7,7 @@ mod util;
 mod admin;
 mod auth;
 mod bench;
+mod clients;
 mod conformance;
 mod errors;
 mod history;

@@ -1,0 +1,120 @@
+// Types of shardcast-client (src/index.js).
+
+/** An error from the server (the protocol's `code`) or the client (`timeout`, `pending_full`, `disconnected`). */
+export class ShardcastError extends Error {
+  constructor(code: string, message: string);
+  readonly code: string;
+}
+
+export interface ReconnectOptions {
+  /** First reconnect delay's upper bound, in ms (default 200). */
+  minDelayMs?: number;
+  /** Largest reconnect delay, in ms (default 20000). */
+  maxDelayMs?: number;
+}
+
+export interface ShardcastOptions {
+  /** A connection token (JWT), sent as `?token=`. */
+  token?: string;
+  /** Called on every connect and before the token expires (then sent as `refresh`). */
+  getToken?: () => Promise<string>;
+  /** The encoding; only "json" in this version. */
+  protocol?: "json";
+  reconnect?: ReconnectOptions;
+  /** How long a request waits for its reply, in ms (default 10000). */
+  timeoutMs?: number;
+  /** Publishes and sends queued while disconnected (default 1000); beyond, they reject at once. */
+  maxPending?: number;
+  /** A WebSocket class to use instead of the global one (or `ws` in Node.js). */
+  WebSocket?: unknown;
+}
+
+export interface Welcome {
+  client: string;
+  node: string;
+  shard: number;
+  user: string | null;
+}
+
+export interface Disconnected {
+  code: number;
+  reason: string;
+  /** Whether the client will reconnect by itself. */
+  reconnect: boolean;
+}
+
+export interface MessageEvent {
+  payload: unknown;
+  /** On history topics: the message's offset and epoch. */
+  offset?: number;
+  epoch?: string;
+}
+
+export interface SubscribedEvent {
+  /** Whether everything missed while away was recovered (always false on a first subscribe). */
+  recovered: boolean;
+  offset?: number;
+  epoch?: string;
+}
+
+export interface PresenceEvent {
+  client: string;
+  user: string | null;
+}
+
+export interface Publication {
+  offset: number;
+  payload: unknown;
+}
+
+export interface HistoryResult {
+  publications: Publication[];
+  offset: number;
+  epoch: string;
+}
+
+type Handler<T> = (value: T) => void;
+
+export class Subscription {
+  readonly topic: string;
+  readonly recover: boolean;
+  /** The last offset delivered and its epoch (history topics). */
+  readonly offset: number | undefined;
+  readonly epoch: string | undefined;
+  readonly state: "unsubscribed" | "subscribing" | "subscribed";
+  on(event: "subscribed", fn: Handler<SubscribedEvent>): this;
+  on(event: "message", fn: Handler<MessageEvent>): this;
+  on(event: "join" | "leave", fn: Handler<PresenceEvent>): this;
+  on(event: "error", fn: Handler<ShardcastError>): this;
+  on(event: "unsubscribed", fn: Handler<void>): this;
+  off(event: string, fn: Function): this;
+  unsubscribe(): void;
+  presence(): Promise<Record<string, { user: string | null }>>;
+  presenceStats(): Promise<{ clients: number; users: number }>;
+  history(opts?: { since?: { offset: number; epoch: string }; limit?: number }): Promise<HistoryResult>;
+}
+
+export class Shardcast {
+  constructor(url: string, options?: ShardcastOptions);
+  readonly url: string;
+  readonly state: "disconnected" | "connecting" | "connected";
+  /** The current connection's welcome. */
+  readonly info: Welcome | undefined;
+  connect(): void;
+  disconnect(): void;
+  subscribe(topic: string, options?: { recover?: boolean }): Subscription;
+  getSubscription(topic: string): Subscription | undefined;
+  publish(topic: string, payload: unknown, options?: { skipSelf?: boolean }): Promise<void>;
+  send(user: string, payload: unknown): Promise<void>;
+  on(event: "connecting", fn: Handler<void>): this;
+  on(event: "connected", fn: Handler<Welcome>): this;
+  on(event: "disconnected", fn: Handler<Disconnected>): this;
+  on(event: "direct", fn: Handler<{ from: string | null; payload: unknown }>): this;
+  on(event: "error", fn: Handler<ShardcastError>): this;
+  off(event: string, fn: Function): this;
+}
+
+/** The delay before reconnect attempt `attempt`: full jitter, bounded by maxDelayMs. */
+export function backoffDelay(attempt: number, opts: { minDelayMs: number; maxDelayMs: number }, random?: () => number): number;
+
+export default Shardcast;

@@ -1,0 +1,478 @@
+// shardcast-client: the shardcast protocol (docs/protocol.md, JSON encoding)
+// for browsers and Node.js. One connection per `Shardcast`; it reconnects
+// with jittered exponential backoff, resubscribes every `Subscription`,
+// recovers what history topics published meanwhile, refreshes its token
+// before it expires, and queues publishes (boundedly) while disconnected.
+//
+// No runtime dependency in browsers. In Node.js it uses the global
+// `WebSocket` when there is one (Node 22+), else the `ws` package.
+
+/** Close codes after which the client does not come back by itself. */
+const FINAL_CLOSES = new Set([4008, 4010]);
+/** Token problems: worth a reconnect only with a `getToken` to ask again. */
+const TOKEN_CLOSES = new Set([4001, 4002]);
+/** A connection that stayed up this long resets the backoff. */
+const STABLE_MS = 5000;
+
+/**
+ * An error from the server (`code` is the protocol's error code, e.g.
+ * `forbidden`, `rate_limited`) or from the client (`timeout`,
+ * `pending_full`, `disconnected`).
+ */
+export class ShardcastError extends Error {
+  /** @param {string} code @param {string} message */
+  constructor(code, message) {
+    super(message);
+    this.name = "ShardcastError";
+    /** @type {string} */
+    this.code = code;
+  }
+}
+
+/**
+ * The delay before reconnect attempt `attempt` (0 = the first after a
+ * drop): "full jitter", uniform in [0, min(maxDelayMs, minDelayMs * 2^attempt)],
+ * never below minDelayMs / 2 so that a herd does not come back at once.
+ * @param {number} attempt
+ * @param {{minDelayMs: number, maxDelayMs: number}} opts
+ * @param {() => number} [random]
+ */
+export function backoffDelay(attempt, { minDelayMs, maxDelayMs }, random = Math.random) {
+  const cap = Math.min(maxDelayMs, minDelayMs * 2 ** Math.min(attempt, 30));
+  const floor = Math.min(minDelayMs / 2, cap);
+  return floor + random() * (cap - floor);
+}
+
+/** A minimal event emitter (browsers and Node alike). */
+class Emitter {
+  constructor() {
+    /** @type {Map<string, Set<Function>>} */
+    this._handlers = new Map();
+  }
+  /** @param {string} event @param {Function} fn */
+  on(event, fn) {
+    if (!this._handlers.has(event)) this._handlers.set(event, new Set());
+    this._handlers.get(event).add(fn);
+    return this;
+  }
+  /** @param {string} event @param {Function} fn */
+  off(event, fn) {
+    this._handlers.get(event)?.delete(fn);
+    return this;
+  }
+  /** @param {string} event @param {any} [value] */
+  emit(event, value) {
+    for (const fn of [...(this._handlers.get(event) ?? [])]) {
+      try {
+        fn(value);
+      } catch (e) {
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+  }
+}
+
+/** The seconds-since-epoch `exp` of a JWT, or undefined. */
+function tokenExpiry(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const json = typeof atob === "function" ? atob(part) : Buffer.from(part, "base64").toString("utf8");
+    const exp = JSON.parse(json).exp;
+    return typeof exp === "number" ? exp : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+let cachedWs;
+async function webSocketClass() {
+  if (typeof globalThis.WebSocket === "function") return globalThis.WebSocket;
+  if (!cachedWs) {
+    try {
+      cachedWs = (await import("ws")).default;
+    } catch {
+      throw new ShardcastError("no_websocket", "no global WebSocket: install the `ws` package (Node.js before 22)");
+    }
+  }
+  return cachedWs;
+}
+
+/**
+ * One subscription to a topic. Created by `Shardcast.subscribe`; survives
+ * reconnects (it is subscribed again, recovering from the last offset it
+ * delivered when the topic has history and `recover` was asked).
+ *
+ * Events: `subscribed` {recovered, offset, epoch}, `message` {payload,
+ * offset, epoch}, `join` / `leave` {client, user}, `error` (a
+ * ShardcastError), `unsubscribed`.
+ */
+export class Subscription extends Emitter {
+  /** @param {Shardcast} client @param {string} topic @param {{recover?: boolean}} options */
+  constructor(client, topic, options) {
+    super();
+    this.topic = topic;
+    this.recover = Boolean(options.recover);
+    /** The last offset delivered and its epoch (history topics). */
+    this.offset = undefined;
+    this.epoch = undefined;
+    /** @type {"unsubscribed"|"subscribing"|"subscribed"} */
+    this.state = "unsubscribed";
+    this._client = client;
+  }
+
+  /** Stops the subscription (and forgets its position). */
+  unsubscribe() {
+    this._client._unsubscribe(this);
+  }
+
+  /** @returns {Promise<Record<string, {user: string|null}>>} */
+  async presence() {
+    return (await this._client._request({ type: "presence", topic: this.topic })).clients;
+  }
+
+  /** @returns {Promise<{clients: number, users: number}>} */
+  async presenceStats() {
+    const r = await this._client._request({ type: "presence_stats", topic: this.topic });
+    return { clients: r.clients, users: r.users };
+  }
+
+  /**
+   * @param {{since?: {offset: number, epoch: string}, limit?: number}} [opts]
+   * @returns {Promise<{publications: {offset: number, payload: any}[], offset: number, epoch: string}>}
+   */
+  async history(opts = {}) {
+    const r = await this._client._request({ type: "history", topic: this.topic, ...opts });
+    return { publications: r.publications, offset: r.offset, epoch: r.epoch };
+  }
+
+  /** Delivers one message unless its offset was delivered already. */
+  _deliver(payload, offset, epoch) {
+    if (offset !== undefined) {
+      if (epoch === this.epoch && this.offset !== undefined && offset <= this.offset) return;
+      this.offset = offset;
+      this.epoch = epoch;
+    }
+    this.emit("message", { payload, offset, epoch });
+  }
+}
+
+/**
+ * A connection to shardcast.
+ *
+ * Events: `connecting`, `connected` (the welcome: {client, node, shard,
+ * user}), `disconnected` {code, reason, reconnect}, `error`.
+ */
+export class Shardcast extends Emitter {
+  /**
+   * @param {string} url e.g. "wss://example.com/ws"
+   * @param {object} [options]
+   * @param {string} [options.token] a connection token (JWT)
+   * @param {() => Promise<string>} [options.getToken] called on every
+   *   connect and before the token expires (then sent as `refresh`)
+   * @param {"json"} [options.protocol]
+   * @param {{minDelayMs?: number, maxDelayMs?: number}} [options.reconnect]
+   * @param {number} [options.timeoutMs] how long a request waits for its reply
+   * @param {number} [options.maxPending] publishes and sends queued while disconnected
+   * @param {any} [options.WebSocket] a WebSocket class to use instead of the global one
+   */
+  constructor(url, options = {}) {
+    super();
+    if ((options.protocol ?? "json") !== "json") {
+      throw new ShardcastError("bad_option", `protocol ${options.protocol} is not supported by this client (use "json")`);
+    }
+    this.url = url;
+    this.options = {
+      token: options.token,
+      getToken: options.getToken,
+      reconnect: { minDelayMs: 200, maxDelayMs: 20000, ...(options.reconnect ?? {}) },
+      timeoutMs: options.timeoutMs ?? 10000,
+      maxPending: options.maxPending ?? 1000,
+      WebSocket: options.WebSocket,
+    };
+    /** @type {"disconnected"|"connecting"|"connected"} */
+    this.state = "disconnected";
+    /** The welcome of the current connection. */
+    this.info = undefined;
+    /** @type {Map<string, Subscription>} */
+    this._subs = new Map();
+    /** Requests waiting for their reply: id -> {resolve, reject, timer}. */
+    this._requests = new Map();
+    /** Publishes and sends waiting for a connection. */
+    this._pending = [];
+    this._nextId = 1;
+    this._attempt = 0;
+    this._wanted = false;
+    this._ws = undefined;
+    this._token = options.token;
+    this._timers = new Set();
+  }
+
+  /** Connects (and keeps reconnecting until `disconnect()`). */
+  connect() {
+    if (this._wanted) return;
+    this._wanted = true;
+    this._open();
+  }
+
+  /** Closes the connection; no reconnect. Queued publishes are rejected. */
+  disconnect() {
+    this._wanted = false;
+    for (const t of this._timers) clearTimeout(t);
+    this._timers.clear();
+    const ws = this._ws;
+    this._ws = undefined;
+    if (ws) ws.close(1000);
+    this._failPending(new ShardcastError("disconnected", "disconnect() was called"));
+    this._dropped(1000, "client disconnect", false);
+  }
+
+  /**
+   * Subscribes to `topic` (now, or as soon as connected; again after every
+   * reconnect).
+   * @param {string} topic
+   * @param {{recover?: boolean}} [options]
+   * @returns {Subscription}
+   */
+  subscribe(topic, options = {}) {
+    let sub = this._subs.get(topic);
+    if (!sub) {
+      sub = new Subscription(this, topic, options);
+      this._subs.set(topic, sub);
+    }
+    if (this.state === "connected" && sub.state === "unsubscribed") this._subscribe(sub);
+    return sub;
+  }
+
+  /** The subscription to `topic`, if any. */
+  getSubscription(topic) {
+    return this._subs.get(topic);
+  }
+
+  /**
+   * Publishes `payload` (any JSON value) to `topic`. Settles with the
+   * server's ack (or error). While disconnected it waits in a queue of at
+   * most `maxPending`; beyond, it rejects at once (`pending_full`).
+   */
+  publish(topic, payload, { skipSelf = false } = {}) {
+    const req = { type: "publish", topic, payload };
+    if (skipSelf) req.skip_self = true;
+    return this._send(req).then(() => undefined);
+  }
+
+  /** A direct message to every connection of `user` (queued like `publish`). */
+  send(user, payload) {
+    return this._send({ type: "send", user, payload }).then(() => undefined);
+  }
+
+  // ---- internals ----
+
+  _send(req) {
+    if (this.state === "connected") return this._request(req);
+    if (this._pending.length >= this.options.maxPending) {
+      return Promise.reject(new ShardcastError("pending_full", `more than ${this.options.maxPending} requests queued while disconnected`));
+    }
+    return new Promise((resolve, reject) => this._pending.push({ req, resolve, reject }));
+  }
+
+  _request(req) {
+    if (this.state !== "connected") return Promise.reject(new ShardcastError("disconnected", "not connected"));
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._requests.delete(id);
+        reject(new ShardcastError("timeout", `no reply within ${this.options.timeoutMs} ms`));
+      }, this.options.timeoutMs);
+      this._requests.set(id, { resolve, reject, timer });
+      this._ws.send(JSON.stringify({ ...req, id }));
+    });
+  }
+
+  _later(ms, fn) {
+    const t = setTimeout(() => {
+      this._timers.delete(t);
+      fn();
+    }, ms);
+    this._timers.add(t);
+  }
+
+  async _open() {
+    if (!this._wanted) return;
+    this.state = "connecting";
+    this.emit("connecting");
+    let url = this.url;
+    try {
+      if (this.options.getToken) this._token = await this.options.getToken();
+      if (this._token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(this._token);
+      const WS = this.options.WebSocket ?? (await webSocketClass());
+      if (!this._wanted) return;
+      const ws = new WS(url, "shardcast.json.v1");
+      this._ws = ws;
+      const openedAt = Date.now();
+      ws.onmessage = (ev) => this._onFrame(ws, ev.data);
+      ws.onclose = (ev) => {
+        if (this._ws !== ws) return;
+        this._ws = undefined;
+        if (Date.now() - openedAt >= STABLE_MS && this.state === "connected") this._attempt = 0;
+        this._onClose(ev.code, ev.reason ?? "");
+      };
+      ws.onerror = () => {};
+    } catch (e) {
+      this.emit("error", e);
+      this._dropped(1006, String(e?.message ?? e), true);
+    }
+  }
+
+  _onFrame(ws, data) {
+    if (this._ws !== ws) return;
+    let msg;
+    try {
+      msg = JSON.parse(typeof data === "string" ? data : new TextDecoder().decode(data));
+    } catch {
+      return;
+    }
+    switch (msg.type) {
+      case "welcome":
+        return this._onWelcome(msg);
+      case "message": {
+        const sub = this._subs.get(msg.topic);
+        if (sub && sub.state === "subscribed") sub._deliver(msg.payload ?? msg.payload_base64, msg.offset, msg.epoch);
+        else if (sub && sub.state === "subscribing") (sub._early ??= []).push(msg);
+        return;
+      }
+      case "join":
+      case "leave": {
+        const sub = this._subs.get(msg.topic);
+        if (sub) sub.emit(msg.type, { client: msg.client, user: msg.user });
+        return;
+      }
+      case "direct":
+        return this.emit("direct", { from: msg.from, payload: msg.payload ?? msg.payload_base64 });
+      default:
+        break;
+    }
+    if (msg.id !== undefined && this._requests.has(msg.id)) {
+      const { resolve, reject, timer } = this._requests.get(msg.id);
+      clearTimeout(timer);
+      this._requests.delete(msg.id);
+      if (msg.type === "error") reject(new ShardcastError(msg.code, msg.message));
+      else resolve(msg);
+    } else if (msg.type === "error") {
+      this.emit("error", new ShardcastError(msg.code, msg.message));
+    }
+  }
+
+  _onWelcome(welcome) {
+    this.state = "connected";
+    this.info = { client: welcome.client, node: welcome.node, shard: welcome.shard, user: welcome.user };
+    this._scheduleRefresh();
+    this.emit("connected", this.info);
+    for (const sub of this._subs.values()) {
+      sub.state = "unsubscribed";
+      this._subscribe(sub);
+    }
+    const pending = this._pending;
+    this._pending = [];
+    for (const { req, resolve, reject } of pending) this._request(req).then(resolve, reject);
+  }
+
+  async _subscribe(sub) {
+    sub.state = "subscribing";
+    const req = { type: "subscribe", topic: sub.topic };
+    if (sub.recover && sub.offset !== undefined && sub.epoch !== undefined) req.recover = { offset: sub.offset, epoch: sub.epoch };
+    let ack;
+    try {
+      ack = await this._request(req);
+    } catch (e) {
+      if (this._subs.get(sub.topic) !== sub) return;
+      sub.state = "unsubscribed";
+      // A dropped connection resubscribes by itself; anything else is the application's.
+      if (e.code !== "disconnected") sub.emit("error", e);
+      return;
+    }
+    if (this._subs.get(sub.topic) !== sub) return;
+    const recovered = Boolean(ack.recovered);
+    if (req.recover && !recovered) {
+      // History lost or trimmed: the application must reload its state.
+      sub.offset = ack.offset;
+      sub.epoch = ack.epoch;
+    } else if (!req.recover && ack.epoch !== undefined) {
+      sub.offset = ack.offset;
+      sub.epoch = ack.epoch;
+    }
+    sub.state = "subscribed";
+    sub.emit("subscribed", { recovered, offset: ack.offset, epoch: ack.epoch });
+    if (recovered) for (const p of ack.publications ?? []) sub._deliver(p.payload ?? p.payload_base64, p.offset, ack.epoch);
+    // Frames that raced the ack (they follow it on the wire, so there are none
+    // in practice; kept in order just in case).
+    for (const m of sub._early ?? []) sub._deliver(m.payload ?? m.payload_base64, m.offset, m.epoch);
+    sub._early = undefined;
+  }
+
+  _unsubscribe(sub) {
+    if (this._subs.get(sub.topic) !== sub) return;
+    this._subs.delete(sub.topic);
+    const was = sub.state;
+    sub.state = "unsubscribed";
+    if (this.state === "connected" && was !== "unsubscribed") this._request({ type: "unsubscribe", topic: sub.topic }).catch(() => {});
+    sub.emit("unsubscribed");
+  }
+
+  _scheduleRefresh() {
+    if (!this.options.getToken || !this._token) return;
+    const exp = tokenExpiry(this._token);
+    if (exp === undefined) return;
+    const left = exp * 1000 - Date.now();
+    // Refresh a tenth of the lifetime (at most 60 s, at least 1 s) before exp.
+    const margin = Math.max(1000, Math.min(60000, left / 10));
+    const ws = this._ws;
+    this._later(Math.max(0, left - margin), async () => {
+      if (this._ws !== ws || this.state !== "connected") return;
+      try {
+        const token = await this.options.getToken();
+        await this._request({ type: "refresh", token });
+        this._token = token;
+        this._scheduleRefresh();
+      } catch (e) {
+        this.emit("error", e);
+      }
+    });
+  }
+
+  _onClose(code, reason) {
+    const tokenProblem = TOKEN_CLOSES.has(code);
+    let reconnect = this._wanted && !FINAL_CLOSES.has(code) && !(tokenProblem && !this.options.getToken);
+    if (tokenProblem && !this.options.getToken) reason ||= "the token was refused and there is no getToken to ask for another";
+    this._dropped(code, reason, reconnect);
+  }
+
+  _dropped(code, reason, reconnect) {
+    const was = this.state;
+    this.state = "disconnected";
+    this.info = undefined;
+    for (const { reject, timer } of this._requests.values()) {
+      clearTimeout(timer);
+      reject(new ShardcastError("disconnected", `connection closed (${code})`));
+    }
+    this._requests.clear();
+    for (const sub of this._subs.values()) sub.state = "unsubscribed";
+    if (!reconnect) {
+      this._wanted = false;
+      this._failPending(new ShardcastError("disconnected", `connection closed (${code}${reason ? ": " + reason : ""}), not reconnecting`));
+    }
+    if (was !== "disconnected" || !reconnect) this.emit("disconnected", { code, reason, reconnect });
+    if (reconnect) {
+      const delay = backoffDelay(this._attempt++, this.options.reconnect);
+      this._later(delay, () => this._open());
+    }
+  }
+
+  _failPending(err) {
+    const pending = this._pending;
+    this._pending = [];
+    for (const { reject } of pending) reject(err);
+  }
+}
+
+export default Shardcast;

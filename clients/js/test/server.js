@@ -1,0 +1,100 @@
+// Test helpers: the real shardcast binary on a loopback port, and HS256 tokens.
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { writeFileSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createServer } from "node:net";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+/** The binary the test command built (override with SHARDCAST_BIN). */
+export const BIN = process.env.SHARDCAST_BIN ?? join(ROOT, "target", "debug", "shardcast");
+export const SECRET = "js-client-test-secret";
+
+/** A free loopback port. */
+export function freePort() {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** A running shardcast; `restart()` brings it back on the same port. */
+export class Server {
+  static async start(config = "", port = 0) {
+    const s = new Server(config, port || (await freePort()));
+    await s.boot();
+    return s;
+  }
+
+  constructor(config, port) {
+    const dir = mkdtempSync(join(tmpdir(), "shardcast-js-"));
+    this.configPath = join(dir, "config.toml");
+    writeFileSync(this.configPath, config);
+    this.port = port;
+    this.url = `ws://127.0.0.1:${port}/ws`;
+  }
+
+  boot() {
+    const child = spawn(BIN, ["--listen", `127.0.0.1:${this.port}`, "--admin-listen", "", "--shards", "2", "--config", this.configPath], {
+      stdio: ["ignore", "pipe", process.env.SHARDCAST_LOG ? "inherit" : "ignore"],
+    });
+    this.child = child;
+    return new Promise((resolve, reject) => {
+      let out = "";
+      child.stdout.on("data", (d) => {
+        out += d;
+        if (out.includes("listening on")) resolve();
+      });
+      child.on("exit", (code) => reject(new Error(`shardcast exited (${code}) before listening: ${out}`)));
+    });
+  }
+
+  /** Stops the process (SIGKILL: nothing drained, like a crash) and waits. */
+  kill(signal = "SIGKILL") {
+    const child = this.child;
+    if (!child || child.exitCode !== null) return Promise.resolve();
+    return new Promise((resolve) => {
+      child.on("exit", () => resolve());
+      child.kill(signal);
+    });
+  }
+
+  async restart() {
+    await this.kill();
+    await this.boot();
+  }
+}
+
+/** An HS256 JWT for `sub`, expiring in `seconds`. */
+export function token(sub, seconds = 600, secret = SECRET) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + seconds })}`;
+  return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
+}
+
+/** Resolves with the next `event` of `emitter` (rejects after `ms`). */
+export function next(emitter, event, ms = 10000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
+    const fn = (v) => {
+      clearTimeout(timer);
+      emitter.off(event, fn);
+      resolve(v);
+    };
+    emitter.on(event, fn);
+  });
+}
+
+/** Polls `cond` until true (rejects after `ms`). */
+export async function until(cond, what, ms = 10000) {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

@@ -1,0 +1,53 @@
+//! The bundled clients, run against the real binary: `clients/js`'s own
+//! `node --test` suite (tests/run.sh runs `npm ci` there first).
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn the_js_client_suite_passes() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/js");
+    assert!(
+        std::path::Path::new(&format!("{dir}/node_modules/ws")).exists(),
+        "{dir}/node_modules is missing: run `bash tests/run.sh` (it runs npm ci there)"
+    );
+    let tests: Vec<String> = std::fs::read_dir(format!("{dir}/test"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".test.js"))
+        .collect();
+    assert!(!tests.is_empty());
+    let mut node = Command::new("node")
+        .args(["--test", "--test-force-exit", "--test-timeout", "60000"])
+        .args(&tests)
+        .current_dir(dir)
+        .env("SHARDCAST_BIN", env!("CARGO_BIN_EXE_shardcast"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut stdout = node.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    // The suite takes ~6 s; a hung one must not hang the whole test run.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(status) = node.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = node.kill();
+            break node.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = reader.join().unwrap();
+    let mut stderr = String::new();
+    let _ = node.stderr.take().unwrap().read_to_string(&mut stderr);
+    assert!(status.success(), "node --test failed ({status}):\n{stdout}\n{stderr}");
+    assert!(stdout.contains("# fail 0"), "{stdout}");
+}
