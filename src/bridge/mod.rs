@@ -172,7 +172,7 @@ impl Bridge {
             presence_ops: RefCell::default(),
             presence_ready: Notify::default(),
             presence_refresh: Cell::new(false),
-            epochs: RefCell::new(crate::history::Epochs::new(usize::MAX)),
+            epochs: RefCell::new(crate::history::Epochs::new("r")),
             refills: RefCell::default(),
             outbound_ready: Notify::default(),
             subscribed_connected: Cell::new(false),
@@ -786,14 +786,16 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
     if data.starts_with(scripts::NUMBERED_MAGIC) {
         return on_numbered(shard, bridge, topic, data).await;
     }
-    if recipient.is_none() && shard.has_history(topic) {
+    let decoded = envelope::decode(data);
+    let is_message = matches!(decoded, Ok(envelope::Incoming::Node { .. } | envelope::Incoming::External { .. }));
+    if is_message && recipient.is_none() && shard.has_history(topic) {
         // History topics carry only numbered messages (from NUMBER): a bare
         // PUBLISH would have no offset. Backends publish through the admin API.
         ShardStats::add(&stats.redis_bad_messages, 1);
         debug!(topic, "refused an unnumbered message on a history topic");
         return;
     }
-    let (payload, sender, json) = match envelope::decode(data) {
+    let (payload, sender, json) = match decoded {
         Ok(envelope::Incoming::Node { origin, .. } | envelope::Incoming::Presence { origin, .. }) if origin == bridge.node_id => return,
         Ok(envelope::Incoming::Node { payload, sender, json, .. }) => (payload, sender, json),
         Ok(envelope::Incoming::Presence { join, client, user, .. }) => {

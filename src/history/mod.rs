@@ -204,8 +204,9 @@ impl Ring {
     }
 }
 
-/// Hands out epochs: a prefix unique to this process and shard (its start
-/// time), so a restart changes every epoch, and a counter.
+/// Hands out epochs: a prefix unique to this process and its user (the
+/// process's start time and a label: a shard, or `r` for the Redis
+/// bridge), so a restart changes every epoch, and a counter.
 #[derive(Debug)]
 pub struct Epochs {
     prefix: String,
@@ -213,9 +214,9 @@ pub struct Epochs {
 }
 
 impl Epochs {
-    pub fn new(shard: usize) -> Epochs {
+    pub fn new(label: impl std::fmt::Display) -> Epochs {
         let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Epochs { prefix: format!("{:x}{:05x}-{shard}", boot.as_secs(), boot.subsec_micros()), next: 0 }
+        Epochs { prefix: format!("{:x}{:05x}-{label}", boot.as_secs(), boot.subsec_micros()), next: 0 }
     }
 
     /// A fresh epoch, never handed out before by this process.

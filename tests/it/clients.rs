@@ -51,3 +51,29 @@ fn the_js_client_suite_passes() {
     assert!(status.success(), "node --test failed ({status}):\n{stdout}\n{stderr}");
     assert!(stdout.contains("# fail 0"), "{stdout}");
 }
+
+/// The chat example in two headless Chromium pages on two nodes sharing a
+/// Redis, with one node killed and restarted (`tests/browser/chat.mjs`).
+#[test]
+fn the_chat_example_works_across_nodes_and_a_node_restart_in_chromium() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    assert!(
+        std::path::Path::new(&format!("{root}/tests/browser/node_modules/playwright-core")).exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "playwright-core or chromium missing: run `bash tests/run.sh` (it installs both)"
+    );
+    let shots = [format!("{root}/target/chat-alice.png"), format!("{root}/target/chat-bob.png")];
+    for s in &shots {
+        let _ = std::fs::remove_file(s);
+    }
+    let out = Command::new("node")
+        .arg(format!("{root}/tests/browser/chat.mjs"))
+        .env("SHARDCAST_BIN", env!("CARGO_BIN_EXE_shardcast"))
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.trim() == "ok", "chat test failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for s in &shots {
+        assert!(std::fs::metadata(s).map(|m| m.len()).unwrap_or(0) > 10_000, "a real screenshot at {s}");
+    }
+}

@@ -22,6 +22,7 @@ fn token_for(user: &str) -> String {
 fn config(limits: &str, extra: &str) -> String {
     format!(
         "[[namespaces]]\npattern = \"room:*\"\nsubscribe = \"anyone\"\npublish = \"anyone\"\npresence = true\njoin_leave = true\n\
+         history_size = 10\nhistory_ttl_ms = 60000\n\
          [[namespaces]]\npattern = \"quiet:*\"\nsubscribe = \"anyone\"\npublish = \"anyone\"\n\
          [[namespaces]]\npattern = \"secret:*\"\nsubscribe = \"claim\"\npublish = \"claim\"\npresence = true\n\
          [auth]\nhmac_secret = \"{SECRET}\"\nallow_anonymous = true\n[limits]\npublish_rate = 0\n{limits}\n{extra}"

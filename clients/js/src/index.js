@@ -461,7 +461,9 @@ export class Shardcast extends Emitter {
       this._wanted = false;
       this._failPending(new ShardcastError("disconnected", `connection closed (${code}${reason ? ": " + reason : ""}), not reconnecting`));
     }
-    if (was !== "disconnected" || !reconnect) this.emit("disconnected", { code, reason, reconnect });
+    // Once per lost connection, when the server refused an attempt (4xxx),
+    // and when giving up; not for every attempt that found nobody listening.
+    if (was === "connected" || !reconnect || code >= 4000) this.emit("disconnected", { code, reason, reconnect });
     if (reconnect) {
       const delay = backoffDelay(this._attempt++, this.options.reconnect);
       this._later(delay, () => this._open());

@@ -1,0 +1,141 @@
+// The chat example (examples/chat/) in two headless Chromium pages, each on
+// its own shardcast node, the two nodes sharing a Redis: messages both ways,
+// presence, a direct message, then node B is killed and restarted and Bob's
+// page must come back and recover what Alice said meanwhile (exactly once).
+// Saves target/chat-alice.png and target/chat-bob.png.
+//
+//   SHARDCAST_BIN=target/debug/shardcast node tests/browser/chat.mjs
+//
+// Prints "ok" at the end; anything else is a failure (exit 1).
+import { spawn } from "node:child_process";
+import { createServer } from "node:http";
+import { readFile } from "node:fs/promises";
+import { join, dirname, extname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+import { Server, freePort, token, SECRET } from "../../clients/js/test/server.js";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const fail = (message) => {
+  console.error("chat test: " + message);
+  process.exit(1);
+};
+const timer = setTimeout(() => fail("gave up after 90 s"), 90_000);
+
+// Redis, and two nodes sharing it.
+const redisPort = await freePort();
+const redis = spawn(process.env.REDIS_SERVER ?? "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+  stdio: "ignore",
+});
+await new Promise((r) => setTimeout(r, 300));
+const config = `[[namespaces]]
+pattern = "chat:*"
+subscribe = "users"
+publish = "users"
+presence = true
+join_leave = true
+history_size = 100
+history_ttl_ms = 600000
+recover = true
+[auth]
+hmac_secret = "${SECRET}"
+[redis]
+url = "redis://127.0.0.1:${redisPort}"
+reconnect_min_ms = 50
+reconnect_max_ms = 500
+presence_ttl_ms = 1000
+`;
+const a = await Server.start(config);
+const b = await Server.start(config);
+
+// The page and the package, served as a site would serve them.
+const TYPES = { ".html": "text/html", ".js": "text/javascript" };
+const site = createServer(async (req, res) => {
+  const path = new URL(req.url, "http://x").pathname;
+  const file = path.startsWith("/shardcast-client/")
+    ? join(ROOT, "clients/js/src", path.slice("/shardcast-client/".length))
+    : join(ROOT, "examples/chat", path === "/" ? "index.html" : path);
+  try {
+    const body = await readFile(file);
+    res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
+    res.end(body);
+  } catch {
+    res.writeHead(404).end();
+  }
+});
+await new Promise((r) => site.listen(0, "127.0.0.1", r));
+const origin = `http://127.0.0.1:${site.address().port}`;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"],
+});
+const errors = [];
+async function open(user, node) {
+  step = `opening ${user}'s page`;
+  const page = await browser.newPage({ viewport: { width: 900, height: 560 } });
+  page.on("pageerror", (e) => errors.push(`${user}: ${e}`));
+  await page.goto(`${origin}/?server=${encodeURIComponent(node.url)}&token=${token(user)}`);
+  await page.waitForFunction(() => document.body.dataset.state === "connected", null, { timeout: 10_000 });
+  return page;
+}
+const say = async (page, text) => {
+  await page.fill("#text", text);
+  await page.click("#say button");
+};
+let step = "starting";
+const sees = (page, text, ms = 10_000) => {
+  step = `waiting for "${text}"`;
+  return page.waitForFunction((t) => [...document.querySelectorAll("#log li")].some((li) => li.textContent.includes(t)), text, { timeout: ms });
+};
+const count = (page, text) => page.evaluate((t) => [...document.querySelectorAll("#log li")].filter((li) => li.textContent.includes(t)).length, text);
+
+try {
+  const alice = await open("alice", a);
+  const bob = await open("bob", b);
+  await sees(alice, "bob joined");
+  await say(alice, "hello bob, from node A");
+  await sees(bob, "hello bob, from node A");
+  await say(bob, "hi alice, from node B");
+  await sees(alice, "hi alice, from node B");
+  await alice.waitForFunction(() => document.getElementById("count").textContent === "2", null, { timeout: 10_000 });
+  await alice.fill("#to", "bob");
+  await alice.fill("#text", "a secret, just for bob");
+  await alice.click("#dm");
+  await sees(bob, "a secret, just for bob");
+
+  // Node B dies; Alice keeps talking; B comes back and Bob's page recovers.
+  // (A killed node sends no leave: its presence entries expire instead,
+  // within [redis] presence_ttl_ms.)
+  await b.kill();
+  step = "bob's page noticing";
+  await bob.waitForFunction(() => document.body.dataset.state !== "connected", null, { timeout: 10_000 });
+  await say(alice, "said while bob was away");
+  await new Promise((r) => setTimeout(r, 300));
+  await b.boot();
+  await bob.waitForFunction(() => document.body.dataset.state === "connected", null, { timeout: 20_000 });
+  await sees(bob, "said while bob was away");
+  await sees(bob, "back: nothing missed");
+  if ((await count(bob, "said while bob was away")) !== 1) fail("the missed message arrived more than once");
+  await say(bob, "bob is back");
+  await sees(alice, "bob is back");
+  // Bob's old entry (from the killed node) expires; the new one stays.
+  step = "presence back to two";
+  await alice.waitForFunction(() => document.getElementById("count").textContent === "2", null, { timeout: 15_000 });
+  await alice.screenshot({ path: join(ROOT, "target/chat-alice.png") });
+  await bob.screenshot({ path: join(ROOT, "target/chat-bob.png") });
+  if (errors.length) fail("page errors: " + errors.join("; "));
+  console.log("ok");
+} catch (e) {
+  const logs = [];
+  for (const p of browser.contexts().flatMap((c) => c.pages())) logs.push(await p.evaluate(() => document.getElementById("log").innerText).catch(() => "?"));
+  fail(`${step}: ${e}\n${logs.join("\n---\n")}`);
+} finally {
+  clearTimeout(timer);
+  await browser.close();
+  site.close();
+  await a.kill();
+  await b.kill();
+  redis.kill("SIGKILL");
+}
