@@ -7,11 +7,11 @@ import { Shardcast } from "/shardcast-client/index.js";
 
 const params = new URLSearchParams(location.search);
 const server = params.get("server") ?? `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
-const room = params.get("room") ?? "chat:lobby";
+let room = params.get("room") ?? "chat:lobby";
 const token = params.get("token") ?? undefined;
 
 const $ = (id) => document.getElementById(id);
-$("room").textContent = room;
+$("room").value = room;
 
 /** Appends one line to the log. */
 function line(text, kind = "", who = "") {
@@ -28,8 +28,8 @@ function line(text, kind = "", who = "") {
 }
 
 const client = new Shardcast(server, { token, reconnect: { minDelayMs: 200, maxDelayMs: 5000 } });
-const sub = client.subscribe(room, { recover: true });
-window.chat = { client, sub };
+let sub;
+window.chat = { client };
 
 function setState(state) {
   $("state").textContent = state;
@@ -48,7 +48,6 @@ async function refreshPresence() {
   }
 }
 
-let subscribedBefore = false;
 client.on("connecting", () => setState("connecting"));
 client.on("connected", (info) => {
   setState("connected");
@@ -59,21 +58,41 @@ client.on("disconnected", ({ code, reconnect }) => {
   line(`disconnected (${code})${reconnect ? ", reconnecting…" : ""}`, "note");
 });
 client.on("direct", ({ from, payload }) => line(payload.text, "direct", `${from ?? "server"} → you`));
-sub.on("subscribed", ({ recovered }) => {
-  if (subscribedBefore) line(recovered ? "back: nothing missed" : "back: some history was lost", "note");
-  subscribedBefore = true;
-  refreshPresence();
+/** Leaves the current room (if any) and joins `name`. */
+function enter(name) {
+  if (sub) {
+    sub.unsubscribe();
+    line(`left ${sub.topic}`, "note");
+  }
+  room = name;
+  $("room").value = name;
+  let subscribedBefore = false;
+  sub = client.subscribe(name, { recover: true });
+  window.chat.sub = sub;
+  sub.on("subscribed", ({ recovered }) => {
+    if (subscribedBefore) line(recovered ? "back: nothing missed" : "back: some history was lost", "note");
+    else line(`you are in ${name}`, "note");
+    subscribedBefore = true;
+    refreshPresence();
+  });
+  sub.on("message", ({ payload }) => line(payload.text, "", payload.from));
+  sub.on("join", ({ user }) => {
+    line(`${user ?? "a guest"} joined`, "note");
+    refreshPresence();
+  });
+  sub.on("leave", ({ user }) => {
+    line(`${user ?? "a guest"} left`, "note");
+    refreshPresence();
+  });
+  sub.on("error", (e) => line(`error: ${e.code}`, "note"));
+}
+
+$("rooms").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const name = $("room").value.trim();
+  if (name && name !== room) enter(name);
 });
-sub.on("message", ({ payload }) => line(payload.text, "", payload.from));
-sub.on("join", ({ user }) => {
-  line(`${user ?? "a guest"} joined`, "note");
-  refreshPresence();
-});
-sub.on("leave", ({ user }) => {
-  line(`${user ?? "a guest"} left`, "note");
-  refreshPresence();
-});
-sub.on("error", (e) => line(`error: ${e.code}`, "note"));
+enter(room);
 
 $("say").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -101,6 +120,6 @@ $("dm").addEventListener("click", async () => {
 
 // Presence also changes without a leave (a node that died: its entries
 // expire), so the list is refreshed now and then too.
-setInterval(() => client.state === "connected" && sub.state === "subscribed" && refreshPresence(), 3000);
+setInterval(() => client.state === "connected" && sub?.state === "subscribed" && refreshPresence(), 3000);
 
 client.connect();

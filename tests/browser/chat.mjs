@@ -117,12 +117,24 @@ try {
   await bob.waitForFunction(() => document.body.dataset.state === "connected", null, { timeout: 20_000 });
   await sees(bob, "said while bob was away");
   await sees(bob, "back: nothing missed");
+  await bob.waitForFunction(() => document.getElementById("count").textContent === "2", null, { timeout: 15_000 });
   if ((await count(bob, "said while bob was away")) !== 1) fail("the missed message arrived more than once");
   await say(bob, "bob is back");
   await sees(alice, "bob is back");
   // Bob's old entry (from the killed node) expires; the new one stays.
   step = "presence back to two";
   await alice.waitForFunction(() => document.getElementById("count").textContent === "2", null, { timeout: 15_000 });
+  // Rooms: Bob moves to another room; Alice's message there reaches him,
+  // the lobby's no longer does.
+  step = "changing rooms";
+  await bob.fill("#room", "chat:side");
+  await bob.click("#rooms button");
+  await sees(bob, "you are in chat:side");
+  await alice.fill("#room", "chat:side");
+  await alice.click("#rooms button");
+  await sees(bob, "alice joined");
+  await say(alice, "over here");
+  await sees(bob, "over here");
   await alice.screenshot({ path: join(ROOT, "target/chat-alice.png") });
   await bob.screenshot({ path: join(ROOT, "target/chat-bob.png") });
   if (errors.length) fail("page errors: " + errors.join("; "));
