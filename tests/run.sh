@@ -5,7 +5,7 @@
 # schemas/, then runs every test.
 #
 #   bash tests/run.sh          # everything
-#   bash tests/run.sh --regen  # only regenerate src/*/generated/ from schemas/
+#   bash tests/run.sh --regen  # only regenerate src/*/generated/ and clients/js/src/fb/ from schemas/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,8 +48,9 @@ if ! [ -d tests/browser/node_modules/playwright-core ]; then
     echo "tests/run.sh: installing playwright-core (npm ci in tests/browser)"
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
-# The JavaScript client's own suite (tests/it/clients.rs runs it): its dev dependency `ws`.
-if ! [ -d clients/js/node_modules/ws ]; then
+# The JavaScript client's own suite (tests/it/clients.rs runs it): its dev
+# dependencies (`ws`, `flatbuffers`, and `typescript` for its generated code).
+if ! [ -d clients/js/node_modules/ws ] || ! [ -d clients/js/node_modules/typescript ]; then
     echo "tests/run.sh: installing the JS client's dev dependencies (npm ci in clients/js)"
     (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
@@ -62,6 +63,9 @@ if [ "${1:-}" = "--regen" ]; then
     for pair in $schemas; do
         "$FLATC" --rust -o "${pair#*:}" "${pair%%:*}"
     done
+    rm -rf clients/js/generated/ts clients/js/src/fb
+    "$FLATC" --ts -o clients/js/generated/ts schemas/client.fbs
+    clients/js/node_modules/.bin/tsc -p clients/js/generated
     exit 0
 fi
 fresh=$(mktemp -d)
@@ -75,9 +79,22 @@ for pair in $schemas; do
         exit 1
     fi
 done
+# The JS client's FlatBuffers code: flatc's TypeScript, compiled by the
+# package's pinned TypeScript (clients/js/generated/tsconfig.json).
+# (Compiled beside the package, where `flatbuffers` resolves.)
+js=$(mktemp -d clients/js/generated/check.XXXXXX)
+trap 'rm -rf "$fresh" "$js"' EXIT
+cp clients/js/generated/tsconfig.json "$js/"
+sed -i 's|"outDir": "../src/fb"|"outDir": "out"|' "$js/tsconfig.json"
+"$FLATC" --ts -o "$js/ts" schemas/client.fbs
+clients/js/node_modules/.bin/tsc -p "$js"
+if ! diff -ru "$js/out" clients/js/src/fb; then
+    echo "tests/run.sh: clients/js/src/fb is stale; run: (cd clients/js && npm run gen)" >&2
+    exit 1
+fi
 echo "tests/run.sh: generated FlatBuffers code matches schemas/"
 
 log=$(mktemp)
-trap 'rm -rf "$fresh" "$log"' EXIT
+trap 'rm -rf "$fresh" "$js" "$log"' EXIT
 cargo test --all-targets 2>&1 | tee "$log"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -18,8 +18,8 @@ export interface ShardcastOptions {
   token?: string;
   /** Called on every connect and before the token expires (then sent as `refresh`). */
   getToken?: () => Promise<string>;
-  /** The encoding; only "json" in this version. */
-  protocol?: "json";
+  /** The encoding (default "json"); "flatbuffers" needs the `flatbuffers` package. */
+  protocol?: "json" | "flatbuffers";
   reconnect?: ReconnectOptions;
   /** How long a request waits for its reply, in ms (default 10000). */
   timeoutMs?: number;
@@ -44,6 +44,7 @@ export interface Disconnected {
 }
 
 export interface MessageEvent {
+  /** A JSON value, or bytes (Uint8Array) for a payload that is not JSON. */
   payload: unknown;
   /** On history topics: the message's offset and epoch. */
   offset?: number;
@@ -97,6 +98,7 @@ export class Subscription {
 export class Shardcast {
   constructor(url: string, options?: ShardcastOptions);
   readonly url: string;
+  readonly protocol: "json" | "flatbuffers";
   readonly state: "disconnected" | "connecting" | "connected";
   /** The current connection's welcome. */
   readonly info: Welcome | undefined;

@@ -4,8 +4,11 @@
 // recovers what history topics published meanwhile, refreshes its token
 // before it expires, and queues publishes (boundedly) while disconnected.
 //
-// No runtime dependency in browsers. In Node.js it uses the global
-// `WebSocket` when there is one (Node 22+), else the `ws` package.
+// No runtime dependency in browsers with the JSON protocol. In Node.js it
+// uses the global `WebSocket` when there is one (Node 22+), else the `ws`
+// package. The FlatBuffers protocol needs the `flatbuffers` package.
+
+import { jsonCodec, flatbuffersCodec } from "./codec.js";
 
 /** Close codes after which the client does not come back by itself. */
 const FINAL_CLOSES = new Set([4008, 4010]);
@@ -171,7 +174,8 @@ export class Shardcast extends Emitter {
    * @param {string} [options.token] a connection token (JWT)
    * @param {() => Promise<string>} [options.getToken] called on every
    *   connect and before the token expires (then sent as `refresh`)
-   * @param {"json"} [options.protocol]
+   * @param {"json"|"flatbuffers"} [options.protocol] the encoding;
+   *   "flatbuffers" needs the `flatbuffers` package
    * @param {{minDelayMs?: number, maxDelayMs?: number}} [options.reconnect]
    * @param {number} [options.timeoutMs] how long a request waits for its reply
    * @param {number} [options.maxPending] publishes and sends queued while disconnected
@@ -179,9 +183,13 @@ export class Shardcast extends Emitter {
    */
   constructor(url, options = {}) {
     super();
-    if ((options.protocol ?? "json") !== "json") {
-      throw new ShardcastError("bad_option", `protocol ${options.protocol} is not supported by this client (use "json")`);
+    const protocol = options.protocol ?? "json";
+    if (protocol !== "json" && protocol !== "flatbuffers") {
+      throw new ShardcastError("bad_option", `protocol must be "json" or "flatbuffers", not ${JSON.stringify(protocol)}`);
     }
+    this.protocol = protocol;
+    /** The codec, once loaded (FlatBuffers loads its package on first connect). */
+    this._codec = protocol === "json" ? jsonCodec : undefined;
     this.url = url;
     this.options = {
       token: options.token,
@@ -285,7 +293,7 @@ export class Shardcast extends Emitter {
         reject(new ShardcastError("timeout", `no reply within ${this.options.timeoutMs} ms`));
       }, this.options.timeoutMs);
       this._requests.set(id, { resolve, reject, timer });
-      this._ws.send(JSON.stringify({ ...req, id }));
+      this._ws.send(this._codec.encode({ ...req, id }));
     });
   }
 
@@ -306,8 +314,12 @@ export class Shardcast extends Emitter {
       if (this.options.getToken) this._token = await this.options.getToken();
       if (this._token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(this._token);
       const WS = this.options.WebSocket ?? (await webSocketClass());
+      this._codec ??= await flatbuffersCodec().catch(() => {
+        throw new ShardcastError("no_flatbuffers", 'protocol "flatbuffers" needs the `flatbuffers` package (npm install flatbuffers)');
+      });
       if (!this._wanted) return;
-      const ws = new WS(url, "shardcast.json.v1");
+      const ws = new WS(url, this._codec.subprotocol);
+      ws.binaryType = "arraybuffer";
       this._ws = ws;
       const openedAt = Date.now();
       ws.onmessage = (ev) => this._onFrame(ws, ev.data);
@@ -320,7 +332,9 @@ export class Shardcast extends Emitter {
       ws.onerror = () => {};
     } catch (e) {
       this.emit("error", e);
-      this._dropped(1006, String(e?.message ?? e), true);
+      // A missing package will not appear by retrying.
+      const fixable = e?.code !== "no_flatbuffers" && e?.code !== "no_websocket";
+      this._dropped(1006, String(e?.message ?? e), fixable);
     }
   }
 
@@ -328,7 +342,7 @@ export class Shardcast extends Emitter {
     if (this._ws !== ws) return;
     let msg;
     try {
-      msg = JSON.parse(typeof data === "string" ? data : new TextDecoder().decode(data));
+      msg = this._codec.decode(data);
     } catch {
       return;
     }
@@ -337,7 +351,7 @@ export class Shardcast extends Emitter {
         return this._onWelcome(msg);
       case "message": {
         const sub = this._subs.get(msg.topic);
-        if (sub && sub.state === "subscribed") sub._deliver(msg.payload ?? msg.payload_base64, msg.offset, msg.epoch);
+        if (sub && sub.state === "subscribed") sub._deliver(msg.payload, msg.offset, msg.epoch);
         else if (sub && sub.state === "subscribing") (sub._early ??= []).push(msg);
         return;
       }
@@ -348,7 +362,7 @@ export class Shardcast extends Emitter {
         return;
       }
       case "direct":
-        return this.emit("direct", { from: msg.from, payload: msg.payload ?? msg.payload_base64 });
+        return this.emit("direct", { from: msg.from, payload: msg.payload });
       default:
         break;
     }
@@ -403,10 +417,10 @@ export class Shardcast extends Emitter {
     }
     sub.state = "subscribed";
     sub.emit("subscribed", { recovered, offset: ack.offset, epoch: ack.epoch });
-    if (recovered) for (const p of ack.publications ?? []) sub._deliver(p.payload ?? p.payload_base64, p.offset, ack.epoch);
+    if (recovered) for (const p of ack.publications ?? []) sub._deliver(p.payload, p.offset, ack.epoch);
     // Frames that raced the ack (they follow it on the wire, so there are none
     // in practice; kept in order just in case).
-    for (const m of sub._early ?? []) sub._deliver(m.payload ?? m.payload_base64, m.offset, m.epoch);
+    for (const m of sub._early ?? []) sub._deliver(m.payload, m.offset, m.epoch);
     sub._early = undefined;
   }
 

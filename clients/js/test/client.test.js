@@ -214,3 +214,41 @@ test("presence, join and leave through a subscription", async () => {
   a.disconnect();
   b.disconnect();
 });
+
+test("the FlatBuffers protocol: recovery, presence, history and bytes", async () => {
+  const s = await server(HISTORY);
+  const c = new Shardcast(s.url, { reconnect: fast, protocol: "flatbuffers" });
+  const up = next(c, "connected");
+  c.connect();
+  assert.match((await up).client, /:\d+-\d+$/);
+  const sub = c.subscribe("chat:fb", { recover: true });
+  const seen = [];
+  sub.on("message", (m) => seen.push(m));
+  await next(sub, "subscribed");
+  const p = new Shardcast(s.url, { reconnect: fast });
+  const pUp = next(p, "connected");
+  p.connect();
+  await pUp;
+  for (let i = 1; i <= 20; i++) await p.publish("chat:fb", { i });
+  await until(() => seen.length === 20, "20 messages");
+  const back = next(sub, "subscribed");
+  c._ws.terminate ? c._ws.terminate() : c._ws.close();
+  for (let i = 21; i <= 40; i++) await p.publish("chat:fb", { i });
+  assert.equal((await back).recovered, true);
+  await until(() => seen.length === 40, "40 messages");
+  assert.deepEqual(seen.map((m) => m.payload.i), Array.from({ length: 40 }, (_, i) => i + 1));
+  assert.deepEqual(seen.map((m) => m.offset), Array.from({ length: 40 }, (_, i) => i + 1));
+  const h = await sub.history({ limit: 2 });
+  assert.deepEqual(h.publications.map((x) => x.offset), [39, 40]);
+  assert.deepEqual(await sub.presenceStats(), { clients: 1, users: 0 });
+  assert.deepEqual(Object.keys(await sub.presence()), [c.info.client]);
+  // Bytes that are not JSON travel as bytes, to either encoding.
+  const psub = p.subscribe("bin");
+  await next(psub, "subscribed");
+  const got = next(psub, "message");
+  await c.publish("bin", new Uint8Array([0, 255, 7]));
+  assert.deepEqual([...(await got).payload], [0, 255, 7]);
+  await assert.rejects(c.publish("", 1), (e) => e.code === "invalid_topic");
+  c.disconnect();
+  p.disconnect();
+});
