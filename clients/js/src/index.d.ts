@@ -7,7 +7,7 @@ export class ShardcastError extends Error {
 }
 
 export interface ReconnectOptions {
-  /** First reconnect delay's upper bound, in ms (default 200). */
+  /** The first reconnect delay's upper bound, in ms (default 200); it doubles per attempt. */
   minDelayMs?: number;
   /** Largest reconnect delay, in ms (default 20000). */
   maxDelayMs?: number;

@@ -34,16 +34,16 @@ export class ShardcastError extends Error {
 
 /**
  * The delay before reconnect attempt `attempt` (0 = the first after a
- * drop): "full jitter", uniform in [0, min(maxDelayMs, minDelayMs * 2^attempt)],
- * never below minDelayMs / 2 so that a herd does not come back at once.
+ * drop): exponential backoff with "full jitter", uniform in
+ * [0, min(maxDelayMs, minDelayMs * 2^attempt)], so that the clients of a
+ * restarted node come back spread out, not as a herd.
  * @param {number} attempt
  * @param {{minDelayMs: number, maxDelayMs: number}} opts
  * @param {() => number} [random]
  */
 export function backoffDelay(attempt, { minDelayMs, maxDelayMs }, random = Math.random) {
   const cap = Math.min(maxDelayMs, minDelayMs * 2 ** Math.min(attempt, 30));
-  const floor = Math.min(minDelayMs / 2, cap);
-  return floor + random() * (cap - floor);
+  return random() * cap;
 }
 
 /** A minimal event emitter (browsers and Node alike). */

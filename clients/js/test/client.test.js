@@ -34,7 +34,8 @@ test("backoff is full jitter, bounded, and grows", () => {
     const cap = Math.min(20000, 200 * 2 ** attempt);
     assert.equal(backoffDelay(attempt, opts, () => 1), cap, "the top of the range");
     const d = backoffDelay(attempt, opts);
-    assert.ok(d >= 100 && d <= cap, `attempt ${attempt}: ${d}`);
+    assert.ok(d >= 0 && d <= cap, `attempt ${attempt}: ${d}`);
+    assert.equal(backoffDelay(attempt, opts, () => 0), 0, "full jitter starts at zero");
   }
   const spread = new Set(Array.from({ length: 50 }, () => Math.round(backoffDelay(5, opts))));
   assert.ok(spread.size > 40, "jittered: clients do not come back together");
