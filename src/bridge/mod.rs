@@ -339,12 +339,12 @@ impl Bridge {
     }
 
     /// Reads the offsets of `topic` between `after` and `before` (both
-    /// excluded) for a refill, in `held`'s epoch.
+    /// excluded; `u64::MAX`: everything after) for a refill, in `epoch`.
     /// The reply carries at most `budget` bytes of payloads (what does not
     /// fit stays a gap).
-    fn refill_read(&self, topic: &str, policy: HistoryPolicy, after: u64, before: u64, held: &Outgoing, budget: usize) {
+    fn refill_read(&self, topic: &str, policy: HistoryPolicy, after: u64, before: u64, epoch: Arc<str>, budget: usize) {
         let keys = scripts::Keys { prefix: &self.config.channel_prefix };
-        let count = (before - after - 1).min(policy.size as u64);
+        let count = (before.saturating_sub(after).saturating_sub(1)).min(policy.size as u64);
         let packed = redis::cmd("EVALSHA")
             .arg(Script::Read.sha())
             .arg(2)
@@ -357,7 +357,6 @@ impl Bridge {
             .arg(policy.ttl.as_millis() as u64)
             .arg(&*self.epochs.borrow_mut().fresh())
             .get_packed_command();
-        let epoch = held.position.as_ref().map_or_else(|| Arc::from(""), |p| p.epoch.clone());
         self.push_read(Outbound { packed, on_reply: OnReply::Refill { topic: topic.into(), epoch } });
     }
 
@@ -752,6 +751,9 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
             for ack in topic.map(|t| bridge.confirmed(t)).unwrap_or_default() {
                 shard.interest_acked(ack);
             }
+            if let Some(topic) = topic {
+                catch_up(shard, bridge, topic);
+            }
         }
         return;
     }
@@ -860,7 +862,10 @@ async fn on_numbered(shard: &Shard, bridge: &Bridge, topic: &str, data: &[u8]) {
         Verdict::Duplicate => ShardStats::add(&stats.history_duplicates_dropped, 1),
         Verdict::Held => {}
         Verdict::Refill { after, before } => match shard.config.namespaces.options(topic).history {
-            Some(policy) => bridge.refill_read(topic, policy, after, before, &msg, 2 * shard.config.limits.max_message_bytes),
+            Some(policy) => {
+                let epoch = msg.position.as_ref().map_or_else(|| Arc::from(""), |p| p.epoch.clone());
+                bridge.refill_read(topic, policy, after, before, epoch, 2 * shard.config.limits.max_message_bytes);
+            }
             None => deliver_refill(shard, topic, Vec::new()),
         },
         Verdict::GiveUp => {
@@ -870,6 +875,16 @@ async fn on_numbered(shard: &Shard, bridge: &Bridge, topic: &str, data: &[u8]) {
             }
         }
     }
+}
+
+/// A history topic the node delivered before is subscribed again (the
+/// subscriber connection came back): whatever was numbered while it was
+/// away is read from the stream now, not when the topic's next message
+/// shows the gap.
+fn catch_up(shard: &Shard, bridge: &Bridge, topic: &str) {
+    let Some(policy) = shard.config.namespaces.options(topic).history else { return };
+    let Some((after, epoch)) = bridge.refills.borrow_mut().catch_up(topic) else { return };
+    bridge.refill_read(topic, policy, after, u64::MAX, epoch, 2 * shard.config.limits.max_message_bytes);
 }
 
 /// Delivers a refill's messages and what was held behind it, in order.

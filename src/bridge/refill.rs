@@ -75,6 +75,18 @@ impl Refills {
         }
     }
 
+    /// Starts a refill of everything after the last offset delivered of
+    /// `topic` (its subscription came back after a loss), unless one is in
+    /// flight or nothing was delivered yet. Returns that offset and epoch.
+    pub fn catch_up(&mut self, topic: &str) -> Option<(u64, Arc<str>)> {
+        if self.held.contains_key(topic) {
+            return None;
+        }
+        let (epoch, last) = self.last.get(topic)?.clone();
+        self.held.insert(topic.into(), Vec::new());
+        Some((last, epoch))
+    }
+
     /// The next batch to deliver for `topic`'s refill: the refilled
     /// messages first (`filled`, those between the last delivered and the
     /// first held), then everything held. Call again (with no `filled`)
@@ -147,6 +159,19 @@ mod tests {
         assert!(r.drain("t", vec![]).is_empty());
         assert_eq!(r.refilling(), 0);
         assert_eq!(r.arrive("t", &msg(9, "e"), 10), Verdict::Deliver);
+    }
+
+    #[test]
+    fn a_catch_up_refills_after_the_last_delivered_and_holds_meanwhile() {
+        let mut r = Refills::default();
+        assert_eq!(r.catch_up("t"), None, "nothing delivered yet: nothing to catch up");
+        r.arrive("t", &msg(3, "e"), 10);
+        assert_eq!(r.catch_up("t"), Some((3, "e".into())));
+        assert_eq!(r.catch_up("t"), None, "one refill at a time");
+        assert_eq!(r.arrive("t", &msg(6, "e"), 10), Verdict::Held);
+        assert_eq!(offsets(&r.drain("t", vec![msg(4, "e"), msg(5, "e"), msg(6, "e")])), vec![4, 5, 6], "6 once");
+        assert!(r.drain("t", vec![]).is_empty());
+        assert_eq!(r.arrive("t", &msg(7, "e"), 10), Verdict::Deliver);
     }
 
     #[test]

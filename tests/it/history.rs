@@ -439,3 +439,28 @@ fn a_node_that_loses_its_redis_subscription_refills_the_gap_from_the_stream() {
     assert!(b.metric("redis_reconnects_total") >= 1, "the subscription was lost");
     assert!(b.metric("history_refilled_total") > 0, "the gap was filled from the stream");
 }
+
+#[test]
+fn a_node_whose_redis_subscription_comes_back_catches_up_without_waiting_for_a_new_message() {
+    let redis = Redis::start();
+    let a = redis_node(&redis, 1000, 60_000);
+    // B waits 800 ms before reconnecting: a window in which it surely misses messages.
+    let extra = format!("[redis]\nurl = \"{}\"\nreconnect_min_ms = 800\nreconnect_max_ms = 800\n", redis.url());
+    let b = Server::start(&node_config(1000, 60_000, "", &extra), &["--shards", "2"]);
+    let mut sub = b.client();
+    subscribe(&mut sub, "chat:quiet", None, 1);
+    let mut p = a.client();
+    for i in 1..=10 {
+        p.publish("chat:quiet", json!(i));
+    }
+    read_until(&mut sub, 0, 0, 10);
+    redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").exec(&mut redis.connection()).unwrap();
+    for i in 11..=30 {
+        p.publish("chat:quiet", json!(i));
+    }
+    assert_eq!(p.request(json!({"type":"ping"}), 2)["type"], "pong");
+    // Nothing more is published: the catch-up alone brings 11..=30.
+    read_until(&mut sub, 10, 10, 30);
+    sub.expect_silence(Duration::from_millis(300));
+    assert!(b.metric("history_refilled_total") >= 20, "{}", b.metric("history_refilled_total"));
+}
