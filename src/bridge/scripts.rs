@@ -11,10 +11,12 @@
 //! ([`READ`]) after its SUBSCRIBE was confirmed misses nothing: anything
 //! numbered after the read arrives on the channel.
 //!
-//! Keys, under `[redis] channel_prefix` (`p`): `p$meta:T` (hash: `epoch`,
-//! `top`), `p$history:T` (stream, ids `<offset>-0`, field `d` = envelope),
-//! `p$presence:T` (hash: client id -> user, "" when anonymous) and
-//! `p$presence-exp:T` (sorted set: client id -> expiry, Redis time in ms).
+//! Keys of topic `T`, under `[redis] channel_prefix` (`p`), with `{H}` the
+//! hash tag of `T` (its FNV-1a hash in hex, so that all of a topic's keys
+//! share one Redis Cluster slot): `p$meta{H}:T` (hash: `epoch`, `top`),
+//! `p$history{H}:T` (stream, ids `<offset>-0`, field `d` = envelope),
+//! `p$presence{H}:T` (hash: client id -> user, "" when anonymous) and
+//! `p$presence-exp{H}:T` (sorted set: client id -> expiry, Redis time in ms).
 
 use std::sync::OnceLock;
 
@@ -186,17 +188,23 @@ pub struct Keys<'a> {
 }
 
 impl Keys<'_> {
+    /// `p$<kind>{<tag>}:<topic>`: the hash tag (a stable hash of the topic,
+    /// as topics may hold braces themselves) puts a topic's keys in one
+    /// Redis Cluster slot, as a script touching two of them needs.
+    fn key(&self, kind: &str, topic: &str) -> String {
+        format!("{}${kind}{{{:016x}}}:{topic}", self.prefix, crate::history::topic_hash(topic))
+    }
     pub fn meta(&self, topic: &str) -> String {
-        format!("{}$meta:{topic}", self.prefix)
+        self.key("meta", topic)
     }
     pub fn stream(&self, topic: &str) -> String {
-        format!("{}$history:{topic}", self.prefix)
+        self.key("history", topic)
     }
     pub fn presence(&self, topic: &str) -> String {
-        format!("{}$presence:{topic}", self.prefix)
+        self.key("presence", topic)
     }
     pub fn presence_expiry(&self, topic: &str) -> String {
-        format!("{}$presence-exp:{topic}", self.prefix)
+        self.key("presence-exp", topic)
     }
 }
 
@@ -302,6 +310,18 @@ mod tests {
         assert_eq!(split_numbered(b"\0SCH1\0\0x"), None, "empty epoch");
         assert_eq!(split_numbered(b"\0SCH1\0e"), None);
         assert_eq!(split_numbered(b"{\"a\":1}"), None);
+    }
+
+    #[test]
+    fn a_topics_keys_share_one_hash_tag() {
+        let keys = Keys { prefix: "p:" };
+        let tag = |k: String| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_string();
+        let t = "chat:{odd}";
+        assert_eq!(tag(keys.meta(t)), tag(keys.stream(t)));
+        assert_eq!(tag(keys.presence(t)), tag(keys.presence_expiry(t)));
+        assert_eq!(tag(keys.meta(t)), tag(keys.presence(t)));
+        assert_ne!(tag(keys.meta("a")), tag(keys.meta("b")));
+        assert!(keys.stream(t).starts_with("p:$history{") && keys.stream(t).ends_with("}:chat:{odd}"));
     }
 
     #[test]

@@ -34,15 +34,20 @@ pub const RING_OVERHEAD: usize = 256;
 /// The longest epoch accepted from a client or from Redis, in bytes.
 pub const MAX_EPOCH_BYTES: usize = 64;
 
-/// The shard that assigns offsets to `topic` on a single node.
-pub fn home_shard(topic: &str, shards: usize) -> usize {
-    // FNV-1a: stable across processes and builds (ahash is seeded).
+/// A stable hash of a topic name (FNV-1a: the same across processes, nodes
+/// and builds, unlike the seeded ahash).
+pub fn topic_hash(topic: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in topic.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    (h % shards.max(1) as u64) as usize
+    h
+}
+
+/// The shard that assigns offsets to `topic` on a single node.
+pub fn home_shard(topic: &str, shards: usize) -> usize {
+    (topic_hash(topic) % shards.max(1) as u64) as usize
 }
 
 /// Where a message sits in its topic's history.
