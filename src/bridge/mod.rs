@@ -279,14 +279,22 @@ impl Bridge {
     /// is down the read waits for the next connection attempt, and is
     /// answered "unavailable" if that fails.
     pub fn query_history(&self, topic: &str, policy: HistoryPolicy, query: Query, budget: usize, to: ReplyTo) {
-        let keys = scripts::Keys { prefix: &self.config.channel_prefix };
         let (mode, after, count) = match &query {
             Query::Position => ("after", 0, 0),
             Query::Recover(since) => ("after", since.offset, policy.size),
             Query::Range { since: Some(since), limit } => ("after", since.offset, (*limit).min(policy.size)),
             Query::Range { since: None, limit } => ("latest", 0, (*limit).min(policy.size)),
         };
-        let packed = redis::cmd("EVALSHA")
+        let packed = self.read_command(topic, policy, mode, after, count, budget);
+        self.push_read(Outbound { packed, on_reply: OnReply::History { query, to } });
+    }
+
+    /// Packs one [`scripts::READ`] of `topic`: `mode` `after` (the entries
+    /// after offset `after`) or `latest`, at most `count` (0: the position
+    /// only) and `budget` bytes of payloads.
+    fn read_command(&self, topic: &str, policy: HistoryPolicy, mode: &str, after: u64, count: usize, budget: usize) -> Vec<u8> {
+        let keys = scripts::Keys { prefix: &self.config.channel_prefix };
+        redis::cmd("EVALSHA")
             .arg(Script::Read.sha())
             .arg(2)
             .arg(keys.meta(topic))
@@ -297,8 +305,7 @@ impl Bridge {
             .arg(budget)
             .arg(policy.ttl.as_millis() as u64)
             .arg(&*self.epochs.borrow_mut().fresh())
-            .get_packed_command();
-        self.push_read(Outbound { packed, on_reply: OnReply::History { query, to } });
+            .get_packed_command()
     }
 
     /// Sends a presence read (every node's entries of `topic`) for
@@ -343,20 +350,9 @@ impl Bridge {
     /// The reply carries at most `budget` bytes of payloads (what does not
     /// fit stays a gap).
     fn refill_read(&self, topic: &str, policy: HistoryPolicy, after: u64, before: u64, epoch: Arc<str>, budget: usize) {
-        let keys = scripts::Keys { prefix: &self.config.channel_prefix };
-        let count = (before.saturating_sub(after).saturating_sub(1)).min(policy.size as u64);
-        let packed = redis::cmd("EVALSHA")
-            .arg(Script::Read.sha())
-            .arg(2)
-            .arg(keys.meta(topic))
-            .arg(keys.stream(topic))
-            .arg("after")
-            .arg(format!("{}-0", after + 1))
-            .arg(count)
-            .arg(budget)
-            .arg(policy.ttl.as_millis() as u64)
-            .arg(&*self.epochs.borrow_mut().fresh())
-            .get_packed_command();
+        let missing = before.saturating_sub(after).saturating_sub(1);
+        let count = usize::try_from(missing).unwrap_or(usize::MAX).min(policy.size);
+        let packed = self.read_command(topic, policy, "after", after, count, budget);
         self.push_read(Outbound { packed, on_reply: OnReply::Refill { topic: topic.into(), epoch } });
     }
 

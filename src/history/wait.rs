@@ -125,10 +125,6 @@ impl Holds {
         self.waits.remove(&conn)
     }
 
-    pub fn len(&self) -> usize {
-        self.waits.len() + self.fences.len()
-    }
-
     /// No connection waits or is fenced: deliveries need not look.
     pub fn is_empty(&self) -> bool {
         self.waits.is_empty() && self.fences.is_empty()

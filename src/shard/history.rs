@@ -106,12 +106,7 @@ impl Shard {
     pub fn ask_history(&self, topic: &str, query: Query, conn: ConnId, id: Option<u64>) {
         let authority = self.history_authority(topic);
         let after = self.sequenced_to[authority].get();
-        let msg = HistoryMsg::Query { topic: topic.into(), query, from: self.index, conn, id, after };
-        if authority == self.index {
-            self.on_history(msg);
-        } else {
-            self.mailboxes[authority].control(ControlMsg::History(msg));
-        }
+        self.post(authority, ControlMsg::History(HistoryMsg::Query { topic: topic.into(), query, from: self.index, conn, id, after }));
     }
 
     /// Handles a history query (as the authority) or an answer (as the
@@ -164,11 +159,7 @@ impl Shard {
     /// Sends an answer to the asking shard (or handles it, when that is this one).
     pub fn answer_history(&self, to: ReplyTo, answer: Option<Answer>) {
         let ReplyTo { shard, conn, id } = to;
-        if shard == self.index {
-            self.on_history_answer(conn, id, answer);
-        } else {
-            self.mailboxes[shard].control(ControlMsg::History(HistoryMsg::Answer { conn, id, answer }));
-        }
+        self.post(shard, ControlMsg::History(HistoryMsg::Answer { conn, id, answer }));
     }
 
     /// An answer for connection `conn` of this shard: completes its
@@ -237,9 +228,8 @@ impl Shard {
     /// Delivery on a history topic while some connection of this shard
     /// waits for its position (it gets the message held) or was just
     /// positioned (it skips what its answer already covered).
-    pub(super) fn deliver_holding(&self, entry: &TopicEntry, msg: &Arc<Outgoing>, skip: Option<ConnId>) {
+    pub(super) fn deliver_holding(&self, entry: &TopicEntry, msg: &Arc<Outgoing>, skip: Option<ConnId>, now: Stamp) {
         let q = self.queueing();
-        let now = Stamp::now();
         let builder = self.form_builder();
         let max = self.config.queue.max_messages;
         let mut holds = self.holds.borrow_mut();

@@ -483,13 +483,13 @@ impl Shard {
     pub fn deliver_local(&self, msg: &Arc<Outgoing>, skip: Option<ConnId>) {
         let registry = self.registry.borrow();
         let Some(entry) = registry.get(&msg.topic) else { return };
-        if entry.options.history.is_some() && !self.holds.borrow().is_empty() {
-            return self.deliver_holding(entry, msg, skip);
-        }
-        let q = self.queueing();
         let stats = self.stats();
         let now = Stamp::now();
         stats.fanout_delay.observe_micros(now.micros_since(msg.received));
+        if entry.options.history.is_some() && !self.holds.borrow().is_empty() {
+            return self.deliver_holding(entry, msg, skip, now);
+        }
+        let q = self.queueing();
         let mut delivered = 0;
         if entry.other_wires == 0 {
             // Every subscriber takes plain JSON: one frame for all.
@@ -535,7 +535,17 @@ impl Shard {
         ShardStats::add(&stats.deliveries, delivered);
     }
 
-    /// Applies one control message from another shard.
+    /// Sends `msg` to shard `to`'s control channel, or, when that is this
+    /// shard, handles it at once.
+    fn post(&self, to: usize, msg: ControlMsg) {
+        if to == self.index {
+            self.on_control(msg);
+        } else {
+            self.mailboxes[to].control(msg);
+        }
+    }
+
+    /// Applies one control message (from another shard, or [`Shard::post`]ed here).
     fn on_control(&self, msg: ControlMsg) {
         match msg {
             ControlMsg::Interest { topic, from, on, token } => {

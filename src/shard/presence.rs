@@ -20,10 +20,7 @@ impl Shard {
     }
 
     fn to_presence_owner(&self, topic: &str, msg: PresenceMsg) {
-        match self.presence_owner(topic) {
-            owner if owner == self.index => self.on_presence(msg),
-            owner => self.mailboxes[owner].control(ControlMsg::Presence(msg)),
-        }
+        self.post(self.presence_owner(topic), ControlMsg::Presence(msg));
     }
 
     /// Connection `conn` subscribed to a presence or join_leave topic;
@@ -104,11 +101,7 @@ impl Shard {
 
     /// Sends a presence answer to the asking shard (or handles it here).
     pub fn answer_presence(&self, to: usize, conn: ConnId, id: u64, found: Option<Found>) {
-        if to == self.index {
-            self.on_presence_answer(conn, id, found);
-        } else {
-            self.mailboxes[to].control(ControlMsg::Presence(PresenceMsg::Answer { conn, id, found }));
-        }
+        self.post(to, ControlMsg::Presence(PresenceMsg::Answer { conn, id, found }));
     }
 
     fn on_presence_answer(&self, conn: ConnId, id: u64, found: Option<Found>) {
