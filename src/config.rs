@@ -23,6 +23,7 @@ const MAX_HISTORY_SIZE: u64 = 1_000_000;
 const MAX_HISTORY_TTL_MS: u64 = 30 * 86_400_000;
 use crate::auth::token::{TokenPolicy, Verifier};
 use crate::auth::Glob;
+use crate::bridge::endpoint::Endpoint;
 use crate::tls::{Certificates, MinVersion, TlsError};
 
 /// The default configuration, as shipped in `tuning/shardcast.toml`.
@@ -183,7 +184,15 @@ pub struct RawAdmin {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
+    pub mode: String,
     pub url: String,
+    pub urls: Vec<String>,
+    pub sentinels: Vec<String>,
+    pub master_name: String,
+    pub username: String,
+    pub password: String,
+    pub tls_ca_file: String,
+    pub topology_refresh_ms: u64,
     pub channel_prefix: String,
     pub bridge_shard: u64,
     pub reconnect_min_ms: u64,
@@ -363,8 +372,13 @@ pub struct AdminConfig {
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// The URL as given (it may hold a password: never log it whole).
-    pub url: String,
+    /// Which Redis servers the bridge talks to, and how it finds them.
+    pub topology: RedisTopology,
+    /// For `rediss://` endpoints: trusts `[redis] tls_ca_file`, or the
+    /// public web roots when it is empty.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Cluster: how often the slot map is read again when nothing forces it.
+    pub topology_refresh: Duration,
     pub channel_prefix: String,
     pub bridge_shard: usize,
     pub reconnect_min: Duration,
@@ -374,6 +388,19 @@ pub struct RedisConfig {
     pub pipeline_depth: usize,
     /// How long a node's presence entries live in Redis without a refresh.
     pub presence_ttl: Duration,
+}
+
+/// `[redis] mode` and the addresses that go with it.
+#[derive(Debug, Clone)]
+pub enum RedisTopology {
+    /// One Redis server (`url`).
+    Single(Endpoint),
+    /// A Redis Cluster reached through seed nodes (`urls`); nodes found in
+    /// the slot map are reached with the first seed's credentials and TLS.
+    Cluster { seeds: Vec<Endpoint> },
+    /// The primary Sentinel names `master_name`, reached with `username`,
+    /// `password`, and TLS when the Sentinels' own URLs are `rediss://`.
+    Sentinel { sentinels: Vec<Endpoint>, master_name: String, primary: Endpoint },
 }
 
 #[derive(Debug, Clone)]
@@ -527,6 +554,63 @@ fn check_namespace_tables(items: &[toml::Value]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `[redis] mode` with its addresses; `None`: no Redis (single node).
+fn validate_redis_topology(r: &RawRedis) -> Result<Option<RedisTopology>, ConfigError> {
+    const HIDDEN: &str = "(hidden: may contain a password)";
+    let endpoint = |key: &str, url: &str, default_port: u16| {
+        Endpoint::parse(url, default_port).map_err(|e| invalid(key, HIDDEN, format!("redis://[[user]:password@]host[:port][/db] or rediss://… ({e})")))
+    };
+    let unused = |key: &'static str, set: bool, mode: &str| if set { Err(invalid(key, "(set)", format!("unset in mode = {mode:?}"))) } else { Ok(()) };
+    if r.mode != "sentinel" {
+        unused("redis.master_name", !r.master_name.is_empty(), &r.mode)?;
+        unused("redis.username", !r.username.is_empty(), &r.mode)?;
+        unused("redis.password", !r.password.is_empty(), &r.mode)?;
+    }
+    match r.mode.as_str() {
+        "single" => {
+            unused("redis.urls", !r.urls.is_empty(), "single")?;
+            unused("redis.sentinels", !r.sentinels.is_empty(), "single")?;
+            if r.url.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(RedisTopology::Single(endpoint("redis.url", &r.url, 6379)?)))
+        }
+        "cluster" => {
+            unused("redis.url", !r.url.is_empty(), "cluster (seed nodes go in urls)")?;
+            unused("redis.sentinels", !r.sentinels.is_empty(), "cluster")?;
+            if r.urls.is_empty() || r.urls.len() > 64 {
+                return Err(invalid("redis.urls", r.urls.len(), "1..=64 seed node URLs in mode = \"cluster\""));
+            }
+            let seeds = r.urls.iter().map(|u| endpoint("redis.urls", u, 6379)).collect::<Result<Vec<_>, _>>()?;
+            if seeds.iter().any(|s| s.db != 0) {
+                return Err(invalid("redis.urls", HIDDEN, "no database number: a Redis Cluster has only database 0"));
+            }
+            Ok(Some(RedisTopology::Cluster { seeds }))
+        }
+        "sentinel" => {
+            unused("redis.url", !r.url.is_empty(), "sentinel (the primary is found by master_name)")?;
+            unused("redis.urls", !r.urls.is_empty(), "sentinel")?;
+            if r.sentinels.is_empty() || r.sentinels.len() > 64 {
+                return Err(invalid("redis.sentinels", r.sentinels.len(), "1..=64 Sentinel URLs in mode = \"sentinel\""));
+            }
+            let sentinels = r.sentinels.iter().map(|u| endpoint("redis.sentinels", u, 26379)).collect::<Result<Vec<_>, _>>()?;
+            if r.master_name.is_empty() || r.master_name.len() > 256 || r.master_name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(invalid("redis.master_name", format!("{:?}", r.master_name), "the name the Sentinels monitor (1..=256 bytes, no spaces)"));
+            }
+            let primary = Endpoint {
+                host: String::new(),
+                port: 0,
+                tls: sentinels[0].tls,
+                username: Some(r.username.clone()).filter(|u| !u.is_empty()),
+                password: Some(r.password.clone()).filter(|p| !p.is_empty()),
+                db: 0,
+            };
+            Ok(Some(RedisTopology::Sentinel { sentinels, master_name: r.master_name.clone(), primary }))
+        }
+        other => Err(invalid("redis.mode", format!("{other:?}"), "\"single\", \"cluster\" or \"sentinel\"")),
+    }
+}
+
 fn invalid(key: impl Into<String>, value: impl fmt::Display, expected: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), value: value.to_string(), expected: expected.into() }
 }
@@ -627,12 +711,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(invalid("admin.max_pending", a.max_pending, format!("at least the number of shards ({}): /api/info takes one per shard", server.shards)));
     }
     let r = &raw.redis;
-    let redis = if r.url.is_empty() {
-        None
-    } else {
-        if !(r.url.starts_with("redis://")) || redis::parse_redis_url(&r.url).is_none() {
-            return Err(invalid("redis.url", "(hidden: may contain a password)", "\"\" or redis://[:password@]host:port[/db]"));
-        }
+    let redis = match validate_redis_topology(r)? {
+        None => None,
+        Some(topology) => {
         let bridge_shard = ranged("redis.bridge_shard", r.bridge_shard, 0, MAX_SHARDS as u64 - 1, "0..=255")?;
         if bridge_shard >= server.shards {
             return Err(invalid("redis.bridge_shard", bridge_shard, "less than the number of shards"));
@@ -645,8 +726,24 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         if r.channel_prefix.chars().any(char::is_control) || r.channel_prefix.len() > 256 {
             return Err(invalid("redis.channel_prefix", format!("{:?}", r.channel_prefix), "at most 256 bytes without control characters"));
         }
+        let uses_tls = match &topology {
+            RedisTopology::Single(e) => e.tls,
+            RedisTopology::Cluster { seeds } => seeds.iter().any(|e| e.tls),
+            RedisTopology::Sentinel { sentinels, .. } => sentinels.iter().any(|e| e.tls),
+        };
+        let tls = match (uses_tls, r.tls_ca_file.as_str()) {
+            (false, "") => None,
+            (false, _) => return Err(invalid("redis.tls_ca_file", &r.tls_ca_file, "set only with rediss:// URLs")),
+            (true, "") => Some(crate::bridge::endpoint::tls_client_config(None).map_err(|e| invalid("redis.tls_ca_file", "\"\"", e))?),
+            (true, file) => Some(
+                crate::bridge::endpoint::tls_client_config(Some(Path::new(file)))
+                    .map_err(|e| invalid("redis.tls_ca_file", file, format!("a readable PEM file of CA certificates ({e})")))?,
+            ),
+        };
         Some(RedisConfig {
-            url: r.url.clone(),
+            topology,
+            tls,
+            topology_refresh: ms(ranged::<u64>("redis.topology_refresh_ms", r.topology_refresh_ms, 100, 3_600_000, "100..=3600000 ms")?),
             channel_prefix: r.channel_prefix.clone(),
             bridge_shard,
             reconnect_min,
@@ -656,6 +753,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             pipeline_depth: ranged("redis.pipeline_depth", r.pipeline_depth, 1, 1024, "1..=1024")?,
             presence_ttl: ms(ranged::<u64>("redis.presence_ttl_ms", r.presence_ttl_ms, 300, 86_400_000, "300..=86400000 ms")?),
         })
+        }
     };
     let auth = validate_auth(&raw.auth)?;
     let tls = validate_tls(&raw.tls)?;

@@ -130,7 +130,7 @@ stats! {
     direct_messages: Counter, "Direct messages (send requests) accepted from clients on this shard.";
     server_disconnects: Counter, "Connections closed by the admin API's disconnect (from this node or another).";
     accept_errors: Counter, "accept() failures (EMFILE, ENFILE, ...).";
-    redis_connected: Gauge, "1 while the bridge's Redis subscriber connection is up (bridge shard only).";
+    redis_connected: Gauge, "Redis subscriber connections of the bridge that are up (one per Redis Cluster primary; bridge shard only).";
     redis_connects: Counter, "Successful Redis (re)connections of the bridge (publisher and subscriber).";
     redis_reconnects: Counter, "Redis connections of the bridge that were lost (each is followed by reconnect attempts).";
     redis_published: Counter, "Messages PUBLISHed to Redis (acknowledged by Redis).";
@@ -138,6 +138,8 @@ stats! {
     redis_dropped: Counter, "Outbound messages dropped: buffer overflow, or lost with a failed connection.";
     redis_bad_messages: Counter, "Messages from Redis refused (bad envelope, bad JSON, bad topic, too big).";
     redis_pipeline_depth: Gauge, "PUBLISH batches written to Redis and not yet answered (at most redis.pipeline_depth).";
+    redis_redirects: Counter, "Commands a Redis Cluster primary redirected (MOVED, ASK) or asked to retry (TRYAGAIN, CLUSTERDOWN), each sent again.";
+    redis_topology_changes: Counter, "Redis Cluster slot maps read that differed from the one in use (failover, resharding), and Sentinel primary switches followed.";
     redis_buffered: Gauge, "Messages waiting for the Redis publisher connection (at most redis.buffer_messages).";
     history_appended: Counter, "Messages given an offset and stored in a history ring on this shard (the home shard of their topic).";
     history_bytes: Gauge(Bytes), "Bytes held by this shard's history rings (at most its share of limits.history_memory_bytes).";

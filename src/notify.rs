@@ -20,6 +20,11 @@ impl Notify {
         }
     }
 
+    /// Forgets a raise nobody waited for.
+    pub fn clear(&self) {
+        self.raised.set(false);
+    }
+
     /// Waits until raised (at once if it was raised since the last wait).
     pub async fn wait(&self) {
         poll_fn(|cx| {

@@ -1,19 +1,25 @@
 //! The Redis bridge: fan-out across nodes. Lives on one shard per node
 //! (`[redis] bridge_shard`); other shards reach it only through the bus.
 //!
-//! Two Redis connections, both driven by the bridge shard's executor (no
-//! thread ever blocks on Redis):
-//! - the publisher pipelines `PUBLISH prefix+topic envelope` commands, up to
-//!   `batch_messages` per write and `pipeline_depth` writes ahead of Redis'
-//!   replies, from a buffer bounded by `buffer_messages` (oldest dropped);
-//! - the subscriber `SUBSCRIBE`s exactly the topics with a local subscriber
-//!   somewhere on the node, and turns pushes into the same encode-once
-//!   fan-out as a local publish.
+//! The bridge talks to Redis through links ([`link`]), each a publisher and
+//! a subscriber connection to one server, driven by the bridge shard's
+//! executor (no thread ever blocks on Redis). `[redis] mode` decides which
+//! servers ([`topology`]):
+//! - `single`: one link to `url`;
+//! - `sentinel`: one link to the primary the Sentinels name, moved when
+//!   they announce a new one;
+//! - `cluster`: one link per primary of a Redis Cluster. Every command is
+//!   routed by the slot of its topic's channel ([`cluster`]): messages are
+//!   `SPUBLISH`ed to, and topics `SSUBSCRIBE`d on, the primary owning it
+//!   (sharded pub/sub), and a topic's history and presence keys are
+//!   hash-tagged into the same slot.
 //!
-//! Both reconnect with exponential backoff; the subscriber re-subscribes
-//! everything on reconnect. Delivery across nodes is at most once.
+//! The subscriber side subscribes exactly the topics with a local subscriber
+//! somewhere on the node, and turns pushes into the same encode-once fan-out
+//! as a local publish. Delivery across nodes is at most once: a command lost
+//! with its connection is counted dropped, never sent twice.
 //!
-//! The publisher connection also carries history and presence
+//! The publisher connections also carry history and presence
 //! (`scripts.rs`): numbered publishes to history topics, history reads for
 //! recovery and `history` requests, and this node's presence entries, which
 //! are written in coalesced batches (one script call per changed topic per
@@ -26,10 +32,14 @@
 //! that user's connections are subscribed to it), and each node's periodic
 //! summary on the `$nodes` channel, handed to the admin thread.
 
+pub mod cluster;
+pub mod endpoint;
 pub mod envelope;
+mod link;
 mod refill;
 mod resp;
 pub mod scripts;
+mod topology;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -40,33 +50,33 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use flatbuffers::FlatBufferBuilder;
-use futures_lite::AsyncWriteExt;
-use glommio::net::TcpStream;
 use glommio::timer::sleep;
 use redis::Value;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::auth::HistoryPolicy;
 use crate::clock::Stamp;
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, RedisTopology};
 use crate::conn::ConnId;
 use crate::history::{Position, Query, ReplyTo};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
 use crate::protocol::{Kind, Outgoing};
 use crate::shard::Shard;
-use resp::{BridgeError, RespReader};
+use cluster::{Redirect, SlotMap};
+use link::Link;
 use refill::Verdict;
 use scripts::Script;
 
 /// Bytes read from a Redis connection per read call.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Channels per SUBSCRIBE command when re-subscribing after a reconnect.
-const SUBSCRIBE_CHUNK: usize = 1000;
-
 /// Presence entries per write when the node refreshes a topic's entries.
 const PRESENCE_CHUNK: usize = 1000;
+
+/// Redirections (`MOVED`, `ASK`, `TRYAGAIN`) one command may follow before
+/// it is given up (counted dropped, or answered "unavailable").
+const MAX_REDIRECTS: u8 = 5;
 
 /// The channel (after `[redis] channel_prefix`) on which nodes announce
 /// themselves to each other's admin plane. `$`: no client topic can clash.
@@ -76,18 +86,22 @@ pub const NODES_CHANNEL: &str = "$nodes";
 pub struct Bridge {
     config: RedisConfig,
     node_id: String,
-    /// Topics with at least one subscriber on this node: what the subscriber
-    /// connection must be SUBSCRIBEd to. Bounded by the node's topics.
+    /// The links to Redis: one in `single` and `sentinel` mode; in `cluster`
+    /// mode one per primary of `map`, in the map's order.
+    links: RefCell<Vec<Rc<Link>>>,
+    /// Cluster mode: which primary owns each slot (`None` until first read).
+    map: RefCell<Option<SlotMap>>,
+    /// Cluster mode: commands for slots no known primary serves, waiting
+    /// for the next slot map (at most `buffer_messages` droppable ones).
+    unrouted: RefCell<VecDeque<Outbound>>,
+    /// Cluster mode: read the slot map now.
+    refresh: Notify,
+    /// Cluster mode: subscribe every wanted topic again once the map is read
+    /// (Redis dropped subscriptions of slots that moved).
+    resync: Cell<bool>,
+    /// Topics with at least one subscriber on this node: what the node must
+    /// be subscribed to. Bounded by the node's topics.
     wanted: RefCell<HashSet<Rc<str>, ahash::RandomState>>,
-    /// SUBSCRIBE (true) / UNSUBSCRIBE (false) not yet sent. Kept only while
-    /// connected (a reconnect re-subscribes `wanted`), so bounded by the
-    /// changes of one connection's lifetime between two writes.
-    changes: RefCell<VecDeque<(Rc<str>, bool)>>,
-    changed: Notify,
-    /// Commands waiting for the publisher connection. At most
-    /// `buffer_messages` publishes (the oldest is dropped beyond); reads
-    /// come on top, at most one per waiting client connection.
-    outbound: RefCell<VecDeque<Outbound>>,
     /// This node's presence changes not yet written, per topic, in order.
     /// Bounded by the subscribes and unsubscribes between two writes.
     presence_ops: RefCell<HashMap<Arc<str>, Vec<PresenceOp>, ahash::RandomState>>,
@@ -98,9 +112,6 @@ pub struct Bridge {
     epochs: RefCell<crate::history::Epochs>,
     /// The last offset delivered per history topic, and gaps being refilled.
     refills: RefCell<refill::Refills>,
-    outbound_ready: Notify,
-    subscribed_connected: Cell<bool>,
-    publisher_connected: Cell<bool>,
     /// Other nodes' announcements, to the admin thread (bounded; dropped when full).
     announcements: Option<tokio::sync::mpsc::Sender<Bytes>>,
     /// Interest acknowledgements held back until Redis confirms the topic's
@@ -109,19 +120,42 @@ pub struct Bridge {
     /// subscribes in flight (one per waiting connection).
     confirmations: RefCell<HashMap<Rc<str>, Vec<InterestAck>, ahash::RandomState>>,
     builder: RefCell<FlatBufferBuilder<'static>>,
+    /// The bridge's own tasks (presence, discovery), for [`Bridge::stop`].
+    tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
 }
 
-/// One command for the publisher connection and what its reply is for.
-struct Outbound {
+/// One command for a publisher connection and what its reply is for.
+pub struct Outbound {
     packed: Vec<u8>,
     on_reply: OnReply,
+    /// The cluster slot of the command's channel and keys (0 outside cluster mode).
+    slot: u16,
+    /// Redirections followed so far.
+    redirects: u8,
+}
+
+impl Outbound {
+    fn new(packed: Vec<u8>, on_reply: OnReply, slot: u16) -> Outbound {
+        Outbound { packed, on_reply, slot, redirects: 0 }
+    }
+
+    /// A connection set-up command (SCRIPT LOAD) already written: only
+    /// errors matter.
+    fn setup() -> Outbound {
+        Outbound::new(Vec::new(), OnReply::Setup, 0)
+    }
+
+    /// A set-up command to write (ASKING before a redirected command).
+    fn setup_command(packed: Vec<u8>) -> Outbound {
+        Outbound::new(packed, OnReply::Setup, 0)
+    }
 }
 
 /// What to do with a command's reply.
 enum OnReply {
     /// A PUBLISH, a numbered publish or a presence write: counted.
     Count,
-    /// SCRIPT LOAD on connect: only errors matter.
+    /// SCRIPT LOAD on connect, ASKING before a redirected command: only errors matter.
     Setup,
     /// A history read for a connection.
     History { query: Query, to: ReplyTo },
@@ -162,29 +196,108 @@ pub struct InterestAck {
 
 impl Bridge {
     pub fn new(config: RedisConfig, node_id: String, announcements: Option<tokio::sync::mpsc::Sender<Bytes>>) -> Bridge {
+        let links = match &config.topology {
+            RedisTopology::Single(endpoint) => vec![Rc::new(Link::new(endpoint.clone()))],
+            RedisTopology::Sentinel { primary, .. } => vec![Rc::new(Link::new(primary.clone()))],
+            // Made from the slot map once it is read.
+            RedisTopology::Cluster { .. } => Vec::new(),
+        };
         Bridge {
             config,
             node_id,
+            links: RefCell::new(links),
+            map: RefCell::default(),
+            unrouted: RefCell::default(),
+            refresh: Notify::default(),
+            resync: Cell::new(false),
             wanted: RefCell::default(),
-            changes: RefCell::default(),
-            changed: Notify::default(),
-            outbound: RefCell::default(),
             presence_ops: RefCell::default(),
             presence_ready: Notify::default(),
             presence_refresh: Cell::new(false),
             epochs: RefCell::new(crate::history::Epochs::new("r")),
             refills: RefCell::default(),
-            outbound_ready: Notify::default(),
-            subscribed_connected: Cell::new(false),
-            publisher_connected: Cell::new(false),
             announcements,
             confirmations: RefCell::default(),
             builder: RefCell::new(FlatBufferBuilder::with_capacity(1024)),
+            tasks: RefCell::default(),
         }
+    }
+
+    fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.config.topology, RedisTopology::Cluster { .. })
     }
 
     fn channel(&self, topic: &str) -> String {
         format!("{}{}", self.config.channel_prefix, topic)
+    }
+
+    /// The cluster slot of `topic`'s channel (and of its keys); 0 outside
+    /// cluster mode, where nothing is routed by slot.
+    fn slot(&self, topic: &str) -> u16 {
+        if !self.is_cluster() {
+            return 0;
+        }
+        let prefix = self.config.channel_prefix.as_bytes();
+        if prefix.contains(&b'{') {
+            return cluster::key_slot(self.channel(topic).as_bytes());
+        }
+        // No brace in the prefix: the channel's hash tag, if any, is the topic's.
+        let channel: Vec<u8> = [prefix, topic.as_bytes()].concat();
+        cluster::key_slot(&channel)
+    }
+
+    /// The link carrying `slot`'s channels; `None` in cluster mode until a
+    /// primary is known for it.
+    fn route(&self, slot: u16) -> Option<Rc<Link>> {
+        let links = self.links.borrow();
+        if !self.is_cluster() {
+            return links.first().cloned();
+        }
+        let owner = self.map.borrow().as_ref()?.owner(slot)?;
+        links.get(owner).cloned()
+    }
+
+    /// The link at `host:port`, if the bridge has one.
+    fn link_at(&self, host: &str, port: u16) -> Option<Rc<Link>> {
+        self.links.borrow().iter().find(|l| {
+            let e = l.endpoint.borrow();
+            e.host == host && e.port == port
+        }).cloned()
+    }
+
+    /// The pub/sub commands of this mode: (subscribe, unsubscribe, publish).
+    fn subscribe_commands(&self) -> (&'static str, &'static str) {
+        if self.is_cluster() {
+            ("SSUBSCRIBE", "SUNSUBSCRIBE")
+        } else {
+            ("SUBSCRIBE", "UNSUBSCRIBE")
+        }
+    }
+
+    fn publish_command(&self) -> &'static str {
+        if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// Channels `link` must be subscribed to: the wanted topics it carries,
+    /// and the nodes' channel when the admin plane listens to it.
+    fn channels_on(&self, link: &Link) -> Vec<Rc<str>> {
+        let mut topics: Vec<Rc<str>> = self.wanted.borrow().iter().cloned().collect();
+        if self.announcements.is_some() {
+            topics.push(Rc::from(NODES_CHANNEL));
+        }
+        topics
+            .into_iter()
+            .filter(|t| self.route(self.slot(t)).is_some_and(|l| std::ptr::eq(&*l, link)))
+            .map(|t| Rc::from(self.channel(&t)))
+            .collect()
     }
 
     /// Records whether the node has local interest in `topic` now, and
@@ -199,6 +312,7 @@ impl Bridge {
         } else {
             wanted.remove(topic)
         };
+        drop(wanted);
         if !interested && changed {
             self.refills.borrow_mut().forget(topic);
         }
@@ -210,12 +324,11 @@ impl Bridge {
                 return true;
             }
         }
-        if !(changed && self.subscribed_connected.get()) {
+        let Some(link) = self.route(self.slot(topic)).filter(|l| changed && l.subscriber_connected.get()) else {
             return false;
-        }
+        };
         let topic: Rc<str> = Rc::from(topic);
-        self.changes.borrow_mut().push_back((topic.clone(), interested));
-        self.changed.raise();
+        link.change(topic.clone(), interested);
         match ack {
             Some(ack) if interested => {
                 self.confirmations.borrow_mut().entry(topic).or_default().push(ack);
@@ -230,9 +343,56 @@ impl Bridge {
         self.confirmations.borrow_mut().remove(topic).unwrap_or_default()
     }
 
-    /// Every held acknowledgement (the subscriber connection is gone).
-    fn release_all(&self) -> Vec<InterestAck> {
-        self.confirmations.borrow_mut().drain().flat_map(|(_, acks)| acks).collect()
+    /// The subscriber connection of `link` is gone: every acknowledgement
+    /// waiting for a SUBSCRIBE on it is released.
+    fn subscriber_lost(&self, shard: &Shard, link: &Link) {
+        link.subscriber_connected.set(false);
+        ShardStats::sub(&shard.stats().redis_connected, 1);
+        let acks: Vec<InterestAck> = {
+            let mut confirmations = self.confirmations.borrow_mut();
+            let lost: Vec<Rc<str>> = confirmations
+                .keys()
+                .filter(|t| self.route(self.slot(t)).is_none_or(|l| std::ptr::eq(&*l, link)))
+                .cloned()
+                .collect();
+            lost.iter().flat_map(|t| confirmations.remove(t).unwrap_or_default()).collect()
+        };
+        for ack in acks {
+            shard.interest_acked(ack);
+        }
+    }
+
+    /// The publisher connection of `link` is gone.
+    fn publisher_lost(&self, shard: &Shard, link: &Link) {
+        ShardStats::set(&shard.stats().redis_pipeline_depth, 0);
+        self.fail_unsent_reads(shard, link);
+        if self.is_cluster() {
+            self.refresh.raise();
+        }
+    }
+
+    /// A connection attempt to `link` failed.
+    fn unreachable(&self, _link: &Link) {
+        if self.is_cluster() {
+            // A primary that cannot be reached may have been replaced.
+            self.refresh.raise();
+        }
+    }
+
+    /// What the bridge waits for, for the log line of a failed attempt.
+    fn waiting_for(&self) -> String {
+        match &self.config.topology {
+            RedisTopology::Single(e) => format!("redis at {}", e.address()),
+            RedisTopology::Cluster { .. } => "this redis cluster primary (or the slot map naming its replacement)".into(),
+            RedisTopology::Sentinel { master_name, .. } => format!("the primary the sentinels name {master_name:?}"),
+        }
+    }
+
+    /// Every entry of the node is to be written again (a publisher
+    /// connection came up: Redis may have lost them).
+    fn refresh_presence(&self) {
+        self.presence_refresh.set(true);
+        self.presence_ready.raise();
     }
 
     /// Queues a message (a publish, or a direct message on a `$user:` topic)
@@ -246,32 +406,39 @@ impl Bridge {
                 envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, msg.sender(), 0)
             }
         };
-        let command = redis::cmd("PUBLISH").arg(self.channel(&msg.topic)).arg(envelope).get_packed_command();
+        let command = redis::cmd(self.publish_command()).arg(self.channel(&msg.topic)).arg(envelope).get_packed_command();
         drop(builder);
-        self.push_command(command, stats);
+        self.push_command(command, self.slot(&msg.topic), stats);
     }
 
     /// Queues a message of a history topic for Redis to number, store and
     /// publish to every node, this one included ([`scripts::NUMBER`]).
     /// `skip` is the publishing connection that asked not to receive it.
     pub fn enqueue_numbered(&self, msg: &Outgoing, policy: HistoryPolicy, skip: Option<ConnId>, stats: &ShardStats) {
-        let keys = scripts::Keys { prefix: &self.config.channel_prefix };
+        let keys = self.keys(&msg.topic);
         let mut builder = self.builder.borrow_mut();
         let skip = skip.map_or(0, |c| c.0);
         let envelope = envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, None, skip);
         let command = redis::cmd("EVALSHA")
             .arg(Script::Number.sha())
             .arg(2)
-            .arg(keys.meta(&msg.topic))
-            .arg(keys.stream(&msg.topic))
+            .arg(keys.meta())
+            .arg(keys.stream())
             .arg(self.channel(&msg.topic))
             .arg(envelope)
             .arg(policy.size)
             .arg(policy.ttl.as_millis() as u64)
             .arg(&*self.epochs.borrow_mut().fresh())
+            .arg(self.publish_command())
             .get_packed_command();
         drop(builder);
-        self.push_command(command, stats);
+        self.push_command(command, self.slot(&msg.topic), stats);
+    }
+
+    /// The Redis keys of `topic`'s history and presence, in its channel's slot.
+    fn keys<'a>(&'a self, topic: &'a str) -> scripts::Keys<'a> {
+        let slot = cluster::key_slot(self.channel(topic).as_bytes());
+        scripts::Keys { prefix: &self.config.channel_prefix, topic, slot }
     }
 
     /// Sends a history read for connection `conn` on shard `from`; the
@@ -286,19 +453,19 @@ impl Bridge {
             Query::Range { since: None, limit } => ("latest", 0, (*limit).min(policy.size)),
         };
         let packed = self.read_command(topic, policy, mode, after, count, budget);
-        self.push_read(Outbound { packed, on_reply: OnReply::History { query, to } });
+        self.push_read(Outbound::new(packed, OnReply::History { query, to }, self.slot(topic)));
     }
 
     /// Packs one [`scripts::READ`] of `topic`: `mode` `after` (the entries
     /// after offset `after`) or `latest`, at most `count` (0: the position
     /// only) and `budget` bytes of payloads.
     fn read_command(&self, topic: &str, policy: HistoryPolicy, mode: &str, after: u64, count: usize, budget: usize) -> Vec<u8> {
-        let keys = scripts::Keys { prefix: &self.config.channel_prefix };
+        let keys = self.keys(topic);
         redis::cmd("EVALSHA")
             .arg(Script::Read.sha())
             .arg(2)
-            .arg(keys.meta(topic))
-            .arg(keys.stream(topic))
+            .arg(keys.meta())
+            .arg(keys.stream())
             .arg(mode)
             .arg(format!("{}-0", after.saturating_add(1)))
             .arg(count)
@@ -311,30 +478,30 @@ impl Bridge {
     /// Sends a presence read (every node's entries of `topic`) for
     /// connection `conn` on shard `from`, like [`Bridge::query_history`].
     pub fn query_presence(&self, topic: &str, stats: bool, max: usize, from: usize, conn: ConnId, id: u64) {
-        let keys = scripts::Keys { prefix: &self.config.channel_prefix };
+        let keys = self.keys(topic);
         let packed = redis::cmd("EVALSHA")
             .arg(Script::PresenceRead.sha())
             .arg(2)
-            .arg(keys.presence(topic))
-            .arg(keys.presence_expiry(topic))
+            .arg(keys.presence())
+            .arg(keys.presence_expiry())
             .arg(if stats { "stats" } else { "list" })
             .arg(max)
             .get_packed_command();
-        self.push_read(Outbound { packed, on_reply: OnReply::Presence { stats, from, conn, id } });
+        self.push_read(Outbound::new(packed, OnReply::Presence { stats, from, conn, id }, self.slot(topic)));
     }
 
-    /// Answers "unavailable" to every read not yet sent and releases the
-    /// subscribes waiting for presence writes (the connection attempt failed
-    /// or the connection was lost); publishes stay buffered.
-    fn fail_unsent_reads(&self, shard: &Shard) {
+    /// Answers "unavailable" to every read not yet sent on `link` and
+    /// releases the subscribes waiting for presence writes (the connection
+    /// attempt failed or the connection was lost); publishes stay queued.
+    fn fail_unsent_reads(&self, shard: &Shard, link: &Link) {
         let reads: Vec<OnReply> = {
-            let mut outbound = self.outbound.borrow_mut();
+            let mut outbound = link.outbound.borrow_mut();
             let (reads, publishes): (VecDeque<Outbound>, VecDeque<Outbound>) = outbound.drain(..).partition(|c| !c.on_reply.droppable());
             *outbound = publishes;
             reads.into_iter().map(|c| c.on_reply).collect()
         };
         for on_reply in reads {
-            fail(shard, on_reply);
+            self.fail(shard, on_reply);
         }
         // Subscribes waiting for presence writes not yet sent go on; the
         // writes stay queued for the next connection.
@@ -342,6 +509,20 @@ impl Bridge {
             self.presence_ops.borrow_mut().values_mut().flat_map(|ops| ops.iter_mut().filter_map(|op| op.ack.take())).collect();
         for ack in acks {
             shard.interest_acked(ack);
+        }
+    }
+
+    /// Cluster mode, the slot map could not be read: reads waiting for a
+    /// primary are answered "unavailable" (publishes stay, bounded).
+    fn fail_unrouted_reads(&self, shard: &Shard) {
+        let reads: Vec<OnReply> = {
+            let mut unrouted = self.unrouted.borrow_mut();
+            let (reads, publishes): (VecDeque<Outbound>, VecDeque<Outbound>) = unrouted.drain(..).partition(|c| !c.on_reply.droppable());
+            *unrouted = publishes;
+            reads.into_iter().map(|c| c.on_reply).collect()
+        };
+        for on_reply in reads {
+            self.fail(shard, on_reply);
         }
     }
 
@@ -353,15 +534,16 @@ impl Bridge {
         let missing = before.saturating_sub(after).saturating_sub(1);
         let count = usize::try_from(missing).unwrap_or(usize::MAX).min(policy.size);
         let packed = self.read_command(topic, policy, "after", after, count, budget);
-        self.push_read(Outbound { packed, on_reply: OnReply::Refill { topic: topic.into(), epoch } });
+        self.push_read(Outbound::new(packed, OnReply::Refill { topic: topic.into(), epoch }, self.slot(topic)));
     }
 
     /// Records a presence change of this node for the next coalesced write.
     /// `ack` is released when Redis confirms the write; it is handed back
     /// (nothing to wait for) while the publisher connection is down.
     pub fn presence_write(&self, topic: &str, join: bool, client: &Arc<str>, user: Option<&Arc<str>>, ack: Option<InterestAck>) -> Option<InterestAck> {
+        let up = self.route(self.slot(topic)).is_some_and(|l| l.publisher_connected.get());
         let ack = match ack {
-            Some(ack) if !self.publisher_connected.get() => return Some(ack),
+            Some(ack) if !up => return Some(ack),
             ack => ack,
         };
         let op = PresenceOp { join, client: client.clone(), user: user.cloned(), ack };
@@ -372,12 +554,12 @@ impl Bridge {
 
     /// Packs one presence write of `topic` ([`scripts::PRESENCE_WRITE`]).
     fn presence_command<'a>(&self, topic: &str, ops: impl Iterator<Item = &'a PresenceOp>) -> Vec<u8> {
-        let keys = scripts::Keys { prefix: &self.config.channel_prefix };
+        let keys = self.keys(topic);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(Script::PresenceWrite.sha())
             .arg(2)
-            .arg(keys.presence(topic))
-            .arg(keys.presence_expiry(topic))
+            .arg(keys.presence())
+            .arg(keys.presence_expiry())
             .arg(self.config.presence_ttl.as_millis() as u64);
         for op in ops {
             cmd.arg(if op.join { "+" } else { "-" }).arg(&*op.client).arg(op.user.as_deref().unwrap_or(""));
@@ -390,147 +572,125 @@ impl Bridge {
         let topic = crate::topic::user_topic(user);
         let mut builder = self.builder.borrow_mut();
         let envelope = envelope::encode_disconnect(&mut builder, &self.node_id, &topic, code, reason);
-        let command = redis::cmd("PUBLISH").arg(self.channel(&topic)).arg(envelope).get_packed_command();
+        let command = redis::cmd(self.publish_command()).arg(self.channel(&topic)).arg(envelope).get_packed_command();
         drop(builder);
-        self.push_command(command, stats);
+        self.push_command(command, self.slot(&topic), stats);
     }
 
     /// Queues this node's summary for the other nodes' admin planes. Not
     /// while the publisher is down: a summary is stale by the time it could
     /// go out, and must not push messages out of the bounded buffer.
     pub fn enqueue_announcement(&self, summary: &[u8], stats: &ShardStats) {
-        if !self.publisher_connected.get() {
+        let slot = self.slot(NODES_CHANNEL);
+        if !self.route(slot).is_some_and(|l| l.publisher_connected.get()) {
             return;
         }
-        let command = redis::cmd("PUBLISH").arg(self.channel(NODES_CHANNEL)).arg(summary).get_packed_command();
-        self.push_command(command, stats);
+        let command = redis::cmd(self.publish_command()).arg(self.channel(NODES_CHANNEL)).arg(summary).get_packed_command();
+        self.push_command(command, slot, stats);
     }
 
-    /// Whether the publisher and subscriber connections are up.
+    /// Whether the publisher and subscriber connections are up (all of
+    /// them, in cluster mode).
     pub fn report(&self) -> crate::bus::admin::RedisReport {
+        let links = self.links.borrow();
+        let all = |up: fn(&Link) -> bool| !links.is_empty() && links.iter().all(|l| up(l));
         crate::bus::admin::RedisReport {
-            subscriber_connected: self.subscribed_connected.get(),
-            publisher_connected: self.publisher_connected.get(),
+            subscriber_connected: all(|l| l.subscriber_connected.get()),
+            publisher_connected: all(|l| l.publisher_connected.get()),
             channels: self.wanted.borrow().len() + 1,
         }
     }
 
-    fn push_command(&self, packed: Vec<u8>, stats: &ShardStats) {
-        let mut outbound = self.outbound.borrow_mut();
-        if outbound.len() >= self.config.buffer_messages {
-            // The oldest publish goes; reads (bounded by the connections
-            // waiting for them) are never dropped.
-            if let Some(i) = outbound.iter().position(|c| c.on_reply.droppable()) {
-                outbound.remove(i);
-                ShardStats::add(&stats.redis_dropped, 1);
-            }
-        }
-        outbound.push_back(Outbound { packed, on_reply: OnReply::Count });
-        ShardStats::set(&stats.redis_buffered, outbound.len() as u64);
-        drop(outbound);
-        self.outbound_ready.raise();
+    /// Queues a droppable command (a publish or an unawaited write) for the
+    /// link carrying `slot`.
+    fn push_command(&self, packed: Vec<u8>, slot: u16, stats: &ShardStats) {
+        self.push(Outbound::new(packed, OnReply::Count, slot), stats);
     }
 
     /// Queues a command someone waits for (a read, or a presence write a
     /// subscribe waits for): never dropped for room.
     fn push_read(&self, command: Outbound) {
-        self.outbound.borrow_mut().push_back(command);
-        self.outbound_ready.raise();
+        // Stats only count dropped publishes, which a read never causes.
+        let mut outbound = match self.route(command.slot) {
+            Some(link) => {
+                link.outbound.borrow_mut().push_back(command);
+                link.outbound_ready.raise();
+                return;
+            }
+            None => self.unrouted.borrow_mut(),
+        };
+        outbound.push_back(command);
     }
 
-    /// A safe description of the server for logs (the URL may hold a password).
-    fn server_name(&self) -> String {
-        match redis::parse_redis_url(&self.config.url) {
-            Some(u) => format!("{}:{}", u.host_str().unwrap_or("?"), u.port().unwrap_or(6379)),
-            None => "redis".into(),
+    /// Queues `command` for its slot's link, or to wait for the slot map.
+    fn push(&self, command: Outbound, stats: &ShardStats) {
+        let max = self.config.buffer_messages;
+        match self.route(command.slot) {
+            Some(link) => link.push(command, max, stats),
+            None => {
+                let mut unrouted = self.unrouted.borrow_mut();
+                if command.on_reply.droppable() && unrouted.len() >= max {
+                    if let Some(i) = unrouted.iter().position(|c| c.on_reply.droppable()) {
+                        unrouted.remove(i);
+                        ShardStats::add(&stats.redis_dropped, 1);
+                    }
+                }
+                unrouted.push_back(command);
+            }
+        }
+        self.note_buffered(stats);
+    }
+
+    /// Sets the gauge of commands waiting for a publisher connection.
+    fn note_buffered(&self, stats: &ShardStats) {
+        let buffered: usize = self.links.borrow().iter().map(|l| l.outbound.borrow().len()).sum::<usize>() + self.unrouted.borrow().len();
+        ShardStats::set(&stats.redis_buffered, buffered as u64);
+    }
+}
+
+/// Starts the bridge's tasks on the current (bridge) shard: the links'
+/// connections, the topology's discovery, and the presence writer.
+/// [`Bridge::stop`] ends them all.
+pub fn spawn(shard: Rc<Shard>, bridge: Rc<Bridge>) {
+    let links: Vec<Rc<Link>> = bridge.links.borrow().clone();
+    for link in &links {
+        bridge.spawn_link(&shard, link);
+    }
+    bridge.keep(glommio::spawn_local(presence_loop(shard.clone(), bridge.clone())).detach());
+    match &bridge.config.topology {
+        RedisTopology::Single(_) => {}
+        RedisTopology::Cluster { .. } => bridge.keep(glommio::spawn_local(topology::cluster_loop(shard, bridge.clone())).detach()),
+        RedisTopology::Sentinel { .. } => bridge.keep(glommio::spawn_local(topology::sentinel_watch(shard, bridge.clone())).detach()),
+    }
+}
+
+impl Bridge {
+    /// Starts `link`'s two connection tasks.
+    fn spawn_link(self: &Rc<Self>, shard: &Rc<Shard>, link: &Rc<Link>) {
+        for role in [link::Role::Publisher, link::Role::Subscriber] {
+            link.tasks.borrow_mut().push(glommio::spawn_local(link::reconnecting(shard.clone(), self.clone(), link.clone(), role)).detach());
+        }
+    }
+
+    fn keep(&self, task: glommio::task::JoinHandle<()>) {
+        self.tasks.borrow_mut().push(task);
+    }
+
+    /// Ends every task of the bridge (the shard is stopping). Those of
+    /// retired links have ended by themselves.
+    pub fn stop(&self) {
+        for link in self.links.borrow().iter() {
+            link.tasks.borrow_mut().drain(..).for_each(|t| t.cancel());
+        }
+        for task in self.tasks.borrow_mut().drain(..) {
+            task.cancel();
         }
     }
 }
 
-/// Starts the bridge's two connection tasks on the current (bridge) shard.
-pub fn spawn(shard: Rc<Shard>, bridge: Rc<Bridge>) -> Vec<glommio::task::JoinHandle<()>> {
-    vec![
-        glommio::spawn_local(reconnecting(shard.clone(), bridge.clone(), Role::Publisher)).detach(),
-        glommio::spawn_local(reconnecting(shard.clone(), bridge.clone(), Role::Subscriber)).detach(),
-        glommio::spawn_local(presence_loop(shard, bridge)).detach(),
-    ]
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Publisher,
-    Subscriber,
-}
-
-/// Keeps one connection up, with exponential backoff between attempts.
-async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, role: Role) {
-    let cfg = &bridge.config;
-    let mut backoff = cfg.reconnect_min;
-    let mut warned = false;
-    loop {
-        match resp::connect(&cfg.url).await {
-            Ok(stream) => {
-                info!(role = ?role, server = %bridge.server_name(), "redis connected");
-                ShardStats::add(&shard.stats().redis_connects, 1);
-                backoff = cfg.reconnect_min;
-                warned = false;
-                let result = match role {
-                    Role::Publisher => {
-                        bridge.publisher_connected.set(true);
-                        let result = run_publisher(&shard, &bridge, stream).await;
-                        bridge.publisher_connected.set(false);
-                        ShardStats::set(&shard.stats().redis_pipeline_depth, 0);
-                        result
-                    }
-                    Role::Subscriber => run_subscriber(&shard, &bridge, stream).await,
-                };
-                ShardStats::add(&shard.stats().redis_reconnects, 1);
-                if role == Role::Subscriber {
-                    bridge.subscribed_connected.set(false);
-                    ShardStats::sub(&shard.stats().redis_connected, 1);
-                    for ack in bridge.release_all() {
-                        shard.interest_acked(ack);
-                    }
-                }
-                let err = result.expect_err("connection loops only end in error");
-                warn!(role = ?role, server = %bridge.server_name(), "redis connection lost: {err}; reconnecting");
-            }
-            Err(err) => {
-                if role == Role::Publisher {
-                    bridge.fail_unsent_reads(&shard);
-                }
-                // Log the first failure as a warning and the rest quietly,
-                // but always name an authentication problem.
-                if !warned || matches!(err, BridgeError::Refused(_)) {
-                    warn!(role = ?role, server = %bridge.server_name(), retry_in_ms = backoff.as_millis() as u64, "redis unavailable: {err}; local fan-out continues, retrying");
-                    warned = true;
-                } else {
-                    debug!(role = ?role, "redis still unavailable: {err}");
-                }
-            }
-        }
-        sleep(backoff).await;
-        backoff = (backoff * 2).min(cfg.reconnect_max);
-    }
-}
-
-/// Writes pipelined command batches and hands Redis' replies to whoever
-/// waits for them. When the connection fails, what was sent and not
-/// answered is counted lost (publishes) or answered "unavailable" (reads),
-/// and so are the reads not yet sent: their clients must not wait for a
-/// reconnect. Unsent publishes stay buffered for the next connection.
-async fn run_publisher(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) -> Result<(), BridgeError> {
-    let mut in_flight = VecDeque::new();
-    let result = publisher_loop(shard, bridge, &mut stream, &mut in_flight).await;
-    for on_reply in in_flight {
-        fail(shard, on_reply);
-    }
-    bridge.fail_unsent_reads(shard);
-    result
-}
-
+impl Bridge {
 /// A command whose reply will never come.
-fn fail(shard: &Shard, on_reply: OnReply) {
+fn fail(&self, shard: &Shard, on_reply: OnReply) {
     match on_reply {
         OnReply::Count => ShardStats::add(&shard.stats().redis_dropped, 1),
         OnReply::Setup => {}
@@ -543,68 +703,19 @@ fn fail(shard: &Shard, on_reply: OnReply) {
     }
 }
 
-async fn publisher_loop(shard: &Shard, bridge: &Bridge, stream: &mut TcpStream, in_flight: &mut VecDeque<OnReply>) -> Result<(), BridgeError> {
-    let cfg = &bridge.config;
-    let stats = shard.stats();
-    let limits = &shard.config.limits;
-    let mut reader = RespReader::new(READ_CHUNK, limits.max_message_bytes * 4 + limits.max_presence_clients * 512);
-    // Sizes of the batches written and not yet fully answered.
-    let mut batches: VecDeque<usize> = VecDeque::new();
-    // The scripts first: every EVALSHA after them on this connection finds them.
-    let mut packed = Vec::new();
-    for script in Script::ALL {
-        redis::cmd("SCRIPT").arg("LOAD").arg(script.text()).write_packed_command(&mut packed);
-        in_flight.push_back(OnReply::Setup);
-    }
-    batches.push_back(Script::ALL.len());
-    stream.write_all(&packed).await?;
-    // Redis may have lost this node's presence while we were away.
-    bridge.presence_refresh.set(true);
-    bridge.presence_ready.raise();
-    loop {
-        let has_outbound = !bridge.outbound.borrow().is_empty();
-        if has_outbound && batches.len() < cfg.pipeline_depth {
-            packed.clear();
-            let n = {
-                let mut outbound = bridge.outbound.borrow_mut();
-                let n = outbound.len().min(cfg.batch_messages);
-                for command in outbound.drain(..n) {
-                    packed.extend_from_slice(&command.packed);
-                    in_flight.push_back(command.on_reply);
-                }
-                ShardStats::set(&stats.redis_buffered, outbound.len() as u64);
-                n
-            };
-            batches.push_back(n);
-            ShardStats::set(&stats.redis_pipeline_depth, batches.len() as u64);
-            stream.write_all(&packed).await?;
-            continue;
-        }
-        if batches.is_empty() {
-            bridge.outbound_ready.wait().await;
-            continue;
-        }
-        for reply in reader.read_values(stream).await? {
-            let on_reply = in_flight.pop_front().ok_or(BridgeError::Protocol("reply without a request"))?;
-            on_command_reply(shard, on_reply, reply);
-            let head = batches.front_mut().ok_or(BridgeError::Protocol("reply without a request"))?;
-            *head -= 1;
-            if *head == 0 {
-                batches.pop_front();
-                ShardStats::set(&stats.redis_pipeline_depth, batches.len() as u64);
-            }
-        }
-    }
-}
-
-/// Hands one reply of the publisher connection to whoever waits for it.
-fn on_command_reply(shard: &Shard, on_reply: OnReply, reply: Value) {
+/// Hands one reply of a publisher connection to whoever waits for it.
+fn on_command_reply(&self, shard: &Shard, command: Outbound, reply: Value) {
     let stats = shard.stats();
     if let Value::ServerError(e) = &reply {
+        if self.is_cluster() {
+            if let Some(redirect) = cluster::redirect(e.code(), e.details()) {
+                return self.redirect(shard, command, redirect);
+            }
+        }
         warn!("redis refused a command: {e:?}");
-        return fail(shard, on_reply);
+        return self.fail(shard, command.on_reply);
     }
-    match on_reply {
+    match command.on_reply {
         OnReply::Count => ShardStats::add(&stats.redis_published, 1),
         OnReply::Setup => {}
         OnReply::Written(acks) => acks.into_iter().for_each(|ack| shard.interest_acked(ack)),
@@ -654,6 +765,48 @@ fn on_command_reply(shard: &Shard, on_reply: OnReply, reply: Value) {
     }
 }
 
+/// Cluster mode: a primary answered that another serves the command's slot
+/// (`MOVED`: the map is stale, read it again; `ASK`: only this command, mid
+/// migration) or that it cannot serve it now (`TRYAGAIN`, `CLUSTERDOWN`).
+/// The command was not run, so sending it again keeps "at most once".
+fn redirect(&self, shard: &Shard, mut command: Outbound, redirect: Redirect) {
+    ShardStats::add(&shard.stats().redis_redirects, 1);
+    if command.redirects >= MAX_REDIRECTS || command.packed.is_empty() {
+        debug!(?redirect, "redis: a command was redirected too often; given up");
+        return self.fail(shard, command.on_reply);
+    }
+    command.redirects += 1;
+    match redirect {
+        Redirect::Ask { host, port } => match self.link_at(&host, port) {
+            Some(link) => {
+                // ASKING and the command, back to back on that connection.
+                let mut outbound = link.outbound.borrow_mut();
+                outbound.push_back(Outbound::setup_command(redis::cmd("ASKING").get_packed_command()));
+                outbound.push_back(command);
+                drop(outbound);
+                link.outbound_ready.raise();
+            }
+            None => {
+                self.unrouted.borrow_mut().push_back(command);
+                self.refresh.raise();
+            }
+        },
+        Redirect::Moved { host, port } => {
+            self.refresh.raise();
+            match self.link_at(&host, port) {
+                Some(link) => link.push(command, self.config.buffer_messages, shard.stats()),
+                None => self.unrouted.borrow_mut().push_back(command),
+            }
+        }
+        Redirect::Retry => {
+            // Sent again after the next slot map read (at least its spacing later).
+            self.unrouted.borrow_mut().push_back(command);
+            self.refresh.raise();
+        }
+    }
+}
+}
+
 /// Writes this node's presence changes to Redis as they come (coalesced
 /// per topic into one script call per write) and refreshes every entry of
 /// the node every third of `presence_ttl_ms`, so that entries of a node
@@ -664,18 +817,19 @@ async fn presence_loop(shard: Rc<Shard>, bridge: Rc<Bridge>) {
     loop {
         let wait = next_refresh.saturating_duration_since(std::time::Instant::now());
         futures_lite::future::or(bridge.presence_ready.wait(), sleep(wait)).await;
-        if !bridge.publisher_connected.get() {
+        if !bridge.links.borrow().iter().any(|l| l.publisher_connected.get()) {
             continue;
         }
         let stats = shard.stats();
         let ops = std::mem::take(&mut *bridge.presence_ops.borrow_mut());
         for (topic, ops) in &ops {
             let packed = bridge.presence_command(topic, ops.iter());
+            let slot = bridge.slot(topic);
             let acks: Vec<InterestAck> = ops.iter().filter_map(|op| op.ack).collect();
             if acks.is_empty() {
-                bridge.push_command(packed, stats);
+                bridge.push_command(packed, slot, stats);
             } else {
-                bridge.push_read(Outbound { packed, on_reply: OnReply::Written(acks) });
+                bridge.push_read(Outbound::new(packed, OnReply::Written(acks), slot));
             }
         }
         if bridge.presence_refresh.replace(false) || std::time::Instant::now() >= next_refresh {
@@ -684,82 +838,61 @@ async fn presence_loop(shard: Rc<Shard>, bridge: Rc<Bridge>) {
             for (topic, members) in presence.iter() {
                 let ops: Vec<PresenceOp> = members.map(|m| PresenceOp { join: true, client: m.client.clone(), user: m.user.clone(), ack: None }).collect();
                 for chunk in ops.chunks(PRESENCE_CHUNK) {
-                    bridge.push_command(bridge.presence_command(topic, chunk.iter()), stats);
+                    bridge.push_command(bridge.presence_command(topic, chunk.iter()), bridge.slot(topic), stats);
                 }
             }
         }
     }
 }
 
-/// Keeps the SUBSCRIBE set in line with local interest and fans out pushes.
-async fn run_subscriber(shard: &Shard, bridge: &Bridge, mut stream: TcpStream) -> Result<(), BridgeError> {
-    let mut reader = RespReader::new(READ_CHUNK, shard.config.limits.max_message_bytes);
-    // Everything wanted now, then changes as they come. Snapshot and start
-    // queueing changes in one step (no await between), so a change made while
-    // the snapshot is being written is queued, not lost.
-    bridge.changes.borrow_mut().clear();
-    bridge.subscribed_connected.set(true);
-    ShardStats::add(&shard.stats().redis_connected, 1);
-    let mut wanted: Vec<Rc<str>> = bridge.wanted.borrow().iter().cloned().collect();
-    if bridge.announcements.is_some() {
-        // This node's admin plane lists the others.
-        wanted.push(Rc::from(NODES_CHANNEL));
-    }
-    for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
-        let mut cmd = redis::cmd("SUBSCRIBE");
-        for topic in chunk {
-            cmd.arg(bridge.channel(topic));
-        }
-        stream.write_all(&cmd.get_packed_command()).await?;
-    }
-    loop {
-        let changes: Vec<(Rc<str>, bool)> = bridge.changes.borrow_mut().drain(..).collect();
-        if !changes.is_empty() {
-            let mut packed = Vec::new();
-            for (topic, on) in changes {
-                redis::cmd(if on { "SUBSCRIBE" } else { "UNSUBSCRIBE" }).arg(bridge.channel(&topic)).write_packed_command(&mut packed);
+impl Bridge {
+    /// Handles one value pushed by Redis on `link`'s subscriber connection.
+    async fn on_push(&self, shard: &Shard, link: &Link, push: Value) {
+        let bridge = self;
+        let stats = shard.stats();
+        let parts = match push {
+            Value::Array(parts) => parts,
+            Value::ServerError(e) if self.is_cluster() => {
+                // A (S)SUBSCRIBE sent to a primary that no longer owns the slot.
+                debug!(server = link.endpoint.borrow().address(), "redis refused a subscription: {e:?}; reading the slot map");
+                self.resync.set(true);
+                self.refresh.raise();
+                return;
             }
-            stream.write_all(&packed).await?;
-        }
-        let pushes = futures_lite::future::or(async { Some(reader.read_values(&mut stream).await) }, async {
-            bridge.changed.wait().await;
-            None
-        })
-        .await;
-        let Some(pushes) = pushes else { continue };
-        for push in pushes? {
-            on_push(shard, bridge, push).await;
-        }
-    }
-}
-
-/// Handles one value pushed by Redis on the subscriber connection.
-async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
-    let stats = shard.stats();
-    let Value::Array(parts) = push else {
-        ShardStats::add(&stats.redis_bad_messages, 1);
-        return;
-    };
-    if let [Value::BulkString(kind), Value::BulkString(channel), Value::Int(_)] = parts.as_slice() {
-        // A subscribe/unsubscribe confirmation: [kind, channel, count].
-        if kind.as_slice() == b"subscribe" {
+            _ => {
+                ShardStats::add(&stats.redis_bad_messages, 1);
+                return;
+            }
+        };
+        if let [Value::BulkString(kind), Value::BulkString(channel), Value::Int(_)] = parts.as_slice() {
+            // A subscribe/unsubscribe confirmation: [kind, channel, count].
             let topic = std::str::from_utf8(channel).ok().and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()));
-            for ack in topic.map(|t| bridge.confirmed(t)).unwrap_or_default() {
-                shard.interest_acked(ack);
+            match kind.as_slice() {
+                b"subscribe" | b"ssubscribe" => {
+                    for ack in topic.map(|t| bridge.confirmed(t)).unwrap_or_default() {
+                        shard.interest_acked(ack);
+                    }
+                    if let Some(topic) = topic {
+                        catch_up(shard, bridge, topic);
+                    }
+                }
+                // Redis drops the subscriptions of a slot the primary no longer
+                // owns (a migration): subscribe them again on the new owner.
+                b"sunsubscribe" if topic.is_some_and(|t| self.wanted.borrow().contains(t) || t == NODES_CHANNEL) => {
+                    self.resync.set(true);
+                    self.refresh.raise();
+                }
+                _ => {}
             }
-            if let Some(topic) = topic {
-                catch_up(shard, bridge, topic);
-            }
+            return;
         }
-        return;
-    }
-    let [Value::BulkString(kind), Value::BulkString(channel), Value::BulkString(data)] = parts.as_slice() else {
-        ShardStats::add(&stats.redis_bad_messages, 1);
-        return;
-    };
-    if kind.as_slice() != b"message" {
-        return;
-    }
+        let [Value::BulkString(kind), Value::BulkString(channel), Value::BulkString(data)] = parts.as_slice() else {
+            ShardStats::add(&stats.redis_bad_messages, 1);
+            return;
+        };
+        if kind.as_slice() != b"message" && kind.as_slice() != b"smessage" {
+            return;
+        }
     let limits = &shard.config.limits;
     let topic = std::str::from_utf8(channel).ok().and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()));
     if topic == Some(NODES_CHANNEL) {
@@ -828,6 +961,8 @@ async fn on_push(shard: &Shard, bridge: &Bridge, push: Value) {
     };
     let msg = Outgoing::remote(topic, kind, Bytes::copy_from_slice(payload), json, Stamp::now());
     fan_out_remote(shard, msg, None).await;
+}
+
 }
 
 /// A message numbered by Redis ([`scripts::NUMBER`]), from any node, this
@@ -920,13 +1055,14 @@ mod tests {
         let ack = |shard, token| Some(InterestAck { shard, token });
         assert!(!b.set_interest("t", true, ack(0, 1)), "not connected: nothing to wait for");
         assert!(!b.set_interest("t", false, None));
-        b.subscribed_connected.set(true);
+        let link = b.links.borrow()[0].clone();
+        link.subscriber_connected.set(true);
         assert!(b.set_interest("t", true, ack(0, 2)), "new SUBSCRIBE: wait for it");
         assert!(b.set_interest("t", true, ack(1, 3)), "same SUBSCRIBE still in flight: wait too");
-        assert_eq!(b.changes.borrow().len(), 1, "one SUBSCRIBE");
+        assert_eq!(link.changes.borrow().len(), 1, "one SUBSCRIBE");
         assert_eq!(b.confirmed("t"), vec![InterestAck { shard: 0, token: 2 }, InterestAck { shard: 1, token: 3 }]);
         assert!(!b.set_interest("t", true, ack(1, 4)), "confirmed: nothing to wait for");
         assert!(b.set_interest("u", true, ack(0, 5)));
-        assert_eq!(b.release_all(), vec![InterestAck { shard: 0, token: 5 }], "a lost connection releases everything");
+        assert_eq!(b.confirmed("u"), vec![InterestAck { shard: 0, token: 5 }]);
     }
 }

@@ -3,14 +3,9 @@
 //! bytes, on the bridge shard's own executor.
 
 use std::io::{self, Read};
-use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
-use redis::{ConnectionAddr, IntoConnectionInfo, Value};
-
-/// Time allowed for the TCP connect to Redis.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+use futures_lite::{AsyncRead, AsyncReadExt};
+use redis::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -24,47 +19,10 @@ pub enum BridgeError {
     Closed,
     #[error("a reply from redis exceeded {0} bytes")]
     TooBig(usize),
-}
-
-/// Connects, authenticates and selects the database the URL names.
-pub async fn connect(url: &str) -> Result<TcpStream, BridgeError> {
-    let info = url.into_connection_info().map_err(|e| BridgeError::Refused(format!("bad URL: {}", e.category())))?;
-    let ConnectionAddr::Tcp(host, port) = &info.addr else {
-        return Err(BridgeError::Refused("only redis://host:port URLs are supported".into()));
-    };
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port))?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "redis host did not resolve"))?;
-    let mut stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT).await.map_err(io::Error::from)?;
-    stream.set_nodelay(true).map_err(io::Error::from)?;
-    let mut setup = Vec::new();
-    let mut expected = 0;
-    if let Some(password) = &info.redis.password {
-        let mut auth = redis::cmd("AUTH");
-        if let Some(user) = &info.redis.username {
-            auth.arg(user);
-        }
-        auth.arg(password).write_packed_command(&mut setup);
-        expected += 1;
-    }
-    if info.redis.db != 0 {
-        redis::cmd("SELECT").arg(info.redis.db).write_packed_command(&mut setup);
-        expected += 1;
-    }
-    if expected > 0 {
-        stream.write_all(&setup).await?;
-        let mut reader = RespReader::new(4096, 4096);
-        let mut seen = 0;
-        while seen < expected {
-            for reply in reader.read_values(&mut stream).await? {
-                if let Value::ServerError(e) = reply {
-                    return Err(BridgeError::Refused(format!("{} {}", e.code(), e.details().unwrap_or(""))));
-                }
-                seen += 1;
-            }
-        }
-    }
-    Ok(stream)
+    #[error("the connection was reset to follow a topology change")]
+    Reset,
+    #[error("{0}")]
+    Discovery(String),
 }
 
 /// Feeds the parser from a byte slice, then reports "would block" so the
@@ -101,7 +59,7 @@ impl RespReader {
     }
 
     /// Waits for at least one complete value and returns all that are complete.
-    pub async fn read_values(&mut self, stream: &mut TcpStream) -> Result<Vec<Value>, BridgeError> {
+    pub async fn read_values(&mut self, stream: &mut (impl AsyncRead + Unpin)) -> Result<Vec<Value>, BridgeError> {
         let mut values = Vec::new();
         while values.is_empty() {
             let n = stream.read(&mut self.buf).await?;

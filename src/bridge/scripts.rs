@@ -11,9 +11,9 @@
 //! ([`READ`]) after its SUBSCRIBE was confirmed misses nothing: anything
 //! numbered after the read arrives on the channel.
 //!
-//! Keys of topic `T`, under `[redis] channel_prefix` (`p`), with `{H}` the
-//! hash tag of `T` (its FNV-1a hash in hex, so that all of a topic's keys
-//! share one Redis Cluster slot): `p$meta{H}:T` (hash: `epoch`, `top`),
+//! Keys of topic `T`, under `[redis] channel_prefix` (`p`), with `{H}` a
+//! hash tag in the Redis Cluster slot of `T`'s channel `pT`, so that the
+//! keys and the channel share one slot (as scripts in a cluster need): `p$meta{H}:T` (hash: `epoch`, `top`),
 //! `p$history{H}:T` (stream, ids `<offset>-0`, field `d` = envelope),
 //! `p$presence{H}:T` (hash: client id -> user, "" when anonymous) and
 //! `p$presence-exp{H}:T` (sorted set: client id -> expiry, Redis time in ms).
@@ -28,8 +28,9 @@ use crate::presence::{Entry, Found};
 
 /// Numbers and publishes one message of a history topic.
 /// KEYS: meta, stream. ARGV: channel, envelope, history_size, ttl_ms, a
-/// fresh epoch (used if the topic has none: first publish, expired, flushed).
-/// Returns the offset.
+/// fresh epoch (used if the topic has none: first publish, expired, flushed),
+/// the publish command (`PUBLISH`, or `SPUBLISH` in a cluster: sharded
+/// pub/sub, the channel in the keys' slot). Returns the offset.
 pub const NUMBER: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -41,7 +42,7 @@ local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'd', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[1], '\0SCH' .. offset .. '\0' .. epoch .. '\0' .. ARGV[2])
+redis.call(ARGV[6], ARGV[1], '\0SCH' .. offset .. '\0' .. epoch .. '\0' .. ARGV[2])
 return offset
 "#;
 
@@ -185,26 +186,30 @@ impl Script {
 /// Redis key names for a topic.
 pub struct Keys<'a> {
     pub prefix: &'a str,
+    pub topic: &'a str,
+    /// The cluster slot of the topic's channel (`prefix` + topic).
+    pub slot: u16,
 }
 
 impl Keys<'_> {
-    /// `p$<kind>{<tag>}:<topic>`: the hash tag (a stable hash of the topic,
-    /// as topics may hold braces themselves) puts a topic's keys in one
-    /// Redis Cluster slot, as a script touching two of them needs.
-    fn key(&self, kind: &str, topic: &str) -> String {
-        format!("{}${kind}{{{:016x}}}:{topic}", self.prefix, crate::history::topic_hash(topic))
+    /// `p$<kind>{<tag>}:<topic>`, with the tag of the channel's slot
+    /// ([`super::cluster::slot_tag`]): a topic's keys and its channel share
+    /// one Redis Cluster slot, as a script touching the keys and publishing
+    /// on the channel needs, whatever braces the topic holds itself.
+    fn key(&self, kind: &str) -> String {
+        format!("{}${kind}{{{}}}:{}", self.prefix, super::cluster::slot_tag(self.slot), self.topic)
     }
-    pub fn meta(&self, topic: &str) -> String {
-        self.key("meta", topic)
+    pub fn meta(&self) -> String {
+        self.key("meta")
     }
-    pub fn stream(&self, topic: &str) -> String {
-        self.key("history", topic)
+    pub fn stream(&self) -> String {
+        self.key("history")
     }
-    pub fn presence(&self, topic: &str) -> String {
-        self.key("presence", topic)
+    pub fn presence(&self) -> String {
+        self.key("presence")
     }
-    pub fn presence_expiry(&self, topic: &str) -> String {
-        self.key("presence-exp", topic)
+    pub fn presence_expiry(&self) -> String {
+        self.key("presence-exp")
     }
 }
 
@@ -313,15 +318,16 @@ mod tests {
     }
 
     #[test]
-    fn a_topics_keys_share_one_hash_tag() {
-        let keys = Keys { prefix: "p:" };
-        let tag = |k: String| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_string();
-        let t = "chat:{odd}";
-        assert_eq!(tag(keys.meta(t)), tag(keys.stream(t)));
-        assert_eq!(tag(keys.presence(t)), tag(keys.presence_expiry(t)));
-        assert_eq!(tag(keys.meta(t)), tag(keys.presence(t)));
-        assert_ne!(tag(keys.meta("a")), tag(keys.meta("b")));
-        assert!(keys.stream(t).starts_with("p:$history{") && keys.stream(t).ends_with("}:chat:{odd}"));
+    fn a_topics_keys_share_its_channels_cluster_slot() {
+        use super::super::cluster::key_slot;
+        for t in ["chat:{odd}", "a", "b", "{}", "x}{y"] {
+            let channel = format!("p:{t}");
+            let keys = Keys { prefix: "p:", topic: t, slot: key_slot(channel.as_bytes()) };
+            for key in [keys.meta(), keys.stream(), keys.presence(), keys.presence_expiry()] {
+                assert_eq!(key_slot(key.as_bytes()), key_slot(channel.as_bytes()), "{key} vs {channel}");
+            }
+            assert!(keys.stream().starts_with("p:$history{") && keys.stream().ends_with(&format!("}}:{t}")));
+        }
     }
 
     #[test]

@@ -61,7 +61,9 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
     let deadlines = spawn_local(deadline_loop(shard.clone())).detach();
     let api = spawn_local(super::admin::api_publish_loop(shard.clone())).detach();
     let flush = spawn_local(flush_loop(shard.clone())).detach();
-    let bridge = shard.bridge.clone().map(|b| crate::bridge::spawn(shard.clone(), b)).unwrap_or_default();
+    if let Some(bridge) = &shard.bridge {
+        crate::bridge::spawn(shard.clone(), bridge.clone());
+    }
     ready();
     bus_loop(&shard, inbox).await;
     accept.cancel();
@@ -70,8 +72,8 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
     deadlines.cancel();
     api.cancel();
     flush.cancel();
-    for task in bridge {
-        task.cancel();
+    if let Some(bridge) = &shard.bridge {
+        bridge.stop();
     }
     debug!(shard = index, "shard stopped");
 }

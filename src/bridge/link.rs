@@ -1,0 +1,320 @@
+//! One Redis server the bridge talks to (the standalone, the primary a
+//! Sentinel names, or one Redis Cluster primary) and the two connections it
+//! keeps to it, both driven by the bridge shard's executor:
+//! - the publisher pipelines commands (publishes, numbered publishes,
+//!   history and presence scripts), up to `batch_messages` per write and
+//!   `pipeline_depth` writes ahead of the replies, from its own bounded queue;
+//! - the subscriber (S)SUBSCRIBEs the node's topics whose channel this
+//!   server carries, and hands every push to the bridge.
+//!
+//! Both reconnect with exponential backoff. A link is reset (both
+//! connections dropped and made again) when a Sentinel announces a new
+//! primary, and retired when its primary leaves the cluster's slot map.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use futures_lite::AsyncWriteExt;
+use glommio::timer::sleep;
+use redis::Value;
+use tracing::{debug, info, warn};
+
+use super::endpoint::{Endpoint, RedisStream};
+use super::resp::{BridgeError, RespReader};
+use super::scripts::Script;
+use super::{Bridge, Outbound, READ_CHUNK};
+use crate::metrics::ShardStats;
+use crate::notify::Notify;
+use crate::shard::Shard;
+
+/// Channels per SUBSCRIBE command when re-subscribing after a reconnect
+/// (sharded SSUBSCRIBE takes one channel per command: channels of one
+/// command must share a slot).
+const SUBSCRIBE_CHUNK: usize = 1000;
+
+/// The bridge's state for one Redis server. Touched only by the bridge shard.
+pub struct Link {
+    /// Where the server is. Sentinel mode: replaced before every connection
+    /// attempt by what the Sentinels say.
+    pub endpoint: RefCell<Endpoint>,
+    /// Commands waiting for the publisher connection. At most
+    /// `buffer_messages` droppable ones (the oldest is dropped beyond);
+    /// reads come on top, at most one per waiting client connection.
+    pub outbound: RefCell<VecDeque<Outbound>>,
+    pub outbound_ready: Notify,
+    /// (S)SUBSCRIBE (true) / (S)UNSUBSCRIBE (false) not yet sent. Kept only
+    /// while connected (a reconnect subscribes everything anew), so bounded
+    /// by the changes of one connection's lifetime between two writes.
+    pub changes: RefCell<VecDeque<(Rc<str>, bool)>>,
+    pub changed: Notify,
+    pub publisher_connected: Cell<bool>,
+    pub subscriber_connected: Cell<bool>,
+    reset_publisher: Notify,
+    reset_subscriber: Notify,
+    /// Its primary left the slot map: the connection tasks end.
+    retired: Cell<bool>,
+    /// The two connection tasks, for a stop.
+    pub tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+}
+
+impl Link {
+    pub fn new(endpoint: Endpoint) -> Link {
+        Link {
+            endpoint: RefCell::new(endpoint),
+            outbound: RefCell::default(),
+            outbound_ready: Notify::default(),
+            changes: RefCell::default(),
+            changed: Notify::default(),
+            publisher_connected: Cell::new(false),
+            subscriber_connected: Cell::new(false),
+            reset_publisher: Notify::default(),
+            reset_subscriber: Notify::default(),
+            retired: Cell::new(false),
+            tasks: RefCell::default(),
+        }
+    }
+
+    /// Drops both connections; they reconnect (to a new address, if any).
+    pub fn reset(&self) {
+        self.reset_publisher.raise();
+        self.reset_subscriber.raise();
+    }
+
+    /// Ends both connection tasks for good; returns what was still queued.
+    pub fn retire(&self) -> VecDeque<Outbound> {
+        self.retired.set(true);
+        self.reset();
+        self.changes.borrow_mut().clear();
+        std::mem::take(&mut *self.outbound.borrow_mut())
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.get()
+    }
+
+    /// Queues a command. Beyond `max` queued, the oldest droppable one goes
+    /// (counted); commands someone waits for are never dropped.
+    pub fn push(&self, command: Outbound, max: usize, stats: &ShardStats) {
+        let mut outbound = self.outbound.borrow_mut();
+        if command.on_reply.droppable() && outbound.len() >= max {
+            if let Some(i) = outbound.iter().position(|c| c.on_reply.droppable()) {
+                outbound.remove(i);
+                ShardStats::add(&stats.redis_dropped, 1);
+            }
+        }
+        outbound.push_back(command);
+        drop(outbound);
+        self.outbound_ready.raise();
+    }
+
+    /// Queues a subscription change for the connected subscriber.
+    pub fn change(&self, topic: Rc<str>, subscribe: bool) {
+        if self.subscriber_connected.get() {
+            self.changes.borrow_mut().push_back((topic, subscribe));
+            self.changed.raise();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Publisher,
+    Subscriber,
+}
+
+/// Keeps one connection of `link` up, with exponential backoff between attempts.
+pub async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, link: Rc<Link>, role: Role) {
+    let cfg = bridge.config();
+    let mut backoff = cfg.reconnect_min;
+    let mut warned = false;
+    let reset = match role {
+        Role::Publisher => &link.reset_publisher,
+        Role::Subscriber => &link.reset_subscriber,
+    };
+    while !link.is_retired() {
+        reset.clear();
+        match bridge.open(&link).await {
+            Ok(stream) => {
+                let server = link.endpoint.borrow().address();
+                info!(role = ?role, server, "redis connected");
+                ShardStats::add(&shard.stats().redis_connects, 1);
+                backoff = cfg.reconnect_min;
+                warned = false;
+                let result = match role {
+                    Role::Publisher => run_publisher(&shard, &bridge, &link, stream, reset).await,
+                    Role::Subscriber => run_subscriber(&shard, &bridge, &link, stream, reset).await,
+                };
+                match role {
+                    Role::Publisher => bridge.publisher_lost(&shard, &link),
+                    Role::Subscriber => bridge.subscriber_lost(&shard, &link),
+                }
+                ShardStats::add(&shard.stats().redis_reconnects, 1);
+                let err = result.expect_err("connection loops only end in error");
+                if link.is_retired() {
+                    info!(role = ?role, server, "redis link closed: the server left the cluster's slot map");
+                    return;
+                }
+                warn!(role = ?role, server, "redis connection lost: {err}; reconnecting");
+                if matches!(err, BridgeError::Reset) {
+                    // A new primary was announced: no reason to wait.
+                    continue;
+                }
+            }
+            Err(err) => {
+                if role == Role::Publisher {
+                    bridge.fail_unsent_reads(&shard, &link);
+                }
+                bridge.unreachable(&link);
+                // Log the first failure as a warning and the rest quietly,
+                // but always name an authentication problem.
+                let server = link.endpoint.borrow().address();
+                if !warned || matches!(err, BridgeError::Refused(_)) {
+                    warn!(role = ?role, server, waiting_for = %bridge.waiting_for(), retry_in_ms = backoff.as_millis() as u64, "redis unavailable: {err}; local fan-out continues, retrying");
+                    warned = true;
+                } else {
+                    debug!(role = ?role, server, "redis still unavailable: {err}");
+                }
+            }
+        }
+        futures_lite::future::or(sleep(backoff), reset.wait()).await;
+        backoff = (backoff * 2).min(cfg.reconnect_max);
+    }
+}
+
+/// Writes pipelined command batches and hands Redis' replies to the bridge.
+/// When the connection fails, what was sent and not answered is counted lost
+/// (publishes) or answered "unavailable" (reads), and so are the reads not
+/// yet sent: their clients must not wait for a reconnect. Unsent publishes
+/// stay queued for the next connection.
+async fn run_publisher(shard: &Shard, bridge: &Bridge, link: &Link, mut stream: RedisStream, reset: &Notify) -> Result<(), BridgeError> {
+    let mut in_flight = VecDeque::new();
+    link.publisher_connected.set(true);
+    let result = futures_lite::future::or(publisher_loop(shard, bridge, link, &mut stream, &mut in_flight), reset_of(reset)).await;
+    link.publisher_connected.set(false);
+    for command in in_flight {
+        bridge.fail(shard, command.on_reply);
+    }
+    result
+}
+
+async fn publisher_loop(shard: &Shard, bridge: &Bridge, link: &Link, stream: &mut RedisStream, in_flight: &mut VecDeque<Outbound>) -> Result<(), BridgeError> {
+    let cfg = bridge.config();
+    let stats = shard.stats();
+    let limits = &shard.config.limits;
+    let mut reader = RespReader::new(READ_CHUNK, limits.max_message_bytes * 4 + limits.max_presence_clients * 512);
+    // Sizes of the batches written and not yet fully answered.
+    let mut batches: VecDeque<usize> = VecDeque::new();
+    // The scripts first: every EVALSHA after them on this connection finds them.
+    let mut packed = Vec::new();
+    for script in Script::ALL {
+        redis::cmd("SCRIPT").arg("LOAD").arg(script.text()).write_packed_command(&mut packed);
+        in_flight.push_back(Outbound::setup());
+    }
+    batches.push_back(Script::ALL.len());
+    stream.write_all(&packed).await?;
+    // Redis may have lost this node's presence while we were away.
+    bridge.refresh_presence();
+    // Cluster mode keeps each command until its reply: a redirection sends it again.
+    let keep = bridge.is_cluster();
+    loop {
+        let has_outbound = !link.outbound.borrow().is_empty();
+        if has_outbound && batches.len() < cfg.pipeline_depth {
+            packed.clear();
+            let n = {
+                let mut outbound = link.outbound.borrow_mut();
+                let n = outbound.len().min(cfg.batch_messages);
+                for mut command in outbound.drain(..n) {
+                    packed.extend_from_slice(&command.packed);
+                    if !keep {
+                        command.packed = Vec::new();
+                    }
+                    in_flight.push_back(command);
+                }
+                n
+            };
+            bridge.note_buffered(stats);
+            batches.push_back(n);
+            ShardStats::set(&stats.redis_pipeline_depth, batches.len() as u64);
+            stream.write_all(&packed).await?;
+            continue;
+        }
+        if batches.is_empty() {
+            link.outbound_ready.wait().await;
+            continue;
+        }
+        for reply in reader.read_values(stream).await? {
+            let command = in_flight.pop_front().ok_or(BridgeError::Protocol("reply without a request"))?;
+            bridge.on_command_reply(shard, command, reply);
+            let head = batches.front_mut().ok_or(BridgeError::Protocol("reply without a request"))?;
+            *head -= 1;
+            if *head == 0 {
+                batches.pop_front();
+                ShardStats::set(&stats.redis_pipeline_depth, batches.len() as u64);
+            }
+        }
+    }
+}
+
+/// Keeps the subscriptions on this server in line with the node's interest
+/// and hands pushes to the bridge.
+async fn run_subscriber(shard: &Shard, bridge: &Bridge, link: &Link, stream: RedisStream, reset: &Notify) -> Result<(), BridgeError> {
+    link.subscriber_connected.set(true);
+    ShardStats::add(&shard.stats().redis_connected, 1);
+    futures_lite::future::or(subscriber_loop(shard, bridge, link, stream), reset_of(reset)).await
+}
+
+/// Ends with [`BridgeError::Reset`] once `reset` is raised.
+async fn reset_of(reset: &Notify) -> Result<(), BridgeError> {
+    reset.wait().await;
+    Err(BridgeError::Reset)
+}
+
+async fn subscriber_loop(shard: &Shard, bridge: &Bridge, link: &Link, mut stream: RedisStream) -> Result<(), BridgeError> {
+    let mut reader = RespReader::new(READ_CHUNK, shard.config.limits.max_message_bytes);
+    // Everything wanted now, then changes as they come. Snapshot and start
+    // queueing changes in one step (no await between), so a change made while
+    // the snapshot is being written is queued, not lost.
+    link.changes.borrow_mut().clear();
+    let wanted = bridge.channels_on(link);
+    let (subscribe, unsubscribe) = bridge.subscribe_commands();
+    let chunk = if bridge.is_cluster() { 1 } else { SUBSCRIBE_CHUNK };
+    let mut packed = Vec::new();
+    for channels in wanted.chunks(chunk) {
+        packed.clear();
+        let mut cmd = redis::cmd(subscribe);
+        for channel in channels {
+            cmd.arg(&**channel);
+        }
+        cmd.write_packed_command(&mut packed);
+        stream.write_all(&packed).await?;
+    }
+    loop {
+        let changes: Vec<(Rc<str>, bool)> = link.changes.borrow_mut().drain(..).collect();
+        if !changes.is_empty() {
+            packed.clear();
+            for (topic, on) in changes {
+                redis::cmd(if on { subscribe } else { unsubscribe }).arg(bridge.channel(&topic)).write_packed_command(&mut packed);
+            }
+            stream.write_all(&packed).await?;
+        }
+        let pushes = futures_lite::future::or(async { Some(reader.read_values(&mut stream).await) }, async {
+            link.changed.wait().await;
+            None
+        })
+        .await;
+        let Some(pushes) = pushes else { continue };
+        for push in pushes? {
+            bridge.on_push(shard, link, push).await;
+        }
+    }
+}
+
+/// Sends one command and returns its reply. For discovery on a connection
+/// of its own: `CLUSTER SLOTS`, a Sentinel's `get-master-addr-by-name`, `ROLE`.
+pub async fn ask(stream: &mut RedisStream, command: &redis::Cmd) -> Result<Value, BridgeError> {
+    stream.write_all(&command.get_packed_command()).await?;
+    let mut reader = RespReader::new(READ_CHUNK, 1 << 20);
+    let mut replies = reader.read_values(stream).await?;
+    Ok(replies.swap_remove(0))
+}
