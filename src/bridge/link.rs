@@ -169,6 +169,7 @@ pub async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, link: Rc<Link>, 
                 // Log the first failure as a warning and the rest quietly,
                 // but always name an authentication problem.
                 let server = link.endpoint.borrow().address();
+                let server = if link.endpoint.borrow().host.is_empty() { "(not known yet)".to_string() } else { server };
                 if !warned || matches!(err, BridgeError::Refused(_)) {
                     warn!(role = ?role, server, waiting_for = %bridge.waiting_for(), retry_in_ms = backoff.as_millis() as u64, "redis unavailable: {err}; local fan-out continues, retrying");
                     warned = true;

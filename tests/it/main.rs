@@ -16,4 +16,5 @@ mod presence;
 mod pubsub;
 mod redis;
 mod tls;
+mod topology;
 mod wire;

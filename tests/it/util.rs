@@ -265,6 +265,25 @@ impl Client {
         }
     }
 
+    /// The next text frame, if one arrives within `wait`.
+    pub fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        if let MaybeTlsStream::Plain(s) = self.ws.get_ref() {
+            s.set_read_timeout(Some(wait)).unwrap();
+        }
+        let got = loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => break Some(serde_json::from_str(&t).unwrap()),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break None,
+                other => panic!("expected a text frame or nothing, got {other:?}"),
+            }
+        };
+        if let MaybeTlsStream::Plain(s) = self.ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+        got
+    }
+
     /// Asserts nothing arrives within `wait`.
     pub fn expect_silence(&mut self, wait: Duration) {
         if let MaybeTlsStream::Plain(s) = self.ws.get_ref() {
