@@ -13,6 +13,7 @@
 
 mod admin;
 mod auth;
+mod bridge;
 mod history;
 mod proc;
 mod progress;
@@ -75,6 +76,11 @@ enum Scenario {
     /// node and through Redis, and recovery, single node vs Redis.
     /// Interleaved rounds; starts its own redis-server.
     History(history::HistoryArgs),
+    /// Node to node through Redis: one Redis vs a Redis Cluster of N
+    /// primaries (sharded pub/sub), throughput and latency, with the CPU of
+    /// both nodes and every redis-server. Interleaved rounds; starts its own
+    /// redis-servers and nodes.
+    Bridge(bridge::BridgeArgs),
 }
 
 /// Options every scenario takes.
@@ -310,7 +316,7 @@ fn common(s: &Scenario) -> &CommonArgs {
         Scenario::Echo(a) => &a.common,
         Scenario::Api(a) => &a.common,
         Scenario::Recover(a) => &a.common,
-        Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) => {
+        Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) | Scenario::Bridge(_) => {
             unreachable!("compare, auth, wire, admin and history run other scenarios")
         }
     }
@@ -376,6 +382,7 @@ fn main() {
         Scenario::Wire(a) => wire::run(a),
         Scenario::Admin(a) => admin::run(a),
         Scenario::History(a) => history::run(a),
+        Scenario::Bridge(a) => bridge::run(a),
         Scenario::Idle(a) if a.child => idle_child(&a),
         s => run_once(&s).map(|r| r.print(common(&s).json)),
     };
@@ -431,7 +438,7 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
             Scenario::Echo(a) => scenarios::echo(&run, a, &Progress::new("round trips")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Api(a) => scenarios::api(&run, a, &Progress::new("publishes")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Recover(a) => scenarios::recover(&run, a, &Progress::new("recoveries")).await.map(|(r, h)| (r, Some(h))),
-            Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) => unreachable!(),
+            Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) | Scenario::Bridge(_) => unreachable!(),
         }
     })?;
     if let (Some(path), Some(h)) = (&c.plot, &hist) {
