@@ -241,13 +241,7 @@ impl Bridge {
         if !self.is_cluster() {
             return 0;
         }
-        let prefix = self.config.channel_prefix.as_bytes();
-        if prefix.contains(&b'{') {
-            return cluster::key_slot(self.channel(topic).as_bytes());
-        }
-        // No brace in the prefix: the channel's hash tag, if any, is the topic's.
-        let channel: Vec<u8> = [prefix, topic.as_bytes()].concat();
-        cluster::key_slot(&channel)
+        cluster::key_slot(self.channel(topic).as_bytes())
     }
 
     /// The link carrying `slot`'s channels; `None` in cluster mode until a

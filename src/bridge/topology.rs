@@ -121,7 +121,8 @@ impl Bridge {
         let resync = self.resync.replace(false);
         let old_map = self.map.borrow().clone();
         let old_links = self.links.borrow().clone();
-        if old_map.as_ref() != Some(&map) {
+        let changed = old_map.as_ref() != Some(&map);
+        if changed {
             if old_map.is_some() {
                 ShardStats::add(&stats.redis_topology_changes, 1);
             }
@@ -151,6 +152,13 @@ impl Bridge {
                 }
             }
         }
+        let waiting = std::mem::take(&mut *self.unrouted.borrow_mut());
+        for command in waiting {
+            self.push(command, stats);
+        }
+        if !(changed || resync) {
+            return;
+        }
         // Subscriptions whose slot changed hands, or all after Redis dropped some.
         let old_owner = |slot: u16| old_map.as_ref().and_then(|m| m.owner(slot)).and_then(|i| old_links.get(i)).cloned();
         let mut topics: Vec<Rc<str>> = self.wanted.borrow().iter().cloned().collect();
@@ -174,10 +182,6 @@ impl Bridge {
             if let Some(old) = old.filter(|o| moved && !o.is_retired()) {
                 old.change(topic, false);
             }
-        }
-        let waiting = std::mem::take(&mut *self.unrouted.borrow_mut());
-        for command in waiting {
-            self.push(command, stats);
         }
     }
 }
