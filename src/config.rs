@@ -1027,6 +1027,38 @@ mod tests {
     }
 
     #[test]
+    fn redis_modes_validate_their_own_keys() {
+        let ok = |text: &str| Config::from_toml(text, &Overrides::default()).unwrap().redis.unwrap();
+        let c = ok("[redis]\nmode = \"cluster\"\nurls = [\"redis://a:7000\", \"redis://u:p@b\"]");
+        assert!(matches!(&c.topology, RedisTopology::Cluster { seeds } if seeds.len() == 2 && seeds[1].port == 6379));
+        assert!(c.tls.is_none());
+        let c = ok("[redis]\nmode = \"sentinel\"\nsentinels = [\"rediss://s1\"]\nmaster_name = \"m\"\npassword = \"pw\"");
+        match &c.topology {
+            RedisTopology::Sentinel { sentinels, master_name, primary } => {
+                assert_eq!((sentinels[0].port, master_name.as_str(), primary.password.as_deref(), primary.tls), (26379, "m", Some("pw"), true));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(c.tls.is_some(), "rediss:// without a CA file trusts the public roots");
+        for (text, key) in [
+            ("[redis]\nmode = \"ring\"", "redis.mode"),
+            ("[redis]\nmode = \"cluster\"", "redis.urls"),
+            ("[redis]\nmode = \"cluster\"\nurls = [\"redis://a/2\"]", "redis.urls"),
+            ("[redis]\nmode = \"cluster\"\nurls = [\"redis://a\"]\nurl = \"redis://b\"", "redis.url"),
+            ("[redis]\nmode = \"sentinel\"\nsentinels = [\"redis://s\"]", "redis.master_name"),
+            ("[redis]\nmode = \"sentinel\"\nmaster_name = \"m\"", "redis.sentinels"),
+            ("[redis]\nurl = \"redis://a\"\nsentinels = [\"redis://s\"]", "redis.sentinels"),
+            ("[redis]\nurl = \"redis://a\"\npassword = \"x\"", "redis.password"),
+            ("[redis]\nurl = \"redis://a\"\ntls_ca_file = \"/ca.pem\"", "redis.tls_ca_file"),
+            ("[redis]\nurl = \"rediss://a\"\ntls_ca_file = \"/nonexistent.pem\"", "redis.tls_ca_file"),
+            ("[redis]\nurl = \"redis://a\"\ntopology_refresh_ms = 1", "redis.topology_refresh_ms"),
+        ] {
+            assert!(err(text).contains(key), "{text}: {}", err(text));
+        }
+        assert!(!err("[redis]\nurl = \"redis://:secret@a/x\"").contains("secret"), "a URL is never quoted back");
+    }
+
+    #[test]
     fn namespaces_load_in_order_and_round_trip() {
         let text = "[[namespaces]]\npattern = \"chat:*\"\nsubscribe = \"users\"\npublish = \"claim\"\n[[namespaces]]\npattern = \"*\"\nsubscribe = \"anyone\"\npublish = \"nobody\"\n";
         let c = Config::from_toml(text, &Overrides::default()).unwrap();

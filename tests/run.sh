@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with a Rust toolchain:
-# installs what the tests need (redis-server, flatc, Python websockets, chromium,
+# installs what the tests need (redis-server and redis-cli (a Redis Cluster is made with it), flatc, Python websockets, chromium,
 # playwright-core, the JS client's `ws`) when missing, checks the committed FlatBuffers code matches
 # schemas/, then runs every test.
 #
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 FLATC_VERSION=25.12.19
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v redis-server >/dev/null; then
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     echo "tests/run.sh: installing redis-server"
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null

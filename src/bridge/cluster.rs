@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn slots_follow_redis_examples_and_hash_tags() {
-        // Values from Redis' CLUSTER KEYSLOT (also checked live in tests/it/cluster.rs).
+        // Values from Redis' CLUSTER KEYSLOT (also checked live in tests/it/topology.rs).
         assert_eq!(key_slot(b"foo"), 12182);
         assert_eq!(key_slot(b"somekey"), 11058);
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));

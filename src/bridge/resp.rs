@@ -76,7 +76,7 @@ fn scan(b: &[u8], at: usize, depth: usize) -> Scan {
         b'$' | b'!' | b'=' => match number(head) {
             Some(-1) => Scan::Complete(next),
             Some(len) => {
-                let end = next + len as usize + 2;
+                let Some(end) = usize::try_from(len).ok().and_then(|l| next.checked_add(l)?.checked_add(2)) else { return Scan::Invalid };
                 match b.get(end - 2..end) {
                     Some(b"\r\n") => Scan::Complete(end),
                     Some(_) => Scan::Invalid,
@@ -113,7 +113,7 @@ fn flat_value(frame: &[u8]) -> Option<Value> {
         b'+' => Some(Value::SimpleString(String::from_utf8(head.to_vec()).ok()?)),
         b'$' => match number(head)? {
             -1 => Some(Value::Nil),
-            len => Some(Value::BulkString(frame.get(next..next + len as usize)?.to_vec())),
+            len => Some(Value::BulkString(frame.get(next..next.checked_add(usize::try_from(len).ok()?)?)?.to_vec())),
         },
         b'*' => {
             let count = usize::try_from(number(head)?).ok()?;

@@ -56,7 +56,15 @@ impl Bridge {
         *link.endpoint.borrow_mut() = endpoint.clone();
         let mut stream = endpoint.connect(tls).await?;
         let role = within(ask(&mut stream, &redis::cmd("ROLE"))).await?;
-        let primary = matches!(&role, Value::Array(parts) if matches!(parts.first(), Some(Value::BulkString(r)) if r.as_slice() == b"master"));
+        let primary = match &role {
+            Value::Array(parts) => matches!(parts.first(), Some(Value::BulkString(r)) if r.as_slice() == b"master"),
+            // An ACL user without ROLE: trust the Sentinels.
+            Value::ServerError(e) => {
+                debug!(server = endpoint.address(), "redis refused ROLE ({}); taking the sentinels' word", e.code());
+                true
+            }
+            _ => false,
+        };
         if !primary {
             return Err(BridgeError::Discovery(format!("{} is not a primary (a failover not finished yet?)", endpoint.address())));
         }

@@ -216,6 +216,12 @@ fn until_delivered(from: &mut Client, to: &mut Client, topic: &str, limit: Durat
 #[test]
 fn two_nodes_deliver_across_a_three_primary_cluster_on_sharded_channels() {
     let cluster = Cluster::start(3);
+    // Our slot hashing is Redis' own.
+    let mut conn = cluster.nodes[0].conn();
+    for key in ["shardcast:room-1", "shardcast:h:1", "a{b}c", "{}x", "x{}{y}", "\u{e9}t\u{e9}", "shardcast:$nodes", ""] {
+        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut conn).unwrap();
+        assert_eq!(key_slot(key.as_bytes()), slot, "{key:?}");
+    }
     let a = cluster_node(&cluster.seed());
     let b = cluster_node(&cluster.seed());
     let topics: Vec<String> = (0..30).map(|i| format!("room-{i}")).collect();
