@@ -38,6 +38,7 @@ use crate::protocol::{close, Command, Encoding, ErrorCode, RequestError, Wire};
 use crate::ws::deflate::{InflateError, Mode};
 use crate::shard::{PendingPublish, Shard, Then};
 use crate::ws::frame::{self, Opcode};
+use crate::ws::reader::{self, Event, Limits, Reader};
 use crate::ws::handshake::{self, Decision, Endpoint};
 
 /// Frames gathered into one `sendmsg`.
@@ -134,7 +135,7 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream) -> Option<Conn> {
         endpoint,
         partial: leftover,
         resume: true,
-        fragment: None,
+        reader: Reader::default(),
         topics: Vec::new(),
         bucket,
         limited: RateStrikes::default(),
@@ -291,14 +292,6 @@ pub fn flush_direct(out: &mut Outbox, fd: i32, scratch: &mut Vec<u8>, stats: &Sh
     Ok(Flushed::All)
 }
 
-/// A message being reassembled from fragments. Bounded by `max_message_bytes`.
-struct Fragment {
-    opcode: Opcode,
-    /// Its first frame had RSV1: the joined payload is to be inflated.
-    compressed: bool,
-    data: Vec<u8>,
-}
-
 /// Why the connection stops reading input.
 enum Blocked {
     /// A publish waits for room on another shard's channel.
@@ -318,8 +311,9 @@ pub struct Conn {
     /// (the connection blocked while decoding, or the handshake read past
     /// the request).
     resume: bool,
-    /// Boxed: most connections never fragment, and an idle one must be small.
-    fragment: Option<Box<Fragment>>,
+    /// Frames -> messages: a fragmented message in progress (bounded by
+    /// `max_message_bytes`).
+    reader: Reader,
     /// Topics this connection is subscribed to (canonical names from the registry).
     topics: Vec<Rc<str>>,
     bucket: TokenBucket,
@@ -502,7 +496,10 @@ impl Conn {
     /// Decodes and handles the frames in `buf`; returns how many bytes were
     /// used. Stops early at an incomplete frame or when the connection blocks.
     fn process(&mut self, buf: &mut [u8]) -> usize {
-        let max = self.shard.config.limits.max_message_bytes;
+        let limits = Limits {
+            max_message_bytes: self.shard.config.limits.max_message_bytes,
+            deflate: self.peer.wire.get().deflate != Mode::Off,
+        };
         let mut pos = 0;
         while pos < buf.len() {
             if self.input_closed {
@@ -513,89 +510,38 @@ impl Conn {
                 self.resume = true;
                 break;
             }
-            let header = match frame::parse_header(&buf[pos..]) {
-                Ok(Some(h)) => h,
+            let (used, event) = match self.reader.next(&mut buf[pos..], limits) {
+                Ok(Some(decoded)) => decoded,
                 Ok(None) => break,
-                Err(e) => {
-                    self.fail(close::PROTOCOL_ERROR, e.reason());
+                Err(violation) => {
+                    self.fail(violation.code, violation.reason);
                     return buf.len();
                 }
             };
-            let so_far = self.fragment.as_ref().map_or(0, |f| f.data.len() as u64);
-            // Saturating: a hostile 64-bit length must not wrap past the check.
-            if !header.opcode.is_control() && header.payload_len.saturating_add(so_far) > max as u64 {
-                self.fail(close::TOO_BIG, "message too big");
-                return buf.len();
-            }
-            let total = header.header_len + header.payload_len as usize;
-            if buf.len() - pos < total {
-                break;
-            }
-            let payload = &mut buf[pos + header.header_len..pos + total];
-            if header.rsv1 && !self.rsv1_allowed(header.opcode) {
-                self.fail(close::PROTOCOL_ERROR, "RSV1 set without permessage-deflate, or on a control or continuation frame");
-                return buf.len();
-            }
-            frame::unmask(payload, header.mask.expect("client frames are masked"), 0);
-            pos += total;
-            self.on_frame(header.opcode, header.fin, header.rsv1, payload);
+            pos += used;
+            self.on_event(event);
         }
         pos
     }
 
-    /// RSV1 marks a compressed message: only with permessage-deflate
-    /// negotiated, and only on a message's first frame.
-    fn rsv1_allowed(&self, opcode: Opcode) -> bool {
-        self.peer.wire.get().deflate != Mode::Off && matches!(opcode, Opcode::Text | Opcode::Binary)
-    }
-
-    fn on_frame(&mut self, opcode: Opcode, fin: bool, compressed: bool, payload: &mut [u8]) {
-        match opcode {
-            Opcode::Ping => self.send(frame::build(Opcode::Pong, &[payload])),
-            Opcode::Pong => {}
-            Opcode::Close => self.on_close(payload),
-            Opcode::Text | Opcode::Binary if self.fragment.is_some() => {
-                self.fail(close::PROTOCOL_ERROR, "expected a continuation frame")
-            }
-            Opcode::Text | Opcode::Binary if fin && compressed => self.on_compressed(opcode, payload),
-            Opcode::Text | Opcode::Binary if fin => self.on_message(opcode, payload),
-            Opcode::Text | Opcode::Binary => self.fragment = Some(Box::new(Fragment { opcode, compressed, data: payload.to_vec() })),
-            Opcode::Continuation => {
-                let Some(fragment) = &mut self.fragment else {
-                    return self.fail(close::PROTOCOL_ERROR, "continuation without a message");
-                };
-                fragment.data.extend_from_slice(payload);
-                if fin {
-                    let Fragment { opcode, compressed, mut data } = *self.fragment.take().expect("present");
-                    if compressed {
-                        self.on_compressed(opcode, &data);
-                    } else {
-                        self.on_message(opcode, &mut data);
-                    }
-                }
-            }
+    fn on_event(&mut self, event: Event<'_>) {
+        match event {
+            Event::Ping(payload) => self.send(frame::build(Opcode::Pong, &[payload])),
+            Event::Pong | Event::Fragment => {}
+            Event::Close(payload) => self.on_close(payload),
+            Event::Message { opcode, compressed: true, mut data } => self.on_compressed(opcode, data.as_mut()),
+            Event::Message { opcode, compressed: false, mut data } => self.on_message(opcode, data.as_mut()),
         }
     }
 
     fn on_close(&mut self, payload: &[u8]) {
         self.close_received = true;
         self.input_closed = true;
-        let code = match payload {
-            [] => close::NORMAL,
-            [_] => return self.fail(close::PROTOCOL_ERROR, "close frame with a 1-byte payload"),
-            [hi, lo, reason @ ..] => {
-                let code = u16::from_be_bytes([*hi, *lo]);
-                if !frame::close_code_allowed(code) {
-                    return self.fail(close::PROTOCOL_ERROR, "invalid close code");
-                }
-                if simdutf8::basic::from_utf8(reason).is_err() {
-                    return self.fail(close::INVALID_PAYLOAD, "close reason is not UTF-8");
-                }
-                code
-            }
-        };
-        // Echo the client's code, after anything already queued for it.
-        self.peer.close(code, "", true);
+        match reader::close_code(payload) {
+            // Echo the client's code, after anything already queued for it.
+            Ok(code) => self.peer.close(code, "", true),
+            Err(violation) => self.fail(violation.code, violation.reason),
+        }
     }
 
     /// Closes the connection for a protocol violation; further input is ignored.
@@ -606,7 +552,7 @@ impl Conn {
         // poll_serve): the connection ends at the client's EOF, or at
         // close_timeout_ms.
         self.input_closed = true;
-        self.fragment = None;
+        self.reader.reset();
         // Replies already queued (e.g. the rate_limited errors before a 1008)
         // go out before the close frame.
         self.peer.close(code, reason, true);
