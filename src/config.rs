@@ -201,6 +201,7 @@ pub struct RawRedis {
     pub batch_messages: u64,
     pub pipeline_depth: u64,
     pub presence_ttl_ms: u64,
+    pub heartbeat_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -388,6 +389,10 @@ pub struct RedisConfig {
     pub pipeline_depth: usize,
     /// How long a node's presence entries live in Redis without a refresh.
     pub presence_ttl: Duration,
+    /// How long a connection may owe Redis a reply before it is declared
+    /// dead and made again (idle connections are PINGed every third of it);
+    /// also bounds a connection's set-up. `None`: never (0).
+    pub heartbeat: Option<Duration>,
 }
 
 /// `[redis] mode` and the addresses that go with it.
@@ -752,6 +757,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             batch_messages: ranged("redis.batch_messages", r.batch_messages, 1, 100_000, "1..=100000")?,
             pipeline_depth: ranged("redis.pipeline_depth", r.pipeline_depth, 1, 1024, "1..=1024")?,
             presence_ttl: ms(ranged::<u64>("redis.presence_ttl_ms", r.presence_ttl_ms, 300, 86_400_000, "300..=86400000 ms")?),
+            heartbeat: match r.heartbeat_ms {
+                0 => None,
+                n => Some(ms(ranged::<u64>("redis.heartbeat_ms", n, 300, 3_600_000, "0 (off) or 300..=3600000 ms")?)),
+            },
         })
         }
     };
@@ -1105,6 +1114,7 @@ mod tests {
         assert!(err("[limits]\nmax_presence_clients = 0").contains("limits.max_presence_clients"));
         assert!(err("[limits]\nhistory_memory_bytes = 1000").contains("limits.history_memory_bytes"));
         assert!(err("[redis]\nurl = \"redis://127.0.0.1:6379\"\npresence_ttl_ms = 10").contains("redis.presence_ttl_ms"));
+        assert!(err("[redis]\nurl = \"redis://127.0.0.1:6379\"\nheartbeat_ms = 50").contains("redis.heartbeat_ms"));
     }
 
     #[test]

@@ -7,13 +7,17 @@
 //! - the subscriber (S)SUBSCRIBEs the node's topics whose channel this
 //!   server carries, and hands every push to the bridge.
 //!
-//! Both reconnect with exponential backoff. A link is reset (both
+//! Both reconnect with exponential backoff, and both are watched: one that
+//! has owed the server a reply for `[redis] heartbeat_ms` is dropped and
+//! made again ([`Owed`]), and an idle one is PINGed so that owing starts.
+//! A link is reset (both
 //! connections dropped and made again) when a Sentinel announces a new
 //! primary, and retired when its primary leaves the cluster's slot map.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use futures_lite::AsyncWriteExt;
 use glommio::timer::sleep;
@@ -134,7 +138,15 @@ pub async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, link: Rc<Link>, 
     };
     while !link.is_retired() {
         reset.clear();
-        match bridge.open(&link).await {
+        let opened = match cfg.heartbeat {
+            Some(limit) => futures_lite::future::or(bridge.open(&link), async {
+                sleep(limit).await;
+                Err(BridgeError::Unresponsive(limit))
+            })
+            .await,
+            None => bridge.open(&link).await,
+        };
+        match opened {
             Ok(stream) => {
                 let server = link.endpoint.borrow().address();
                 info!(role = ?role, server, "redis connected");
@@ -190,8 +202,13 @@ pub async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, link: Rc<Link>, 
 /// stay queued for the next connection.
 async fn run_publisher(shard: &Shard, bridge: &Bridge, link: &Link, mut stream: RedisStream, reset: &Notify) -> Result<(), BridgeError> {
     let mut in_flight = VecDeque::new();
+    let owed = Owed::default();
     link.publisher_connected.set(true);
-    let result = futures_lite::future::or(publisher_loop(shard, bridge, link, &mut stream, &mut in_flight), reset_of(reset)).await;
+    let result = futures_lite::future::or(
+        futures_lite::future::or(publisher_loop(shard, bridge, link, &mut stream, &mut in_flight, &owed), reset_of(reset)),
+        owed.watch(bridge.config().heartbeat),
+    )
+    .await;
     link.publisher_connected.set(false);
     for command in in_flight {
         bridge.fail(shard, command.on_reply);
@@ -199,7 +216,14 @@ async fn run_publisher(shard: &Shard, bridge: &Bridge, link: &Link, mut stream: 
     result
 }
 
-async fn publisher_loop(shard: &Shard, bridge: &Bridge, link: &Link, stream: &mut RedisStream, in_flight: &mut VecDeque<Outbound>) -> Result<(), BridgeError> {
+async fn publisher_loop(
+    shard: &Shard,
+    bridge: &Bridge,
+    link: &Link,
+    stream: &mut RedisStream,
+    in_flight: &mut VecDeque<Outbound>,
+    owed: &Owed,
+) -> Result<(), BridgeError> {
     let cfg = bridge.config();
     let stats = shard.stats();
     let limits = &shard.config.limits;
@@ -213,6 +237,7 @@ async fn publisher_loop(shard: &Shard, bridge: &Bridge, link: &Link, stream: &mu
         in_flight.push_back(Outbound::setup());
     }
     batches.push_back(Script::ALL.len());
+    owed.start();
     stream.write_all(&packed).await?;
     // Redis may have lost this node's presence while we were away.
     bridge.refresh_presence();
@@ -237,14 +262,38 @@ async fn publisher_loop(shard: &Shard, bridge: &Bridge, link: &Link, stream: &mu
             bridge.note_buffered(stats);
             batches.push_back(n);
             ShardStats::set(&stats.redis_pipeline_depth, batches.len() as u64);
+            owed.start();
             stream.write_all(&packed).await?;
             continue;
         }
         if batches.is_empty() {
-            link.outbound_ready.wait().await;
+            owed.clear();
+            let Some(limit) = cfg.heartbeat else {
+                link.outbound_ready.wait().await;
+                continue;
+            };
+            // Idle: PING once a third of the heartbeat has passed quietly.
+            let idle = futures_lite::future::or(
+                async {
+                    link.outbound_ready.wait().await;
+                    false
+                },
+                async {
+                    sleep(limit / 3).await;
+                    true
+                },
+            );
+            if idle.await {
+                in_flight.push_back(Outbound::setup());
+                batches.push_back(1);
+                owed.start();
+                stream.write_all(PING).await?;
+            }
             continue;
         }
-        for reply in reader.read_values(stream).await? {
+        let replies = reader.read_values(stream).await?;
+        owed.progress();
+        for reply in replies {
             let command = in_flight.pop_front().ok_or(BridgeError::Protocol("reply without a request"))?;
             bridge.on_command_reply(shard, command, reply);
             let head = batches.front_mut().ok_or(BridgeError::Protocol("reply without a request"))?;
@@ -262,7 +311,54 @@ async fn publisher_loop(shard: &Shard, bridge: &Bridge, link: &Link, stream: &mu
 async fn run_subscriber(shard: &Shard, bridge: &Bridge, link: &Link, stream: RedisStream, reset: &Notify) -> Result<(), BridgeError> {
     link.subscriber_connected.set(true);
     ShardStats::add(&shard.stats().redis_connected, 1);
-    futures_lite::future::or(subscriber_loop(shard, bridge, link, stream), reset_of(reset)).await
+    let owed = Owed::default();
+    futures_lite::future::or(
+        futures_lite::future::or(subscriber_loop(shard, bridge, link, stream, &owed), reset_of(reset)),
+        owed.watch(bridge.config().heartbeat),
+    )
+    .await
+}
+
+/// `PING`, packed. Its reply is `+PONG`, or `[pong, ""]` on a subscribed connection.
+const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+
+/// Since when a connection has owed the server a reply: written by the
+/// connection's loop (a write starts owing, a reply is progress), read by
+/// its watchdog. Both run on the bridge shard, in one task.
+#[derive(Default)]
+struct Owed(Cell<Option<Instant>>);
+
+impl Owed {
+    /// A request went out: owing starts now, unless it already had.
+    fn start(&self) {
+        if self.0.get().is_none() {
+            self.0.set(Some(Instant::now()));
+        }
+    }
+
+    /// A reply came: the clock starts again for what is still owed.
+    fn progress(&self) {
+        if self.0.get().is_some() {
+            self.0.set(Some(Instant::now()));
+        }
+    }
+
+    /// Nothing is owed.
+    fn clear(&self) {
+        self.0.set(None);
+    }
+
+    /// Ends with [`BridgeError::Unresponsive`] once a reply has been owed
+    /// for `limit`; never without a limit.
+    async fn watch(&self, limit: Option<Duration>) -> Result<(), BridgeError> {
+        let Some(limit) = limit else { return std::future::pending().await };
+        loop {
+            sleep(limit / 4).await;
+            if self.0.get().is_some_and(|since| since.elapsed() >= limit) {
+                return Err(BridgeError::Unresponsive(limit));
+            }
+        }
+    }
 }
 
 /// Ends with [`BridgeError::Reset`] once `reset` is raised.
@@ -271,7 +367,8 @@ async fn reset_of(reset: &Notify) -> Result<(), BridgeError> {
     Err(BridgeError::Reset)
 }
 
-async fn subscriber_loop(shard: &Shard, bridge: &Bridge, link: &Link, mut stream: RedisStream) -> Result<(), BridgeError> {
+async fn subscriber_loop(shard: &Shard, bridge: &Bridge, link: &Link, mut stream: RedisStream, owed: &Owed) -> Result<(), BridgeError> {
+    let quiet = bridge.config().heartbeat.map(|limit| limit / 3);
     let mut reader = RespReader::new(READ_CHUNK, shard.config.limits.max_message_bytes);
     // Everything wanted now, then changes as they come. Snapshot and start
     // queueing changes in one step (no await between), so a change made while
@@ -288,6 +385,7 @@ async fn subscriber_loop(shard: &Shard, bridge: &Bridge, link: &Link, mut stream
             cmd.arg(&**channel);
         }
         cmd.write_packed_command(&mut packed);
+        owed.start();
         stream.write_all(&packed).await?;
     }
     loop {
@@ -297,18 +395,50 @@ async fn subscriber_loop(shard: &Shard, bridge: &Bridge, link: &Link, mut stream
             for (topic, on) in changes {
                 redis::cmd(if on { subscribe } else { unsubscribe }).arg(bridge.channel(&topic)).write_packed_command(&mut packed);
             }
+            owed.start();
             stream.write_all(&packed).await?;
         }
-        let pushes = futures_lite::future::or(async { Some(reader.read_values(&mut stream).await) }, async {
-            link.changed.wait().await;
-            None
-        })
+        // Pushes, a subscription change to write, or a quiet spell to PING
+        // in (reading is cancel-safe: nothing is lost when another wins).
+        let woke = futures_lite::future::or(
+            async { Woke::Read(reader.read_values(&mut stream).await) },
+            futures_lite::future::or(
+                async {
+                    link.changed.wait().await;
+                    Woke::Changed
+                },
+                async {
+                    match quiet {
+                        Some(quiet) => sleep(quiet).await,
+                        None => std::future::pending().await,
+                    }
+                    Woke::Quiet
+                },
+            ),
+        )
         .await;
-        let Some(pushes) = pushes else { continue };
-        for push in pushes? {
+        let pushes = match woke {
+            Woke::Read(pushes) => pushes?,
+            Woke::Changed => continue,
+            Woke::Quiet => {
+                owed.start();
+                stream.write_all(PING).await?;
+                continue;
+            }
+        };
+        // Anything the server says shows it alive, confirmations and pongs included.
+        owed.clear();
+        for push in pushes {
             bridge.on_push(shard, link, push).await;
         }
     }
+}
+
+/// What woke the subscriber loop.
+enum Woke {
+    Read(Result<Vec<Value>, BridgeError>),
+    Changed,
+    Quiet,
 }
 
 /// Sends one command and returns its reply. For discovery on a connection

@@ -37,7 +37,7 @@ pub mod endpoint;
 pub mod envelope;
 mod link;
 mod refill;
-mod resp;
+pub mod resp;
 pub mod scripts;
 mod topology;
 
@@ -858,6 +858,12 @@ impl Bridge {
                 return;
             }
         };
+        if let [Value::BulkString(kind), _] = parts.as_slice() {
+            if kind.as_slice() == b"pong" {
+                // The answer to the subscriber's heartbeat PING.
+                return;
+            }
+        }
         if let [Value::BulkString(kind), Value::BulkString(channel), Value::Int(_)] = parts.as_slice() {
             // A subscribe/unsubscribe confirmation: [kind, channel, count].
             let topic = std::str::from_utf8(channel).ok().and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()));

@@ -33,6 +33,10 @@ pub enum BridgeError {
     Reset,
     #[error("{0}")]
     Discovery(String),
+    /// The server owed a reply for `[redis] heartbeat_ms` (paused, wedged,
+    /// or gone without a TCP reset).
+    #[error("redis did not answer for {} ms", .0.as_millis())]
+    Unresponsive(std::time::Duration),
 }
 
 /// How far the value at the start of a buffer reaches.
@@ -171,6 +175,22 @@ impl RespReader {
         }
     }
 
+    /// The same as [`read_values`](Self::read_values), from bytes in hand
+    /// instead of a socket: buffers `bytes` and returns every value they
+    /// complete (the tests and the fuzz target feed it).
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<Vec<Value>, BridgeError> {
+        let mut values = Vec::new();
+        while !bytes.is_empty() {
+            self.make_room()?;
+            let n = bytes.len().min(self.buf.len() - self.end);
+            self.buf[self.end..self.end + n].copy_from_slice(&bytes[..n]);
+            self.end += n;
+            bytes = &bytes[n..];
+            values.extend(self.take_values()?);
+        }
+        Ok(values)
+    }
+
     /// Every complete value buffered.
     fn take_values(&mut self) -> Result<Vec<Value>, BridgeError> {
         let mut values = Vec::new();
@@ -230,18 +250,8 @@ mod tests {
     /// Feeds `bytes` to a reader split at `cut`, returns every value.
     fn read_split(bytes: &[u8], cut: usize) -> Result<Vec<Value>, BridgeError> {
         let mut r = RespReader::new(8, 1 << 16);
-        let mut out = Vec::new();
-        for part in [&bytes[..cut], &bytes[cut..]] {
-            let mut part: &[u8] = part;
-            while !part.is_empty() {
-                r.make_room()?;
-                let n = part.len().min(r.buf.len() - r.end);
-                r.buf[r.end..r.end + n].copy_from_slice(&part[..n]);
-                r.end += n;
-                part = &part[n..];
-                out.extend(r.take_values()?);
-            }
-        }
+        let mut out = r.feed(&bytes[..cut])?;
+        out.extend(r.feed(&bytes[cut..])?);
         Ok(out)
     }
 
