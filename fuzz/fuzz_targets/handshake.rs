@@ -1,0 +1,23 @@
+//! The HTTP upgrade request (`ws::handshake::decide`) and the
+//! permessage-deflate offer it negotiates, on arbitrary bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use shardcast::ws::handshake::{decide, Decision, Rules};
+
+fuzz_target!(|data: &[u8]| {
+    let origins = ["https://app.example".to_string()];
+    for (compression, allowed_origins) in [(false, &[][..]), (true, &origins[..])] {
+        let rules = Rules { ws_path: "/ws", echo_path: Some("/echo"), metrics_path: Some("/metrics"), allowed_origins, compression };
+        match decide(data, &rules) {
+            Decision::Upgrade { response, consumed, deflate, .. } => {
+                assert!(consumed <= data.len(), "consumed past the input");
+                assert!(response.starts_with(b"HTTP/1.1 101 "), "an upgrade answers 101");
+                assert!(response.ends_with(b"\r\n\r\n"), "the response head is complete");
+                assert!(compression || deflate.is_none(), "deflate negotiated while off");
+            }
+            Decision::Refuse { status, .. } => assert!((400..500).contains(&status), "refusals are 4xx: {status}"),
+            Decision::Incomplete | Decision::Metrics => {}
+        }
+    }
+});
