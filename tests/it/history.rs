@@ -18,13 +18,13 @@ fn history_ns(size: u64, ttl_ms: u64) -> String {
 }
 
 /// `limits` are extra `[limits]` keys; `extra` more tables.
-fn node_config(size: u64, ttl_ms: u64, limits: &str, extra: &str) -> String {
+pub(crate) fn node_config(size: u64, ttl_ms: u64, limits: &str, extra: &str) -> String {
     let ns = history_ns(size, ttl_ms);
     format!("{ns}[limits]\npublish_rate = 0\n{limits}\n[queue]\nmax_messages = 20000\nmax_bytes = 16777216\n{extra}")
 }
 
 /// Subscribes (optionally recovering from `since`) and returns the ack.
-fn subscribe(c: &mut Client, topic: &str, recover: Option<(u64, &str)>, id: u64) -> Value {
+pub(crate) fn subscribe(c: &mut Client, topic: &str, recover: Option<(u64, &str)>, id: u64) -> Value {
     let mut req = json!({"type":"subscribe","topic":topic});
     if let Some((offset, epoch)) = recover {
         req["recover"] = json!({"offset":offset,"epoch":epoch});
@@ -35,7 +35,7 @@ fn subscribe(c: &mut Client, topic: &str, recover: Option<(u64, &str)>, id: u64)
 }
 
 /// The next `message` frame's (offset, epoch, payload).
-fn next_message(c: &mut Client) -> (u64, String, Value) {
+pub(crate) fn next_message(c: &mut Client) -> (u64, String, Value) {
     let m = c.recv();
     assert_eq!(m["type"], "message", "{m}");
     (m["offset"].as_u64().unwrap_or_else(|| panic!("no offset: {m}")), m["epoch"].as_str().unwrap().to_string(), m["payload"].clone())
@@ -205,7 +205,7 @@ fn replies_never_exceed_max_message_bytes() {
 
 /// Publishes `total` numbered messages (payload = sequence number) while
 /// `stop` is false, as fast as the server takes them.
-fn publisher(url: String, topic: &'static str, total: u64, paused: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+pub(crate) fn publisher(url: String, topic: &'static str, total: u64, paused: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut p = Client::connect(&url);
         for i in 1..=total {
@@ -224,7 +224,7 @@ fn publisher(url: String, topic: &'static str, total: u64, paused: Arc<AtomicBoo
 
 /// Reads messages until payload `last`; checks every offset follows the
 /// previous one (no gap, no duplicate) and every payload is the next.
-fn read_until(c: &mut Client, mut offset: u64, mut seq: u64, last: u64) -> (u64, u64) {
+pub(crate) fn read_until(c: &mut Client, mut offset: u64, mut seq: u64, last: u64) -> (u64, u64) {
     while seq < last {
         let (o, _, payload) = next_message(c);
         assert_eq!(o, offset + 1, "offsets are contiguous");

@@ -10,6 +10,7 @@ mod bench;
 mod clients;
 mod conformance;
 mod errors;
+mod faults;
 mod history;
 mod lifecycle;
 mod presence;

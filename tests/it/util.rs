@@ -253,6 +253,13 @@ impl Client {
         self.send(json!({"type":"publish","topic":topic,"payload":payload}));
     }
 
+    /// Vanishes without a close frame: the TCP connection is shut down.
+    pub fn abort(self) {
+        if let MaybeTlsStream::Plain(s) = self.ws.get_ref() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     /// Reads until the server's close frame; returns its code and reason.
     pub fn expect_close(&mut self) -> (u16, String) {
         loop {
@@ -362,6 +369,13 @@ impl Redis {
         eventually(Duration::from_secs(10), "redis-server to accept connections", || {
             self.connection_opt().is_some()
         });
+    }
+
+    /// Sends `sig` (SIGSTOP pauses it with every connection left open; SIGCONT resumes).
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(pid as i32, sig) };
     }
 
     pub fn kill(&mut self) {
