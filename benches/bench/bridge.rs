@@ -62,10 +62,10 @@ pub struct BridgeArgs {
 }
 
 /// redis-server processes, killed when dropped.
-struct Redises(Vec<(Child, u16)>);
+pub struct Redises(Vec<(Child, u16)>);
 
 impl Redises {
-    fn start(program: &str, count: usize, cluster: bool) -> Result<Redises, String> {
+    pub fn start(program: &str, count: usize, cluster: bool) -> Result<Redises, String> {
         let dir = std::env::temp_dir().join(format!("shardcast-bench-cluster-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let mut procs = Redises(Vec::new());
@@ -93,8 +93,12 @@ impl Redises {
         Ok(procs)
     }
 
-    fn pids(&self) -> Vec<u32> {
+    pub fn pids(&self) -> Vec<u32> {
         self.0.iter().map(|(c, _)| c.id()).collect()
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.0.iter().map(|(_, p)| *p).collect()
     }
 }
 

@@ -19,6 +19,7 @@ mod proc;
 mod progress;
 mod report;
 mod scenarios;
+mod soak;
 mod wire;
 mod ws;
 
@@ -81,6 +82,15 @@ enum Scenario {
     /// both nodes and every redis-server. Interleaved rounds; starts its own
     /// redis-servers and nodes.
     Bridge(bridge::BridgeArgs),
+    /// Two nodes through Redis for --duration under churn (connects,
+    /// subscribes, publishes, resets), slow readers, oversized and malformed
+    /// frames: what well-behaved clients were owed and got, their latency,
+    /// every process's RSS and descriptors over time (CSV + SVG plot).
+    /// Starts its own redis-server and nodes.
+    Soak(soak::SoakArgs),
+    /// Normal connect times on an idle node vs while N clients send their
+    /// upgrade a byte a second; checks they are closed at handshake_timeout_ms.
+    Slowloris(soak::SlowlorisArgs),
 }
 
 /// Options every scenario takes.
@@ -316,7 +326,7 @@ fn common(s: &Scenario) -> &CommonArgs {
         Scenario::Echo(a) => &a.common,
         Scenario::Api(a) => &a.common,
         Scenario::Recover(a) => &a.common,
-        Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) | Scenario::Bridge(_) => {
+        Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) | Scenario::Bridge(_) | Scenario::Soak(_) | Scenario::Slowloris(_) => {
             unreachable!("compare, auth, wire, admin and history run other scenarios")
         }
     }
@@ -383,6 +393,8 @@ fn main() {
         Scenario::Admin(a) => admin::run(a),
         Scenario::History(a) => history::run(a),
         Scenario::Bridge(a) => bridge::run(a),
+        Scenario::Soak(a) => soak::soak(a),
+        Scenario::Slowloris(a) => soak::slowloris(a),
         Scenario::Idle(a) if a.child => idle_child(&a),
         s => run_once(&s).map(|r| r.print(common(&s).json)),
     };
@@ -438,7 +450,7 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
             Scenario::Echo(a) => scenarios::echo(&run, a, &Progress::new("round trips")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Api(a) => scenarios::api(&run, a, &Progress::new("publishes")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Recover(a) => scenarios::recover(&run, a, &Progress::new("recoveries")).await.map(|(r, h)| (r, Some(h))),
-            Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) | Scenario::Bridge(_) => unreachable!(),
+            Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) | Scenario::Bridge(_) | Scenario::Soak(_) | Scenario::Slowloris(_) => unreachable!(),
         }
     })?;
     if let (Some(path), Some(h)) = (&c.plot, &hist) {

@@ -142,6 +142,8 @@ fn parse_header(buf: &[u8]) -> Option<(u8, usize, usize)> {
 /// One connection.
 pub struct Ws {
     pub stream: Stream,
+    /// The code of the server's close frame, once one was read (0: none given).
+    pub closed: Option<u16>,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -188,7 +190,7 @@ impl Ws {
                     return Err(io::Error::new(io::ErrorKind::ConnectionRefused, head));
                 }
                 let start = pos + 4;
-                return Ok(Ws { stream, buf, start, end });
+                return Ok(Ws { stream, closed: None, buf, start, end });
             }
             if end == buf.len() {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "handshake response too large"));
@@ -229,7 +231,10 @@ impl Ws {
                         self.stream.write_all(&pong).await?;
                         self.stream.flush().await?;
                     }
-                    OP_CLOSE => return Ok(false),
+                    OP_CLOSE => {
+                        self.closed = Some(if len >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 0 });
+                        return Ok(false);
+                    }
                     op if first & 0x40 != 0 => {
                         // RSV1: a compressed message (the server sends unfragmented ones).
                         let mut inflated = Vec::new();
