@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with a Rust toolchain:
 # installs what the tests need (redis-server and redis-cli (a Redis Cluster is made with it), flatc, Python websockets, chromium,
-# playwright-core, the JS client's `ws`) when missing, checks the committed FlatBuffers code matches
-# schemas/, then runs every test.
+# playwright-core, the JS client's `ws`, cargo-fuzz) when missing, checks the committed FlatBuffers code matches
+# schemas/, then runs every test, the Autobahn conformance suite (where ../shared/conformance
+# exists) and a short run of every fuzz target.
 #
 #   bash tests/run.sh          # everything
 #   bash tests/run.sh --regen  # only regenerate src/*/generated/ and clients/js/src/fb/ from schemas/
@@ -97,4 +98,10 @@ echo "tests/run.sh: generated FlatBuffers code matches schemas/"
 log=$(mktemp)
 trap 'rm -rf "$fresh" "$js" "$log"' EXIT
 cargo test --all-targets 2>&1 | tee "$log"
+# Autobahn|Testsuite on /echo with compression on, where ../shared/conformance
+# exists (a sample of the slow deflate cases; --full runs all of them).
+bash tests/conformance.sh
+# A short run of every fuzz target on its seeds, so that a change that
+# brings a crash back fails here (fuzz/README.md; longer runs by hand).
+bash fuzz/run.sh "${FUZZ_SECONDS:-20}"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
