@@ -390,8 +390,8 @@ pub struct RedisConfig {
     /// How long a node's presence entries live in Redis without a refresh.
     pub presence_ttl: Duration,
     /// How long a connection may owe Redis a reply before it is declared
-    /// dead and made again (idle connections are PINGed every third of it);
-    /// also bounds a connection's set-up. `None`: never (0).
+    /// dead and made again (idle connections are PINGed every third of it).
+    /// `None`: never (0).
     pub heartbeat: Option<Duration>,
 }
 

@@ -123,17 +123,27 @@ impl Endpoint {
             expected += 1;
         }
         if expected > 0 {
-            stream.write_all(&setup).await?;
-            let mut reader = RespReader::new(4096, 4096);
-            let mut seen = 0;
-            while seen < expected {
-                for reply in reader.read_values(&mut stream).await? {
-                    if let Value::ServerError(e) = reply {
-                        return Err(BridgeError::Refused(format!("{} {}", e.code(), e.details().unwrap_or(""))));
+            // Bounded like the connect: a server that accepts but never
+            // answers (paused, wedged) must not hold the attempt forever.
+            let answered = async {
+                stream.write_all(&setup).await?;
+                let mut reader = RespReader::new(4096, 4096);
+                let mut seen = 0;
+                while seen < expected {
+                    for reply in reader.read_values(&mut stream).await? {
+                        if let Value::ServerError(e) = reply {
+                            return Err(BridgeError::Refused(format!("{} {}", e.code(), e.details().unwrap_or(""))));
+                        }
+                        seen += 1;
                     }
-                    seen += 1;
                 }
-            }
+                Ok(())
+            };
+            let timeout = async {
+                glommio::timer::sleep(CONNECT_TIMEOUT).await;
+                Err(BridgeError::Unresponsive(CONNECT_TIMEOUT))
+            };
+            futures_lite::future::or(answered, timeout).await?;
         }
         Ok(stream)
     }

@@ -138,15 +138,7 @@ pub async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, link: Rc<Link>, 
     };
     while !link.is_retired() {
         reset.clear();
-        let opened = match cfg.heartbeat {
-            Some(limit) => futures_lite::future::or(bridge.open(&link), async {
-                sleep(limit).await;
-                Err(BridgeError::Unresponsive(limit))
-            })
-            .await,
-            None => bridge.open(&link).await,
-        };
-        match opened {
+        match bridge.open(&link).await {
             Ok(stream) => {
                 let server = link.endpoint.borrow().address();
                 info!(role = ?role, server, "redis connected");

@@ -33,8 +33,8 @@ pub enum BridgeError {
     Reset,
     #[error("{0}")]
     Discovery(String),
-    /// The server owed a reply for `[redis] heartbeat_ms` (paused, wedged,
-    /// or gone without a TCP reset).
+    /// The server owed a reply this long (`[redis] heartbeat_ms`, or the
+    /// connection set-up's bound): paused, wedged, or gone without a reset.
     #[error("redis did not answer for {} ms", .0.as_millis())]
     Unresponsive(std::time::Duration),
 }
