@@ -843,42 +843,50 @@ pub fn slowloris(a: SlowlorisArgs) -> Result<(), String> {
     ))?;
     let target = Target::parse(&format!("ws://{}/ws", server.addr), None)?;
     let addr = target.addr;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let local = tokio::task::LocalSet::new();
     let timeout = Duration::from_millis(a.handshake_timeout_ms);
-    let (idle, loaded, lived) = local.block_on(&rt, async {
-        let idle = probes(&target, a.probes).await?;
-        let slow: Vec<_> = (0..a.connections)
-            .map(|_| {
-                tokio::task::spawn_local(slow_client(addr, timeout * 4 + Duration::from_secs(10)))
-            })
-            .collect();
-        // Let every slow client connect and start dribbling.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let open = open_fds(server.pid());
-        eprintln!(
-            "slowloris: {} slow connections open (server holds {open} descriptors)",
-            a.connections
-        );
-        let loaded = probes(&target, a.probes).await?;
-        let mut lived = Histogram::<u64>::new_with_bounds(1, 600_000, 3).expect("bounds");
-        let mut never = 0;
-        for s in slow {
-            match s.await.map_err(|e| e.to_string())? {
-                Some(d) => {
-                    let _ = lived.record((d.as_millis() as u64).max(1));
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
+    };
+    let rt = runtime()?;
+    let idle = rt.block_on(probes(&target, a.probes))?;
+    // The slow clients get a thread and a runtime of their own, so that their
+    // once-a-second bursts of writes never delay the probes' own event loop:
+    // what the probes measure is the server.
+    let connections = a.connections;
+    let slow_runtime = runtime()?;
+    let slow = std::thread::spawn(move || {
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&slow_runtime, async {
+            let clients: Vec<_> = (0..connections)
+                .map(|_| tokio::task::spawn_local(slow_client(addr, timeout * 4 + Duration::from_secs(10))))
+                .collect();
+            let mut lived = Histogram::<u64>::new_with_bounds(1, 600_000, 3).expect("bounds");
+            let mut never = 0;
+            for c in clients {
+                match c.await.map_err(|e| e.to_string())? {
+                    Some(d) => {
+                        let _ = lived.record((d.as_millis() as u64).max(1));
+                    }
+                    None => never += 1,
                 }
-                None => never += 1,
             }
-        }
-        if never > 0 {
-            return Err(format!("{never} slow connections were never closed"));
-        }
-        Ok::<_, String>((idle, loaded, lived))
-    })?;
+            if never > 0 {
+                return Err(format!("{never} slow connections were never closed"));
+            }
+            Ok::<_, String>(lived)
+        })
+    });
+    // Let every slow client connect and start dribbling.
+    std::thread::sleep(Duration::from_millis(1500));
+    eprintln!(
+        "slowloris: {} slow connections open (server holds {} descriptors)",
+        a.connections,
+        open_fds(server.pid())
+    );
+    let (cpu_before, at) = (proc::usage(server.pid()).map_or(0.0, |u| u.cpu_seconds), Instant::now());
+    let loaded = rt.block_on(probes(&target, a.probes))?;
+    let server_cpu = (proc::usage(server.pid()).map_or(0.0, |u| u.cpu_seconds) - cpu_before) / at.elapsed().as_secs_f64();
+    let lived = slow.join().map_err(|_| "the slow clients' thread panicked".to_string())??;
     let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1000.0;
     println!(
         "slowloris: {} connections sending their upgrade a byte a second; handshake_timeout_ms = {}; {} probes per phase, one at a time",
@@ -904,6 +912,7 @@ pub fn slowloris(a: SlowlorisArgs) -> Result<(), String> {
             ],
         ],
     );
+    println!("server CPU while the slow connections dribbled and the probes ran: {:.0}% of a core", server_cpu * 100.0);
     println!(
         "slow connections closed after: min {} ms, p50 {} ms, max {} ms (handshake_timeout_ms {})",
         lived.min(),
