@@ -114,11 +114,10 @@ pub struct Bridge {
     refills: RefCell<refill::Refills>,
     /// Other nodes' announcements, to the admin thread (bounded; dropped when full).
     announcements: Option<tokio::sync::mpsc::Sender<Bytes>>,
-    /// Interest acknowledgements held back until Redis confirms the topic's
-    /// SUBSCRIBE, so that a subscribe ack means delivery from every node.
-    /// Released on confirmation or when the connection drops; bounded by the
-    /// subscribes in flight (one per waiting connection).
-    confirmations: RefCell<HashMap<Rc<str>, Vec<InterestAck>, ahash::RandomState>>,
+    /// What waits for Redis to confirm a topic's SUBSCRIBE: released on
+    /// confirmation or when the connection drops; bounded by the subscribes
+    /// in flight (one per waiting connection).
+    confirmations: RefCell<HashMap<Rc<str>, Unconfirmed, ahash::RandomState>>,
     builder: RefCell<FlatBufferBuilder<'static>>,
     /// The bridge's own tasks (presence, discovery), for [`Bridge::stop`].
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
@@ -192,6 +191,27 @@ pub struct InterestAck {
     /// The shard waiting for it (the bridge shard itself included).
     pub shard: usize,
     pub token: u64,
+}
+
+/// What waits for Redis to confirm one topic's SUBSCRIBE.
+#[derive(Debug, Default)]
+struct Unconfirmed {
+    /// Subscribers' interest rounds.
+    acks: Vec<InterestAck>,
+    /// Join announcements (join_leave topics), with the joining connection.
+    joins: Vec<(ConnId, Arc<Outgoing>)>,
+}
+
+impl Unconfirmed {
+    /// Acknowledges the rounds, then announces the joins.
+    fn release(self, shard: &Shard) {
+        for ack in self.acks {
+            shard.interest_acked(ack);
+        }
+        for (conn, event) in self.joins {
+            shard.announce(event, Some(conn));
+        }
+    }
 }
 
 impl Bridge {
@@ -314,7 +334,7 @@ impl Bridge {
             // A SUBSCRIBE for it may still be on its way: wait for the same
             // confirmation.
             if let (Some(ack), Some(waiting)) = (ack, self.confirmations.borrow_mut().get_mut(topic)) {
-                waiting.push(ack);
+                waiting.acks.push(ack);
                 return true;
             }
         }
@@ -325,34 +345,59 @@ impl Bridge {
         link.change(topic.clone(), interested);
         match ack {
             Some(ack) if interested => {
-                self.confirmations.borrow_mut().entry(topic).or_default().push(ack);
+                self.confirmations.borrow_mut().entry(topic).or_default().acks.push(ack);
                 true
             }
             _ => false,
         }
     }
 
-    /// Acknowledgements released by Redis confirming `topic`'s SUBSCRIBE.
-    fn confirmed(&self, topic: &str) -> Vec<InterestAck> {
+    /// What Redis confirming `topic`'s SUBSCRIBE releases.
+    fn confirmed(&self, topic: &str) -> Unconfirmed {
         self.confirmations.borrow_mut().remove(topic).unwrap_or_default()
     }
 
-    /// The subscriber connection of `link` is gone: every acknowledgement
-    /// waiting for a SUBSCRIBE on it is released.
+    /// Holds the announcement of a join to `topic` by connection `conn`
+    /// while the node's SUBSCRIBE of the topic is unconfirmed: the other
+    /// nodes must not hear of a member before what they publish reaches it.
+    /// Hands the event back when there is nothing to wait for.
+    pub fn hold_join(&self, topic: &str, conn: ConnId, event: Arc<Outgoing>) -> Option<Arc<Outgoing>> {
+        match self.confirmations.borrow_mut().get_mut(topic) {
+            Some(waiting) => {
+                waiting.joins.push((conn, event));
+                None
+            }
+            None => Some(event),
+        }
+    }
+
+    /// Drops the held join of `conn` to `topic`, if any (it left before the
+    /// confirmation: neither its join nor its leave is announced). Returns
+    /// whether there was one.
+    pub fn drop_held_join(&self, topic: &str, conn: ConnId) -> bool {
+        let mut confirmations = self.confirmations.borrow_mut();
+        let Some(waiting) = confirmations.get_mut(topic) else { return false };
+        let before = waiting.joins.len();
+        waiting.joins.retain(|(c, _)| *c != conn);
+        waiting.joins.len() != before
+    }
+
+    /// The subscriber connection of `link` is gone: everything waiting for
+    /// a SUBSCRIBE on it is released.
     fn subscriber_lost(&self, shard: &Shard, link: &Link) {
         link.subscriber_connected.set(false);
         ShardStats::sub(&shard.stats().redis_connected, 1);
-        let acks: Vec<InterestAck> = {
+        let released: Vec<Unconfirmed> = {
             let mut confirmations = self.confirmations.borrow_mut();
             let lost: Vec<Rc<str>> = confirmations
                 .keys()
                 .filter(|t| self.route(self.slot(t)).is_none_or(|l| std::ptr::eq(&*l, link)))
                 .cloned()
                 .collect();
-            lost.iter().flat_map(|t| confirmations.remove(t).unwrap_or_default()).collect()
+            lost.iter().filter_map(|t| confirmations.remove(t)).collect()
         };
-        for ack in acks {
-            shard.interest_acked(ack);
+        for waiting in released {
+            waiting.release(shard);
         }
     }
 
@@ -869,8 +914,8 @@ impl Bridge {
             let topic = std::str::from_utf8(channel).ok().and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()));
             match kind.as_slice() {
                 b"subscribe" | b"ssubscribe" => {
-                    for ack in topic.map(|t| bridge.confirmed(t)).unwrap_or_default() {
-                        shard.interest_acked(ack);
+                    if let Some(topic) = topic {
+                        bridge.confirmed(topic).release(shard);
                     }
                     if let Some(topic) = topic {
                         catch_up(shard, bridge, topic);
@@ -1060,9 +1105,9 @@ mod tests {
         assert!(b.set_interest("t", true, ack(0, 2)), "new SUBSCRIBE: wait for it");
         assert!(b.set_interest("t", true, ack(1, 3)), "same SUBSCRIBE still in flight: wait too");
         assert_eq!(link.changes.borrow().len(), 1, "one SUBSCRIBE");
-        assert_eq!(b.confirmed("t"), vec![InterestAck { shard: 0, token: 2 }, InterestAck { shard: 1, token: 3 }]);
+        assert_eq!(b.confirmed("t").acks, vec![InterestAck { shard: 0, token: 2 }, InterestAck { shard: 1, token: 3 }]);
         assert!(!b.set_interest("t", true, ack(1, 4)), "confirmed: nothing to wait for");
         assert!(b.set_interest("u", true, ack(0, 5)));
-        assert_eq!(b.confirmed("u"), vec![InterestAck { shard: 0, token: 5 }]);
+        assert_eq!(b.confirmed("u").acks, vec![InterestAck { shard: 0, token: 5 }]);
     }
 }

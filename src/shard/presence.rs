@@ -63,16 +63,26 @@ impl Shard {
                     return;
                 }
                 if self.config.namespaces.options(&topic).join_leave {
-                    // Everyone but the joining connection itself.
-                    self.announce(Outgoing::presence(&topic, Kind::Join { client, user }), Some(conn));
+                    // Everyone but the joining connection itself, once the
+                    // node's SUBSCRIBE of the topic is confirmed.
+                    let event = Outgoing::presence(&topic, Kind::Join { client, user });
+                    let event = match &self.bridge {
+                        Some(bridge) => bridge.hold_join(&topic, conn, event),
+                        None => Some(event),
+                    };
+                    if let Some(event) = event {
+                        self.announce(event, Some(conn));
+                    }
                 }
             }
             PresenceMsg::Leave { topic, conn } => {
                 let Some(member) = self.presence.borrow_mut().leave(&topic, conn) else { return };
+                let mut unannounced = false;
                 if let Some(bridge) = &self.bridge {
                     bridge.presence_write(&topic, false, &member.client, None, None);
+                    unannounced = bridge.drop_held_join(&topic, conn);
                 }
-                if self.config.namespaces.options(&topic).join_leave {
+                if self.config.namespaces.options(&topic).join_leave && !unannounced {
                     self.announce(Outgoing::presence(&topic, Kind::Leave { client: member.client, user: member.user }), None);
                 }
             }
@@ -92,7 +102,7 @@ impl Shard {
 
     /// Delivers a join or leave on this node and, with Redis (the owner is
     /// then the bridge shard), passes it to the other nodes.
-    fn announce(&self, event: Arc<Outgoing>, skip: Option<ConnId>) {
+    pub(crate) fn announce(&self, event: Arc<Outgoing>, skip: Option<ConnId>) {
         if let Some(bridge) = &self.bridge {
             bridge.enqueue(&event, self.stats());
         }

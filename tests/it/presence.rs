@@ -157,3 +157,40 @@ fn presence_spans_nodes_and_a_killed_node_drops_out_within_the_ttl() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(presence(&mut asker, "room:x", 4), only_a);
 }
+
+/// A join heard on another node means the member gets what is published
+/// from then on: the join is announced once the joining node's SUBSCRIBE
+/// is confirmed, not when the presence entry is written. Node B's
+/// SUBSCRIBEs reach Redis 600 ms late (held by a proxy), its other commands
+/// do not; Alice publishes the moment she hears Bob joined.
+#[test]
+fn a_join_is_announced_only_once_the_member_receives_the_topic() {
+    let redis = Redis::start();
+    let a = redis_node(&redis);
+    let proxy = DelayProxy::start(redis.port, b"SUBSCRIBE", Duration::from_millis(600));
+    let extra = format!("[redis]\nurl = \"redis://127.0.0.1:{}\"\nreconnect_min_ms = 20\nreconnect_max_ms = 200\n", proxy.port);
+    let b = Server::start(&config("", &extra), &["--shards", "2"]);
+    let mut on_a = login(&a, "alice");
+    on_a.subscribe("room:x");
+    let mut on_b = login(&b, "bob");
+    on_b.send(json!({"type":"subscribe","topic":"room:x","id":1}));
+    let joined = on_a.recv();
+    assert_eq!(joined["type"], "join", "{joined}");
+    on_a.publish("room:x", json!("hello bob"));
+    let ack = on_b.recv();
+    assert_eq!((ack["type"].as_str(), ack["id"].as_u64()), (Some("ack"), Some(1)), "{ack}");
+    let got = on_b.try_recv(Duration::from_secs(5)).expect("bob gets what alice published after hearing he joined");
+    assert_eq!((got["type"].as_str(), &got["payload"]), (Some("message"), &json!("hello bob")), "{got}");
+    // Gone before the confirmation: the connection is not read while its
+    // subscribe waits, so its leave follows its join, never precedes it.
+    let mut watcher = login(&a, "dave");
+    watcher.subscribe("room:y");
+    let mut brief = login(&b, "carol");
+    brief.send(json!({"type":"subscribe","topic":"room:y","id":2}));
+    std::thread::sleep(Duration::from_millis(100));
+    brief.abort();
+    let events: Vec<Value> = (0..2).map(|_| watcher.try_recv(Duration::from_secs(5)).expect("an event")).collect();
+    assert_eq!((events[0]["type"].as_str(), events[1]["type"].as_str()), (Some("join"), Some("leave")), "{events:?}");
+    drop(proxy);
+}
+

@@ -534,3 +534,62 @@ impl RawWs {
         assert!(self.recv().is_none(), "TCP closed after the close frame");
     }
 }
+
+/// A TCP proxy to a loopback port that holds back, by `delay`, every chunk
+/// a client sends that contains `marker` (chunks after it on the same
+/// connection wait behind it, so order is kept). Stops when dropped.
+pub struct DelayProxy {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DelayProxy {
+    pub fn start(upstream: u16, marker: &'static [u8], delay: Duration) -> DelayProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                client.set_nonblocking(false).unwrap();
+                let pump = |mut from: TcpStream, mut to: TcpStream, held: bool, stop: std::sync::Arc<AtomicBool>| {
+                    std::thread::spawn(move || {
+                        from.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                        let mut buf = [0u8; 64 * 1024];
+                        while !stop.load(Ordering::Relaxed) {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => n,
+                                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                                Err(_) => break,
+                            };
+                            if held && buf[..n].windows(marker.len()).any(|w| w == marker) {
+                                std::thread::sleep(delay);
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                pump(client.try_clone().unwrap(), server.try_clone().unwrap(), true, stopping.clone());
+                pump(server, client, false, stopping.clone());
+            }
+        });
+        DelayProxy { port, stop }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
