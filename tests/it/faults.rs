@@ -229,9 +229,16 @@ fn redis_paused_past_the_heartbeat_then_killed_mid_pipeline_never_stops_local_de
     eprintln!("pause + kill: {lost} lost across nodes, {dropped} counted dropped, of {LAST}");
 }
 
+/// A numbered message's (offset, payload): where it stands in the topic and
+/// in the publisher's sequence.
+fn position(m: &Value) -> (u64, u64) {
+    (m["offset"].as_u64().unwrap(), m["payload"].as_u64().unwrap())
+}
+
 /// The history scenario (read 500, leave, ~1,000 go by, recover elsewhere)
-/// where leaving is `leave`: what the client's node does to it. Returns the
-/// position it had when it left.
+/// where leaving is `leave`: what happens to the client's node, given the
+/// client and its position, returning the position it had when it left.
+/// Publishing is on the other node all along.
 fn move_and_recover(
     a: &mut Server,
     b: &Server,
@@ -267,14 +274,7 @@ fn move_and_recover(
     assert_eq!(ack["recovered"], true, "recovered: {ack}");
     let (mut o, mut s) = (offset, seq);
     for p in ack["publications"].as_array().unwrap() {
-        assert_eq!(
-            (
-                p["offset"].as_u64().unwrap(),
-                p["payload"].as_u64().unwrap()
-            ),
-            (o + 1, s + 1),
-            "contiguous"
-        );
+        assert_eq!(position(p), (o + 1, s + 1), "contiguous");
         (o, s) = (o + 1, s + 1);
     }
     assert_eq!(read_until(&mut back, o, s, TOTAL).1, TOTAL);
@@ -324,14 +324,7 @@ fn a_rolling_restart_drains_then_sends_1001_and_clients_lose_nothing_on_the_othe
             match sub.recv_message() {
                 Message::Text(t) => {
                     let m: Value = serde_json::from_str(&t).unwrap();
-                    assert_eq!(
-                        (
-                            m["offset"].as_u64().unwrap(),
-                            m["payload"].as_u64().unwrap()
-                        ),
-                        (offset + 1, seq + 1),
-                        "drained in order"
-                    );
+                    assert_eq!(position(&m), (offset + 1, seq + 1), "drained in order");
                     (offset, seq) = (offset + 1, seq + 1);
                 }
                 Message::Close(Some(frame)) => break u16::from(frame.code),
