@@ -106,7 +106,8 @@ struct Steady {
     delivered: AtomicU64,
     missing: AtomicU64,
     duplicates: AtomicU64,
-    latency: Mutex<Option<Histogram<u64>>>,
+    /// Delivery latency: [published on the subscriber's node, across nodes].
+    latency: Mutex<[Option<Histogram<u64>>; 2]>,
 }
 
 /// What the churn did and what the server answered.
@@ -151,6 +152,7 @@ async fn until_closed(ws: &mut Ws, limit: Duration) -> Option<u16> {
 async fn steady_subscriber(
     target: Target,
     topic: String,
+    node: u64,
     stats: Arc<Steady>,
     stop: Arc<AtomicBool>,
     epoch: Instant,
@@ -162,7 +164,8 @@ async fn steady_subscriber(
         .await
         .map_err(|e| format!("steady subscribe: {e}"))?;
     let mut last: HashMap<u64, u64> = HashMap::new();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let new_hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let mut hists = [new_hist(), new_hist()];
     while !stop.load(Ordering::Relaxed) {
         let read = tokio::time::timeout(
             Duration::from_millis(500),
@@ -185,7 +188,9 @@ async fn steady_subscriber(
                 stats.missing.fetch_add(seq - *prev - 1, Ordering::Relaxed);
                 *prev = seq;
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
-                let _ = hist.record(now_ns(epoch).saturating_sub(sent).max(1));
+                // Publisher ids are odd on node A (0), even on node B (1).
+                let across = (publisher + 1) % 2 != node;
+                let _ = hists[usize::from(across)].record(now_ns(epoch).saturating_sub(sent).max(1));
             }),
         )
         .await;
@@ -195,12 +200,14 @@ async fn steady_subscriber(
             Ok(Err(e)) => return Err(format!("a well-behaved subscriber failed: {e}")),
         }
     }
-    // Messages published before the stop whose delivery is still on its way
-    // are counted by the final drain in `run`, which waits before stopping.
+    // `soak` stops the subscribers 2 s after the last publisher's final
+    // ping was answered, so what was on its way has arrived.
     let mut all = stats.latency.lock().unwrap();
-    match all.as_mut() {
-        Some(h) => h.add(&hist).expect("same bounds"),
-        None => *all = Some(hist),
+    for (sum, hist) in all.iter_mut().zip(hists) {
+        match sum.as_mut() {
+            Some(h) => h.add(&hist).expect("same bounds"),
+            None => *sum = Some(hist),
+        }
     }
     Ok(())
 }
@@ -412,7 +419,8 @@ pub fn soak(a: SoakArgs) -> Result<(), String> {
     let local = tokio::task::LocalSet::new();
     let steady = Arc::new(Steady::default());
     let churn = Arc::new(Churn::default());
-    let stop_steady = Arc::new(AtomicBool::new(false));
+    let stop_publishers = Arc::new(AtomicBool::new(false));
+    let stop_subscribers = Arc::new(AtomicBool::new(false));
     let stop_churn = Arc::new(AtomicBool::new(false));
     let samples: Rc<RefCell<Vec<Sample>>> = Rc::default();
     let epoch = Instant::now();
@@ -422,8 +430,9 @@ pub fn soak(a: SoakArgs) -> Result<(), String> {
             let task = steady_subscriber(
                 targets[i % 2].clone(),
                 format!("steady:{}", i % a.topics),
+                (i % 2) as u64,
                 steady.clone(),
-                stop_steady.clone(),
+                stop_subscribers.clone(),
                 epoch,
             );
             subscribers.push(tokio::task::spawn_local(task));
@@ -438,7 +447,7 @@ pub fn soak(a: SoakArgs) -> Result<(), String> {
                     (t * 2 + n) as u64 + 1,
                     format!("steady:{t}"),
                     a.rate,
-                    stop_steady.clone(),
+                    stop_publishers.clone(),
                     epoch,
                 );
                 publishers.push((t, tokio::task::spawn_local(task)));
@@ -512,12 +521,14 @@ pub fn soak(a: SoakArgs) -> Result<(), String> {
         hose.await.map_err(|e| e.to_string())??;
         eprintln!("soak: churn stopped; settling for {} s", a.settle);
         tokio::time::sleep(Duration::from_secs(a.settle)).await;
-        stop_steady.store(true, Ordering::Relaxed);
+        stop_publishers.store(true, Ordering::Relaxed);
         let mut published = vec![0u64; a.topics];
         for (t, p) in publishers {
             published[t] += p.await.map_err(|e| e.to_string())??;
         }
         // What is still on its way across nodes arrives before the subscribers stop.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop_subscribers.store(true, Ordering::Relaxed);
         sampler.abort();
         for s in subscribers {
             s.await.map_err(|e| e.to_string())??;
@@ -559,12 +570,12 @@ pub fn soak(a: SoakArgs) -> Result<(), String> {
         samples.iter().map(|s| of(s)[i]).max().unwrap_or(0) as f64
     };
     let latency = steady.latency.lock().unwrap();
-    let (p50, p99) = latency.as_ref().map_or((0.0, 0.0), |h| {
-        (
-            h.value_at_quantile(0.5) as f64 / 1000.0,
-            h.value_at_quantile(0.99) as f64 / 1000.0,
-        )
-    });
+    let quantiles = |h: &Option<Histogram<u64>>| {
+        h.as_ref().map_or("-".to_string(), |h| {
+            let ms = |q| h.value_at_quantile(q) as f64 / 1e6;
+            format!("{:.2} / {:.2} / {:.2}", ms(0.5), ms(0.99), ms(1.0))
+        })
+    };
     let c = &*churn;
     let load = |x: &AtomicU64| x.load(Ordering::Relaxed).to_string();
     println!(
@@ -585,10 +596,8 @@ pub fn soak(a: SoakArgs) -> Result<(), String> {
                 "duplicates or out of order".into(),
                 load(&steady.duplicates),
             ],
-            vec![
-                "latency p50 / p99 (ms)".into(),
-                format!("{:.2} / {:.2}", p50 / 1000.0, p99 / 1000.0),
-            ],
+            vec!["latency p50 / p99 / max (ms), same node".into(), quantiles(&latency[0])],
+            vec!["latency p50 / p99 / max (ms), across nodes".into(), quantiles(&latency[1])],
         ],
     );
     print_table(

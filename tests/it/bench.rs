@@ -177,3 +177,36 @@ fn history_smoke() {
     }
     assert!(runs[3]["details"].as_object().unwrap().keys().any(|k| k.starts_with("pid_")), "redis-server's CPU is reported: {}", runs[3]);
 }
+
+/// Runs `shardcast-bench <args>` as given; returns its stdout.
+fn bench_text(args: &[&str]) -> String {
+    let out = Command::new(BENCH).args(args).output().unwrap();
+    assert!(out.status.success(), "shardcast-bench {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn soak_smoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let text = bench_text(&[
+        "soak", "--duration", "4", "--settle", "2", "--churners", "40", "--steady", "10", "--topics", "2", "--rate", "20", "--out", out,
+    ]);
+    // It exits non-zero when a well-behaved client lost anything; the table says so too.
+    let lost = text.lines().find(|l| l.starts_with("| lost (owed - delivered)")).expect(&text);
+    assert_eq!(lost.split('|').nth(2).map(str::trim), Some("0"), "{text}");
+    assert!(text.contains("slow readers (closed 1013)"), "{text}");
+    assert!(std::fs::read_to_string(dir.path().join("soak.svg")).unwrap().contains("<svg"));
+    let samples = std::fs::read_to_string(dir.path().join("samples.csv")).unwrap();
+    assert!(samples.lines().count() > 3 && samples.contains(",churn,"), "{samples}");
+}
+
+#[test]
+fn slowloris_smoke() {
+    let text = bench_text(&["slowloris", "--connections", "50", "--probes", "10", "--handshake-timeout-ms", "1000"]);
+    assert!(text.contains("under slowloris"), "{text}");
+    // Every slow connection was closed, at the handshake timeout.
+    let closed = text.lines().find(|l| l.starts_with("slow connections closed after")).expect(&text);
+    let min: u64 = closed.split("min ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((1000..3000).contains(&min), "{closed}");
+}
