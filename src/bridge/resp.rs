@@ -94,7 +94,11 @@ fn scan(b: &[u8], at: usize, depth: usize) -> Scan {
             if depth >= MAX_DEPTH {
                 return Scan::Invalid;
             }
-            let elements = if matches!(kind, b'%' | b'|') { count.max(0) * 2 } else { count.max(0) };
+            // A map or attribute counts pairs. A hostile count may not
+            // double; a huge one is otherwise harmless: each element takes
+            // bytes, so the loop ends at the end of what was received.
+            let per_entry = if matches!(kind, b'%' | b'|') { 2 } else { 1 };
+            let Some(elements) = count.max(0).checked_mul(per_entry) else { return Scan::Invalid };
             let mut pos = next;
             for _ in 0..elements {
                 match scan(b, pos, depth + 1) {
@@ -279,6 +283,19 @@ mod tests {
         for cut in 0..=stream.len() {
             assert_eq!(read_split(stream, cut).unwrap(), expected, "split at {cut}");
         }
+    }
+
+    /// Found by the `resp` fuzz target: a map's count of pairs was doubled
+    /// unchecked (a panic with overflow checks, a wrapped count without).
+    #[test]
+    fn a_map_count_that_overflows_when_doubled_fails_the_connection_not_the_process() {
+        for hostile in [&b"%5000000000000000000\r\n0\r\n"[..], b"|9223372036854775807\r\n", b"*1\r\n%4611686018427387904\r\n"] {
+            assert!(matches!(read_split(hostile, 1), Err(BridgeError::Protocol(_))), "{:?}", String::from_utf8_lossy(hostile));
+        }
+        // Huge but not overflowing: waits for bytes that can never fit, then refuses.
+        let mut r = RespReader::new(4096, 1024);
+        assert!(r.feed(b"*4611686018427387903\r\n").unwrap().is_empty());
+        assert!(matches!(r.feed(&b"+\r\n".repeat(30_000)), Err(BridgeError::TooBig(_))));
     }
 
     #[test]
