@@ -37,13 +37,17 @@ pub enum RuntimeError {
     Shard { shard: usize, reason: String },
 }
 
-/// Creates one listening socket for a shard.
-fn listener(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> {
+/// Creates one listening socket for a shard; `send_buffer` is SO_SNDBUF
+/// (0: the kernel's autotuning).
+fn listener(addr: SocketAddr, backlog: i32, send_buffer: usize) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
-    // Accepted sockets inherit TCP_NODELAY: no setsockopt per connection.
+    // Accepted sockets inherit TCP_NODELAY and SO_SNDBUF: no setsockopt per connection.
     socket.set_nodelay(true)?;
+    if send_buffer > 0 {
+        socket.set_send_buffer_size(send_buffer)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket)
@@ -51,13 +55,13 @@ fn listener(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> {
 
 /// Binds `count` listeners on the same address. With port 0, the first one
 /// picks the port and the rest join it.
-pub fn bind_all(addr: SocketAddr, count: usize, backlog: i32) -> Result<(SocketAddr, Vec<Socket>), RuntimeError> {
+pub fn bind_all(addr: SocketAddr, count: usize, backlog: i32, send_buffer: usize) -> Result<(SocketAddr, Vec<Socket>), RuntimeError> {
     let bind_err = |source| RuntimeError::Bind { addr, source };
-    let first = listener(addr, backlog).map_err(bind_err)?;
+    let first = listener(addr, backlog, send_buffer).map_err(bind_err)?;
     let bound = first.local_addr().map_err(bind_err)?.as_socket().expect("an IP socket");
     let mut sockets = vec![first];
     for _ in 1..count {
-        sockets.push(listener(bound, backlog).map_err(bind_err)?);
+        sockets.push(listener(bound, backlog, send_buffer).map_err(bind_err)?);
     }
     Ok((bound, sockets))
 }
@@ -112,7 +116,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let config = Arc::new(config);
     let shards = config.server.shards;
     check_host_limits(&config);
-    let (addr, sockets) = bind_all(config.server.listen, shards, config.server.backlog)?;
+    let (addr, sockets) = bind_all(config.server.listen, shards, config.server.backlog, config.server.send_buffer_bytes)?;
     let (mailboxes, inboxes) = bus::build(shards, config.bus.capacity).map_err(RuntimeError::Bus)?;
     let admin_bound = admin::bind(&config).map_err(|source| RuntimeError::Bind {
         addr: config.admin.as_ref().expect("bind fails only when configured").listen,

@@ -16,6 +16,43 @@ fn flood(publisher: &mut Client, topic: &str, count: u64, size: usize) {
     }
 }
 
+/// What a client that stops reading pins beyond its queue is bounded by
+/// `[server] send_buffer_bytes`: with 64 KiB it is closed 1013 after a few
+/// hundred KiB were published to it; with the kernel's autotuning (0) the
+/// socket's send buffer grows and takes megabytes first.
+#[test]
+fn send_buffer_bytes_bounds_the_kernel_memory_a_stalled_client_pins() {
+    let published_until_closed = |send_buffer: u64| -> u64 {
+        let server = Server::start(
+            &format!("[limits]\npublish_rate = 0\n[queue]\nmax_bytes = 65536\n[server]\nsend_buffer_bytes = {send_buffer}\n"),
+            &["--shards", "1"],
+        );
+        let mut stalled = server.client();
+        stalled.subscribe("firehose");
+        let mut publisher = server.client();
+        let filler = "x".repeat(4000);
+        let mut published = 0;
+        while published < 32 << 20 {
+            for _ in 0..16 {
+                publisher.publish("firehose", json!(filler));
+                published += 4096;
+            }
+            // A ping answered: every publish before it was delivered or queued.
+            assert_eq!(publisher.request(json!({"type":"ping"}), 1)["type"], "pong");
+            if server.metric("slow_consumer_disconnects_total") == 1 {
+                break;
+            }
+        }
+        drop(stalled);
+        published
+    };
+    let bounded = published_until_closed(65536);
+    let autotuned = published_until_closed(0);
+    eprintln!("published to a stalled client until its 1013: {bounded} B with send_buffer_bytes 65536, {autotuned} B with autotuning");
+    assert!(bounded < 1 << 20, "closed after {bounded} B with a 64 KiB send buffer");
+    assert!(autotuned > 2 * bounded, "autotuning took {autotuned} B, the bound {bounded} B");
+}
+
 #[test]
 fn slow_consumer_is_closed_with_1013_while_others_get_everything() {
     const N: u64 = 20_000;
