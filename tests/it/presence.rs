@@ -170,6 +170,8 @@ fn a_join_is_announced_only_once_the_member_receives_the_topic() {
     let proxy = DelayProxy::start(redis.port, b"SUBSCRIBE", Duration::from_millis(600));
     let extra = format!("[redis]\nurl = \"redis://127.0.0.1:{}\"\nreconnect_min_ms = 20\nreconnect_max_ms = 200\n", proxy.port);
     let b = Server::start(&config("", &extra), &["--shards", "2"]);
+    // Until its bridge is up a node acks at once (never waiting on Redis).
+    eventually(Duration::from_secs(10), "node B's bridge to connect", || b.metric("redis_connected") == 1);
     let mut on_a = login(&a, "alice");
     on_a.subscribe("room:x");
     let mut on_b = login(&b, "bob");
