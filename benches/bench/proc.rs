@@ -42,6 +42,17 @@ pub fn thread_cpu_seconds(pid: u32, name: &str) -> Option<f64> {
 }
 
 /// This process's (and its reaped children's) CPU seconds.
+/// CPU seconds (user + system) of the calling thread.
+pub fn own_thread_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 pub fn self_cpu_seconds() -> f64 {
     let mut total = 0.0;
     for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {

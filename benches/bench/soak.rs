@@ -258,16 +258,31 @@ async fn steady_publisher(
     Ok(seq)
 }
 
+/// The receive buffer of a slow reader's socket (SO_RCVBUF).
+const SLOW_READER_BUFFER: u32 = 64 * 1024;
+
 /// One churning connection's life, chosen by the dice.
 async fn churn_once(targets: &[Target], dice: &mut Dice, churn: &Churn, topics: u64) {
     let target = &targets[dice.below(targets.len() as u64) as usize];
     let abrupt = dice.below(2) == 0;
+    let roll = dice.below(100);
+    let slow;
+    let target = match roll {
+        // A slow reader's socket buffers like a slow link's: with the
+        // kernel's autotuning (up to tcp_rmem's max) a thousand readers that
+        // never read would put the whole host, generator and nodes, under
+        // TCP memory pressure, and the latency measured would be the kernel's.
+        0..=9 => {
+            slow = Target { recv_buffer: Some(SLOW_READER_BUFFER), ..target.clone() };
+            &slow
+        }
+        _ => target,
+    };
     let Ok(mut ws) = Ws::connect(target, None, abrupt).await else {
         churn.connect_failures.fetch_add(1, Ordering::Relaxed);
         return;
     };
     churn.sessions.fetch_add(1, Ordering::Relaxed);
-    let roll = dice.below(100);
     match roll {
         // A slow reader of the firehose: never reads; the server closes it (1013).
         0..=9 => {
@@ -412,47 +427,76 @@ pub fn soak(a: SoakArgs) -> Result<(), String> {
         .collect();
     let generator_start = proc::self_cpu_seconds();
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let local = tokio::task::LocalSet::new();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    };
     let steady = Arc::new(Steady::default());
     let churn = Arc::new(Churn::default());
     let stop_publishers = Arc::new(AtomicBool::new(false));
-    let stop_subscribers = Arc::new(AtomicBool::new(false));
     let stop_churn = Arc::new(AtomicBool::new(false));
     let samples: Rc<RefCell<Vec<Sample>>> = Rc::default();
     let epoch = Instant::now();
-    let outcome: Result<Vec<u64>, String> = local.block_on(&rt, async {
-        let mut subscribers = Vec::new();
-        for i in 0..a.steady {
-            let task = steady_subscriber(
-                targets[i % 2].clone(),
-                format!("steady:{}", i % a.topics),
-                (i % 2) as u64,
-                steady.clone(),
-                stop_subscribers.clone(),
-                epoch,
-            );
-            subscribers.push(tokio::task::spawn_local(task));
-        }
-        // Every subscriber has its ack before the first publish (they are owed everything).
+    // The well-behaved clients get a thread and a runtime of their own: the
+    // churn's bursts of handshakes must not delay their reads, or the
+    // latency measured would be the generator's.
+    let steady_rt = runtime()?;
+    let well_behaved = {
+        let (targets, steady, stop_publishers) = (targets.clone(), steady.clone(), stop_publishers.clone());
+        let (count, topics, rate) = (a.steady, a.topics, a.rate);
+        std::thread::spawn(move || -> Result<(Vec<u64>, f64), String> {
+            let cpu = proc::own_thread_cpu_seconds();
+            let stop_subscribers = Arc::new(AtomicBool::new(false));
+            let published = tokio::task::LocalSet::new().block_on(&steady_rt, async {
+                let mut subscribers = Vec::new();
+                for i in 0..count {
+                    let task = steady_subscriber(
+                        targets[i % 2].clone(),
+                        format!("steady:{}", i % topics),
+                        (i % 2) as u64,
+                        steady.clone(),
+                        stop_subscribers.clone(),
+                        epoch,
+                    );
+                    subscribers.push(tokio::task::spawn_local(task));
+                }
+                // Every subscriber has its ack before the first publish (they are owed everything).
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let mut publishers = Vec::new();
+                for t in 0..topics {
+                    for (n, target) in targets.iter().enumerate() {
+                        let task = steady_publisher(
+                            target.clone(),
+                            (t * 2 + n) as u64 + 1,
+                            format!("steady:{t}"),
+                            rate,
+                            stop_publishers.clone(),
+                            epoch,
+                        );
+                        publishers.push((t, tokio::task::spawn_local(task)));
+                    }
+                }
+                let mut published = vec![0u64; topics];
+                for (t, p) in publishers {
+                    published[t] += p.await.map_err(|e| e.to_string())??;
+                }
+                // What is still on its way across nodes arrives before the subscribers stop.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                stop_subscribers.store(true, Ordering::Relaxed);
+                for s in subscribers {
+                    s.await.map_err(|e| e.to_string())??;
+                }
+                Ok::<_, String>(published)
+            })?;
+            Ok((published, proc::own_thread_cpu_seconds() - cpu))
+        })
+    };
+    let rt = runtime()?;
+    let local = tokio::task::LocalSet::new();
+    let outcome: Result<(), String> = local.block_on(&rt, async {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut publishers = Vec::new();
-        for t in 0..a.topics {
-            for (n, target) in targets.iter().enumerate() {
-                let task = steady_publisher(
-                    target.clone(),
-                    (t * 2 + n) as u64 + 1,
-                    format!("steady:{t}"),
-                    a.rate,
-                    stop_publishers.clone(),
-                    epoch,
-                );
-                publishers.push((t, tokio::task::spawn_local(task)));
-            }
-        }
         let sampler = {
             let samples = samples.clone();
             let pids = pids.clone();
@@ -522,20 +566,14 @@ pub fn soak(a: SoakArgs) -> Result<(), String> {
         eprintln!("soak: churn stopped; settling for {} s", a.settle);
         tokio::time::sleep(Duration::from_secs(a.settle)).await;
         stop_publishers.store(true, Ordering::Relaxed);
-        let mut published = vec![0u64; a.topics];
-        for (t, p) in publishers {
-            published[t] += p.await.map_err(|e| e.to_string())??;
-        }
-        // What is still on its way across nodes arrives before the subscribers stop.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        stop_subscribers.store(true, Ordering::Relaxed);
         sampler.abort();
-        for s in subscribers {
-            s.await.map_err(|e| e.to_string())??;
-        }
-        Ok(published)
+        Ok(())
     });
-    let published = outcome?;
+    // Stop the well-behaved clients even when the churn failed.
+    stop_publishers.store(true, Ordering::Relaxed);
+    let well_behaved = well_behaved.join().map_err(|_| "the well-behaved clients' thread panicked".to_string());
+    outcome?;
+    let (published, steady_cpu) = well_behaved??;
     let seconds = epoch.elapsed().as_secs_f64();
     let cpu: Vec<f64> = pids
         .iter()
@@ -658,12 +696,16 @@ pub fn soak(a: SoakArgs) -> Result<(), String> {
         ]);
     }
     rows.push(vec![
-        "generator".into(),
+        "generator (of which well-behaved clients)".into(),
         "-".into(),
         "-".into(),
         "-".into(),
         "-".into(),
-        format!("{:.0}%", generator_cpu / seconds * 100.0),
+        format!(
+            "{:.0}% ({:.0}%)",
+            generator_cpu / seconds * 100.0,
+            steady_cpu / seconds * 100.0
+        ),
     ]);
     print_table(
         &[

@@ -29,6 +29,10 @@ pub struct Target {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Offer permessage-deflate and inflate compressed messages.
     pub deflate: bool,
+    /// A fixed receive buffer (SO_RCVBUF) instead of the kernel's
+    /// autotuning: a client that reads slowly then holds what a slow link
+    /// would, not megabytes of the host's TCP memory.
+    pub recv_buffer: Option<u32>,
 }
 
 impl Target {
@@ -42,7 +46,7 @@ impl Target {
         let (hostport, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
         let addr = hostport.parse().map_err(|_| format!("{url}: expected ws://IP:PORT/path"))?;
         let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
-        Ok(Target { addr, path, tls, deflate: false })
+        Ok(Target { addr, path, tls, deflate: false, recv_buffer: None })
     }
 
     pub fn with_path(&self, path: &str) -> Target {
@@ -155,6 +159,10 @@ impl Ws {
         let socket = if target.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         if let Some(ip) = source {
             socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        if let Some(bytes) = target.recv_buffer {
+            // Before connect: the window scale is agreed in the handshake.
+            socket.set_recv_buffer_size(bytes)?;
         }
         if linger0 {
             // Close with RST: no TIME_WAIT, so a connect storm cannot exhaust ports.
