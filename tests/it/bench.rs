@@ -195,7 +195,7 @@ fn soak_smoke() {
     // It exits non-zero when a well-behaved client lost anything; the table says so too.
     let lost = text.lines().find(|l| l.starts_with("| lost (owed - delivered)")).expect(&text);
     assert_eq!(lost.split('|').nth(2).map(str::trim), Some("0"), "{text}");
-    assert!(text.contains("slow readers (closed 1013)"), "{text}");
+    assert!(text.contains("slow readers (closed; 1013 frame read)"), "{text}");
     assert!(std::fs::read_to_string(dir.path().join("soak.svg")).unwrap().contains("<svg"));
     let samples = std::fs::read_to_string(dir.path().join("samples.csv")).unwrap();
     assert!(samples.lines().count() > 3 && samples.contains(",churn,"), "{samples}");
