@@ -371,9 +371,11 @@ impl Bridge {
         }
     }
 
-    /// Drops the held join of `conn` to `topic`, if any (it left before the
-    /// confirmation: neither its join nor its leave is announced). Returns
-    /// whether there was one.
+    /// Drops the held join of `conn` to `topic`, if any: the connection
+    /// left before the confirmation (closed by the server, an admin
+    /// `disconnect` say: it is not read while its subscribe waits), so
+    /// neither its join nor its leave is announced. Returns whether there
+    /// was one.
     pub fn drop_held_join(&self, topic: &str, conn: ConnId) -> bool {
         let mut confirmations = self.confirmations.borrow_mut();
         let Some(waiting) = confirmations.get_mut(topic) else { return false };
@@ -916,8 +918,6 @@ impl Bridge {
                 b"subscribe" | b"ssubscribe" => {
                     if let Some(topic) = topic {
                         bridge.confirmed(topic).release(shard);
-                    }
-                    if let Some(topic) = topic {
                         catch_up(shard, bridge, topic);
                     }
                 }
