@@ -407,6 +407,11 @@ async fn firehose(target: Target, stop: Arc<AtomicBool>) -> Result<(), String> {
     Ok(())
 }
 
+/// A current-thread tokio runtime: each thread of the generator runs its own.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
+}
+
 fn node_config(redis_port: u16, extra: &str) -> String {
     format!(
         "[limits]\npublish_rate = 0\nmax_message_bytes = 65536\n[server]\nmax_connections = 20000\n[log]\nlevel = \"error\"\n[redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\n{extra}"
@@ -438,12 +443,6 @@ pub fn soak(a: SoakArgs) -> Result<(), String> {
         .collect();
     let generator_start = proc::self_cpu_seconds();
 
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-    };
     let steady = Arc::new(Steady::default());
     let churn = Arc::new(Churn::default());
     let stop_publishers = Arc::new(AtomicBool::new(false));
@@ -906,9 +905,6 @@ pub fn slowloris(a: SlowlorisArgs) -> Result<(), String> {
     let target = Target::parse(&format!("ws://{}/ws", server.addr), None)?;
     let addr = target.addr;
     let timeout = Duration::from_millis(a.handshake_timeout_ms);
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
-    };
     let rt = runtime()?;
     let idle = rt.block_on(probes(&target, a.probes))?;
     // The slow clients get a thread and a runtime of their own, so that their
