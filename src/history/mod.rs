@@ -98,20 +98,27 @@ pub struct Answer {
     /// Recovery only: the publications are exactly everything after
     /// `since` (same epoch, nothing trimmed).
     pub recovered: bool,
+    /// The publications were taken from the newest end (a `history`
+    /// request without `since`): a cut for size keeps the newest. Every
+    /// other answer reads forward from a position, and a cut keeps the
+    /// oldest, so that a client paging forward skips nothing.
+    pub from_newest: bool,
 }
 
 impl Answer {
     /// The answer for a position that has no history (epoch unknown, or
     /// history unavailable): position only.
     pub fn position_only(position: Position) -> Answer {
-        Answer { position, publications: Vec::new(), recovered: false }
+        Answer { position, publications: Vec::new(), recovered: false, from_newest: false }
     }
 
     /// Cuts the publications so that their payloads fit `budget` bytes
     /// (a reply never exceeds `max_message_bytes`). For a `Range` without
-    /// `since` the newest are kept, otherwise the oldest; a recovery that
-    /// loses any is no longer `recovered`.
-    pub fn fit(&mut self, budget: usize, keep_newest: bool) {
+    /// `since` the newest are kept, otherwise the oldest (the same rule as
+    /// the Redis script's, `bridge::scripts`); a recovery that loses any is
+    /// no longer `recovered`.
+    pub fn fit(&mut self, budget: usize) {
+        let keep_newest = self.from_newest;
         let mut used = 0;
         let fits = |p: &Publication, used: &mut usize| {
             // base64 and framing can grow a payload by a third.
@@ -149,27 +156,28 @@ pub fn answer(query: &Query, position: Position, entries: impl DoubleEndedIterat
                 (Some(first), Some(last)) => first.offset == since.offset + 1 && last.offset == top,
                 _ => since.offset == top,
             };
-            Answer { position, publications, recovered: complete }
+            Answer { position, publications, recovered: complete, from_newest: false }
         }
         Query::Range { since: Some(since), .. } if !after(since) => Answer::position_only(position),
         Query::Range { since: Some(since), limit } => {
             let publications = entries.filter(|p| p.offset > since.offset).take(*limit).collect();
-            Answer { position, publications, recovered: false }
+            Answer { position, publications, recovered: false, from_newest: false }
         }
         Query::Range { since: None, limit } => {
             let skip = entries.len().saturating_sub(*limit);
-            Answer { position, publications: entries.skip(skip).collect(), recovered: false }
+            Answer { position, publications: entries.skip(skip).collect(), recovered: false, from_newest: true }
         }
     }
 }
 
 /// Where a history answer goes: connection `conn` on shard `shard`, as the
-/// reply to request `id` (`None`: a subscribe's position).
-#[derive(Debug, Clone, Copy)]
+/// reply to request `id` (`None`: a subscribe's position) about `topic`.
+#[derive(Debug, Clone)]
 pub struct ReplyTo {
     pub shard: usize,
     pub conn: ConnId,
     pub id: Option<u64>,
+    pub topic: Arc<str>,
 }
 
 /// History traffic between a subscriber's shard and the topic's offset
@@ -181,9 +189,10 @@ pub enum HistoryMsg {
     /// publishes shard `from` sent it: the asking client's own publishes
     /// are then in the answer.
     Query { topic: Arc<str>, query: Query, from: usize, conn: ConnId, id: Option<u64>, after: u64 },
-    /// The answer, for `conn` on the receiving shard. `None`: unavailable
-    /// (Redis could not be asked).
-    Answer { conn: ConnId, id: Option<u64>, answer: Option<Answer> },
+    /// The answer about `topic`, for `conn` on the receiving shard (request
+    /// `id`; `None`: its subscribe's position). `None`: unavailable (Redis
+    /// could not be asked).
+    Answer { conn: ConnId, id: Option<u64>, topic: Arc<str>, answer: Option<Answer> },
 }
 
 /// One topic's history on its home shard.
@@ -475,12 +484,12 @@ mod tests {
     #[test]
     fn replies_are_cut_to_the_budget() {
         let pubs = (1..=10).map(|offset| Publication { offset, payload: Bytes::from(vec![b'1'; 100]), json: true }).collect();
-        let mut a = Answer { position: Position { offset: 10, epoch: "e".into() }, publications: pubs, recovered: true };
-        let mut b = a.clone();
-        a.fit(5 * (100 * 4 / 3 + 64), false);
+        let mut a = Answer { position: Position { offset: 10, epoch: "e".into() }, publications: pubs, recovered: true, from_newest: false };
+        let mut b = Answer { from_newest: true, ..a.clone() };
+        a.fit(5 * (100 * 4 / 3 + 64));
         assert_eq!(offsets(&a), vec![1, 2, 3, 4, 5]);
         assert!(!a.recovered);
-        b.fit(2 * (100 * 4 / 3 + 64), true);
+        b.fit(2 * (100 * 4 / 3 + 64));
         assert_eq!(offsets(&b), vec![9, 10]);
     }
 

@@ -456,7 +456,7 @@ mod tests {
             Publication { offset: 11, payload: Bytes::from_static(b"{\"a\":1}"), json: true },
             Publication { offset: 12, payload: Bytes::from_static(b"\x00"), json: false },
         ];
-        let answer = Answer { position: Position { offset: 12, epoch: "ep".into() }, publications, recovered: true };
+        let answer = Answer { position: Position { offset: 12, epoch: "ep".into() }, publications, recovered: true, from_newest: false };
         let r = reply_frame(&Reply::Subscribed { id: 4, answer: &answer, recovery: true });
         assert_eq!(
             body(&r),

@@ -118,7 +118,7 @@ impl Shard {
                 self.deferred_queries.borrow_mut().push((after, msg));
             }
             HistoryMsg::Query { topic, query, from, conn, id, .. } => {
-                let to = ReplyTo { shard: from, conn, id };
+                let to = ReplyTo { shard: from, conn, id, topic: topic.clone() };
                 let Some(policy) = self.config.namespaces.options(&topic).history else {
                     return self.answer_history(to, None);
                 };
@@ -132,7 +132,7 @@ impl Shard {
                 drop(rings);
                 self.answer_history(to, Some(answer));
             }
-            HistoryMsg::Answer { conn, id, answer } => self.on_history_answer(conn, id, answer),
+            HistoryMsg::Answer { conn, id, topic, answer } => self.on_history_answer(conn, id, &topic, answer),
         }
     }
 
@@ -158,15 +158,15 @@ impl Shard {
 
     /// Sends an answer to the asking shard (or handles it, when that is this one).
     pub fn answer_history(&self, to: ReplyTo, answer: Option<Answer>) {
-        let ReplyTo { shard, conn, id } = to;
-        self.post(shard, ControlMsg::History(HistoryMsg::Answer { conn, id, answer }));
+        let ReplyTo { shard, conn, id, topic } = to;
+        self.post(shard, ControlMsg::History(HistoryMsg::Answer { conn, id, topic, answer }));
     }
 
-    /// An answer for connection `conn` of this shard: completes its
-    /// subscribe (ack, then the held messages past the answer's offset) or
-    /// answers its `history` request.
-    fn on_history_answer(&self, conn: ConnId, id: Option<u64>, answer: Option<Answer>) {
-        let hold = self.holds.borrow_mut().finish(conn);
+    /// An answer about `topic` for connection `conn` of this shard:
+    /// completes its subscribe (ack, then the held messages past the
+    /// answer's offset) or answers its `history` request `id`.
+    fn on_history_answer(&self, conn: ConnId, id: Option<u64>, topic: &str, answer: Option<Answer>) {
+        let hold = if id.is_none() { self.holds.borrow_mut().finish(conn, topic) } else { None };
         let Some(peer) = self.peers.borrow().get(&conn).cloned() else { return };
         let encoding = peer.encoding();
         let stats = self.stats();
@@ -174,7 +174,7 @@ impl Shard {
         match (hold, answer) {
             (Some(hold), Some(mut answer)) => {
                 let recovery = hold.request.recover.is_some();
-                answer.fit(budget, false);
+                answer.fit(budget);
                 if recovery {
                     ShardStats::add(if answer.recovered { &stats.recoveries } else { &stats.recoveries_failed }, 1);
                 }
@@ -208,8 +208,7 @@ impl Shard {
                 let frame = match answer {
                     Some(mut answer) => {
                         ShardStats::add(&stats.history_requests, 1);
-                        let newest = answer.publications.last().is_some_and(|p| p.offset == answer.position.offset);
-                        answer.fit(budget, newest);
+                        answer.fit(budget);
                         encoding.reply_frame(&Reply::History { id, answer: &answer })
                     }
                     None => {

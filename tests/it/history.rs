@@ -203,6 +203,37 @@ fn replies_never_exceed_max_message_bytes() {
     assert!(ack.to_string().len() <= 4096);
 }
 
+/// Issue 22.3: `history` with `since`, cut for size on one node, kept the
+/// newest (26-30 of 30), so a client paging forward skipped 1-25. Both
+/// paths keep the oldest after `since`, and paging forward reaches the end.
+#[test]
+fn history_since_cut_for_size_keeps_the_oldest_on_one_node_and_through_redis() {
+    let redis = Redis::start();
+    let one = Server::start(&node_config(100, 60_000, "max_message_bytes = 8192", ""), &["--shards", "2"]);
+    let extra = format!("[redis]\nurl = \"{}\"\n", redis.url());
+    let bridged = Server::start(&node_config(100, 60_000, "max_message_bytes = 8192", &extra), &["--shards", "2"]);
+    for (path, server) in [("one node", &one), ("redis", &bridged)] {
+        let mut c = server.client();
+        let epoch = subscribe(&mut c, "chat:pages", None, 1)["epoch"].as_str().unwrap().to_string();
+        for i in 1..=30u64 {
+            c.publish("chat:pages", json!(format!("{i:04}{}", "x".repeat(1000))));
+            assert_eq!(next_message(&mut c).0, i);
+        }
+        let mut after = 0;
+        let mut pages = 0;
+        while after < 30 {
+            let page = c.request(json!({"type":"history","topic":"chat:pages","since":{"offset":after,"epoch":epoch}}), 2 + pages);
+            assert!(page.to_string().len() <= 8192, "{path}: a reply fits max_message_bytes");
+            let offsets: Vec<u64> = page["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+            assert!(!offsets.is_empty() && offsets.len() < 30, "{path}: cut for size: {offsets:?}");
+            assert_eq!(offsets, (after + 1..=after + offsets.len() as u64).collect::<Vec<_>>(), "{path}: the oldest after since, in order");
+            after = *offsets.last().unwrap();
+            pages += 1;
+        }
+        assert!(pages >= 3, "{path}: paged forward through all 30 in {pages} replies");
+    }
+}
+
 /// Publishes `total` numbered messages (payload = sequence number) while
 /// `stop` is false, as fast as the server takes them.
 pub(crate) fn publisher(url: String, topic: &'static str, total: u64, paused: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {

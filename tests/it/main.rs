@@ -15,6 +15,7 @@ mod history;
 mod lifecycle;
 mod presence;
 mod pubsub;
+mod recovery;
 mod redis;
 mod tls;
 mod topology;
