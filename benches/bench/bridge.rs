@@ -61,18 +61,23 @@ pub struct BridgeArgs {
     redis_cli: String,
 }
 
-/// redis-server processes, killed when dropped.
-pub struct Redises(Vec<(Child, u16)>);
+/// redis-server processes without persistence, working in a temporary
+/// directory of their own (nothing lands in the caller's); killed, and the
+/// directory removed, when dropped.
+pub struct Redises {
+    procs: Vec<(Child, u16)>,
+    dir: std::path::PathBuf,
+}
 
 impl Redises {
     pub fn start(program: &str, count: usize, cluster: bool) -> Result<Redises, String> {
-        let dir = std::env::temp_dir().join(format!("shardcast-bench-cluster-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("shardcast-bench-redis-{}-{}", std::process::id(), free_port()?));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut procs = Redises(Vec::new());
+        let mut procs = Redises { procs: Vec::new(), dir: dir.clone() };
         for _ in 0..count {
             let port = free_port()?;
             let mut cmd = Command::new(program);
-            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"]).arg(&dir);
             if cluster {
                 let conf = dir.join(format!("nodes-{port}.conf"));
                 cmd.args(["--cluster-enabled", "yes", "--cluster-port", &free_port()?.to_string(), "--cluster-config-file"]).arg(conf);
@@ -81,7 +86,7 @@ impl Redises {
                 .stdout(Stdio::null())
                 .spawn()
                 .map_err(|e| format!("cannot start {program}: {e} (install redis-server, or pass --redis-server PATH)"))?;
-            procs.0.push((child, port));
+            procs.procs.push((child, port));
             let deadline = Instant::now() + Duration::from_secs(5);
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
                 if Instant::now() > deadline {
@@ -94,20 +99,21 @@ impl Redises {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        self.0.iter().map(|(c, _)| c.id()).collect()
+        self.procs.iter().map(|(c, _)| c.id()).collect()
     }
 
     pub fn ports(&self) -> Vec<u16> {
-        self.0.iter().map(|(_, p)| *p).collect()
+        self.procs.iter().map(|(_, p)| *p).collect()
     }
 }
 
 impl Drop for Redises {
     fn drop(&mut self) {
-        for (child, _) in &mut self.0 {
+        for (child, _) in &mut self.procs {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -119,7 +125,7 @@ fn free_port() -> Result<u16, String> {
 fn create_cluster(cli: &str, redises: &Redises) -> Result<(), String> {
     let mut create = Command::new(cli);
     create.args(["--cluster", "create"]);
-    for (_, port) in &redises.0 {
+    for port in redises.ports() {
         create.arg(format!("127.0.0.1:{port}"));
     }
     let out = create.args(["--cluster-replicas", "0", "--cluster-yes"]).output().map_err(|e| format!("cannot run {cli}: {e}"))?;
@@ -128,7 +134,7 @@ fn create_cluster(cli: &str, redises: &Redises) -> Result<(), String> {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let ok = redises.0.iter().all(|(_, port)| {
+        let ok = redises.ports().into_iter().all(|port| {
             Command::new(cli)
                 .args(["-p", &port.to_string(), "cluster", "info"])
                 .output()
@@ -159,9 +165,9 @@ pub fn run(a: BridgeArgs) -> Result<(), String> {
         None
     };
     let base = "[limits]\npublish_rate = 0\n[log]\nlevel = \"warn\"\n[server]\nmax_connections = 19500\n[queue]\nmax_messages = 100000\nmax_bytes = 67108864\n";
-    let single_config = TempConfig::write("bridge-single", &format!("{base}[redis]\nurl = \"redis://127.0.0.1:{}\"\n", single.0[0].1))?;
+    let single_config = TempConfig::write("bridge-single", &format!("{base}[redis]\nurl = \"redis://127.0.0.1:{}\"\n", single.ports()[0]))?;
     let cluster_config = match &cluster {
-        Some(c) => Some(TempConfig::write("bridge-cluster", &format!("{base}[redis]\nmode = \"cluster\"\nurls = [\"redis://127.0.0.1:{}\"]\n", c.0[0].1))?),
+        Some(c) => Some(TempConfig::write("bridge-cluster", &format!("{base}[redis]\nmode = \"cluster\"\nurls = [\"redis://127.0.0.1:{}\"]\n", c.ports()[0]))?),
         None => None,
     };
     let binary = sibling("shardcast")?;

@@ -43,52 +43,20 @@ pub struct HistoryArgs {
     redis_server: String,
 }
 
-/// A `redis-server` without persistence on a free loopback port; killed when dropped.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start(program: &str) -> Result<RedisServer, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-        let child = Command::new(program)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {program}: {e} (install redis-server, or pass --redis-server PATH)"))?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if std::time::Instant::now() > deadline {
-                return Err(format!("{program} did not listen on port {port}"));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Ok(RedisServer { child, port })
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The `--also-pid` process's (redis-server's) CPU over the window, in % of a core.
 fn redis_cpu_percent(r: &Report) -> Option<f64> {
     r.details.iter().find(|(k, _)| k.starts_with("pid_")).map(|(_, cpu)| cpu / r.seconds * 100.0)
 }
 
 pub fn run(a: HistoryArgs) -> Result<(), String> {
-    let redis = RedisServer::start(&a.redis_server)?;
+    let redis = crate::bridge::Redises::start(&a.redis_server, 1, false)?;
     let size = a.messages.max(1000);
     let base = format!(
         "[[namespaces]]\npattern = \"hist:*\"\nsubscribe = \"anyone\"\npublish = \"anyone\"\nhistory_size = {size}\nhistory_ttl_ms = 600000\nrecover = true\n\
          [limits]\npublish_rate = 0\nmax_message_bytes = 1048576\n[log]\nlevel = \"warn\"\n[server]\nmax_connections = 19500\n"
     );
     let single = TempConfig::write("history", &base)?;
-    let bridged = TempConfig::write("history-redis", &format!("{base}[redis]\nurl = \"redis://127.0.0.1:{}\"\n", redis.port))?;
+    let bridged = TempConfig::write("history-redis", &format!("{base}[redis]\nurl = \"redis://127.0.0.1:{}\"\n", redis.ports()[0]))?;
     let binary = sibling("shardcast")?;
     let server = |config: &TempConfig| {
         format!("{}{binary} --listen 127.0.0.1:0 --admin-listen '' --config {}", a.rounds.server_prefix, config.0.display())
@@ -101,7 +69,7 @@ pub fn run(a: HistoryArgs) -> Result<(), String> {
         v
     };
     // Redis' own CPU is reported beside the server's.
-    let redis_pid = redis.child.id().to_string();
+    let redis_pid = redis.pids()[0].to_string();
     let fanout = |prefix: &str, with_redis: bool| {
         let (subs, window, payload) = (a.subscribers.to_string(), a.window.to_string(), a.payload.to_string());
         let mut v = vec!["--subscribers", &subs, "--max", "--window", &window, "--payload", &payload, "--topic-prefix", prefix];

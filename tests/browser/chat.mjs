@@ -10,6 +10,8 @@
 import { spawn } from "node:child_process";
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, dirname, extname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -25,7 +27,7 @@ const timer = setTimeout(() => fail("gave up after 90 s"), 90_000);
 
 // Redis, and two nodes sharing it.
 const redisPort = await freePort();
-const redis = spawn(process.env.REDIS_SERVER ?? "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+const redis = spawn(process.env.REDIS_SERVER ?? "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", mkdtempSync(join(tmpdir(), "shardcast-chat-redis-"))], {
   stdio: "ignore",
 });
 await new Promise((r) => setTimeout(r, 300));

@@ -343,6 +343,9 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     password: Option<String>,
+    /// Its working directory: whatever it writes lands there, not in the
+    /// repository (a replica's sync, a `SAVE`).
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
@@ -351,7 +354,7 @@ impl Redis {
     }
 
     pub fn start_on(port: u16, password: Option<&str>) -> Redis {
-        let mut r = Redis { child: None, port, password: password.map(str::to_string) };
+        let mut r = Redis { child: None, port, password: password.map(str::to_string), dir: tempfile::tempdir().unwrap() };
         r.restart();
         r
     }
@@ -359,7 +362,8 @@ impl Redis {
     /// (Re)starts the server on the same port.
     pub fn restart(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(p) = &self.password {
