@@ -15,7 +15,6 @@
 //! namespace (history_size = max(M, 1000), recover) and
 //! `max_message_bytes = 1 MiB` so that an ack can carry M messages.
 
-use std::process::{Child, Command, Stdio};
 
 use clap::Args;
 

@@ -83,6 +83,29 @@ pub enum ControlMsg {
     Presence(PresenceMsg),
     /// Stop accepting, close every client with 1001, drain, exit.
     Shutdown,
+    /// Shard `from` passed `step` of its shutdown (see `shard::shutdown`).
+    /// Sent to every other shard after the traffic the step covers was
+    /// handed to their channels, so a shard that has heard it from every
+    /// shard finds that traffic in its own channels.
+    Drained { from: usize, step: DrainStep },
+}
+
+/// The steps of a shutdown that shards wait for each other on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainStep {
+    /// No client input is read any more, and every publish accepted from a
+    /// client is in a channel (none waits for room).
+    InputStopped,
+    /// Every history publish it was handed is numbered and relayed.
+    Relayed,
+}
+
+impl DrainStep {
+    pub const ALL: [DrainStep; 2] = [DrainStep::InputStopped, DrainStep::Relayed];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Wakes a sleeping shard. Shared by every thread that sends to the shard.
@@ -139,8 +162,16 @@ pub struct Inbox {
     pub sequence: Receiver<PublishMsg>,
     pub control: Receiver<ControlMsg>,
     pub bell: Arc<Doorbell>,
-    /// The socket the bell rings; the shard waits on it when idle.
-    pub bell_rx: UnixStream,
+    /// The socket the bell rings; the shard waits on it when idle. Taken
+    /// once, by the shard's bus loop ([`Inbox::take_bell_rx`]).
+    bell_rx: Option<UnixStream>,
+}
+
+impl Inbox {
+    /// Hands over the socket the bell rings (the first call only).
+    pub fn take_bell_rx(&mut self) -> Option<UnixStream> {
+        self.bell_rx.take()
+    }
 }
 
 impl Mailbox {
@@ -188,7 +219,7 @@ pub fn build(shards: usize, capacity: usize) -> std::io::Result<(Vec<Mailbox>, V
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let (bell, bell_rx) = Doorbell::new()?;
         mailboxes.push(Mailbox { data: data_tx, sequence: sequence_tx, control: control_tx, bell: bell.clone() });
-        inboxes.push(Inbox { data: data_rx, sequence: sequence_rx, control: control_rx, bell, bell_rx });
+        inboxes.push(Inbox { data: data_rx, sequence: sequence_rx, control: control_rx, bell, bell_rx: Some(bell_rx) });
     }
     Ok((mailboxes, inboxes))
 }

@@ -335,6 +335,9 @@ impl Drop for Conn {
     fn drop(&mut self) {
         // The descriptor closes with `stream`, and may be reused at once.
         self.peer.detach();
+        if self.blocked.is_some() {
+            self.shard.publish_blocked(false);
+        }
     }
 }
 
@@ -419,7 +422,7 @@ impl Conn {
         if self.peer.awaiting() {
             return false;
         }
-        let Some(Blocked::Bus { pending, retry }) = self.blocked.as_deref_mut() else { return true };
+        let Some(Blocked::Bus { pending, retry }) = self.blocked.as_deref_mut() else { return !self.quiesced() };
         loop {
             if let Some(timer) = retry {
                 if Pin::new(timer).poll(cx).is_pending() {
@@ -428,10 +431,18 @@ impl Conn {
             }
             if self.shard.retry_publish(pending) {
                 self.blocked = None;
-                return true;
+                self.shard.publish_blocked(false);
+                return !self.quiesced();
             }
             *retry = Some(Timer::new(crate::shard::tasks::BUS_RETRY));
         }
+    }
+
+    /// The server is shutting down and has not closed this connection yet:
+    /// input waits (the close will wake the task), so that nothing is
+    /// accepted that the shutdown could not deliver.
+    fn quiesced(&self) -> bool {
+        self.shard.shutting_down.get() && self.peer.closing_since().is_none()
     }
 
     /// Writes as much of the outbox as the transport takes. Ready(Ok) when
@@ -794,6 +805,7 @@ impl Conn {
     fn accepted(&mut self, id: Option<u64>, result: Result<(), Box<PendingPublish>>) {
         if let Err(pending) = result {
             self.blocked = Some(Box::new(Blocked::Bus { pending: *pending, retry: None }));
+            self.shard.publish_blocked(true);
         }
         if let Some(id) = id {
             self.send(self.peer.encoding().ack_frame(id));

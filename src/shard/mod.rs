@@ -8,6 +8,7 @@ mod admin;
 pub mod deadline;
 mod history;
 mod presence;
+mod shutdown;
 pub mod tasks;
 
 pub use deadline::{Deadline, Deadlines};
@@ -142,7 +143,17 @@ pub struct Shard {
     pub presence: RefCell<crate::presence::Presence>,
     next_conn: Cell<u64>,
     next_token: Cell<u64>,
+    /// Set at SIGINT/SIGTERM: no connection is accepted, and no client
+    /// input is read until its 1001 is queued ([`shutdown`]).
     pub shutting_down: Cell<bool>,
+    /// When the drain closed every connection: the closes begun then are
+    /// the drain's, bounded by its deadline, not by `close_timeout_ms`.
+    drain_started: Cell<Option<Stamp>>,
+    /// Connections whose accepted publish waits for room on another
+    /// shard's channel (a shutdown finishes them before it closes anyone).
+    blocked_publishes: Cell<usize>,
+    /// How many shards said they passed each [`crate::bus::DrainStep`].
+    drained: [Cell<usize>; 2],
 }
 
 impl Shard {
@@ -201,6 +212,9 @@ impl Shard {
             next_conn: Cell::new(0),
             next_token: Cell::new(0),
             shutting_down: Cell::new(false),
+            drain_started: Cell::new(None),
+            blocked_publishes: Cell::new(0),
+            drained: Default::default(),
         }
     }
 
@@ -223,6 +237,29 @@ impl Shard {
         let seq = self.next_conn.get() + 1;
         self.next_conn.set(seq);
         ConnId::new(self.index, seq)
+    }
+
+    /// How many shards the node runs.
+    pub fn shard_count(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// A connection's accepted publish now waits for room on a channel
+    /// (`true`), or no longer does.
+    pub fn publish_blocked(&self, blocked: bool) {
+        let n = self.blocked_publishes.get();
+        self.blocked_publishes.set(if blocked { n + 1 } else { n.saturating_sub(1) });
+    }
+
+    pub fn blocked_publishes(&self) -> usize {
+        self.blocked_publishes.get()
+    }
+
+    /// Wakes every connection task (to look at a state change of the shard).
+    fn wake_all(&self) {
+        for peer in self.peers.borrow().values() {
+            peer.wake();
+        }
     }
 
     fn others(&self) -> impl Iterator<Item = (usize, &Mailbox)> {
@@ -565,6 +602,7 @@ impl Shard {
             ControlMsg::Admin(call) => self.on_admin(call),
             ControlMsg::History(msg) => self.on_history(msg),
             ControlMsg::Presence(msg) => self.on_presence(msg),
+            ControlMsg::Drained { step, .. } => self.on_drained(step),
             ControlMsg::Shutdown => unreachable!("handled by the bus loop"),
         }
     }
@@ -676,9 +714,12 @@ impl Shard {
     fn sweep(&self, now: Stamp) {
         let hb = &self.config.heartbeat;
         let close_timeout = self.config.queue.close_timeout;
+        let drain_started = self.drain_started.get();
         for peer in self.peers.borrow().values() {
             if let Some(since) = peer.closing_since() {
-                if now.since(since) >= close_timeout {
+                // The drain's own closes end at its deadline, not here.
+                let drains = drain_started.is_some_and(|start| since >= start);
+                if !drains && now.since(since) >= close_timeout {
                     peer.abort();
                 }
                 continue;

@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, UnixStream};
 use glommio::{spawn_local, timer::sleep};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::Shard;
 use crate::bus::{ControlMsg, Inbox, Mailbox};
 use crate::config::Config;
 use crate::conn::Cork;
 use crate::metrics::ShardStats;
-use crate::protocol::close;
 
 /// How many cross-shard publishes the bus loop delivers before yielding to
 /// the shard's connections.
@@ -52,7 +51,7 @@ pub struct ShardInit {
 /// The shard's whole life, run inside its pinned executor. `ready` is called
 /// once it accepts connections.
 pub async fn run(init: ShardInit, ready: impl FnOnce()) {
-    let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections, admission, announcements } = init;
+    let ShardInit { index, config, listener, mut inbox, mailboxes, stats, node_connections, admission, announcements } = init;
     let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission, announcements));
     // SAFETY: the fd is a bound, listening TCP socket whose ownership moves here.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
@@ -64,10 +63,15 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
     if let Some(bridge) = &shard.bridge {
         crate::bridge::spawn(shard.clone(), bridge.clone());
     }
+    let bell = inbox.take_bell_rx().expect("a new inbox has its bell");
+    // SAFETY: the fd is one end of a socketpair whose ownership moves here.
+    let mut bell = unsafe { UnixStream::from_raw_fd(bell.into_raw_fd()) };
     ready();
-    bus_loop(&shard, inbox).await;
+    bus_loop(&shard, &inbox, &mut bell).await;
     accept.cancel();
-    drain(&shard).await;
+    let deadline = Instant::now() + shard.config.shutdown.drain_timeout;
+    super::shutdown::quiesce(&shard, &inbox, deadline).await;
+    super::shutdown::drain(&shard, deadline).await;
     sweeper.cancel();
     deadlines.cancel();
     api.cancel();
@@ -126,47 +130,73 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
+/// What one pass over a shard's inbox did.
+#[derive(Debug, Default)]
+pub(super) struct Pumped {
+    /// Control messages were handled.
+    pub control: bool,
+    /// Publishes delivered from the data channel.
+    pub data: usize,
+    /// History publishes numbered from the sequence channel.
+    pub numbered: usize,
+    /// Numbered messages still waiting in the relay for room elsewhere.
+    pub relay_left: usize,
+    /// A `Shutdown` was among the control messages.
+    pub shutdown: bool,
+}
+
+impl Pumped {
+    fn worked(&self) -> bool {
+        self.control || self.data > 0 || self.numbered > 0
+    }
+}
+
+/// One pass over the inbox: every control message, a batch of publishes,
+/// the relay, and a batch of history publishes to number (only while the
+/// relay is short, see `bus`). Never waits.
+pub(super) fn pump(shard: &Shard, inbox: &Inbox) -> Pumped {
+    let mut done = Pumped::default();
+    while let Ok(msg) = inbox.control.try_recv() {
+        match msg {
+            ControlMsg::Shutdown => done.shutdown = true,
+            msg => shard.on_control(msg),
+        }
+        done.control = true;
+    }
+    while done.data < BUS_BATCH {
+        let Ok(msg) = inbox.data.try_recv() else { break };
+        shard.on_publish(msg);
+        done.data += 1;
+    }
+    ShardStats::add(&shard.stats().bus_received, done.data as u64);
+    done.relay_left = shard.retry_relay();
+    let relay_limit = shard.config.bus.capacity;
+    while done.numbered < BUS_BATCH && shard.relay_len() < relay_limit {
+        let Ok(msg) = inbox.sequence.try_recv() else { break };
+        shard.on_sequence(msg);
+        done.numbered += 1;
+    }
+    if done.numbered > 0 {
+        shard.release_deferred_queries();
+    }
+    done
+}
+
 /// Delivers cross-shard traffic; sleeps on the doorbell when there is none.
 /// Returns when told to shut down.
-async fn bus_loop(shard: &Shard, inbox: Inbox) {
-    // SAFETY: the fd is one end of a socketpair whose ownership moves here.
-    let mut bell = unsafe { UnixStream::from_raw_fd(inbox.bell_rx.into_raw_fd()) };
+async fn bus_loop(shard: &Shard, inbox: &Inbox, bell: &mut UnixStream) {
     let mut rings = [0u8; 64];
-    let relay_limit = shard.config.bus.capacity;
     loop {
-        let mut busy = false;
-        while let Ok(msg) = inbox.control.try_recv() {
-            if let ControlMsg::Shutdown = msg {
-                return;
-            }
-            shard.on_control(msg);
-            busy = true;
+        let done = pump(shard, inbox);
+        if done.shutdown {
+            return;
         }
-        let mut n = 0;
-        while n < BUS_BATCH {
-            let Ok(msg) = inbox.data.try_recv() else { break };
-            shard.on_publish(msg);
-            n += 1;
-        }
-        ShardStats::add(&shard.stats().bus_received, n as u64);
-        // History publishes to number, only while the relay of numbered
-        // messages waiting for room elsewhere is short (see `bus`).
-        let relayed = shard.retry_relay();
-        let mut numbered = 0;
-        while numbered < BUS_BATCH && shard.relay_len() < relay_limit {
-            let Ok(msg) = inbox.sequence.try_recv() else { break };
-            shard.on_sequence(msg);
-            numbered += 1;
-        }
-        if numbered > 0 {
-            shard.release_deferred_queries();
-        }
-        if busy || n > 0 || numbered > 0 {
+        if done.worked() {
             // Let the connections just woken write before taking more.
             futures_lite::future::yield_now().await;
             continue;
         }
-        if relayed > 0 {
+        if done.relay_left > 0 {
             // Waiting for room on another shard's channel, which its bus
             // loop (never blocked) is draining.
             sleep(BUS_RETRY).await;
@@ -218,29 +248,3 @@ async fn deadline_loop(shard: Rc<Shard>) {
     }
 }
 
-/// Graceful shutdown: every client gets what is queued for it, then close
-/// 1001; after `shutdown.drain_timeout_ms` the rest are cut.
-async fn drain(shard: &Shard) {
-    shard.shutting_down.set(true);
-    let peers: Vec<_> = shard.peers.borrow().values().cloned().collect();
-    info!(shard = shard.index, connections = peers.len(), "draining");
-    for peer in &peers {
-        peer.close(close::GOING_AWAY, "server shutting down", true);
-    }
-    drop(peers);
-    let deadline = Instant::now() + shard.config.shutdown.drain_timeout;
-    while !shard.peers.borrow().is_empty() && Instant::now() < deadline {
-        sleep(Duration::from_millis(5)).await;
-    }
-    let left: Vec<_> = shard.peers.borrow().values().cloned().collect();
-    if !left.is_empty() {
-        warn!(shard = shard.index, connections = left.len(), "drain timeout; closing the rest");
-        for peer in &left {
-            peer.abort();
-        }
-        // Let the aborted tasks run once and release their sockets.
-        for _ in 0..3 {
-            futures_lite::future::yield_now().await;
-        }
-    }
-}

@@ -17,6 +17,7 @@ mod presence;
 mod pubsub;
 mod recovery;
 mod redis;
+mod shutdown;
 mod tls;
 mod topology;
 mod wire;

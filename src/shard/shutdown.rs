@@ -1,0 +1,132 @@
+//! Graceful shutdown of one shard (SIGINT/SIGTERM): nothing a client was
+//! told was accepted is dropped on the way, and every client gets what is
+//! queued for it before its 1001.
+//!
+//! 1. **Quiesce.** The shard stops reading client input and finishes the
+//!    publishes that wait for room on another shard's channel; then it
+//!    tells every shard ([`DrainStep::InputStopped`]). Once it has heard
+//!    that from every shard, every history publish any client made is in
+//!    a sequence channel: it numbers and relays what its own holds, and
+//!    says [`DrainStep::Relayed`]. Once it has heard that from every
+//!    shard, every message for its subscribers is in its data channel (or
+//!    was delivered): it delivers what the channel holds at that moment.
+//!    The bus keeps working throughout (interest, history answers).
+//! 2. **Drain.** Every connection is closed with 1001 behind what is
+//!    queued for it; the shard waits for them to finish, and aborts the
+//!    rest at the deadline. The drain owns these closes: the heartbeat
+//!    sweeper does not apply `close_timeout_ms` to them.
+//!
+//! Both share one deadline, `[shutdown] drain_timeout_ms` after the signal.
+//! Not covered: admin API publishes arriving after the signal (the node
+//! reports not ready from then on), and, with Redis, history messages still
+//! on their way back from Redis when the clients are closed (they are in
+//! the history; a client recovers them on reconnect). Runs on the shard.
+
+use std::time::{Duration, Instant};
+
+use glommio::timer::sleep;
+use tracing::{info, warn};
+
+use super::tasks::{pump, BUS_RETRY};
+use super::Shard;
+use crate::bus::{ControlMsg, DrainStep, Inbox};
+use crate::clock::Stamp;
+use crate::protocol::close;
+
+/// How often the drain looks whether its connections are gone.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// Step 1: stops client input and delivers what is between shards.
+pub(super) async fn quiesce(shard: &Shard, inbox: &Inbox, deadline: Instant) {
+    shard.shutting_down.set(true);
+    // Connections stop reading (see `Conn::poll_unblocked`); those waiting
+    // for room on a channel finish their publish first.
+    shard.wake_all();
+    let shards = shard.shard_count();
+    let in_time = || Instant::now() < deadline;
+    while shard.blocked_publishes() > 0 && in_time() {
+        pump(shard, inbox);
+        sleep(BUS_RETRY).await;
+    }
+    shard.announce_drained(DrainStep::InputStopped);
+
+    // Every client's history publish is in a sequence channel: number and
+    // relay what this shard's holds.
+    while shard.drained_heard(DrainStep::InputStopped) < shards && in_time() {
+        pump(shard, inbox);
+        sleep(BUS_RETRY).await;
+    }
+    let mut owed = inbox.sequence.len();
+    loop {
+        let done = pump(shard, inbox);
+        owed = owed.saturating_sub(done.numbered);
+        if (owed == 0 && done.relay_left == 0) || !in_time() {
+            break;
+        }
+        sleep(BUS_RETRY).await;
+    }
+    shard.announce_drained(DrainStep::Relayed);
+
+    // Every message for this shard's subscribers is in its data channel:
+    // deliver what it holds now (FIFO: what comes later is newer).
+    while shard.drained_heard(DrainStep::Relayed) < shards && in_time() {
+        pump(shard, inbox);
+        sleep(BUS_RETRY).await;
+    }
+    let mut owed = inbox.data.len();
+    while owed > 0 && in_time() {
+        owed = owed.saturating_sub(pump(shard, inbox).data);
+        futures_lite::future::yield_now().await;
+    }
+    if !in_time() {
+        warn!(shard = shard.index, "drain timeout while delivering between shards");
+    }
+}
+
+/// Step 2: every client gets what is queued for it, then close 1001; at
+/// `deadline` the rest are cut.
+pub(super) async fn drain(shard: &Shard, deadline: Instant) {
+    shard.drain_started.set(Some(Stamp::now()));
+    let peers: Vec<_> = shard.peers.borrow().values().cloned().collect();
+    info!(shard = shard.index, connections = peers.len(), "draining");
+    for peer in &peers {
+        peer.close(close::GOING_AWAY, "server shutting down", true);
+    }
+    drop(peers);
+    while !shard.peers.borrow().is_empty() && Instant::now() < deadline {
+        sleep(DRAIN_POLL).await;
+    }
+    let left: Vec<_> = shard.peers.borrow().values().cloned().collect();
+    if !left.is_empty() {
+        warn!(shard = shard.index, connections = left.len(), "drain timeout; closing the rest");
+        for peer in &left {
+            peer.abort();
+        }
+        // Let the aborted tasks run once and release their sockets.
+        for _ in 0..3 {
+            futures_lite::future::yield_now().await;
+        }
+    }
+}
+
+impl Shard {
+    /// Tells every shard, this one included, that this shard passed `step`.
+    fn announce_drained(&self, step: DrainStep) {
+        self.on_drained(step);
+        for (_, mailbox) in self.others() {
+            mailbox.control(ControlMsg::Drained { from: self.index, step });
+        }
+    }
+
+    /// Counts a shard's `Drained` (it may come before this shard's own
+    /// `Shutdown`).
+    pub(super) fn on_drained(&self, step: DrainStep) {
+        let heard = &self.drained[step.index()];
+        heard.set(heard.get() + 1);
+    }
+
+    /// How many shards (this one included) passed `step`.
+    fn drained_heard(&self, step: DrainStep) -> usize {
+        self.drained[step.index()].get()
+    }
+}
