@@ -212,6 +212,9 @@ export class Shardcast extends Emitter {
     this._nextId = 1;
     this._attempt = 0;
     this._wanted = false;
+    /** Bumped by every attempt and by disconnect(): an older attempt still
+     * awaiting its token sees it changed and opens nothing. */
+    this._generation = 0;
     this._ws = undefined;
     this._token = options.token;
     this._timers = new Set();
@@ -227,6 +230,7 @@ export class Shardcast extends Emitter {
   /** Closes the connection; no reconnect. Queued publishes are rejected. */
   disconnect() {
     this._wanted = false;
+    this._generation++;
     for (const t of this._timers) clearTimeout(t);
     this._timers.clear();
     const ws = this._ws;
@@ -307,17 +311,26 @@ export class Shardcast extends Emitter {
 
   async _open() {
     if (!this._wanted) return;
+    const generation = ++this._generation;
+    // disconnect() (and connect() again) may come while this attempt awaits:
+    // then a newer attempt, or none, owns the connection, and this one must
+    // neither open a socket nor report anything.
+    const superseded = () => generation !== this._generation || !this._wanted;
     this.state = "connecting";
     this.emit("connecting");
     let url = this.url;
     try {
-      if (this.options.getToken) this._token = await this.options.getToken();
+      if (this.options.getToken) {
+        const token = await this.options.getToken();
+        if (superseded()) return;
+        this._token = token;
+      }
       if (this._token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(this._token);
       const WS = this.options.WebSocket ?? (await webSocketClass());
       this._codec ??= await flatbuffersCodec().catch(() => {
         throw new ShardcastError("no_flatbuffers", 'protocol "flatbuffers" needs the `flatbuffers` package (npm install flatbuffers)');
       });
-      if (!this._wanted) return;
+      if (superseded()) return;
       const ws = new WS(url, this._codec.subprotocol);
       ws.binaryType = "arraybuffer";
       this._ws = ws;
@@ -331,6 +344,7 @@ export class Shardcast extends Emitter {
       };
       ws.onerror = () => {};
     } catch (e) {
+      if (superseded()) return;
       this.emit("error", e);
       // A missing package will not appear by retrying.
       const fixable = e?.code !== "no_flatbuffers" && e?.code !== "no_websocket";
