@@ -212,6 +212,9 @@ export class Shardcast extends Emitter {
     this._nextId = 1;
     this._attempt = 0;
     this._wanted = false;
+    /** Why the client stopped for good (a final close, disconnect()), until
+     * the next connect(); undefined before the first connect(). */
+    this._stopped = undefined;
     /** Bumped by every attempt and by disconnect(): an older attempt still
      * awaiting its token sees it changed and opens nothing. */
     this._generation = 0;
@@ -224,19 +227,22 @@ export class Shardcast extends Emitter {
   connect() {
     if (this._wanted) return;
     this._wanted = true;
+    this._stopped = undefined;
     this._open();
   }
 
-  /** Closes the connection; no reconnect. Queued publishes are rejected. */
+  /**
+   * Closes the connection; no reconnect. Queued publishes and sends are
+   * rejected, and so are new ones until `connect()`.
+   */
   disconnect() {
-    this._wanted = false;
     this._generation++;
     for (const t of this._timers) clearTimeout(t);
     this._timers.clear();
     const ws = this._ws;
     this._ws = undefined;
     if (ws) ws.close(1000);
-    this._failPending(new ShardcastError("disconnected", "disconnect() was called"));
+    this._stop("disconnect() was called");
     this._dropped(1000, "client disconnect", false);
   }
 
@@ -265,7 +271,9 @@ export class Shardcast extends Emitter {
   /**
    * Publishes `payload` (any JSON value) to `topic`. Settles with the
    * server's ack (or error). While disconnected it waits in a queue of at
-   * most `maxPending`; beyond, it rejects at once (`pending_full`).
+   * most `maxPending`; beyond, it rejects at once (`pending_full`). Once the
+   * client has stopped (`disconnect()`, or a close it does not come back
+   * from) it rejects at once with `disconnected`, until `connect()`.
    */
   publish(topic, payload, { skipSelf = false } = {}) {
     const req = { type: "publish", topic, payload };
@@ -282,6 +290,8 @@ export class Shardcast extends Emitter {
 
   _send(req) {
     if (this.state === "connected") return this._request(req);
+    // Nothing would ever send it: waiting would be forever.
+    if (this._stopped !== undefined) return Promise.reject(new ShardcastError("disconnected", this._stopped));
     if (this._pending.length >= this.options.maxPending) {
       return Promise.reject(new ShardcastError("pending_full", `more than ${this.options.maxPending} requests queued while disconnected`));
     }
@@ -485,9 +495,8 @@ export class Shardcast extends Emitter {
     }
     this._requests.clear();
     for (const sub of this._subs.values()) sub.state = "unsubscribed";
-    if (!reconnect) {
-      this._wanted = false;
-      this._failPending(new ShardcastError("disconnected", `connection closed (${code}${reason ? ": " + reason : ""}), not reconnecting`));
+    if (!reconnect && this._stopped === undefined) {
+      this._stop(`connection closed (${code}${reason ? ": " + reason : ""}), not reconnecting`);
     }
     // Once per lost connection, when the server refused an attempt (4xxx),
     // and when giving up; not for every attempt that found nobody listening.
@@ -496,6 +505,13 @@ export class Shardcast extends Emitter {
       const delay = backoffDelay(this._attempt++, this.options.reconnect);
       this._later(delay, () => this._open());
     }
+  }
+
+  /** Stops for good (until `connect()`): queued and later publishes reject with `message`. */
+  _stop(message) {
+    this._wanted = false;
+    this._stopped = message;
+    this._failPending(new ShardcastError("disconnected", message));
   }
 
   _failPending(err) {
