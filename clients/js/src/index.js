@@ -16,6 +16,21 @@ const FINAL_CLOSES = new Set([4008, 4010]);
 const TOKEN_CLOSES = new Set([4001, 4002]);
 /** A connection that stayed up this long resets the backoff. */
 const STABLE_MS = 5000;
+/**
+ * Subscribe refusals that asking again cannot heal (a malformed request,
+ * the topic, permissions, the connection's topic limit): the application
+ * must act. Anything else (`not_available` while the server cannot reach
+ * Redis, `timeout`, ...) is tried again with backoff.
+ */
+const PERMANENT_REFUSALS = new Set([
+  "bad_json",
+  "bad_request",
+  "unknown_type",
+  "invalid_topic",
+  "forbidden",
+  "unauthorized",
+  "too_many_subscriptions",
+]);
 
 /**
  * An error from the server (`code` is the protocol's error code, e.g.
@@ -123,6 +138,10 @@ export class Subscription extends Emitter {
     /** @type {"unsubscribed"|"subscribing"|"subscribed"} */
     this.state = "unsubscribed";
     this._client = client;
+    /** Refused subscribes in a row on this connection (the backoff's attempt). */
+    this._attempt = 0;
+    /** The timer of the next try after a refusal. */
+    this._retry = undefined;
   }
 
   /** Stops the subscription (and forgets its position). */
@@ -416,6 +435,7 @@ export class Shardcast extends Emitter {
   }
 
   async _subscribe(sub) {
+    this._cancelRetry(sub);
     sub.state = "subscribing";
     const req = { type: "subscribe", topic: sub.topic };
     if (sub.recover && sub.offset !== undefined && sub.epoch !== undefined) req.recover = { offset: sub.offset, epoch: sub.epoch };
@@ -424,12 +444,21 @@ export class Shardcast extends Emitter {
       ack = await this._request(req);
     } catch (e) {
       if (this._subs.get(sub.topic) !== sub) return;
-      sub.state = "unsubscribed";
-      // A dropped connection resubscribes by itself; anything else is the application's.
-      if (e.code !== "disconnected") sub.emit("error", e);
+      sub._early = undefined;
+      // A dropped connection resubscribes by itself, after its welcome.
+      if (e.code === "disconnected") {
+        sub.state = "unsubscribed";
+        return;
+      }
+      // Retried before the event, so that the handler sees the state it
+      // will be in (and may still unsubscribe).
+      if (PERMANENT_REFUSALS.has(e.code)) sub.state = "unsubscribed";
+      else this._retrySubscribe(sub);
+      sub.emit("error", e);
       return;
     }
     if (this._subs.get(sub.topic) !== sub) return;
+    sub._attempt = 0;
     const recovered = Boolean(ack.recovered);
     if (req.recover && !recovered) {
       // History lost or trimmed: the application must reload its state.
@@ -448,9 +477,31 @@ export class Shardcast extends Emitter {
     sub._early = undefined;
   }
 
+  /**
+   * Subscribes `sub` again after a refusal that may heal, on the same
+   * connection, after the connection's backoff delay for the subscription's
+   * own attempt count. It stays "subscribing" meanwhile.
+   */
+  _retrySubscribe(sub) {
+    const ws = this._ws;
+    const delay = backoffDelay(sub._attempt++, this.options.reconnect);
+    sub._retry = setTimeout(() => {
+      sub._retry = undefined;
+      // Unsubscribed, or a newer connection (its welcome resubscribed it).
+      if (this._subs.get(sub.topic) !== sub || this._ws !== ws || this.state !== "connected") return;
+      this._subscribe(sub);
+    }, delay);
+  }
+
+  _cancelRetry(sub) {
+    clearTimeout(sub._retry);
+    sub._retry = undefined;
+  }
+
   _unsubscribe(sub) {
     if (this._subs.get(sub.topic) !== sub) return;
     this._subs.delete(sub.topic);
+    this._cancelRetry(sub);
     const was = sub.state;
     sub.state = "unsubscribed";
     if (this.state === "connected" && was !== "unsubscribed") this._request({ type: "unsubscribe", topic: sub.topic }).catch(() => {});
@@ -494,7 +545,10 @@ export class Shardcast extends Emitter {
       reject(new ShardcastError("disconnected", `connection closed (${code})`));
     }
     this._requests.clear();
-    for (const sub of this._subs.values()) sub.state = "unsubscribed";
+    for (const sub of this._subs.values()) {
+      this._cancelRetry(sub);
+      sub.state = "unsubscribed";
+    }
     if (!reconnect && this._stopped === undefined) {
       this._stop(`connection closed (${code}${reason ? ": " + reason : ""}), not reconnecting`);
     }
