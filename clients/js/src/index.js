@@ -1,6 +1,7 @@
 // shardcast-client: the shardcast protocol (docs/protocol.md, JSON encoding)
-// for browsers and Node.js. One connection per `Shardcast`; it reconnects
-// with jittered exponential backoff, resubscribes every `Subscription`,
+// for browsers and Node.js. One connection per `Shardcast`, to one of the
+// nodes it is given; it reconnects with jittered exponential backoff (to the
+// next node), resubscribes every `Subscription`,
 // recovers what history topics published meanwhile, refreshes its token
 // before it expires, and queues publishes (boundedly) while disconnected.
 //
@@ -181,14 +182,17 @@ export class Subscription extends Emitter {
 }
 
 /**
- * A connection to shardcast.
+ * A connection to shardcast: to one node at a time of those it is given.
  *
  * Events: `connecting`, `connected` (the welcome: {client, node, shard,
  * user}), `disconnected` {code, reason, reconnect}, `error`.
  */
 export class Shardcast extends Emitter {
   /**
-   * @param {string} url e.g. "wss://example.com/ws"
+   * @param {string|string[]} url e.g. "wss://example.com/ws", or several
+   *   nodes' URLs (of one cluster sharing a Redis), tried in order: every
+   *   failed attempt and every lost connection moves on to the next one,
+   *   and after the last comes the first again
    * @param {object} [options]
    * @param {string} [options.token] a connection token (JWT)
    * @param {() => Promise<string>} [options.getToken] called on every
@@ -209,7 +213,14 @@ export class Shardcast extends Emitter {
     this.protocol = protocol;
     /** The codec, once loaded (FlatBuffers loads its package on first connect). */
     this._codec = protocol === "json" ? jsonCodec : undefined;
-    this.url = url;
+    const urls = typeof url === "string" ? [url] : Array.isArray(url) ? [...url] : [];
+    if (urls.length === 0 || !urls.every((u) => typeof u === "string" && u !== "")) {
+      throw new ShardcastError("bad_option", "url must be a URL or a non-empty list of URLs");
+    }
+    /** The nodes' URLs, in the order they are tried. */
+    this.urls = urls;
+    /** Which of `urls` the current (or next) attempt goes to. */
+    this._urlIndex = 0;
     this.options = {
       token: options.token,
       getToken: options.getToken,
@@ -242,11 +253,20 @@ export class Shardcast extends Emitter {
     this._timers = new Set();
   }
 
-  /** Connects (and keeps reconnecting until `disconnect()`). */
+  /** The URL of the current connection, or of the next attempt. */
+  get url() {
+    return this.urls[this._urlIndex];
+  }
+
+  /**
+   * Connects (and keeps reconnecting until `disconnect()`), to the first of
+   * `urls` first.
+   */
   connect() {
     if (this._wanted) return;
     this._wanted = true;
     this._stopped = undefined;
+    this._urlIndex = 0;
     this._open();
   }
 
@@ -556,6 +576,10 @@ export class Shardcast extends Emitter {
     // and when giving up; not for every attempt that found nobody listening.
     if (was === "connected" || !reconnect || code >= 4000) this.emit("disconnected", { code, reason, reconnect });
     if (reconnect) {
+      // The node that failed us may be gone for good: the next one, with the
+      // same backoff. Subscriptions recover there too, as the nodes of one
+      // Redis share the history (one epoch and offset per topic).
+      this._urlIndex = (this._urlIndex + 1) % this.urls.length;
       const delay = backoffDelay(this._attempt++, this.options.reconnect);
       this._later(delay, () => this._open());
     }
