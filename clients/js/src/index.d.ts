@@ -82,10 +82,15 @@ export class Subscription {
   /** The last offset delivered and its epoch (history topics). */
   readonly offset: number | undefined;
   readonly epoch: string | undefined;
+  /**
+   * "subscribing" also while a refusal that may heal (e.g. `not_available`)
+   * waits for its retry; "unsubscribed" after one that cannot (e.g. `forbidden`).
+   */
   readonly state: "unsubscribed" | "subscribing" | "subscribed";
   on(event: "subscribed", fn: Handler<SubscribedEvent>): this;
   on(event: "message", fn: Handler<MessageEvent>): this;
   on(event: "join" | "leave", fn: Handler<PresenceEvent>): this;
+  /** A refused subscribe (retried with backoff unless it cannot heal), or another request's error. */
   on(event: "error", fn: Handler<ShardcastError>): this;
   on(event: "unsubscribed", fn: Handler<void>): this;
   off(event: string, fn: Function): this;
@@ -96,17 +101,29 @@ export class Subscription {
 }
 
 export class Shardcast {
-  constructor(url: string, options?: ShardcastOptions);
+  /**
+   * @param url one node's URL, or several nodes' (sharing one Redis), tried
+   *   in order: a failed attempt or a lost connection moves on to the next,
+   *   wrapping around.
+   */
+  constructor(url: string | string[], options?: ShardcastOptions);
+  /** The URL of the current connection, or of the next attempt. */
   readonly url: string;
+  /** Every URL given, in the order they are tried. */
+  readonly urls: readonly string[];
   readonly protocol: "json" | "flatbuffers";
   readonly state: "disconnected" | "connecting" | "connected";
   /** The current connection's welcome. */
   readonly info: Welcome | undefined;
+  /** Connects, to the first URL first, and reconnects until `disconnect()` or a final close. */
   connect(): void;
+  /** Closes; queued publishes and sends reject with `disconnected`, and so do new ones until `connect()`. */
   disconnect(): void;
   subscribe(topic: string, options?: { recover?: boolean }): Subscription;
   getSubscription(topic: string): Subscription | undefined;
+  /** Queued while (re)connecting; rejects at once with `disconnected` once the client has stopped. */
   publish(topic: string, payload: unknown, options?: { skipSelf?: boolean }): Promise<void>;
+  /** Like `publish`. */
   send(user: string, payload: unknown): Promise<void>;
   on(event: "connecting", fn: Handler<void>): this;
   on(event: "connected", fn: Handler<Welcome>): this;

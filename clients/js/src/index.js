@@ -1,6 +1,7 @@
 // shardcast-client: the shardcast protocol (docs/protocol.md, JSON encoding)
-// for browsers and Node.js. One connection per `Shardcast`; it reconnects
-// with jittered exponential backoff, resubscribes every `Subscription`,
+// for browsers and Node.js. One connection per `Shardcast`, to one of the
+// nodes it is given; it reconnects with jittered exponential backoff (to the
+// next node), resubscribes every `Subscription`,
 // recovers what history topics published meanwhile, refreshes its token
 // before it expires, and queues publishes (boundedly) while disconnected.
 //
@@ -16,6 +17,21 @@ const FINAL_CLOSES = new Set([4008, 4010]);
 const TOKEN_CLOSES = new Set([4001, 4002]);
 /** A connection that stayed up this long resets the backoff. */
 const STABLE_MS = 5000;
+/**
+ * Subscribe refusals that asking again cannot heal (a malformed request,
+ * the topic, permissions, the connection's topic limit): the application
+ * must act. Anything else (`not_available` while the server cannot reach
+ * Redis, `timeout`, ...) is tried again with backoff.
+ */
+const PERMANENT_REFUSALS = new Set([
+  "bad_json",
+  "bad_request",
+  "unknown_type",
+  "invalid_topic",
+  "forbidden",
+  "unauthorized",
+  "too_many_subscriptions",
+]);
 
 /**
  * An error from the server (`code` is the protocol's error code, e.g.
@@ -123,6 +139,10 @@ export class Subscription extends Emitter {
     /** @type {"unsubscribed"|"subscribing"|"subscribed"} */
     this.state = "unsubscribed";
     this._client = client;
+    /** Refused subscribes in a row on this connection (the backoff's attempt). */
+    this._attempt = 0;
+    /** The timer of the next try after a refusal. */
+    this._retry = undefined;
   }
 
   /** Stops the subscription (and forgets its position). */
@@ -162,14 +182,17 @@ export class Subscription extends Emitter {
 }
 
 /**
- * A connection to shardcast.
+ * A connection to shardcast: to one node at a time of those it is given.
  *
  * Events: `connecting`, `connected` (the welcome: {client, node, shard,
  * user}), `disconnected` {code, reason, reconnect}, `error`.
  */
 export class Shardcast extends Emitter {
   /**
-   * @param {string} url e.g. "wss://example.com/ws"
+   * @param {string|string[]} url e.g. "wss://example.com/ws", or several
+   *   nodes' URLs (of one cluster sharing a Redis), tried in order: every
+   *   failed attempt and every lost connection moves on to the next one,
+   *   and after the last comes the first again
    * @param {object} [options]
    * @param {string} [options.token] a connection token (JWT)
    * @param {() => Promise<string>} [options.getToken] called on every
@@ -190,7 +213,14 @@ export class Shardcast extends Emitter {
     this.protocol = protocol;
     /** The codec, once loaded (FlatBuffers loads its package on first connect). */
     this._codec = protocol === "json" ? jsonCodec : undefined;
-    this.url = url;
+    const urls = typeof url === "string" ? [url] : Array.isArray(url) ? [...url] : [];
+    if (urls.length === 0 || !urls.every((u) => typeof u === "string" && u !== "")) {
+      throw new ShardcastError("bad_option", "url must be a URL or a non-empty list of URLs");
+    }
+    /** The nodes' URLs, in the order they are tried. */
+    this.urls = urls;
+    /** Which of `urls` the current (or next) attempt goes to. */
+    this._urlIndex = 0;
     this.options = {
       token: options.token,
       getToken: options.getToken,
@@ -212,27 +242,46 @@ export class Shardcast extends Emitter {
     this._nextId = 1;
     this._attempt = 0;
     this._wanted = false;
+    /** Why the client stopped for good (a final close, disconnect()), until
+     * the next connect(); undefined before the first connect(). */
+    this._stopped = undefined;
+    /** Bumped by every attempt and by disconnect(): an older attempt still
+     * awaiting its token sees it changed and opens nothing. */
+    this._generation = 0;
     this._ws = undefined;
     this._token = options.token;
     this._timers = new Set();
   }
 
-  /** Connects (and keeps reconnecting until `disconnect()`). */
+  /** The URL of the current connection, or of the next attempt. */
+  get url() {
+    return this.urls[this._urlIndex];
+  }
+
+  /**
+   * Connects (and keeps reconnecting until `disconnect()`), to the first of
+   * `urls` first.
+   */
   connect() {
     if (this._wanted) return;
     this._wanted = true;
+    this._stopped = undefined;
+    this._urlIndex = 0;
     this._open();
   }
 
-  /** Closes the connection; no reconnect. Queued publishes are rejected. */
+  /**
+   * Closes the connection; no reconnect. Queued publishes and sends are
+   * rejected, and so are new ones until `connect()`.
+   */
   disconnect() {
-    this._wanted = false;
+    this._generation++;
     for (const t of this._timers) clearTimeout(t);
     this._timers.clear();
     const ws = this._ws;
     this._ws = undefined;
     if (ws) ws.close(1000);
-    this._failPending(new ShardcastError("disconnected", "disconnect() was called"));
+    this._stop("disconnect() was called");
     this._dropped(1000, "client disconnect", false);
   }
 
@@ -261,7 +310,9 @@ export class Shardcast extends Emitter {
   /**
    * Publishes `payload` (any JSON value) to `topic`. Settles with the
    * server's ack (or error). While disconnected it waits in a queue of at
-   * most `maxPending`; beyond, it rejects at once (`pending_full`).
+   * most `maxPending`; beyond, it rejects at once (`pending_full`). Once the
+   * client has stopped (`disconnect()`, or a close it does not come back
+   * from) it rejects at once with `disconnected`, until `connect()`.
    */
   publish(topic, payload, { skipSelf = false } = {}) {
     const req = { type: "publish", topic, payload };
@@ -278,6 +329,8 @@ export class Shardcast extends Emitter {
 
   _send(req) {
     if (this.state === "connected") return this._request(req);
+    // Nothing would ever send it: waiting would be forever.
+    if (this._stopped !== undefined) return Promise.reject(new ShardcastError("disconnected", this._stopped));
     if (this._pending.length >= this.options.maxPending) {
       return Promise.reject(new ShardcastError("pending_full", `more than ${this.options.maxPending} requests queued while disconnected`));
     }
@@ -307,17 +360,26 @@ export class Shardcast extends Emitter {
 
   async _open() {
     if (!this._wanted) return;
+    const generation = ++this._generation;
+    // disconnect() (and connect() again) may come while this attempt awaits:
+    // then a newer attempt, or none, owns the connection, and this one must
+    // neither open a socket nor report anything.
+    const superseded = () => generation !== this._generation || !this._wanted;
     this.state = "connecting";
     this.emit("connecting");
     let url = this.url;
     try {
-      if (this.options.getToken) this._token = await this.options.getToken();
+      if (this.options.getToken) {
+        const token = await this.options.getToken();
+        if (superseded()) return;
+        this._token = token;
+      }
       if (this._token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(this._token);
       const WS = this.options.WebSocket ?? (await webSocketClass());
       this._codec ??= await flatbuffersCodec().catch(() => {
         throw new ShardcastError("no_flatbuffers", 'protocol "flatbuffers" needs the `flatbuffers` package (npm install flatbuffers)');
       });
-      if (!this._wanted) return;
+      if (superseded()) return;
       const ws = new WS(url, this._codec.subprotocol);
       ws.binaryType = "arraybuffer";
       this._ws = ws;
@@ -331,6 +393,7 @@ export class Shardcast extends Emitter {
       };
       ws.onerror = () => {};
     } catch (e) {
+      if (superseded()) return;
       this.emit("error", e);
       // A missing package will not appear by retrying.
       const fixable = e?.code !== "no_flatbuffers" && e?.code !== "no_websocket";
@@ -392,6 +455,7 @@ export class Shardcast extends Emitter {
   }
 
   async _subscribe(sub) {
+    this._cancelRetry(sub);
     sub.state = "subscribing";
     const req = { type: "subscribe", topic: sub.topic };
     if (sub.recover && sub.offset !== undefined && sub.epoch !== undefined) req.recover = { offset: sub.offset, epoch: sub.epoch };
@@ -400,12 +464,21 @@ export class Shardcast extends Emitter {
       ack = await this._request(req);
     } catch (e) {
       if (this._subs.get(sub.topic) !== sub) return;
-      sub.state = "unsubscribed";
-      // A dropped connection resubscribes by itself; anything else is the application's.
-      if (e.code !== "disconnected") sub.emit("error", e);
+      sub._early = undefined;
+      // A dropped connection resubscribes by itself, after its welcome.
+      if (e.code === "disconnected") {
+        sub.state = "unsubscribed";
+        return;
+      }
+      // Retried before the event, so that the handler sees the state it
+      // will be in (and may still unsubscribe).
+      if (PERMANENT_REFUSALS.has(e.code)) sub.state = "unsubscribed";
+      else this._retrySubscribe(sub);
+      sub.emit("error", e);
       return;
     }
     if (this._subs.get(sub.topic) !== sub) return;
+    sub._attempt = 0;
     const recovered = Boolean(ack.recovered);
     if (req.recover && !recovered) {
       // History lost or trimmed: the application must reload its state.
@@ -424,9 +497,31 @@ export class Shardcast extends Emitter {
     sub._early = undefined;
   }
 
+  /**
+   * Subscribes `sub` again after a refusal that may heal, on the same
+   * connection, after the connection's backoff delay for the subscription's
+   * own attempt count. It stays "subscribing" meanwhile.
+   */
+  _retrySubscribe(sub) {
+    const ws = this._ws;
+    const delay = backoffDelay(sub._attempt++, this.options.reconnect);
+    sub._retry = setTimeout(() => {
+      sub._retry = undefined;
+      // Unsubscribed, or a newer connection (its welcome resubscribed it).
+      if (this._subs.get(sub.topic) !== sub || this._ws !== ws || this.state !== "connected") return;
+      this._subscribe(sub);
+    }, delay);
+  }
+
+  _cancelRetry(sub) {
+    clearTimeout(sub._retry);
+    sub._retry = undefined;
+  }
+
   _unsubscribe(sub) {
     if (this._subs.get(sub.topic) !== sub) return;
     this._subs.delete(sub.topic);
+    this._cancelRetry(sub);
     const was = sub.state;
     sub.state = "unsubscribed";
     if (this.state === "connected" && was !== "unsubscribed") this._request({ type: "unsubscribe", topic: sub.topic }).catch(() => {});
@@ -470,18 +565,31 @@ export class Shardcast extends Emitter {
       reject(new ShardcastError("disconnected", `connection closed (${code})`));
     }
     this._requests.clear();
-    for (const sub of this._subs.values()) sub.state = "unsubscribed";
-    if (!reconnect) {
-      this._wanted = false;
-      this._failPending(new ShardcastError("disconnected", `connection closed (${code}${reason ? ": " + reason : ""}), not reconnecting`));
+    for (const sub of this._subs.values()) {
+      this._cancelRetry(sub);
+      sub.state = "unsubscribed";
+    }
+    if (!reconnect && this._stopped === undefined) {
+      this._stop(`connection closed (${code}${reason ? ": " + reason : ""}), not reconnecting`);
     }
     // Once per lost connection, when the server refused an attempt (4xxx),
     // and when giving up; not for every attempt that found nobody listening.
     if (was === "connected" || !reconnect || code >= 4000) this.emit("disconnected", { code, reason, reconnect });
     if (reconnect) {
+      // The node that failed us may be gone for good: the next one, with the
+      // same backoff. Subscriptions recover there too, as the nodes of one
+      // Redis share the history (one epoch and offset per topic).
+      this._urlIndex = (this._urlIndex + 1) % this.urls.length;
       const delay = backoffDelay(this._attempt++, this.options.reconnect);
       this._later(delay, () => this._open());
     }
+  }
+
+  /** Stops for good (until `connect()`): queued and later publishes reject with `message`. */
+  _stop(message) {
+    this._wanted = false;
+    this._stopped = message;
+    this._failPending(new ShardcastError("disconnected", message));
   }
 
   _failPending(err) {

@@ -3,22 +3,9 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 
 import { Shardcast, ShardcastError, backoffDelay } from "../src/index.js";
-import { Server, SECRET, token, next, until } from "./server.js";
+import { Server, SECRET, HISTORY, token, next, until } from "./server.js";
 
 const fast = { minDelayMs: 20, maxDelayMs: 200 };
-const HISTORY = `[[namespaces]]
-pattern = "chat:*"
-subscribe = "anyone"
-publish = "anyone"
-presence = true
-join_leave = true
-history_size = 1000
-history_ttl_ms = 600000
-recover = true
-[limits]
-publish_rate = 0
-max_message_bytes = 1048576
-`;
 
 const servers = [];
 async function server(config = "") {

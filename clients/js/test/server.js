@@ -6,11 +6,37 @@ import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createServer } from "node:net";
+import WebSocket from "ws";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 /** The binary the test command built (override with SHARDCAST_BIN). */
 export const BIN = process.env.SHARDCAST_BIN ?? join(ROOT, "target", "debug", "shardcast");
 export const SECRET = "js-client-test-secret";
+/** The redis-server to start for multi-node tests (override with REDIS_SERVER). */
+export const REDIS_BIN = process.env.REDIS_SERVER ?? "redis-server";
+
+/** A namespace with history and recovery (and presence), no publish rate limit. */
+export const HISTORY = `[[namespaces]]
+pattern = "chat:*"
+subscribe = "anyone"
+publish = "anyone"
+presence = true
+join_leave = true
+history_size = 1000
+history_ttl_ms = 600000
+recover = true
+[limits]
+publish_rate = 0
+max_message_bytes = 1048576
+`;
+
+/**
+ * The config of a node using the Redis at `port`, with `rest` after it; the
+ * bridge retries a lost Redis quickly so that tests need not wait seconds.
+ */
+export function redisConfig(port, rest = HISTORY) {
+  return `[redis]\nurl = "redis://127.0.0.1:${port}"\nreconnect_min_ms = 50\nreconnect_max_ms = 250\n${rest}`;
+}
 
 /** A free loopback port. */
 export function freePort() {
@@ -56,18 +82,74 @@ export class Server {
 
   /** Stops the process (SIGKILL: nothing drained, like a crash) and waits. */
   kill(signal = "SIGKILL") {
-    const child = this.child;
-    if (!child || child.exitCode !== null) return Promise.resolve();
-    return new Promise((resolve) => {
-      child.on("exit", () => resolve());
-      child.kill(signal);
-    });
+    return stop(this.child, signal);
   }
 
   async restart() {
     await this.kill();
     await this.boot();
   }
+}
+
+/** A throwaway redis-server (no persistence) on a loopback port. */
+export class Redis {
+  static async start(port = 0) {
+    const r = new Redis(port || (await freePort()));
+    await r.boot();
+    return r;
+  }
+
+  constructor(port) {
+    this.port = port;
+    this.dir = mkdtempSync(join(tmpdir(), "shardcast-js-redis-"));
+  }
+
+  boot() {
+    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", this.dir];
+    const child = spawn(REDIS_BIN, args, { stdio: ["ignore", "pipe", "ignore"] });
+    this.child = child;
+    return new Promise((resolve, reject) => {
+      let out = "";
+      child.stdout.on("data", (d) => {
+        out += d;
+        if (out.includes("Ready to accept connections")) resolve();
+      });
+      child.on("error", reject);
+      child.on("exit", (code) => reject(new Error(`redis-server exited (${code}) before it was ready: ${out}`)));
+    });
+  }
+
+  kill() {
+    return stop(this.child, "SIGKILL");
+  }
+}
+
+/** Signals `child` (when still running) and resolves once it exited. */
+function stop(child, signal) {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    child.on("exit", () => resolve());
+    child.kill(signal);
+  });
+}
+
+/**
+ * A `ws` WebSocket class (for `options.WebSocket`) that counts its sockets:
+ * `urls` every URL opened (token left out), `live` the sockets created and
+ * not yet closed, `maxLive` the most of them at any moment.
+ */
+export function countingWebSocket() {
+  const stats = { urls: [], live: 0, maxLive: 0 };
+  class Counting extends WebSocket {
+    constructor(url, ...rest) {
+      super(url, ...rest);
+      stats.urls.push(url.split("?")[0]);
+      stats.live++;
+      stats.maxLive = Math.max(stats.maxLive, stats.live);
+      this.on("close", () => stats.live--);
+    }
+  }
+  return { WebSocket: Counting, stats };
 }
 
 /** An HS256 JWT for `sub`, expiring in `seconds`. */
