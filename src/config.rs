@@ -82,6 +82,7 @@ pub struct RawServer {
     pub handshake_timeout_ms: u64,
     pub max_handshake_bytes: u64,
     pub backlog: u64,
+    pub share_port: bool,
     pub send_buffer_bytes: u64,
     pub read_buffer_bytes: u64,
     pub write_buffer_bytes: u64,
@@ -283,6 +284,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     pub max_handshake_bytes: usize,
     pub backlog: i32,
+    /// Start even when another process listens on the port (both get
+    /// connections, through SO_REUSEPORT). Off: refuse to start.
+    pub share_port: bool,
     /// SO_SNDBUF of every client socket (set on the listeners, inherited on
     /// accept); 0 leaves the kernel's autotuning.
     pub send_buffer_bytes: usize,
@@ -686,6 +690,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         handshake_timeout: ms(ranged::<u64>("server.handshake_timeout_ms", s.handshake_timeout_ms, 1, 3_600_000, "1..=3600000 ms")?),
         max_handshake_bytes: ranged("server.max_handshake_bytes", s.max_handshake_bytes, 256, 1 << 20, "256..=1048576 bytes")?,
         backlog: ranged("server.backlog", s.backlog, 1, 65_535, "1..=65535")?,
+        share_port: s.share_port,
         send_buffer_bytes: match s.send_buffer_bytes {
             0 => 0,
             n => ranged("server.send_buffer_bytes", n, 4096, 64 << 20, "0 (the kernel's autotuning) or 4096..=67108864 bytes")?,

@@ -27,6 +27,8 @@ use crate::shard::{self, tasks::ShardInit};
 pub enum RuntimeError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr}: another process listens there (another shardcast?); stop it, or set [server] share_port = true to share the port with it on purpose")]
+    PortTaken { addr: SocketAddr },
     #[error("cannot set up the cross-shard bus: {0}")]
     Bus(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -53,10 +55,31 @@ fn listener(addr: SocketAddr, backlog: i32, send_buffer: usize) -> std::io::Resu
     Ok(socket)
 }
 
+/// Whether another process listens on `addr`: a socket without
+/// SO_REUSEPORT cannot bind where any socket is bound, whatever that one
+/// set, so the probe fails exactly when the port is taken. A port given as
+/// 0 is always free.
+fn port_taken(addr: SocketAddr) -> std::io::Result<bool> {
+    if addr.port() == 0 {
+        return Ok(false);
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 /// Binds `count` listeners on the same address. With port 0, the first one
-/// picks the port and the rest join it.
-pub fn bind_all(addr: SocketAddr, count: usize, backlog: i32, send_buffer: usize) -> Result<(SocketAddr, Vec<Socket>), RuntimeError> {
+/// picks the port and the rest join it. Unless `share_port`, a port another
+/// process listens on is refused (SO_REUSEPORT would let both take clients).
+pub fn bind_all(addr: SocketAddr, count: usize, backlog: i32, send_buffer: usize, share_port: bool) -> Result<(SocketAddr, Vec<Socket>), RuntimeError> {
     let bind_err = |source| RuntimeError::Bind { addr, source };
+    if !share_port && port_taken(addr).map_err(bind_err)? {
+        return Err(RuntimeError::PortTaken { addr });
+    }
     let first = listener(addr, backlog, send_buffer).map_err(bind_err)?;
     let bound = first.local_addr().map_err(bind_err)?.as_socket().expect("an IP socket");
     let mut sockets = vec![first];
@@ -116,7 +139,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let config = Arc::new(config);
     let shards = config.server.shards;
     check_host_limits(&config);
-    let (addr, sockets) = bind_all(config.server.listen, shards, config.server.backlog, config.server.send_buffer_bytes)?;
+    let (addr, sockets) = bind_all(config.server.listen, shards, config.server.backlog, config.server.send_buffer_bytes, config.server.share_port)?;
     let (mailboxes, inboxes) = bus::build(shards, config.bus.capacity).map_err(RuntimeError::Bus)?;
     let admin_bound = admin::bind(&config).map_err(|source| RuntimeError::Bind {
         addr: config.admin.as_ref().expect("bind fails only when configured").listen,

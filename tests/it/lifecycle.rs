@@ -301,3 +301,34 @@ fn shutdown_gives_up_on_clients_that_never_drain_after_drain_timeout() {
     assert!(took < Duration::from_secs(5), "drain_timeout_ms bounds the wait ({took:?})");
     assert!(server.stderr().contains("drain timeout"), "{}", server.stderr());
 }
+
+/// Issue 22.5: a second copy started on a port the first holds printed
+/// `listening on` and took about half of the new connections (SO_REUSEPORT
+/// is on every listener). It refuses to start now, naming the address,
+/// unless `[server] share_port` says the sharing is deliberate.
+#[test]
+fn a_second_process_on_a_held_port_refuses_to_start_unless_share_port() {
+    let first = Server::start("", &["--shards", "2"]);
+    let second = |config: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--listen", &first.addr, "--admin-listen", "", "--shards", "1"]);
+        let file = config.map(|c| {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            std::io::Write::write_all(&mut f, c.as_bytes()).unwrap();
+            f
+        });
+        if let Some(f) = &file {
+            cmd.arg("--config").arg(f.path());
+        }
+        (Server::spawn(cmd, false), file)
+    };
+    let (refused, _) = second(None);
+    let err = refused.err().expect("the second copy must not start");
+    assert!(err.contains(&format!("cannot listen on {}", first.addr)) && err.contains("share_port"), "{err}");
+    let (shared, _config) = second(Some("[server]\nshare_port = true\n"));
+    let shared = shared.expect("share_port = true starts beside the first");
+    assert_eq!(shared.addr, first.addr);
+    // The first still serves.
+    let mut c = first.client();
+    assert_eq!(c.request(json!({"type":"ping"}), 1)["type"], "pong");
+}
