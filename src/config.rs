@@ -181,6 +181,8 @@ pub struct RawAdmin {
     pub max_pending: u64,
     pub max_connections: u64,
     pub max_nodes: u64,
+    pub header_timeout_ms: u64,
+    pub cpu: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -377,6 +379,11 @@ pub struct AdminConfig {
     pub max_pending: usize,
     pub max_connections: usize,
     pub max_nodes: usize,
+    /// Time a connection gets to send a request's headers (and, idle
+    /// between requests, its next one) before it is closed.
+    pub header_timeout: Duration,
+    /// The CPU the admin thread is pinned to; `None`: not pinned.
+    pub cpu: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -835,6 +842,14 @@ fn validate_admin(a: &RawAdmin) -> Result<Option<AdminConfig>, ConfigError> {
         max_pending: ranged("admin.max_pending", a.max_pending, 1, 1_000_000, "1..=1000000")?,
         max_connections: ranged("admin.max_connections", a.max_connections, 1, 100_000, "1..=100000")?,
         max_nodes: ranged("admin.max_nodes", a.max_nodes, 1, 100_000, "1..=100000")?,
+        header_timeout: ms(ranged::<u64>("admin.header_timeout_ms", a.header_timeout_ms, 100, 3_600_000, "100..=3600000 ms")?),
+        cpu: match a.cpu {
+            -1 => None,
+            cpu => {
+                let expected = "-1 (not pinned) or a CPU number below 1024";
+                Some(ranged("admin.cpu", u64::try_from(cpu).map_err(|_| invalid("admin.cpu", cpu, expected))?, 0, libc::CPU_SETSIZE as u64 - 1, expected)?)
+            }
+        },
     }))
 }
 

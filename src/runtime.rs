@@ -35,6 +35,8 @@ pub enum RuntimeError {
     Signals(std::io::Error),
     #[error("cannot start the admin plane: {0}")]
     Admin(std::io::Error),
+    #[error("admin.cpu = {cpu} is not among the CPUs this process may use ({allowed:?})")]
+    AdminCpu { cpu: usize, allowed: Vec<usize> },
     #[error("cannot start shard {shard}: {reason}")]
     Shard { shard: usize, reason: String },
 }
@@ -153,6 +155,11 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let admission = Arc::new(Admission::new(config.limits.max_connections_per_user, config.limits.max_connections_per_ip));
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(RuntimeError::Signals)?;
     let cpus = allowed_cpus();
+    if let Some(cpu) = config.admin.as_ref().and_then(|a| a.cpu) {
+        if !cpus.is_empty() && !cpus.contains(&cpu) {
+            return Err(RuntimeError::AdminCpu { cpu, allowed: cpus });
+        }
+    }
 
     let (ready_tx, ready_rx) = mpsc::channel::<usize>();
     let mut handles = Vec::with_capacity(shards);

@@ -18,22 +18,20 @@
 
 pub mod api;
 pub mod cluster;
+mod listener;
 pub mod shards;
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::auth::Admission;
@@ -130,6 +128,9 @@ pub fn spawn(config: Arc<Config>, bound: Bound, wiring: Wiring) -> std::io::Resu
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let listener = bound.listener;
     std::thread::Builder::new().name("shardcast-admin".into()).spawn(move || {
+        if let Some(cpu) = admin.cpu {
+            pin_current_thread(cpu);
+        }
         runtime.block_on(async move {
             let listener = match TcpListener::from_std(listener) {
                 Ok(l) => l,
@@ -140,11 +141,8 @@ pub fn spawn(config: Arc<Config>, bound: Bound, wiring: Wiring) -> std::io::Resu
             if bridge.is_some() {
                 tokio::spawn(announce(state.clone(), admin.node_info_interval));
             }
-            let limited = Limited { listener, slots: Arc::new(Semaphore::new(admin.max_connections)) };
             info!(addr = %bound.addr, "admin plane serving");
-            if let Err(e) = axum::serve(limited, router(state, admin.max_body_bytes)).await {
-                warn!("admin plane stopped: {e}");
-            }
+            listener::serve(listener, router(state, admin.max_body_bytes), admin.max_connections, admin.header_timeout).await;
         })
     })?;
     Ok(())
@@ -208,60 +206,16 @@ async fn announce(state: Arc<AdminState>, interval: std::time::Duration) {
     }
 }
 
-/// The admin listener with at most `[admin] max_connections` connections
-/// open: past that, `accept` waits (new connections wait in the backlog).
-struct Limited {
-    listener: TcpListener,
-    slots: Arc<Semaphore>,
-}
-
-impl axum::serve::Listener for Limited {
-    type Io = Counted;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Counted, SocketAddr) {
-        let slot = self.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    return (Counted { stream, _slot: slot }, addr);
-                }
-                Err(e) => {
-                    warn!("admin accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-}
-
-/// An admin connection holding its place among `max_connections`.
-struct Counted {
-    stream: TcpStream,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+/// Pins the calling thread to `cpu` (checked at start to be one this
+/// process may use); a failure is logged and the thread runs unpinned.
+fn pin_current_thread(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity(0) applies to the calling thread.
+    let pinned = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    if !pinned {
+        warn!(cpu, "cannot pin the admin thread: {}; it runs unpinned", std::io::Error::last_os_error());
     }
 }

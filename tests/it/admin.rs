@@ -265,6 +265,47 @@ fn admin_connections_are_bounded_by_max_connections() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
 
+/// Issue 22.7: a client that never finished its headers held one of
+/// `max_connections` for ever. It is closed at `header_timeout_ms`, and the
+/// slot serves the next client.
+#[test]
+fn a_slow_admin_client_is_closed_at_header_timeout_and_frees_its_slot() {
+    let server = Server::start("[admin]\nmax_connections = 1\nheader_timeout_ms = 300\n", &["--admin-listen", "127.0.0.1:0"]);
+    let mut slow = TcpStream::connect(server.admin()).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = std::time::Instant::now();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let waited = started.elapsed();
+    assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "closed: {:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "closed at the header timeout ({waited:?})");
+    // The only slot is free again (the slow one still holds its socket open).
+    let mut next = TcpStream::connect(server.admin()).unwrap();
+    next.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let n = next.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
+/// `[admin] cpu` pins the admin thread (it shares shard 0's CPU under
+/// `taskset` otherwise); a CPU the process may not use stops the start.
+#[test]
+fn the_admin_thread_is_pinned_to_admin_cpu() {
+    let server = Server::start("[admin]\ncpu = 0\n", &["--admin-listen", "127.0.0.1:0", "--shards", "1"]);
+    let pid = server.child.id();
+    let admin_thread = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).unwrap().trim() == "shardcast-admin")
+        .expect("a thread named shardcast-admin");
+    let status = std::fs::read_to_string(admin_thread.join("status")).unwrap();
+    let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_string();
+    assert_eq!(allowed, "0");
+    let err = Server::try_start("[admin]\ncpu = 1023\n", &["--admin-listen", "127.0.0.1:0"]).err().expect("must not start");
+    assert!(err.contains("admin.cpu = 1023"), "{err}");
+}
+
 #[test]
 fn an_explicit_admin_address_in_use_stops_the_start_but_the_default_does_not() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
