@@ -73,6 +73,13 @@ fn token(target: &str, req: &httparse::Request<'_, '_>) -> Option<String> {
     scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim().to_string())
 }
 
+/// RFC 6455 §4.1: the key is the base64 of 16 bytes (24 characters,
+/// padding included, nothing else).
+fn valid_key(key: &[u8]) -> bool {
+    use base64::Engine;
+    key.len() == 24 && base64::engine::general_purpose::STANDARD.decode(key).is_ok_and(|raw| raw.len() == 16)
+}
+
 /// Decides what to answer to the request at the start of `buf`.
 pub fn decide(buf: &[u8], rules: &Rules<'_>) -> Decision {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -104,6 +111,10 @@ pub fn decide(buf: &[u8], rules: &Rules<'_>) -> Decision {
             extra_headers: "Allow: GET\r\n",
         };
     }
+    // RFC 6455 §4.1: the upgrade is an HTTP/1.1 (or later) GET.
+    if req.version != Some(1) {
+        return refuse(400, "Bad Request", "a WebSocket upgrade needs HTTP/1.1\n");
+    }
     if !has_token(header(&req, "upgrade"), "websocket") || !has_token(header(&req, "connection"), "upgrade") {
         return Decision::Refuse {
             status: 426,
@@ -120,8 +131,8 @@ pub fn decide(buf: &[u8], rules: &Rules<'_>) -> Decision {
             extra_headers: "Sec-WebSocket-Version: 13\r\n",
         };
     }
-    let Some(key) = header(&req, "sec-websocket-key").map(<[u8]>::trim_ascii).filter(|k| k.len() == 24) else {
-        return refuse(400, "Bad Request", "missing or malformed Sec-WebSocket-Key\n");
+    let Some(key) = header(&req, "sec-websocket-key").map(<[u8]>::trim_ascii).filter(|k| valid_key(k)) else {
+        return refuse(400, "Bad Request", "missing or malformed Sec-WebSocket-Key (base64 of 16 bytes)\n");
     };
     if !rules.allowed_origins.is_empty() {
         // A request without Origin is not from a browser; only browsers are
@@ -257,6 +268,13 @@ mod tests {
         let no_key = upgrade("/ws", "").replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
         assert_eq!(status(decide(no_key.as_bytes(), &RULES)), 400);
         assert_eq!(decide(b"GET /metrics HTTP/1.1\r\n\r\n", &RULES), Decision::Metrics);
+        // Issue 22.12-13: HTTP/1.0, and keys of the right length that are
+        // not base64 of 16 bytes.
+        assert_eq!(status(decide(upgrade("/ws", "").replace("HTTP/1.1", "HTTP/1.0").as_bytes(), &RULES)), 400);
+        for bad in ["!!!!!!!!!!!!!!!!!!!!!!!!", "AAAAAAAAAAAAAAAAAAAAAAAA", "dGhlIHNhbXBsZSBub25jZQ=A"] {
+            let request = upgrade("/ws", "").replace("dGhlIHNhbXBsZSBub25jZQ==", bad);
+            assert_eq!(status(decide(request.as_bytes(), &RULES)), 400, "{bad}");
+        }
     }
 
     #[test]

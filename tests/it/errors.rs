@@ -116,6 +116,17 @@ fn http_refusals() {
     assert_eq!(refused_status(&server.url("/ws"), Some("https://evil.example")), 403);
     let plain = raw_request(&server.addr, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(plain.starts_with("HTTP/1.1 426 "), "{plain}");
+    // Issue 22.12-13: an HTTP/1.0 upgrade, and keys that are 24 characters
+    // but not base64 of 16 bytes, got 101.
+    let upgrade = |version: &str, key: &str| {
+        let request = format!("GET /ws {version}\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n");
+        raw_request(&server.addr, request.as_bytes())
+    };
+    assert!(upgrade("HTTP/1.0", "dGhlIHNhbXBsZSBub25jZQ==").starts_with("HTTP/1.1 400 "));
+    for key in ["!!!!!!!!!!!!!!!!!!!!!!!!", "AAAAAAAAAAAAAAAAAAAAAAAA"] {
+        let refused = upgrade("HTTP/1.1", key);
+        assert!(refused.starts_with("HTTP/1.1 400 ") && refused.contains("Sec-WebSocket-Key"), "{key}: {refused}");
+    }
     let garbage = raw_request(&server.addr, b"\x16\x03\x01\x02\x00garbage\r\n\r\n");
     assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
     let huge = format!("GET /ws HTTP/1.1\r\nX: {}\r\n", "a".repeat(20_000));
