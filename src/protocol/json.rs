@@ -56,6 +56,10 @@ struct RawSince {
 /// string `epoch` of at most [`MAX_EPOCH_BYTES`] bytes.
 fn since_field(raw: &RawValue, id: Option<u64>, name: &str) -> Result<Since, RequestError> {
     let wrong = || bad(id, ErrorCode::BadRequest, format!("field `{name}` must be {{\"offset\":<unsigned integer>,\"epoch\":<string>}}"));
+    // serde would also take a struct from an array (`[1,"e"]`); the protocol says an object.
+    if !raw.get().starts_with('{') {
+        return Err(wrong());
+    }
     let since: RawSince = serde_json::from_str(raw.get()).map_err(|_| wrong())?;
     if since.epoch.len() > MAX_EPOCH_BYTES {
         return Err(bad(id, ErrorCode::BadRequest, format!("field `{name}.epoch` is longer than {MAX_EPOCH_BYTES} bytes")));
@@ -401,6 +405,11 @@ mod tests {
         assert_eq!(code(r#"{"type":"subscribe","topic":"t","recover":{"offset":-1,"epoch":"e"},"id":1}"#), (Some(1), ErrorCode::BadRequest));
         assert_eq!(code(r#"{"type":"subscribe","topic":"t","recover":{"offset":1}}"#), (None, ErrorCode::BadRequest));
         assert_eq!(code(r#"{"type":"subscribe","topic":"t","recover":5}"#), (None, ErrorCode::BadRequest));
+        // Issue 22.14: an array in place of the object was taken.
+        assert_eq!(code(r#"{"type":"subscribe","topic":"t","recover":[1,"e"],"id":2}"#), (Some(2), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"history","topic":"t","since":[1,"e"],"id":3}"#), (Some(3), ErrorCode::BadRequest));
+        let spaced = parse_request(br#"{"type":"subscribe","topic":"c","recover" :  {"offset":1,"epoch":"e"}}"#).unwrap();
+        assert!(matches!(spaced.command, Command::Subscribe { recover: Some(_), .. }));
         let long = format!(r#"{{"type":"history","topic":"t","since":{{"offset":1,"epoch":"{}"}}}}"#, "e".repeat(65));
         assert_eq!(code(&long), (None, ErrorCode::BadRequest));
         assert_eq!(code(r#"{"type":"history","topic":"t","limit":"x"}"#), (None, ErrorCode::BadRequest));

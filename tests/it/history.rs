@@ -137,6 +137,9 @@ fn history_requests_answer_ranges_and_refuse_what_they_cannot() {
     assert_eq!(err(&mut c, json!({"type":"subscribe","topic":"norecover:1","recover":{"offset":0,"epoch":"e"}}), 12), "not_available");
     assert_eq!(err(&mut c, json!({"type":"subscribe","topic":"chat:h","recover":{"offset":"x","epoch":"e"}}), 13), "bad_request");
     assert_eq!(err(&mut c, json!({"type":"history","topic":"chat:h","since":{"offset":1}}), 14), "bad_request");
+    // Issue 22.14: an array in place of the object was taken.
+    assert_eq!(err(&mut c, json!({"type":"subscribe","topic":"chat:h","recover":[1, epoch]}), 40), "bad_request");
+    assert_eq!(err(&mut c, json!({"type":"history","topic":"chat:h","since":[1, epoch]}), 41), "bad_request");
     assert_eq!(err(&mut c, json!({"type":"history","topic":"chat:h","limit":-1}), 15), "bad_request");
     assert_eq!(err(&mut c, json!({"type":"history","topic":""}), 16), "invalid_topic");
     c.send(json!({"type":"history","topic":"chat:h"}));
