@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use glommio::timer::sleep;
 use tracing::{info, warn};
 
-use super::tasks::{pump, BUS_RETRY};
+use super::tasks::{pump, Pumped, BUS_RETRY};
 use super::Shard;
 use crate::bus::{ControlMsg, DrainStep, Inbox};
 use crate::clock::Stamp;
@@ -43,43 +43,50 @@ pub(super) async fn quiesce(shard: &Shard, inbox: &Inbox, deadline: Instant) {
     // for room on a channel finish their publish first.
     shard.wake_all();
     let shards = shard.shard_count();
-    let in_time = || Instant::now() < deadline;
-    while shard.blocked_publishes() > 0 && in_time() {
-        pump(shard, inbox);
-        sleep(BUS_RETRY).await;
-    }
+    let mut in_time = pump_until(shard, inbox, deadline, |_| shard.blocked_publishes() == 0).await;
     shard.announce_drained(DrainStep::InputStopped);
 
-    // Every client's history publish is in a sequence channel: number and
-    // relay what this shard's holds.
-    while shard.drained_heard(DrainStep::InputStopped) < shards && in_time() {
-        pump(shard, inbox);
-        sleep(BUS_RETRY).await;
-    }
+    // Every client's history publish is in a sequence channel once every
+    // shard said so: number and relay what this shard's holds.
+    in_time &= pump_until(shard, inbox, deadline, |_| shard.drained_heard(DrainStep::InputStopped) == shards).await;
     let mut owed = inbox.sequence.len();
-    loop {
-        let done = pump(shard, inbox);
+    in_time &= pump_until(shard, inbox, deadline, |done| {
         owed = owed.saturating_sub(done.numbered);
-        if (owed == 0 && done.relay_left == 0) || !in_time() {
-            break;
-        }
-        sleep(BUS_RETRY).await;
-    }
+        owed == 0 && done.relay_left == 0
+    })
+    .await;
     shard.announce_drained(DrainStep::Relayed);
 
-    // Every message for this shard's subscribers is in its data channel:
-    // deliver what it holds now (FIFO: what comes later is newer).
-    while shard.drained_heard(DrainStep::Relayed) < shards && in_time() {
-        pump(shard, inbox);
-        sleep(BUS_RETRY).await;
-    }
+    // Every message for this shard's subscribers is then in its data
+    // channel: deliver what it holds now (FIFO: what comes later is newer).
+    in_time &= pump_until(shard, inbox, deadline, |_| shard.drained_heard(DrainStep::Relayed) == shards).await;
     let mut owed = inbox.data.len();
-    while owed > 0 && in_time() {
-        owed = owed.saturating_sub(pump(shard, inbox).data);
-        futures_lite::future::yield_now().await;
-    }
-    if !in_time() {
+    in_time &= pump_until(shard, inbox, deadline, |done| {
+        owed = owed.saturating_sub(done.data);
+        owed == 0
+    })
+    .await;
+    if !in_time {
         warn!(shard = shard.index, "drain timeout while delivering between shards");
+    }
+}
+
+/// Keeps the bus working until `done` holds after a pass over the inbox.
+/// Returns false when `deadline` came first.
+async fn pump_until(shard: &Shard, inbox: &Inbox, deadline: Instant, mut done: impl FnMut(&Pumped) -> bool) -> bool {
+    loop {
+        let pumped = pump(shard, inbox);
+        if done(&pumped) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        if pumped.worked() {
+            futures_lite::future::yield_now().await;
+        } else {
+            sleep(BUS_RETRY).await;
+        }
     }
 }
 

@@ -146,7 +146,7 @@ pub(super) struct Pumped {
 }
 
 impl Pumped {
-    fn worked(&self) -> bool {
+    pub(super) fn worked(&self) -> bool {
         self.control || self.data > 0 || self.numbered > 0
     }
 }

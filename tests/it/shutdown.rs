@@ -59,14 +59,19 @@ fn a_drain_gives_a_slow_reader_everything_acknowledged_before_its_1001() {
                     std::thread::sleep(Duration::from_millis(40));
                 }
             }
-            Ok(Message::Close(f)) => break f.map_or(1005, |f| u16::from(f.code)),
+            Ok(Message::Close(f)) => {
+                let _ = slow.ws.flush();
+                break f.map_or(1005, |f| u16::from(f.code));
+            }
             Ok(_) => {}
             Err(e) => panic!("EOF without a close frame after {next} of {MESSAGES} messages ({:?}): {e}", started.elapsed()),
         }
     };
     assert_eq!((next, code), (MESSAGES, 1001), "everything acknowledged, then 1001");
     assert!(started.elapsed() > Duration::from_secs(2), "the slow reader set the pace");
+    drop(publisher);
     assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(!server.stderr().contains("drain timeout"), "{}", server.stderr());
 }
 
 /// Issue 22.2: the bus loop returned at the shutdown signal, so publishes
