@@ -83,6 +83,7 @@ pub struct RawServer {
     pub max_handshake_bytes: u64,
     pub backlog: u64,
     pub share_port: bool,
+    pub return_memory_delay_ms: i64,
     pub send_buffer_bytes: u64,
     pub read_buffer_bytes: u64,
     pub write_buffer_bytes: u64,
@@ -289,6 +290,9 @@ pub struct ServerConfig {
     /// Start even when another process listens on the port (both get
     /// connections, through SO_REUSEPORT). Off: refuse to start.
     pub share_port: bool,
+    /// How long freed memory stays with the process before it is returned
+    /// to the OS (mimalloc's purge delay); `None`: never.
+    pub return_memory_delay: Option<Duration>,
     /// SO_SNDBUF of every client socket (set on the listeners, inherited on
     /// accept); 0 leaves the kernel's autotuning.
     pub send_buffer_bytes: usize,
@@ -698,6 +702,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         max_handshake_bytes: ranged("server.max_handshake_bytes", s.max_handshake_bytes, 256, 1 << 20, "256..=1048576 bytes")?,
         backlog: ranged("server.backlog", s.backlog, 1, 65_535, "1..=65535")?,
         share_port: s.share_port,
+        return_memory_delay: match s.return_memory_delay_ms {
+            -1 => None,
+            delay => {
+                let expected = "-1 (never) or 0..=60000 ms";
+                let delay = u64::try_from(delay).map_err(|_| invalid("server.return_memory_delay_ms", delay, expected))?;
+                Some(ms(ranged::<u64>("server.return_memory_delay_ms", delay, 0, 60_000, expected)?))
+            }
+        },
         send_buffer_bytes: match s.send_buffer_bytes {
             0 => 0,
             n => ranged("server.send_buffer_bytes", n, 4096, 64 << 20, "0 (the kernel's autotuning) or 4096..=67108864 bytes")?,
@@ -1022,6 +1034,13 @@ mod tests {
         assert!(err("[server]\nws_path = \"ws\"").contains("server.ws_path"));
         assert!(err("[log]\nlevel = \"loud\"").contains("log.level"));
         assert!(err("[limits]\nmax_message_bytes = -1").contains("max_message_bytes"));
+        assert!(err("[server]\nshare_port = 1").contains("server.share_port"));
+        for bad in ["-2", "60001"] {
+            assert!(err(&format!("[server]\nreturn_memory_delay_ms = {bad}")).contains("server.return_memory_delay_ms"), "{bad}");
+        }
+        let c = Config::from_toml("[server]\nreturn_memory_delay_ms = -1", &Overrides::default()).unwrap();
+        assert_eq!(c.server.return_memory_delay, None);
+        assert_eq!(Config::defaults().server.return_memory_delay, Some(Duration::ZERO));
     }
 
     #[test]
@@ -1051,6 +1070,12 @@ mod tests {
         assert!(err("[admin]\napi_key = \"has space\"").contains("admin.api_key"));
         assert!(err("[admin]\nmax_body_bytes = 1").contains("admin.max_body_bytes"));
         assert!(err("[server]\nshards = 4\n[admin]\nmax_pending = 3").contains("admin.max_pending"));
+        assert_eq!((c.header_timeout, c.cpu), (Duration::from_secs(10), None));
+        assert!(err("[admin]\nheader_timeout_ms = 0").contains("admin.header_timeout_ms"));
+        for bad in ["-2", "1024"] {
+            assert!(err(&format!("[admin]\ncpu = {bad}")).contains("admin.cpu"), "{bad}");
+        }
+        assert_eq!(Config::from_toml("[admin]\ncpu = 1", &Overrides::default()).unwrap().admin.unwrap().cpu, Some(1));
     }
 
     #[test]

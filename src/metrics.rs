@@ -107,7 +107,6 @@ stats! {
     deliveries: Counter, "Message frames queued to subscribers on this shard.";
     frames_written: Counter, "Message frames completely written to client sockets on this shard.";
     socket_writes: Counter, "Writes to plain client sockets (sendmsg calls; frames_written / socket_writes is the frames per send).";
-    memory_reclaims: Counter, "Times a shard returned freed memory to the OS after its connections fell well below their peak.";
     cork_flushes: Counter, "Times the flush task sent the queues of the connections corked during a batch of work.";
     encodings_json: Counter, "Messages encoded as JSON frames on this shard (at most once per message per node).";
     encodings_flatbuffers: Counter, "Messages encoded as FlatBuffers frames on this shard (at most once per message per node).";

@@ -122,6 +122,20 @@ fn check_host_limits(config: &Config) {
     }
 }
 
+/// mimalloc's `purge_delay` option (`include/mimalloc.h`; its default, 1000
+/// ms, is how a test checks the number still names it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long freed memory stays with the process (`[server]
+/// return_memory_delay_ms`): mimalloc keeps the pages its threads free for
+/// reuse, so after a burst of connections RSS would stay at its peak
+/// (31.5 -> 43 MiB after three rounds of 2,000 aborted connections).
+fn set_return_memory_delay(delay: Option<Duration>) {
+    let ms = delay.map_or(-1, |d| d.as_millis() as libc::c_long);
+    // SAFETY: mi_option_set stores one option value (an atomic in mimalloc).
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms) };
+}
+
 /// SIGHUP: re-reads the TLS certificate and key. New handshakes use them;
 /// established connections are untouched; a bad file keeps the old ones.
 /// Returns true (keep running) whatever happened.
@@ -140,6 +154,7 @@ fn reload(config: &Config) -> bool {
 pub fn run(config: Config) -> Result<(), RuntimeError> {
     let config = Arc::new(config);
     let shards = config.server.shards;
+    set_return_memory_delay(config.server.return_memory_delay);
     check_host_limits(&config);
     let (addr, sockets) = bind_all(config.server.listen, shards, config.server.backlog, config.server.send_buffer_bytes, config.server.share_port)?;
     let (mailboxes, inboxes) = bus::build(shards, config.bus.capacity).map_err(RuntimeError::Bus)?;
@@ -245,4 +260,18 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
     info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_purge_delay_option_number_names_mimallocs_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads one option value.
+        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }, 1000, "mimalloc's default purge delay");
+    }
 }

@@ -7,7 +7,6 @@
 mod admin;
 pub mod deadline;
 mod history;
-mod memory;
 mod presence;
 mod shutdown;
 pub mod tasks;
@@ -155,8 +154,6 @@ pub struct Shard {
     blocked_publishes: Cell<usize>,
     /// How many shards said they passed each [`crate::bus::DrainStep`].
     drained: [Cell<usize>; 2],
-    /// The most connections since memory was last returned ([`memory`]).
-    connection_peak: Cell<usize>,
 }
 
 impl Shard {
@@ -218,7 +215,6 @@ impl Shard {
             drain_started: Cell::new(None),
             blocked_publishes: Cell::new(0),
             drained: Default::default(),
-            connection_peak: Cell::new(0),
         }
     }
 

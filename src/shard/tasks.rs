@@ -227,7 +227,6 @@ async fn sweep_loop(shard: Rc<Shard>) {
     loop {
         sleep(tick).await;
         shard.sweep(crate::clock::Stamp::now());
-        shard.reclaim_memory();
         if Instant::now() >= next_expiry {
             shard.expire_history();
             next_expiry = Instant::now() + crate::history::EXPIRY_SWEEP;
