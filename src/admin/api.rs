@@ -23,7 +23,8 @@ use super::AdminState;
 use crate::bus::admin::{AdminCall, ShardReport, TopicList};
 use crate::clock::Stamp;
 use crate::metrics::ShardStats;
-use crate::protocol::{close, Kind, Outgoing};
+use crate::codes::close;
+use crate::protocol::{Kind, Outgoing};
 use crate::topic;
 
 /// An API error: its HTTP status, a stable code, and a message for people.

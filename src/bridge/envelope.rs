@@ -111,7 +111,7 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming<'_>, BadMessage> {
             let payload = env.payload().bytes();
             if env.flags().contains(Flags::Disconnect) {
                 let reason = std::str::from_utf8(payload).map_err(|_| BadMessage::BadDisconnect)?;
-                if !(4000..=4999).contains(&env.code()) || reason.len() > crate::protocol::close::MAX_REASON_BYTES {
+                if !(4000..=4999).contains(&env.code()) || reason.len() > crate::codes::close::MAX_REASON_BYTES {
                     return Err(BadMessage::BadDisconnect);
                 }
                 return Ok(Incoming::Disconnect { origin: env.origin(), code: env.code(), reason });

@@ -57,7 +57,7 @@ use tracing::{debug, warn};
 use crate::auth::HistoryPolicy;
 use crate::clock::Stamp;
 use crate::config::{RedisConfig, RedisTopology};
-use crate::conn::ConnId;
+use crate::ids::{ConnId, InterestAck};
 use crate::history::{Position, Query, ReplyTo};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
@@ -185,13 +185,6 @@ struct PresenceOp {
     ack: Option<InterestAck>,
 }
 
-/// An interest acknowledgement the bridge owes once Redis confirms a SUBSCRIBE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InterestAck {
-    /// The shard waiting for it (the bridge shard itself included).
-    pub shard: usize,
-    pub token: u64,
-}
 
 /// What waits for Redis to confirm one topic's SUBSCRIBE.
 #[derive(Debug, Default)]

@@ -37,7 +37,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 pub use interest::{InterestMap, ShardSet};
 
-use crate::conn::ConnId;
+use crate::ids::ConnId;
 use crate::history::HistoryMsg;
 use crate::presence::PresenceMsg;
 use crate::protocol::Outgoing;

@@ -94,7 +94,8 @@ mod tests {
     use bytes::Bytes;
 
     use crate::config::{Overflow, QueueConfig};
-    use crate::conn::{ConnId, Queueing};
+    use crate::conn::Queueing;
+    use crate::ids::ConnId;
 
     struct Wakes(AtomicUsize);
 

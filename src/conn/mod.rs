@@ -12,7 +12,7 @@ mod session;
 mod transport;
 
 pub use cork::Cork;
-pub use peer::{ConnId, Outbox, Peer, Pushed, Queueing};
+pub use peer::{Outbox, Peer, Pushed, Queueing};
 pub use transport::Transport;
 
 use std::io;
@@ -34,7 +34,8 @@ use crate::history::Query as HistoryQuery;
 use crate::presence::Member;
 use crate::clock::Stamp;
 use crate::metrics::ShardStats;
-use crate::protocol::{close, Command, Encoding, ErrorCode, RequestError, Wire};
+use crate::codes::{close, ErrorCode};
+use crate::protocol::{Command, Encoding, RequestError, Wire};
 use crate::ws::deflate::{InflateError, Mode};
 use crate::shard::{PendingPublish, Shard, Then};
 use crate::ws::frame::{self, Opcode};

@@ -16,25 +16,10 @@ use bytes::Bytes;
 use super::Cork;
 use crate::config::{Overflow, QueueConfig};
 use crate::metrics::ShardStats;
-use crate::protocol::{close, Encoding, Wire};
+use crate::codes::close;
+use crate::ids::ConnId;
+use crate::protocol::{Encoding, Wire};
 use crate::ws::frame;
-
-/// Node-unique connection id: shard index in the top 16 bits, a per-shard
-/// sequence number below.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
-
-impl ConnId {
-    pub fn new(shard: usize, seq: u64) -> ConnId {
-        ConnId(((shard as u64) << 48) | (seq & ((1 << 48) - 1)))
-    }
-}
-
-impl std::fmt::Display for ConnId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.0 >> 48, self.0 & ((1 << 48) - 1))
-    }
-}
 
 /// A client's bounded outbound queue of complete, shared frames.
 ///

@@ -9,7 +9,8 @@ use std::rc::Rc;
 
 use crate::auth::{Identity, IpSlot, TokenError, TopicOptions, UserSlot};
 use crate::metrics::ShardStats;
-use crate::protocol::{close, ErrorCode, RequestError};
+use crate::codes::{close, ErrorCode};
+use crate::protocol::RequestError;
 use crate::shard::{Deadline, Then};
 use crate::topic;
 

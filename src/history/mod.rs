@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::auth::HistoryPolicy;
-use crate::conn::ConnId;
+use crate::ids::ConnId;
 
 /// What a stored message costs besides its payload (the ring slot, the
 /// payload's `Bytes` header and allocation rounding), for the memory budget.

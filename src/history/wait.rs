@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::conn::ConnId;
+use crate::ids::ConnId;
 use crate::protocol::Outgoing;
 
 use super::Since;

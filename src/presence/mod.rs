@@ -14,8 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::bridge::InterestAck;
-use crate::conn::ConnId;
+use crate::ids::{ConnId, InterestAck};
 
 /// A client in a presence reply: its client id and user (`None`: anonymous).
 pub type Entry = (String, Option<String>);

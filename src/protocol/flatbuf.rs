@@ -12,7 +12,8 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, VerifierOptions, WIPOffset};
 
-use super::{Answer, Command, ErrorCode, Payload, Reply, Request, RequestError, Since};
+use super::{Answer, Command, Payload, Reply, Request, RequestError, Since};
+use crate::codes::ErrorCode;
 use crate::history::MAX_EPOCH_BYTES;
 use crate::ws::frame::{self, Opcode};
 

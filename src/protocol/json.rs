@@ -11,7 +11,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::{Answer, Command, ErrorCode, Payload, Reply, Request, RequestError, Since};
+use super::{Answer, Command, Payload, Reply, Request, RequestError, Since};
+use crate::codes::ErrorCode;
 use crate::history::MAX_EPOCH_BYTES;
 use crate::ws::frame::{self, Opcode};
 

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::clock::Stamp;
-use crate::conn::ConnId;
+use crate::ids::ConnId;
 
 /// What happens when a deadline passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

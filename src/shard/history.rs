@@ -12,10 +12,11 @@ use std::time::Instant;
 use super::{PendingPublish, Shard};
 use crate::bus::{ControlMsg, PublishMsg, ShardSet};
 use crate::clock::Stamp;
-use crate::conn::ConnId;
+use crate::ids::ConnId;
 use crate::history::{self, Answer, HistoryMsg, Query, ReplyTo};
 use crate::metrics::ShardStats;
-use crate::protocol::{close, ErrorCode, Outgoing, Reply, RequestError};
+use crate::codes::{close, ErrorCode};
+use crate::protocol::{Outgoing, Reply, RequestError};
 use crate::topic::registry::TopicEntry;
 
 /// Room a reply keeps for its own fields, besides the publications.

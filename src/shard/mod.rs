@@ -24,14 +24,16 @@ use bytes::Bytes;
 
 use crate::auth::{Admission, TopicOptions};
 use crate::presence::Member;
-use crate::bridge::{Bridge, InterestAck};
+use crate::bridge::Bridge;
 use crate::clock::Stamp;
 use crate::bus::{ControlMsg, InterestMap, Mailbox, PublishMsg, ShardSet};
 use crate::config::Config;
-use crate::conn::{ConnId, Cork, Peer, Queueing};
+use crate::conn::{Cork, Peer, Queueing};
+use crate::ids::{ConnId, InterestAck};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
-use crate::protocol::{close, Builder, Encoding, Kind, Outgoing, Payload, Wire};
+use crate::codes::close;
+use crate::protocol::{Builder, Encoding, Kind, Outgoing, Payload, Wire};
 use crate::ws::deflate::{Compressor, Decompressor, Mode};
 use crate::topic::{self, Registry};
 
@@ -727,7 +729,7 @@ impl Shard {
             if let Some(timeout) = hb.timeout {
                 if now.since(peer.last_seen.get()) >= timeout {
                     ShardStats::add(&self.stats().heartbeat_timeouts, 1);
-                    peer.close(crate::protocol::close::POLICY, "heartbeat timeout", false);
+                    peer.close(crate::codes::close::POLICY, "heartbeat timeout", false);
                     continue;
                 }
             }

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use super::Shard;
-use crate::bridge::InterestAck;
 use crate::bus::ControlMsg;
-use crate::conn::ConnId;
+use crate::ids::{ConnId, InterestAck};
 use crate::metrics::ShardStats;
 use crate::presence::{Found, Member, PresenceMsg};
-use crate::protocol::{ErrorCode, Kind, Outgoing, Reply, RequestError};
+use crate::codes::ErrorCode;
+use crate::protocol::{Kind, Outgoing, Reply, RequestError};
 
 impl Shard {
     /// The shard that keeps `topic`'s presence for the node: the bridge

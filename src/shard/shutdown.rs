@@ -31,7 +31,7 @@ use super::tasks::{pump, Pumped, BUS_RETRY};
 use super::Shard;
 use crate::bus::{ControlMsg, DrainStep, Inbox};
 use crate::clock::Stamp;
-use crate::protocol::close;
+use crate::codes::close;
 
 /// How often the drain looks whether its connections are gone.
 const DRAIN_POLL: Duration = Duration::from_millis(5);

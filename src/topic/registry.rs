@@ -6,7 +6,8 @@ use std::rc::Rc;
 use indexmap::IndexMap;
 
 use crate::auth::TopicOptions;
-use crate::conn::{ConnId, Peer};
+use crate::conn::Peer;
+use crate::ids::ConnId;
 use crate::protocol::Wire;
 
 /// One topic's local subscribers, dense for fast fan-out iteration;

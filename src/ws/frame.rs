@@ -188,7 +188,7 @@ pub fn payload_of(frame: &[u8]) -> &[u8] {
 
 /// A close frame with `code` and a short UTF-8 `reason` (truncated to fit 125 bytes).
 pub fn close(code: u16, reason: &str) -> Bytes {
-    let mut end = reason.len().min(crate::protocol::close::MAX_REASON_BYTES);
+    let mut end = reason.len().min(crate::codes::close::MAX_REASON_BYTES);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }

@@ -8,7 +8,7 @@
 //! of the reader's own, bounded by `max_message_bytes`.
 
 use super::frame::{self, Opcode};
-use crate::protocol::close;
+use crate::codes::close;
 
 /// What the connection allows at this layer.
 #[derive(Debug, Clone, Copy)]
