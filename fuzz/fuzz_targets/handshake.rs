@@ -8,7 +8,8 @@ use shardcast::ws::handshake::{decide, Decision, Rules};
 fuzz_target!(|data: &[u8]| {
     let origins = ["https://app.example".to_string()];
     for (compression, allowed_origins) in [(false, &[][..]), (true, &origins[..])] {
-        let rules = Rules { ws_path: "/ws", echo_path: Some("/echo"), metrics_path: Some("/metrics"), allowed_origins, compression };
+        let subprotocols = &["shardcast.json.v1", "shardcast.flatbuffers.v1"];
+        let rules = Rules { ws_path: "/ws", echo_path: Some("/echo"), metrics_path: Some("/metrics"), allowed_origins, compression, subprotocols };
         match decide(data, &rules) {
             Decision::Upgrade { response, consumed, deflate, .. } => {
                 assert!(consumed <= data.len(), "consumed past the input");

@@ -177,6 +177,7 @@ async fn handshake(shard: &Shard, stream: &mut Transport) -> Option<Upgraded> {
         metrics_path: server.metrics_path.as_deref(),
         allowed_origins: &server.allowed_origins,
         compression: shard.config.compression.enabled,
+        subprotocols: &Encoding::SUBPROTOCOLS,
     };
     let mut buf = Vec::new();
     let mut filled = 0;
@@ -204,7 +205,8 @@ async fn handshake(shard: &Shard, stream: &mut Transport) -> Option<Upgraded> {
         }
     };
     let reply = match decision {
-        Decision::Upgrade { endpoint, response, consumed, token, encoding, deflate } => {
+        Decision::Upgrade { endpoint, response, consumed, token, subprotocol, deflate } => {
+            let encoding = Encoding::of_subprotocol(subprotocol);
             // The peer's address is looked up only when per-IP limits need it.
             let ip = if shard.admission.limits_ips() { shard.admission.admit_ip(stream.peer_ip()?) } else { Ok(None) };
             let open = shard.node_connections.fetch_add(1, Ordering::Relaxed);

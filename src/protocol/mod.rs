@@ -31,15 +31,16 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// The subprotocol to answer for an offer list (`Sec-WebSocket-Protocol`
-    /// values, comma-separated): the first one this server speaks. `None`
-    /// with no offer, or none known (JSON, no header in the answer).
-    pub fn negotiate<'a>(offers: impl IntoIterator<Item = &'a str>) -> Option<(Encoding, &'static str)> {
-        offers.into_iter().flat_map(|v| v.split(',')).map(str::trim).find_map(|p| match p {
-            json::SUBPROTOCOL => Some((Encoding::Json, json::SUBPROTOCOL)),
-            flatbuf::SUBPROTOCOL => Some((Encoding::FlatBuffers, flatbuf::SUBPROTOCOL)),
-            _ => None,
-        })
+    /// The `Sec-WebSocket-Protocol` names of the encodings, in the
+    /// server's order.
+    pub const SUBPROTOCOLS: [&'static str; 2] = [json::SUBPROTOCOL, flatbuf::SUBPROTOCOL];
+
+    /// The encoding of a negotiated subprotocol (`None`, or an unknown one: JSON).
+    pub fn of_subprotocol(name: Option<&str>) -> Encoding {
+        match name {
+            Some(flatbuf::SUBPROTOCOL) => Encoding::FlatBuffers,
+            _ => Encoding::Json,
+        }
     }
 
     /// Decodes one request from a complete message.

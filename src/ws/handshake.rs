@@ -4,7 +4,6 @@
 //! socket; the connection task does the I/O and the timeout.
 
 use super::deflate::{self, Agreement};
-use crate::protocol::Encoding;
 
 /// Which WebSocket endpoint a request upgraded to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +21,8 @@ pub struct Rules<'a> {
     pub allowed_origins: &'a [String],
     /// Negotiate permessage-deflate (`[compression] enabled`).
     pub compression: bool,
+    /// The subprotocols the pub/sub endpoint speaks (`Sec-WebSocket-Protocol`).
+    pub subprotocols: &'a [&'static str],
 }
 
 /// What to do with a request.
@@ -31,10 +32,11 @@ pub enum Decision {
     Incomplete,
     /// Upgrade: `response` is the 101; `consumed` bytes were the request
     /// (anything after them is already WebSocket data). `token` is the
-    /// connection token, if the request carried one; `encoding` the
-    /// negotiated subprotocol's (JSON when none was offered or known);
-    /// `deflate` what permessage-deflate agreement was reached, if any.
-    Upgrade { endpoint: Endpoint, response: Vec<u8>, consumed: usize, token: Option<String>, encoding: Encoding, deflate: Option<Agreement> },
+    /// connection token, if the request carried one; `subprotocol` the
+    /// first offer of the client's that the server speaks (`None`: none
+    /// offered or known, and no header in the answer); `deflate` what
+    /// permessage-deflate agreement was reached, if any.
+    Upgrade { endpoint: Endpoint, response: Vec<u8>, consumed: usize, token: Option<String>, subprotocol: Option<&'static str>, deflate: Option<Agreement> },
     /// Serve the metrics page.
     Metrics,
     /// Refuse with this status and short text.
@@ -145,16 +147,21 @@ pub fn decide(buf: &[u8], rules: &Rules<'_>) -> Decision {
     }
     let accept = tungstenite::handshake::derive_accept_key(key);
     // Subprotocols matter on the pub/sub endpoint only; /echo speaks none.
-    let chosen = if endpoint == Endpoint::PubSub { Encoding::negotiate(header_values(&req, "sec-websocket-protocol")) } else { None };
-    let protocol_line = chosen.map_or(String::new(), |(_, name)| format!("Sec-WebSocket-Protocol: {name}\r\n"));
+    let subprotocol = if endpoint == Endpoint::PubSub { first_known(header_values(&req, "sec-websocket-protocol"), rules.subprotocols) } else { None };
+    let protocol_line = subprotocol.map_or(String::new(), |name| format!("Sec-WebSocket-Protocol: {name}\r\n"));
     let deflate = if rules.compression { deflate::negotiate(header_values(&req, "sec-websocket-extensions")) } else { None };
     let extension_line = deflate.as_ref().map_or(String::new(), |a| format!("Sec-WebSocket-Extensions: {}\r\n", a.response));
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol_line}{extension_line}\r\n"
     )
     .into_bytes();
-    let encoding = chosen.map_or(Encoding::Json, |(e, _)| e);
-    Decision::Upgrade { endpoint, response, consumed, token: token(target, &req), encoding, deflate }
+    Decision::Upgrade { endpoint, response, consumed, token: token(target, &req), subprotocol, deflate }
+}
+
+/// The first of the offered subprotocols (header values, comma-separated)
+/// that is `known`.
+fn first_known<'a>(offers: impl IntoIterator<Item = &'a str>, known: &[&'static str]) -> Option<&'static str> {
+    offers.into_iter().flat_map(|v| v.split(',')).map(str::trim).find_map(|offer| known.iter().find(|k| **k == offer).copied())
 }
 
 /// A complete short HTTP response that closes the connection.
@@ -173,7 +180,14 @@ mod tests {
     use super::*;
 
     const RULES: Rules<'static> =
-        Rules { ws_path: "/ws", echo_path: Some("/echo"), metrics_path: Some("/metrics"), allowed_origins: &[], compression: false };
+        Rules {
+            ws_path: "/ws",
+            echo_path: Some("/echo"),
+            metrics_path: Some("/metrics"),
+            allowed_origins: &[],
+            compression: false,
+            subprotocols: &["shardcast.json.v1", "shardcast.flatbuffers.v1"],
+        };
 
     fn upgrade(path: &str, extra: &str) -> String {
         format!(
@@ -223,22 +237,20 @@ mod tests {
     #[test]
     fn subprotocols_pick_the_first_known_offer() {
         let answer = |extra: &str| match decide(upgrade("/ws", extra).as_bytes(), &RULES) {
-            Decision::Upgrade { response, encoding, .. } => {
+            Decision::Upgrade { response, subprotocol, .. } => {
                 let text = String::from_utf8(response).unwrap();
                 let line = text.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Protocol: ")).map(str::to_string);
-                (encoding, line)
+                assert_eq!(line.as_deref(), subprotocol, "the answer names the chosen one");
+                subprotocol
             }
             other => panic!("{other:?}"),
         };
-        assert_eq!(answer(""), (Encoding::Json, None));
-        assert_eq!(answer("Sec-WebSocket-Protocol: chat, superchat\r\n"), (Encoding::Json, None), "no known offer: no header");
-        assert_eq!(
-            answer("Sec-WebSocket-Protocol: x, shardcast.flatbuffers.v1\r\n"),
-            (Encoding::FlatBuffers, Some("shardcast.flatbuffers.v1".into()))
-        );
+        assert_eq!(answer(""), None);
+        assert_eq!(answer("Sec-WebSocket-Protocol: chat, superchat\r\n"), None, "no known offer: no header");
+        assert_eq!(answer("Sec-WebSocket-Protocol: x, shardcast.flatbuffers.v1\r\n"), Some("shardcast.flatbuffers.v1"));
         assert_eq!(
             answer("Sec-WebSocket-Protocol: shardcast.json.v1\r\nSec-WebSocket-Protocol: shardcast.flatbuffers.v1\r\n"),
-            (Encoding::Json, Some("shardcast.json.v1".into()))
+            Some("shardcast.json.v1")
         );
     }
 
