@@ -18,7 +18,6 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::auth::Admission;
 
 /// The content type of [`render`]'s page.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -181,15 +180,14 @@ impl ShardStats {
     }
 }
 
-/// The node's metrics as a `prometheus-client` collector: every shard's
-/// series labelled `shard`, and the node-wide user gauges.
+/// The shards' metrics as a `prometheus-client` collector: every shard's
+/// series labelled `shard`.
 #[derive(Debug)]
-pub struct NodeMetrics {
+pub struct ShardMetrics {
     pub stats: Arc<[ShardStats]>,
-    pub admission: Arc<Admission>,
 }
 
-impl Collector for NodeMetrics {
+impl Collector for ShardMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (name, kind, unit, help, value) in SERIES {
             let mut metric = encoder.encode_descriptor(name, help, unit.as_ref(), *kind)?;
@@ -215,14 +213,16 @@ impl Collector for NodeMetrics {
                 metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             }
         }
-        self.admission.encode(&mut encoder)
+        Ok(())
     }
 }
 
-/// The node's whole metrics page (OpenMetrics text, [`CONTENT_TYPE`]).
-pub fn render(stats: &Arc<[ShardStats]>, admission: &Arc<Admission>) -> String {
+/// The node's whole metrics page (OpenMetrics text, [`CONTENT_TYPE`]): the
+/// shards' series and the node-wide ones `node` encodes (the user gauges).
+pub fn render(stats: &Arc<[ShardStats]>, node: impl Collector) -> String {
     let mut registry = Registry::with_prefix("shardcast");
-    registry.register_collector(Box::new(NodeMetrics { stats: stats.clone(), admission: admission.clone() }));
+    registry.register_collector(Box::new(ShardMetrics { stats: stats.clone() }));
+    registry.register_collector(Box::new(node));
     let mut page = String::new();
     prometheus_client::encoding::text::encode(&mut page, &registry).expect("writing to a String cannot fail");
     page
@@ -239,7 +239,7 @@ mod tests {
         ShardStats::add(&stats[0].connections, 2);
         stats[1].write_delay.observe_micros(30);
         stats[1].write_delay.observe_micros(20_000_000);
-        let page = render(&stats, &Arc::new(Admission::new(0, 0)));
+        let page = render(&stats, ShardMetrics { stats: Arc::from(Vec::new()) });
         assert!(page.contains("shardcast_publishes_total{shard=\"1\"} 3\n"), "{page}");
         assert!(page.contains("shardcast_connections{shard=\"0\"} 2\n"), "{page}");
         assert!(page.contains("shardcast_compression_input_bytes_total{shard=\"0\"} 0\n"), "{page}");

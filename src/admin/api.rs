@@ -443,7 +443,7 @@ pub async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 
 /// `GET /metrics`: Prometheus / OpenMetrics text.
 pub async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
-    let page = crate::metrics::render(&state.stats, &state.admission);
+    let page = crate::metrics::render(&state.stats, state.admission.gauges());
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], page).into_response()
 }
 

@@ -107,9 +107,15 @@ impl Admission {
         self.users.get(user).map_or(0, |c| *c)
     }
 
+    /// The users gauge and the connections-per-user histogram, for the
+    /// metrics page.
+    pub fn gauges(self: &Arc<Self>) -> UserGauges {
+        UserGauges(self.clone())
+    }
+
     /// Encodes the users gauge and the connections-per-user histogram.
     /// Walks the user table: scrape-time cost only.
-    pub fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         const BUCKETS: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
         let mut counts = [0u64; BUCKETS.len()];
         let (mut users, mut connections, mut above) = (0u64, 0u64, 0u64);
@@ -152,6 +158,16 @@ impl Drop for IpSlot {
     }
 }
 
+/// The node's user gauges as a metrics collector ([`Admission::gauges`]).
+#[derive(Debug)]
+pub struct UserGauges(Arc<Admission>);
+
+impl prometheus_client::collector::Collector for UserGauges {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,7 +203,7 @@ mod tests {
     fn renders_a_histogram() {
         let a = Arc::new(Admission::new(0, 0));
         let slots: Vec<_> = ["a", "a", "a", "b"].iter().map(|u| a.admit_user(&Arc::from(*u)).unwrap()).collect();
-        let page = crate::metrics::render(&Arc::from(Vec::new()), &a);
+        let page = crate::metrics::render(&Arc::from(Vec::new()), a.gauges());
         assert!(page.contains("shardcast_users 2\n"), "{page}");
         assert!(page.contains("shardcast_connections_per_user_bucket{le=\"2.0\"} 1\n"), "{page}");
         assert!(page.contains("shardcast_connections_per_user_bucket{le=\"4.0\"} 2\n"), "{page}");

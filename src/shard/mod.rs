@@ -708,7 +708,7 @@ impl Shard {
 
     /// The `/metrics` page: every shard's counters and the node's user gauges.
     pub fn metrics_page(&self) -> String {
-        crate::metrics::render(&self.all_stats, &self.admission)
+        crate::metrics::render(&self.all_stats, self.admission.gauges())
     }
 
     /// One heartbeat pass: ping connections due for it, close silent ones,
