@@ -131,7 +131,7 @@ impl Refills {
 mod tests {
     use super::*;
     use crate::clock::Stamp;
-    use crate::history::Position;
+    use crate::protocol::position::Position;
     use crate::protocol::Kind;
 
     fn msg(offset: u64, epoch: &str) -> Arc<Outgoing> {

@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use redis::Value;
 
 use super::envelope::{self, Incoming};
-use crate::history::{Publication, MAX_EPOCH_BYTES};
+use crate::protocol::position::{Publication, MAX_EPOCH_BYTES};
 use crate::presence::{Entry, Found};
 
 /// Numbers and publishes one message of a history topic.

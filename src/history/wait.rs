@@ -32,7 +32,7 @@ use std::sync::Arc;
 use crate::ids::ConnId;
 use crate::protocol::Outgoing;
 
-use super::Since;
+use crate::protocol::position::Since;
 
 /// What the connection asked, to build its ack once the answer is in.
 #[derive(Debug, Clone)]
@@ -184,7 +184,7 @@ impl Hold {
 mod tests {
     use super::*;
     use crate::clock::Stamp;
-    use crate::history::Position;
+    use crate::protocol::position::Position;
     use crate::protocol::Kind;
 
     fn msg(offset: Option<u64>) -> Arc<Outgoing> {

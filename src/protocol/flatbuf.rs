@@ -12,9 +12,9 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, VerifierOptions, WIPOffset};
 
-use super::{Answer, Command, Payload, Reply, Request, RequestError, Since};
+use super::position::{Answer, Since, MAX_EPOCH_BYTES};
+use super::{Command, Payload, Reply, Request, RequestError};
 use crate::codes::ErrorCode;
-use crate::history::MAX_EPOCH_BYTES;
 use crate::ws::frame::{self, Opcode};
 
 #[allow(clippy::all, unused_imports, dead_code, non_snake_case, unsafe_op_in_unsafe_fn, mismatched_lifetime_syntaxes)]

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::{Answer, Command, Payload, Reply, Request, RequestError, Since};
+use super::position::{Answer, Since, MAX_EPOCH_BYTES};
+use super::{Command, Payload, Reply, Request, RequestError};
 use crate::codes::ErrorCode;
-use crate::history::MAX_EPOCH_BYTES;
 use crate::ws::frame::{self, Opcode};
 
 /// The subprotocol name (also what no `Sec-WebSocket-Protocol` means).
@@ -461,7 +461,7 @@ mod tests {
 
     #[test]
     fn replies_have_the_documented_shapes() {
-        use crate::history::{Position, Publication};
+        use crate::protocol::position::{Position, Publication};
         let publications = vec![
             Publication { offset: 11, payload: Bytes::from_static(b"{\"a\":1}"), json: true },
             Publication { offset: 12, payload: Bytes::from_static(b"\x00"), json: false },

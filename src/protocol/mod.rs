@@ -9,6 +9,7 @@
 pub mod flatbuf;
 pub mod json;
 pub mod outgoing;
+pub mod position;
 
 pub use outgoing::{Builder, Kind, Outgoing, Wire};
 
@@ -17,7 +18,7 @@ use bytes::Bytes;
 use crate::codes::ErrorCode;
 use serde_json::value::RawValue;
 
-pub use crate::history::{Answer, Since};
+use position::{Answer, Since};
 
 /// How a connection's requests and replies are encoded, from its
 /// `Sec-WebSocket-Protocol`.

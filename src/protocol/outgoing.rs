@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use super::{flatbuf, json, Encoding, Payload};
 use crate::clock::Stamp;
-use crate::history::Position;
+use super::position::Position;
 use crate::metrics::ShardStats;
 use crate::ws::deflate::{Compressor, Mode};
 use crate::ws::frame::{self, Opcode};
