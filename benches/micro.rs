@@ -18,7 +18,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shardcast::clock::Stamp;
 use shardcast::bus::{self, PublishMsg};
 use shardcast::config::{Config, Overrides};
-use shardcast::conn::Peer;
+use shardcast::peer::Peer;
 use shardcast::metrics::ShardStats;
 use shardcast::protocol::{flatbuf, json, Encoding, Kind, Outgoing, Payload};
 use shardcast::shard::{Shard, Then};

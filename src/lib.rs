@@ -53,6 +53,7 @@ pub mod history;
 pub mod ids;
 pub mod metrics;
 pub mod notify;
+pub mod peer;
 pub mod presence;
 pub mod protocol;
 pub mod runtime;

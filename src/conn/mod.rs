@@ -6,13 +6,9 @@
 //! incomplete frame (or fragmented message) are copied into memory of the
 //! connection's own, and freed as soon as the frame completes.
 
-mod cork;
-mod peer;
 mod session;
 mod transport;
 
-pub use cork::Cork;
-pub use peer::{Outbox, Peer, Pushed, Queueing};
 pub use transport::Transport;
 
 use std::io;
@@ -34,6 +30,8 @@ use crate::history::Query as HistoryQuery;
 use crate::presence::Member;
 use crate::clock::Stamp;
 use crate::metrics::ShardStats;
+use crate::peer::send::{flush_direct, wrote, Flushed, MAX_IOVECS};
+use crate::peer::Peer;
 use crate::codes::{close, ErrorCode};
 use crate::protocol::{Command, Encoding, RequestError, Wire};
 use crate::ws::deflate::{InflateError, Mode};
@@ -42,8 +40,6 @@ use crate::ws::frame::{self, Opcode};
 use crate::ws::reader::{self, Event, Limits, Reader};
 use crate::ws::handshake::{self, Decision, Endpoint};
 
-/// Frames gathered into one `sendmsg`.
-const MAX_IOVECS: usize = 64;
 
 /// Reads handled per wake-up before the task yields to its neighbours.
 const READ_BUDGET: usize = 16;
@@ -238,61 +234,6 @@ async fn handshake(shard: &Shard, stream: &mut Transport) -> Option<Upgraded> {
     let _ = stream.write_all(&reply).await;
     let _ = stream.close().await;
     None
-}
-
-/// Records `n` bytes written from `out`: frames completed, and how long each
-/// waited in the queue (one clock read per write, not per frame).
-fn wrote(out: &mut Outbox, n: usize, stats: &ShardStats) {
-    let now = Stamp::now();
-    let mut frames = 0;
-    out.consume(n, |queued| {
-        stats.write_delay.observe_micros(now.micros_since(queued));
-        frames += 1;
-    });
-    ShardStats::add(&stats.frames_written, frames);
-}
-
-/// What [`flush_direct`] left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flushed {
-    /// The outbox is empty.
-    All,
-    /// The socket's send buffer is full; frames remain.
-    WouldBlock,
-}
-
-/// Sends `out` on the plain socket `fd` until it is empty or the socket is
-/// full, without waiting. Small frames are copied into the shard's write
-/// `scratch` and sent with one `send` (one kernel copy of one buffer beats
-/// many tiny iovecs); a frame too large for the scratch goes out as a
-/// vectored write straight from the queue. Used by a connection's task and
-/// by the shard's flush ([`Cork`]).
-pub fn flush_direct(out: &mut Outbox, fd: i32, scratch: &mut Vec<u8>, stats: &ShardStats) -> io::Result<Flushed> {
-    while !out.is_empty() {
-        scratch.clear();
-        let cap = scratch.capacity();
-        for slice in out.slices(usize::MAX) {
-            if scratch.len() + slice.len() > cap {
-                break;
-            }
-            scratch.extend_from_slice(slice);
-        }
-        let sent = if scratch.is_empty() {
-            let iov: IovBatch = out.slices(MAX_IOVECS).collect();
-            send_vectored(fd, iov.as_slice())
-        } else {
-            let one = [libc::iovec { iov_base: scratch.as_mut_ptr().cast(), iov_len: scratch.len() }];
-            send_vectored(fd, &one)
-        };
-        ShardStats::add(&stats.socket_writes, 1);
-        match sent {
-            Ok(n) => wrote(out, n, stats),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::WouldBlock),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Flushed::All)
 }
 
 /// Why the connection stops reading input.
@@ -818,47 +759,6 @@ impl Conn {
     fn reply_error(&mut self, err: RequestError) {
         ShardStats::add(&self.shard.stats().request_errors, 1);
         self.send(self.peer.encoding().error_frame(&err));
-    }
-}
-
-/// `sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL)` of several buffers.
-fn send_vectored(fd: i32, bufs: &[libc::iovec]) -> io::Result<usize> {
-    // SAFETY: every iovec points into a `Bytes` the outbox keeps alive for
-    // the duration of the call; msghdr is fully initialised.
-    let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = bufs.len() as _;
-        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-/// Up to [`MAX_IOVECS`] buffers for one `sendmsg`, on the stack.
-struct IovBatch {
-    items: [libc::iovec; MAX_IOVECS],
-    len: usize,
-}
-
-impl IovBatch {
-    fn as_slice(&self) -> &[libc::iovec] {
-        &self.items[..self.len]
-    }
-}
-
-impl<'a> FromIterator<&'a [u8]> for IovBatch {
-    fn from_iter<I: IntoIterator<Item = &'a [u8]>>(iter: I) -> IovBatch {
-        let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
-        let mut batch = IovBatch { items: [empty; MAX_IOVECS], len: 0 };
-        for s in iter.into_iter().take(MAX_IOVECS) {
-            batch.items[batch.len] = libc::iovec { iov_base: s.as_ptr() as *mut _, iov_len: s.len() };
-            batch.len += 1;
-        }
-        batch
     }
 }
 

@@ -28,7 +28,7 @@ use crate::bridge::Bridge;
 use crate::clock::Stamp;
 use crate::bus::{ControlMsg, InterestMap, Mailbox, PublishMsg, ShardSet};
 use crate::config::Config;
-use crate::conn::{Cork, Peer, Queueing};
+use crate::peer::{Cork, Peer, Queueing};
 use crate::ids::{ConnId, InterestAck};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use super::Shard;
 use crate::bus::{ControlMsg, Inbox, Mailbox};
 use crate::config::Config;
-use crate::conn::Cork;
+use crate::peer::Cork;
 use crate::metrics::ShardStats;
 
 /// How many cross-shard publishes the bus loop delivers before yielding to
@@ -83,7 +83,7 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
 }
 
 /// Sends what the shard's connections were given during each batch of work
-/// (see [`crate::conn::Cork`]).
+/// (see [`crate::peer::Cork`]).
 async fn flush_loop(shard: Rc<Shard>) {
     let mut batch = Vec::new();
     loop {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use indexmap::IndexMap;
 
 use crate::auth::TopicOptions;
-use crate::conn::Peer;
+use crate::peer::Peer;
 use crate::ids::ConnId;
 use crate::protocol::Wire;
 

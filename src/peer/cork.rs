@@ -27,7 +27,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use super::{flush_direct, Flushed, Peer};
+use super::send::{flush_direct, Flushed};
+use super::Peer;
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
 
@@ -94,7 +95,7 @@ mod tests {
     use bytes::Bytes;
 
     use crate::config::{Overflow, QueueConfig};
-    use crate::conn::Queueing;
+    use crate::peer::Queueing;
     use crate::ids::ConnId;
 
     struct Wakes(AtomicUsize);

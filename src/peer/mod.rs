@@ -1,6 +1,13 @@
 //! [`Peer`]: the part of a connection that the rest of its shard may touch
-//! (its outbound queue, its waker, its liveness clocks). The connection task
-//! owns everything else.
+//! (its outbound queue, its waker, its liveness clocks); the connection task
+//! (`conn`) owns everything else. [`Cork`] sends what the shard queued to
+//! its peers after each batch of work, [`send`] writes a queue to a socket.
+//! Never blocks, never reads: the shard fans out through these.
+
+mod cork;
+pub mod send;
+
+pub use cork::Cork;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -9,15 +16,13 @@ use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
 
-use crate::clock::Stamp;
-
 use bytes::Bytes;
 
-use super::Cork;
-use crate::config::{Overflow, QueueConfig};
-use crate::metrics::ShardStats;
+use crate::clock::Stamp;
 use crate::codes::close;
+use crate::config::{Overflow, QueueConfig};
 use crate::ids::ConnId;
+use crate::metrics::ShardStats;
 use crate::protocol::{Encoding, Wire};
 use crate::ws::frame;
 
