@@ -19,7 +19,7 @@ use super::Conn;
 /// The rare per-connection state of identity and admission. Boxed in
 /// [`Conn`]; an anonymous connection on a server without per-IP limits has
 /// none at all.
-pub(super) struct Session {
+pub(in crate::conn) struct Session {
     state: State,
     /// This connection's count in the node's per-IP table (released on drop).
     _ip: Option<IpSlot>,
@@ -44,7 +44,7 @@ impl Conn {
     /// Starts the connection's session right after the upgrade: verifies the
     /// handshake's token, or waits for an `auth` request, or admits it as
     /// anonymous; queues the welcome frame once it is authenticated.
-    pub(super) fn begin_session(&mut self, token: Option<String>, ip: Option<IpSlot>) {
+    pub(in crate::conn) fn begin_session(&mut self, token: Option<String>, ip: Option<IpSlot>) {
         let auth = &self.shard.config.auth;
         let state = match (&auth.verifier, token) {
             (None, _) => State::Anonymous,
@@ -75,7 +75,7 @@ impl Conn {
 
     /// Keeps the per-IP count of a connection that has no session otherwise
     /// (`/echo`).
-    pub(super) fn hold_ip(&mut self, ip: Option<IpSlot>) {
+    pub(in crate::conn) fn hold_ip(&mut self, ip: Option<IpSlot>) {
         self.session = ip.map(|ip| Box::new(Session { state: State::Anonymous, _ip: Some(ip) }));
     }
 
@@ -86,19 +86,19 @@ impl Conn {
     }
 
     /// The verified identity; `None` for anonymous connections.
-    pub(super) fn identity(&self) -> Option<&Identity> {
+    pub(in crate::conn) fn identity(&self) -> Option<&Identity> {
         match &self.session.as_deref()?.state {
             State::User { identity, .. } => Some(identity),
             _ => None,
         }
     }
 
-    pub(super) fn awaiting_auth(&self) -> bool {
+    pub(in crate::conn) fn awaiting_auth(&self) -> bool {
         matches!(self.session.as_deref(), Some(Session { state: State::AwaitingAuth, .. }))
     }
 
     /// The internal topic of the connection's user, to leave when it closes.
-    pub(super) fn user_topic(&self) -> Option<&Rc<str>> {
+    pub(in crate::conn) fn user_topic(&self) -> Option<&Rc<str>> {
         match &self.session.as_deref()?.state {
             State::User { topic, .. } => Some(topic),
             _ => None,
@@ -152,7 +152,7 @@ impl Conn {
 
     /// `{"type":"auth","token":…}`: authenticates a connection that brought
     /// no token (or was admitted as anonymous). A bad token closes with 4001.
-    pub(super) fn on_auth(&mut self, id: Option<u64>, token: &str) {
+    pub(in crate::conn) fn on_auth(&mut self, id: Option<u64>, token: &str) {
         let Some(verifier) = self.shard.config.auth.verifier.clone() else { return self.auth_is_off(id) };
         if self.identity().is_some() {
             let message = "already authenticated; send refresh to renew the token".into();
@@ -168,7 +168,7 @@ impl Conn {
     /// the expiry close and replaces the permission claims. A token for
     /// another user is `forbidden`, a bad one `unauthorized`; either way the
     /// old token stays in force.
-    pub(super) fn on_refresh(&mut self, id: Option<u64>, token: &str) {
+    pub(in crate::conn) fn on_refresh(&mut self, id: Option<u64>, token: &str) {
         let Some(verifier) = self.shard.config.auth.verifier.clone() else { return self.auth_is_off(id) };
         let Some(current) = self.identity() else {
             let message = "an anonymous connection has no token to refresh; send auth".into();
@@ -196,7 +196,7 @@ impl Conn {
         }
     }
 
-    pub(super) fn forbidden(&mut self, id: Option<u64>, message: String) {
+    pub(in crate::conn) fn forbidden(&mut self, id: Option<u64>, message: String) {
         ShardStats::add(&self.shard.stats().forbidden, 1);
         self.reply_error(RequestError { id, code: ErrorCode::Forbidden, message });
     }
