@@ -1024,7 +1024,7 @@ async fn on_numbered(shard: &Shard, bridge: &Bridge, topic: &str, data: &[u8]) {
     // in order; Redis is not read while the relay is long.
     let capacity = shard.config.bus.capacity;
     while shard.retry_relay() >= capacity {
-        sleep(crate::shard::tasks::BUS_RETRY).await;
+        sleep(crate::bus::FULL_CHANNEL_RETRY).await;
     }
     let verdict = bridge.refills.borrow_mut().arrive(topic, &msg, capacity);
     match verdict {

@@ -42,6 +42,11 @@ use crate::history::HistoryMsg;
 use crate::presence::PresenceMsg;
 use crate::protocol::Outgoing;
 
+/// Pause before retrying a publish whose destination shard's channel is
+/// full (a client's publish, the API's, the bridge's): that shard's bus loop,
+/// never blocked, is draining it.
+pub const FULL_CHANNEL_RETRY: std::time::Duration = std::time::Duration::from_micros(200);
+
 /// A publish crossing to another shard: the message and its encoded forms
 /// are shared (`Arc`), never copied. One such message goes to each
 /// interested shard, never one per subscriber.

@@ -15,12 +15,14 @@
 //! a publish waiting for room on a channel) stops this connection's input
 //! only.
 
+mod accept;
 mod flush;
 mod rate;
 mod requests;
 mod transport;
 mod upgrade;
 
+pub use accept::accept_loop;
 pub use transport::Transport;
 
 use std::pin::Pin;
@@ -241,7 +243,7 @@ impl Conn {
                 self.shard.publish_blocked(false);
                 return !self.quiesced();
             }
-            *retry = Some(Timer::new(crate::shard::tasks::BUS_RETRY));
+            *retry = Some(Timer::new(crate::bus::FULL_CHANNEL_RETRY));
         }
     }
 

@@ -130,7 +130,7 @@ pub async fn api_publish_loop(shard: Rc<Shard>) {
             ShardStats::add(&shard.stats().api_publishes, 1);
             if let Err(mut pending) = shard.route(msg) {
                 while !shard.retry_publish(&mut pending) {
-                    sleep(super::tasks::BUS_RETRY).await;
+                    sleep(crate::bus::FULL_CHANNEL_RETRY).await;
                 }
             }
         }

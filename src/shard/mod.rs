@@ -19,14 +19,13 @@ mod fanout;
 mod history;
 mod interest;
 mod presence;
-mod shutdown;
+pub mod shutdown;
 pub mod tasks;
 
 pub use deadline::{Deadline, Deadlines};
 pub use fanout::PendingPublish;
 pub use interest::Then;
 use interest::PendingInterest;
-pub use tasks::run;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -27,17 +27,25 @@ use std::time::{Duration, Instant};
 use glommio::timer::sleep;
 use tracing::{info, warn};
 
-use super::tasks::{pump, Pumped, BUS_RETRY};
+use super::tasks::{pump, Pumped};
 use super::Shard;
-use crate::bus::{ControlMsg, DrainStep, Inbox};
+use crate::bus::{ControlMsg, DrainStep, Inbox, FULL_CHANNEL_RETRY};
 use crate::clock::Stamp;
 use crate::codes::close;
 
 /// How often the drain looks whether its connections are gone.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 
+/// The whole shutdown, once the bus loop has seen `Shutdown`: both steps
+/// within `[shutdown] drain_timeout_ms`.
+pub async fn shut_down(shard: &Shard, inbox: &Inbox) {
+    let deadline = Instant::now() + shard.config.shutdown.drain_timeout;
+    quiesce(shard, inbox, deadline).await;
+    drain(shard, deadline).await;
+}
+
 /// Step 1: stops client input and delivers what is between shards.
-pub(super) async fn quiesce(shard: &Shard, inbox: &Inbox, deadline: Instant) {
+async fn quiesce(shard: &Shard, inbox: &Inbox, deadline: Instant) {
     shard.shutting_down.set(true);
     // Connections stop reading (see `Conn::poll_unblocked`); those waiting
     // for room on a channel finish their publish first.
@@ -52,7 +60,8 @@ pub(super) async fn quiesce(shard: &Shard, inbox: &Inbox, deadline: Instant) {
     let mut owed = inbox.sequence.len();
     in_time &= pump_until(shard, inbox, deadline, |done| {
         owed = owed.saturating_sub(done.numbered);
-        owed == 0 && done.relay_left == 0
+        // What this pass numbered may wait in the relay for room elsewhere.
+        owed == 0 && shard.relay_len() == 0
     })
     .await;
     shard.announce_drained(DrainStep::Relayed);
@@ -85,14 +94,14 @@ async fn pump_until(shard: &Shard, inbox: &Inbox, deadline: Instant, mut done: i
         if pumped.worked() {
             futures_lite::future::yield_now().await;
         } else {
-            sleep(BUS_RETRY).await;
+            sleep(FULL_CHANNEL_RETRY).await;
         }
     }
 }
 
 /// Step 2: every client gets what is queued for it, then close 1001; at
 /// `deadline` the rest are cut.
-pub(super) async fn drain(shard: &Shard, deadline: Instant) {
+async fn drain(shard: &Shard, deadline: Instant) {
     shard.drain_started.set(Some(Stamp::now()));
     let peers: Vec<_> = shard.peers.borrow().values().cloned().collect();
     info!(shard = shard.index, connections = peers.len(), "draining");

@@ -1,86 +1,30 @@
-//! The tasks every shard runs on its executor.
+//! The tasks every shard runs on its executor, beside its connections:
+//! the bus loop (cross-shard traffic), the flush (the cork), the heartbeat
+//! sweeper, the deadline task and the API publish queue. [`start`] spawns
+//! the background ones, [`serve_bus`] runs the bus until the shutdown
+//! signal. What starts a shard with its connections and its bridge is
+//! `runtime::shard`, above.
 
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::AsyncReadExt;
-use glommio::net::{TcpListener, UnixStream};
+use glommio::net::UnixStream;
 use glommio::{spawn_local, timer::sleep};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::Shard;
-use crate::bus::{ControlMsg, Inbox, Mailbox};
-use crate::config::Config;
-use crate::peer::Cork;
+use crate::bus::{ControlMsg, Inbox, FULL_CHANNEL_RETRY};
 use crate::metrics::ShardStats;
+use crate::peer::Cork;
 
 /// How many cross-shard publishes the bus loop delivers before yielding to
 /// the shard's connections.
 const BUS_BATCH: usize = 1024;
 
-/// Pause before retrying a publish whose destination shard's channel is full
-/// (a client's publish, or the API's).
-pub const BUS_RETRY: Duration = Duration::from_micros(200);
-
 /// Connections the flush task sends to between checks for other work.
 const FLUSH_CHUNK: usize = 512;
-
-/// How often a shard logs that accept() keeps failing (e.g. EMFILE).
-const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Pause after an accept() failure, so a descriptor shortage does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
-
-/// Everything a shard needs, built on the main thread and moved to its own.
-pub struct ShardInit {
-    pub index: usize,
-    pub config: Arc<Config>,
-    pub listener: socket2::Socket,
-    pub inbox: Inbox,
-    pub mailboxes: Vec<Mailbox>,
-    pub stats: Arc<[ShardStats]>,
-    pub node_connections: Arc<AtomicUsize>,
-    pub admission: Arc<crate::auth::Admission>,
-    /// Where the bridge shard hands other nodes' announcements to the admin thread.
-    pub announcements: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
-}
-
-/// The shard's whole life, run inside its pinned executor. `ready` is called
-/// once it accepts connections.
-pub async fn run(init: ShardInit, ready: impl FnOnce()) {
-    let ShardInit { index, config, listener, mut inbox, mailboxes, stats, node_connections, admission, announcements } = init;
-    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission, announcements));
-    // SAFETY: the fd is a bound, listening TCP socket whose ownership moves here.
-    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    let accept = spawn_local(accept_loop(shard.clone(), listener)).detach();
-    let sweeper = spawn_local(sweep_loop(shard.clone())).detach();
-    let deadlines = spawn_local(deadline_loop(shard.clone())).detach();
-    let api = spawn_local(super::admin::api_publish_loop(shard.clone())).detach();
-    let flush = spawn_local(flush_loop(shard.clone())).detach();
-    if let Some(bridge) = &shard.bridge {
-        crate::bridge::spawn(shard.clone(), bridge.clone());
-    }
-    let bell = inbox.take_bell_rx().expect("a new inbox has its bell");
-    // SAFETY: the fd is one end of a socketpair whose ownership moves here.
-    let mut bell = unsafe { UnixStream::from_raw_fd(bell.into_raw_fd()) };
-    ready();
-    bus_loop(&shard, &inbox, &mut bell).await;
-    accept.cancel();
-    let deadline = Instant::now() + shard.config.shutdown.drain_timeout;
-    super::shutdown::quiesce(&shard, &inbox, deadline).await;
-    super::shutdown::drain(&shard, deadline).await;
-    sweeper.cancel();
-    deadlines.cancel();
-    api.cancel();
-    flush.cancel();
-    if let Some(bridge) = &shard.bridge {
-        bridge.stop();
-    }
-    debug!(shard = index, "shard stopped");
-}
 
 /// Sends what the shard's connections were given during each batch of work
 /// (see [`crate::peer::Cork`]).
@@ -97,36 +41,6 @@ async fn flush_loop(shard: Rc<Shard>) {
         }
         ShardStats::add(&shard.stats().cork_flushes, 1);
         batch.clear();
-    }
-}
-
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    let mut last_logged: Option<Instant> = None;
-    let mut failures_since_log = 0u64;
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                spawn_local(crate::conn::serve(shard.clone(), stream)).detach();
-            }
-            Err(err) => {
-                let err: std::io::Error = err.into();
-                ShardStats::add(&shard.stats().accept_errors, 1);
-                failures_since_log += 1;
-                let now = Instant::now();
-                if last_logged.is_none_or(|t| now.duration_since(t) >= ACCEPT_ERROR_LOG_INTERVAL) {
-                    let hint = match err.raw_os_error() {
-                        Some(libc::EMFILE) | Some(libc::ENFILE) => {
-                            " (out of file descriptors: raise LimitNOFILE / ulimit -n, see tuning/README.md); new connections wait in the backlog"
-                        }
-                        _ => "",
-                    };
-                    warn!(shard = shard.index, failures = failures_since_log, "accept failed: {err}{hint}");
-                    last_logged = Some(now);
-                    failures_since_log = 0;
-                }
-                sleep(ACCEPT_ERROR_PAUSE).await;
-            }
-        }
     }
 }
 
@@ -182,6 +96,41 @@ pub(super) fn pump(shard: &Shard, inbox: &Inbox) -> Pumped {
     done
 }
 
+/// The shard's background tasks ([`start`]); cancelled by [`Background::stop`].
+pub struct Background {
+    tasks: Vec<glommio::task::JoinHandle<()>>,
+}
+
+/// Spawns the shard's background tasks: flush, sweeper, deadlines, API publishes.
+pub fn start(shard: &Rc<Shard>) -> Background {
+    let tasks = vec![
+        spawn_local(sweep_loop(shard.clone())).detach(),
+        spawn_local(deadline_loop(shard.clone())).detach(),
+        spawn_local(super::admin::api_publish_loop(shard.clone())).detach(),
+        spawn_local(flush_loop(shard.clone())).detach(),
+    ];
+    Background { tasks }
+}
+
+impl Background {
+    pub fn stop(self) {
+        for task in self.tasks {
+            task.cancel();
+        }
+    }
+}
+
+/// Delivers cross-shard traffic until told to shut down, sleeping on the
+/// doorbell when there is none; then returns the inbox, which the shutdown
+/// still reads (`shard::shutdown`).
+pub async fn serve_bus(shard: &Shard, mut inbox: Inbox) -> Inbox {
+    let bell = inbox.take_bell_rx().expect("a new inbox has its bell");
+    // SAFETY: the fd is one end of a socketpair whose ownership moves here.
+    let mut bell = unsafe { UnixStream::from_raw_fd(bell.into_raw_fd()) };
+    bus_loop(shard, &inbox, &mut bell).await;
+    inbox
+}
+
 /// Delivers cross-shard traffic; sleeps on the doorbell when there is none.
 /// Returns when told to shut down.
 async fn bus_loop(shard: &Shard, inbox: &Inbox, bell: &mut UnixStream) {
@@ -199,7 +148,7 @@ async fn bus_loop(shard: &Shard, inbox: &Inbox, bell: &mut UnixStream) {
         if done.relay_left > 0 {
             // Waiting for room on another shard's channel, which its bus
             // loop (never blocked) is draining.
-            sleep(BUS_RETRY).await;
+            sleep(FULL_CHANNEL_RETRY).await;
             continue;
         }
         inbox.bell.arm();

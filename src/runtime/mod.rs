@@ -1,6 +1,9 @@
 //! Process-level wiring: bind one SO_REUSEPORT listener per shard, start one
 //! pinned glommio executor per shard, print the readiness line, turn
 //! SIGINT/SIGTERM into a graceful drain and SIGHUP into a certificate reload.
+//! [`shard`]: one shard's life on its executor.
+
+mod shard;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -20,7 +23,7 @@ use crate::auth::Admission;
 use crate::bus::{self, ControlMsg};
 use crate::config::Config;
 use crate::metrics::ShardStats;
-use crate::shard::{self, tasks::ShardInit};
+use shard::ShardInit;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

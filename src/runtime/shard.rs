@@ -1,0 +1,56 @@
+//! One shard's life on its pinned executor: the [`Shard`] built, its
+//! listener's accept loop (`conn`), its background tasks and bus loop
+//! (`shard::tasks`), its bridge to Redis on the bridge shard (`bridge`),
+//! then, at the shutdown signal, the shutdown (`shard::shutdown`).
+
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use glommio::net::TcpListener;
+use glommio::spawn_local;
+use tracing::debug;
+
+use crate::bus::{Inbox, Mailbox};
+use crate::config::Config;
+use crate::conn;
+use crate::metrics::ShardStats;
+use crate::shard::{self, Shard};
+
+/// Everything a shard needs, built on the main thread and moved to its own.
+pub struct ShardInit {
+    pub index: usize,
+    pub config: Arc<Config>,
+    pub listener: socket2::Socket,
+    pub inbox: Inbox,
+    pub mailboxes: Vec<Mailbox>,
+    pub stats: Arc<[ShardStats]>,
+    pub node_connections: Arc<AtomicUsize>,
+    pub admission: Arc<crate::auth::Admission>,
+    /// Where the bridge shard hands other nodes' announcements to the admin thread.
+    pub announcements: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+}
+
+/// The shard's whole life, run inside its pinned executor. `ready` is called
+/// once it accepts connections.
+pub async fn run(init: ShardInit, ready: impl FnOnce()) {
+    let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections, admission, announcements } = init;
+    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission, announcements));
+    // SAFETY: the fd is a bound, listening TCP socket whose ownership moves here.
+    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let accept = spawn_local(conn::accept_loop(shard.clone(), listener)).detach();
+    let background = shard::tasks::start(&shard);
+    if let Some(bridge) = &shard.bridge {
+        crate::bridge::spawn(shard.clone(), bridge.clone());
+    }
+    ready();
+    let inbox = shard::tasks::serve_bus(&shard, inbox).await;
+    accept.cancel();
+    shard::shutdown::shut_down(&shard, &inbox).await;
+    background.stop();
+    if let Some(bridge) = &shard.bridge {
+        bridge.stop();
+    }
+    debug!(shard = index, "shard stopped");
+}
