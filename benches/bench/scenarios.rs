@@ -511,6 +511,21 @@ fn children_count(n: usize, per_proc: usize) -> usize {
 
 /// Closed-loop workers that each repeat one operation (a handshake cycle, a
 /// round trip) until stopped: the shared counters and the latency histogram.
+/// How one closed-loop operation ended.
+enum Op {
+    /// Completed; its latency runs to now.
+    Done,
+    /// Completed at this time (ns): what the operation did after (undoing
+    /// it, say) is not part of its latency.
+    DoneAt(u64),
+    /// Failed: counted, and the loop goes on.
+    Failed,
+    /// Failed so that its loop cannot go on (the connection is gone).
+    Broken,
+}
+
+/// Closed loops: each runs one operation after another; completions are
+/// counted (and their latency recorded while measuring), failures too.
 struct Loops {
     done: Cell<u64>,
     failed: Cell<u64>,
@@ -530,12 +545,39 @@ impl Loops {
         })
     }
 
-    /// Counts one completed operation that began at `started` (ns).
-    fn completed(&self, started: u64) {
+    /// Counts one completed operation that began at `started` and ended at
+    /// `ended` (ns).
+    fn completed(&self, started: u64, ended: u64) {
         self.done.set(self.done.get() + 1);
         if self.recording.get() {
-            let _ = self.hist.borrow_mut().record((now_ns() - started).max(1));
+            let _ = self.hist.borrow_mut().record(ended.saturating_sub(started).max(1));
         }
+    }
+
+    /// One closed loop per item of `states`: `op` on it again and again
+    /// until the measurement stops (see [`Op`] for what each outcome counts).
+    fn spawn_each<S: 'static>(self: &Rc<Loops>, states: impl IntoIterator<Item = S>, op: impl AsyncFn(&mut S) -> Op + 'static) -> Vec<tokio::task::JoinHandle<()>> {
+        let op = Rc::new(op);
+        states
+            .into_iter()
+            .map(|mut state| {
+                let (loops, op) = (self.clone(), op.clone());
+                spawn_local(async move {
+                    while !loops.stop.get() {
+                        let started = now_ns();
+                        match op(&mut state).await {
+                            Op::Done => loops.completed(started, now_ns()),
+                            Op::DoneAt(ended) => loops.completed(started, ended),
+                            Op::Failed => loops.failed.set(loops.failed.get() + 1),
+                            Op::Broken => {
+                                loops.failed.set(loops.failed.get() + 1);
+                                return;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect()
     }
 
     /// Measures while `tasks` run, then stops and joins them.
@@ -557,33 +599,25 @@ impl Loops {
 
 pub async fn connect(run: &Run, a: &ConnectArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
     let loops = Loops::new();
-    let tasks = (0..a.concurrency)
-        .map(|w| {
-            let loops = loops.clone();
-            let target = run.target.clone();
-            let (sources, offset, stride) = (run.sources, run.source_offset, a.concurrency);
-            spawn_local(async move {
-                let mut i = w;
-                while !loops.stop.get() {
-                    let started = now_ns();
-                    let cycle = async {
-                        let mut ws = Ws::connect(&target, source(i, sources, offset), true).await?;
-                        ws.welcome_and_subscribe("connect").await?;
-                        let mut close = Vec::new();
-                        put_frame(&mut close, crate::ws::OP_CLOSE, &1000u16.to_be_bytes());
-                        ws.write_raw(&close).await
-                    };
-                    if cycle.await.is_ok() {
-                        loops.completed(started);
-                    } else {
-                        loops.failed.set(loops.failed.get() + 1);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    i += stride;
-                }
-            })
-        })
-        .collect();
+    let (target, sources, offset, stride) = (run.target.clone(), run.sources, run.source_offset, a.concurrency);
+    // Each loop's state: the index of its next connection (for its source address).
+    let tasks = loops.spawn_each(0..a.concurrency, async move |i: &mut usize| {
+        let source = source(*i, sources, offset);
+        *i += stride;
+        let cycle = async {
+            let mut ws = Ws::connect(&target, source, true).await?;
+            ws.welcome_and_subscribe("connect").await?;
+            let mut close = Vec::new();
+            put_frame(&mut close, crate::ws::OP_CLOSE, &1000u16.to_be_bytes());
+            ws.write_raw(&close).await
+        };
+        if cycle.await.is_ok() {
+            Op::Done
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Op::Failed
+        }
+    });
     let (ops, m, hist) = loops.measure(run, progress, tasks).await;
     let report = with_latency(Report::new("connect", &run.url, m, "handshakes", ops), &hist)
         .detail("concurrency", a.concurrency as f64)
@@ -595,22 +629,13 @@ pub async fn echo(run: &Run, a: &EchoArgs, progress: &Progress) -> Result<(Repor
     progress.phase("connecting");
     let conns = connect_many(run, &run.target, a.connections, |_, ws| async move { Ok(ws) }).await?;
     let loops = Loops::new();
-    let message = Rc::new("e".repeat(a.payload));
-    let tasks = conns
-        .into_iter()
-        .map(|mut ws| {
-            let (loops, message) = (loops.clone(), message.clone());
-            spawn_local(async move {
-                while !loops.stop.get() {
-                    let started = now_ns();
-                    if ws.send_text(message.as_bytes()).await.is_err() || ws.next_text().await.is_err() {
-                        return;
-                    }
-                    loops.completed(started);
-                }
-            })
-        })
-        .collect();
+    let message = "e".repeat(a.payload);
+    let tasks = loops.spawn_each(conns, async move |ws: &mut Ws| {
+        if ws.send_text(message.as_bytes()).await.is_err() || ws.next_text().await.is_err() {
+            return Op::Broken;
+        }
+        Op::Done
+    });
     let (ops, m, hist) = loops.measure(run, progress, tasks).await;
     let report = with_latency(Report::new("echo", &run.url, m, "round_trips", ops), &hist)
         .detail("connections", a.connections as f64)
@@ -720,25 +745,11 @@ pub async fn api(run: &Run, a: &ApiArgs, progress: &Progress) -> Result<(Report,
         conns.push(Http::connect(&admin).await.map_err(|e| format!("admin {admin}: {e}"))?);
     }
     let loops = Loops::new();
-    let tasks = conns
-        .into_iter()
-        .map(|mut http| {
-            let (loops, request) = (loops.clone(), request.clone());
-            spawn_local(async move {
-                while !loops.stop.get() {
-                    let started = now_ns();
-                    match http.request(&request).await {
-                        Ok(200) => loops.completed(started),
-                        Ok(_) => loops.failed.set(loops.failed.get() + 1),
-                        Err(_) => {
-                            loops.failed.set(loops.failed.get() + 1);
-                            return;
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let tasks = loops.spawn_each(conns, async move |http: &mut Http| match http.request(&request).await {
+        Ok(200) => Op::Done,
+        Ok(_) => Op::Failed,
+        Err(_) => Op::Broken,
+    });
     let thread_cpu = || run.server_pid.and_then(|pid| crate::proc::thread_cpu_seconds(pid, "shardcast-admin"));
     let process_cpu = || run.server_pid.and_then(crate::proc::usage).map(|u| u.cpu_seconds);
     let (thread_before, process_before) = (thread_cpu(), process_cpu());
@@ -794,63 +805,48 @@ pub async fn recover(run: &Run, a: &RecoverArgs, progress: &Progress) -> Result<
     let since = top.checked_sub(a.messages as u64).ok_or("fewer messages in history than published: raise history_size")?;
     let subscribe = format!(r#"{{"type":"subscribe","topic":"{}","recover":{{"offset":{since},"epoch":"{epoch}"}},"id":2}}"#, a.topic);
     let unsubscribe = format!(r#"{{"type":"unsubscribe","topic":"{}","id":3}}"#, a.topic);
-    let done = Rc::new(Cell::new(0u64));
-    let failed = Rc::new(Cell::new(0u64));
-    let hist = Rc::new(RefCell::new(new_hist()));
-    let recording = Rc::new(Cell::new(false));
-    let stop = Rc::new(Cell::new(false));
     let expected = a.messages;
-    let task = {
-        let (done, failed, hist, recording, stop) = (done.clone(), failed.clone(), hist.clone(), recording.clone(), stop.clone());
-        spawn_local(async move {
-            while !stop.get() {
-                let started = now_ns();
-                if ws.send_text(subscribe.as_bytes()).await.is_err() {
-                    break;
-                }
-                let ack = loop {
-                    match ws.next_text().await {
-                        Ok(t) if t.starts_with(br#"{"type":"ack""#) || t.starts_with(br#"{"type":"error""#) => break Some(t),
-                        Ok(_) => continue,
-                        Err(_) => break None,
-                    }
-                };
-                let Some(ack) = ack else { break };
-                let ok = serde_json::from_slice::<serde_json::Value>(&ack)
-                    .map(|v| v["recovered"] == true && v["publications"].as_array().map_or(0, Vec::len) == expected)
-                    .unwrap_or(false);
-                if ok {
-                    if recording.get() {
-                        let _ = hist.borrow_mut().record(now_ns().saturating_sub(started).max(1));
-                    }
-                    done.set(done.get() + 1);
-                } else {
-                    failed.set(failed.get() + 1);
-                }
-                if ws.send_text(unsubscribe.as_bytes()).await.is_err() {
-                    break;
-                }
-                loop {
-                    match ws.next_text().await {
-                        Ok(t) if t.starts_with(br#"{"type":"ack""#) => break,
-                        Ok(_) => continue,
-                        Err(_) => return,
-                    }
-                }
+    let loops = Loops::new();
+    let tasks = loops.spawn_each([ws], async move |ws: &mut Ws| {
+        if ws.send_text(subscribe.as_bytes()).await.is_err() {
+            return Op::Broken;
+        }
+        let ack = loop {
+            match ws.next_text().await {
+                Ok(t) if t.starts_with(br#"{"type":"ack""#) || t.starts_with(br#"{"type":"error""#) => break t,
+                Ok(_) => continue,
+                Err(_) => return Op::Broken,
             }
-        })
-    };
-    let d = done.clone();
-    let (ops, m) = measure(run, progress, move || d.get(), Some(&recording)).await;
-    stop.set(true);
-    let _ = task.await;
-    if done.get() == 0 {
-        return Err(format!("no recovery succeeded ({} failed)", failed.get()));
+        };
+        let acked = now_ns();
+        let recovered = serde_json::from_slice::<serde_json::Value>(&ack)
+            .map(|v| v["recovered"] == true && v["publications"].as_array().map_or(0, Vec::len) == expected)
+            .unwrap_or(false);
+        // Unsubscribing again is not part of the recovery's latency.
+        if ws.send_text(unsubscribe.as_bytes()).await.is_err() {
+            return Op::Broken;
+        }
+        loop {
+            match ws.next_text().await {
+                Ok(t) if t.starts_with(br#"{"type":"ack""#) => break,
+                Ok(_) => continue,
+                Err(_) => return Op::Broken,
+            }
+        }
+        if recovered {
+            Op::DoneAt(acked)
+        } else {
+            Op::Failed
+        }
+    });
+    let (ops, m, hist) = loops.measure(run, progress, tasks).await;
+    let (done, failed) = (loops.done.get(), loops.failed.get());
+    if done == 0 {
+        return Err(format!("no recovery succeeded ({failed} failed)"));
     }
-    let hist = hist.borrow().clone();
     let report = Report::new("recover", &run.url, m, "recoveries", ops)
         .detail("messages_per_recovery", a.messages as f64)
         .detail("payload_bytes", a.payload as f64)
-        .detail("failed_recoveries", failed.get() as f64);
+        .detail("failed_recoveries", failed as f64);
     Ok((with_latency(report, &hist), hist))
 }

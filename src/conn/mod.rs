@@ -19,11 +19,13 @@ mod accept;
 mod flush;
 mod rate;
 mod requests;
-mod transport;
 mod upgrade;
 
 pub use accept::accept_loop;
-pub use transport::Transport;
+/// The byte stream under a connection's frames. Only the plain one has the
+/// direct `sendmsg` path (`peer::send`): under TLS every byte goes through
+/// the record layer.
+pub type Transport = crate::tls::MaybeTls<futures_rustls::server::TlsStream<TcpStream>>;
 
 use std::pin::Pin;
 use std::rc::Rc;

@@ -5,7 +5,11 @@
 //! Handshakes read the current certificate through [`Certificates`] (a read
 //! lock taken once per TLS handshake, never on the delivery path); a reload
 //! swaps it for new handshakes, and a bad new file leaves the old one in
-//! place.
+//! place. [`stream`]: a TCP stream, plain or under TLS.
+
+mod stream;
+
+pub use stream::{MaybeTls, OverTcp};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
