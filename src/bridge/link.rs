@@ -58,6 +58,11 @@ pub struct Link {
     reset_subscriber: Notify,
     /// Its primary left the slot map: the connection tasks end.
     retired: Cell<bool>,
+    /// A failed connection attempt was logged as a warning since the link
+    /// last connected: one warning per link, whichever connection fails
+    /// first, the rest quietly (both connections fail together when the
+    /// server is unreachable).
+    warned: Cell<bool>,
     /// The two connection tasks, for a stop.
     pub tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
 }
@@ -75,6 +80,7 @@ impl Link {
             reset_publisher: Notify::default(),
             reset_subscriber: Notify::default(),
             retired: Cell::new(false),
+            warned: Cell::new(false),
             tasks: RefCell::default(),
         }
     }
@@ -131,7 +137,6 @@ pub enum Role {
 pub async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, link: Rc<Link>, role: Role) {
     let cfg = bridge.config();
     let mut backoff = cfg.reconnect_min;
-    let mut warned = false;
     let reset = match role {
         Role::Publisher => &link.reset_publisher,
         Role::Subscriber => &link.reset_subscriber,
@@ -144,7 +149,7 @@ pub async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, link: Rc<Link>, 
                 info!(role = ?role, server, "redis connected");
                 ShardStats::add(&shard.stats().redis_connects, 1);
                 backoff = cfg.reconnect_min;
-                warned = false;
+                link.warned.set(false);
                 let result = match role {
                     Role::Publisher => run_publisher(&shard, &bridge, &link, stream, reset).await,
                     Role::Subscriber => run_subscriber(&shard, &bridge, &link, stream, reset).await,
@@ -170,13 +175,12 @@ pub async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, link: Rc<Link>, 
                     bridge.fail_unsent_reads(&shard, &link);
                 }
                 bridge.unreachable(&link);
-                // Log the first failure as a warning and the rest quietly,
-                // but always name an authentication problem.
+                // Log the link's first failure as a warning and the rest
+                // quietly, but always name an authentication problem.
                 let server = link.endpoint.borrow().address();
                 let server = if link.endpoint.borrow().host.is_empty() { "(not known yet)".to_string() } else { server };
-                if !warned || matches!(err, BridgeError::Refused(_)) {
+                if !link.warned.replace(true) || matches!(err, BridgeError::Refused(_)) {
                     warn!(role = ?role, server, waiting_for = %bridge.waiting_for(), retry_in_ms = backoff.as_millis() as u64, "redis unavailable: {err}; local fan-out continues, retrying");
-                    warned = true;
                 } else {
                     debug!(role = ?role, server, "redis still unavailable: {err}");
                 }

@@ -316,3 +316,32 @@ fn redis_unreachable_at_start_leaves_local_delivery_working_in_every_mode() {
         assert_eq!(connects, 0, "{keys}");
     }
 }
+
+#[test]
+fn redis_unreachable_at_start_logs_one_warning_per_link_not_one_per_connection() {
+    let dead = free_port();
+    let modes = [
+        format!("url = \"redis://127.0.0.1:{dead}\""),
+        format!("mode = \"sentinel\"\nsentinels = [\"redis://127.0.0.1:{dead}\"]\nmaster_name = \"mymaster\""),
+        format!("mode = \"cluster\"\nurls = [\"redis://127.0.0.1:{dead}\"]"),
+    ];
+    // All three side by side, each retrying every 20-200 ms for 3 s.
+    let servers: Vec<(String, Server)> = modes
+        .into_iter()
+        .map(|keys| {
+            let config = format!("[redis]\n{keys}\nreconnect_min_ms = 20\nreconnect_max_ms = 200\n");
+            (keys, Server::start(&config, &["--shards", "2"]))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut wrong = Vec::new();
+    for (keys, server) in &servers {
+        assert_eq!(server.metric("redis_connects_total"), 0, "{keys}");
+        let log = server.stderr();
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") && l.contains("local fan-out continues, retrying")).collect();
+        if warnings.len() != 1 {
+            wrong.push(format!("{keys}: {} warnings {warnings:#?}", warnings.len()));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
