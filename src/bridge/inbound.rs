@@ -111,7 +111,15 @@ impl Bridge {
         }
         let (payload, sender, json) = match decoded {
             Ok(envelope::Incoming::Node { origin, .. } | envelope::Incoming::Presence { origin, .. }) if origin == bridge.node_id => return,
-            Ok(envelope::Incoming::Node { payload, sender, json, .. }) => (payload, sender, json),
+            Ok(envelope::Incoming::Node { origin, payload, sender, json, seq, .. }) => {
+                let missed = bridge.gaps.borrow_mut().arrive(topic, origin, seq);
+                if missed > 0 {
+                    // Counted where users alert (dropped) and on its own (exact).
+                    ShardStats::add(&stats.redis_missed, missed);
+                    ShardStats::add(&stats.redis_dropped, missed);
+                }
+                (payload, sender, json)
+            }
             Ok(envelope::Incoming::Presence { join, client, user, .. }) => {
                 let (client, user) = (Arc::from(client), user.map(Arc::from));
                 let kind = if join { Kind::Join { client, user } } else { Kind::Leave { client, user } };
@@ -153,7 +161,7 @@ impl Bridge {
 async fn on_numbered(shard: &Shard, bridge: &Bridge, topic: &str, data: &[u8]) {
     let stats = shard.stats();
     let decoded = scripts::split_numbered(data).and_then(|(offset, epoch, env)| match envelope::decode(env) {
-        Ok(envelope::Incoming::Node { origin, payload, json, skip, sender: None }) => Some((offset, epoch, origin, payload, json, skip)),
+        Ok(envelope::Incoming::Node { origin, payload, json, skip, sender: None, .. }) => Some((offset, epoch, origin, payload, json, skip)),
         _ => None,
     });
     let Some((offset, epoch, origin, payload, json, skip)) = decoded.filter(|d| d.3.len() <= shard.config.limits.max_message_bytes) else {

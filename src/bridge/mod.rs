@@ -40,6 +40,7 @@ mod link;
 mod refill;
 pub mod resp;
 pub mod scripts;
+mod sequence;
 mod topology;
 
 use std::cell::{Cell, RefCell};
@@ -112,6 +113,12 @@ pub struct Bridge {
     epochs: RefCell<crate::history::Epochs>,
     /// The last offset delivered per history topic, and gaps being refilled.
     refills: RefCell<refill::Refills>,
+    /// The number of this node's next message per topic, for the receivers'
+    /// loss count.
+    numbering: RefCell<sequence::Numbering>,
+    /// The last number heard per wanted topic and origin: gaps are counted
+    /// missed (`redis_missed_total`).
+    gaps: RefCell<sequence::Gaps>,
     /// Other nodes' announcements, to the admin thread (bounded; dropped when full).
     announcements: Option<tokio::sync::mpsc::Sender<Bytes>>,
     /// What waits for Redis to confirm a topic's SUBSCRIBE: released on
@@ -236,6 +243,8 @@ impl Bridge {
             presence_refresh: Cell::new(false),
             epochs: RefCell::new(crate::history::Epochs::new("r")),
             refills: RefCell::default(),
+            numbering: RefCell::default(),
+            gaps: RefCell::default(),
             announcements,
             confirmations: RefCell::default(),
             builder: RefCell::new(FlatBufferBuilder::with_capacity(1024)),
@@ -327,8 +336,13 @@ impl Bridge {
             wanted.remove(topic)
         };
         drop(wanted);
-        if !interested && changed {
-            self.refills.borrow_mut().forget(topic);
+        if changed {
+            if interested {
+                self.gaps.borrow_mut().want(topic);
+            } else {
+                self.refills.borrow_mut().forget(topic);
+                self.gaps.borrow_mut().forget(topic);
+            }
         }
         if interested && !changed {
             // A SUBSCRIBE for it may still be on its way: wait for the same
@@ -444,7 +458,8 @@ impl Bridge {
             Kind::Join { client, user } => envelope::encode_presence(&mut builder, &self.node_id, &msg.topic, true, client, user.as_deref()),
             Kind::Leave { client, user } => envelope::encode_presence(&mut builder, &self.node_id, &msg.topic, false, client, user.as_deref()),
             Kind::Message | Kind::Direct { .. } => {
-                envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, msg.sender(), 0)
+                let numbers = envelope::Numbers { seq: self.numbering.borrow_mut().next(&msg.topic), skip: 0 };
+                envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, msg.sender(), numbers)
             }
         };
         let command = redis::cmd(self.publish_command()).arg(self.channel(&msg.topic)).arg(envelope).get_packed_command();
@@ -458,8 +473,9 @@ impl Bridge {
     pub fn enqueue_numbered(&self, msg: &Outgoing, policy: HistoryPolicy, skip: Option<ConnId>, stats: &ShardStats) {
         let keys = self.keys(&msg.topic);
         let mut builder = self.builder.borrow_mut();
-        let skip = skip.map_or(0, |c| c.0);
-        let envelope = envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, None, skip);
+        // Numbered by Redis (offsets), not by this node.
+        let numbers = envelope::Numbers { seq: 0, skip: skip.map_or(0, |c| c.0) };
+        let envelope = envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, None, numbers);
         let command = redis::cmd("EVALSHA")
             .arg(Script::Number.sha())
             .arg(2)
