@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::link::Link;
 use super::refill::Verdict;
-use super::{envelope, scripts, Bridge, NODES_CHANNEL};
+use super::{envelope, fence, scripts, Bridge, NODES_CHANNEL};
 use crate::clock::Stamp;
 use crate::conn::ConnId;
 use crate::history::Position;
@@ -53,6 +53,12 @@ impl Bridge {
             // A subscribe/unsubscribe confirmation: [kind, channel, count].
             let topic = std::str::from_utf8(channel).ok().and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()));
             match kind.as_slice() {
+                b"ssubscribe" if topic.is_some_and(fence::is_marker) => {
+                    let slot = topic.and_then(|t| bridge.fences.borrow().marker(t));
+                    if let Some(slot) = slot {
+                        bridge.drain_subscribed(slot);
+                    }
+                }
                 b"subscribe" | b"ssubscribe" => {
                     if let Some(topic) = topic {
                         bridge.confirmed(topic).release(shard);
@@ -78,6 +84,14 @@ impl Bridge {
         }
         let limits = &shard.config.limits;
         let topic = std::str::from_utf8(channel).ok().and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()));
+        if let Some(marker) = topic.filter(|t| fence::is_marker(t)) {
+            // A drain marker of this node came through (or came late).
+            let slot = bridge.fences.borrow().marker(marker);
+            if let Some(slot) = slot {
+                bridge.drain_heard(slot);
+            }
+            return;
+        }
         if topic == Some(NODES_CHANNEL) {
             // Checked by the admin thread; a full queue there drops it (the
             // next announcement comes within an interval).

@@ -35,6 +35,7 @@
 pub mod cluster;
 pub mod endpoint;
 pub mod envelope;
+mod fence;
 mod inbound;
 mod link;
 mod refill;
@@ -92,6 +93,10 @@ pub struct Bridge {
     /// Cluster mode: commands for slots no known primary serves, waiting
     /// for the next slot map (at most `buffer_messages` droppable ones).
     unrouted: RefCell<VecDeque<Outbound>>,
+    /// Cluster mode: slots whose owner changed while their commands were
+    /// unanswered on the old one, and the commands waiting for those
+    /// answers (per-publisher order across failovers: [`fence`]).
+    fences: RefCell<fence::Fences>,
     /// Cluster mode: read the slot map now.
     refresh: Notify,
     /// Cluster mode: subscribe every wanted topic again once the map is read
@@ -135,11 +140,14 @@ pub struct Outbound {
     slot: u16,
     /// Redirections followed so far.
     redirects: u8,
+    /// Written to a primary that lost its slot since: the slot's fence
+    /// waits for its reply.
+    fenced: bool,
 }
 
 impl Outbound {
     fn new(packed: Vec<u8>, on_reply: OnReply, slot: u16) -> Outbound {
-        Outbound { packed, on_reply, slot, redirects: 0 }
+        Outbound { packed, on_reply, slot, redirects: 0, fenced: false }
     }
 
     /// A connection set-up command (SCRIPT LOAD) already written: only
@@ -151,6 +159,10 @@ impl Outbound {
     /// A set-up command to write (ASKING before a redirected command).
     fn setup_command(packed: Vec<u8>) -> Outbound {
         Outbound::new(packed, OnReply::Setup, 0)
+    }
+
+    fn is_setup(&self) -> bool {
+        matches!(self.on_reply, OnReply::Setup)
     }
 }
 
@@ -170,6 +182,8 @@ enum OnReply {
     /// The missing range of a history topic's stream, in `epoch` (at most
     /// one refill in flight per topic).
     Refill { topic: Arc<str>, epoch: Arc<str> },
+    /// Drain marker `id` of `slot`, through the slot's old owner ([`fence`]).
+    Drain { slot: u16, id: u64 },
 }
 
 impl OnReply {
@@ -232,6 +246,7 @@ impl Bridge {
             links: RefCell::new(links),
             map: RefCell::default(),
             unrouted: RefCell::default(),
+            fences: RefCell::default(),
             refresh: Notify::default(),
             resync: Cell::new(false),
             wanted: RefCell::default(),
@@ -313,11 +328,9 @@ impl Bridge {
         if self.announcements.is_some() {
             topics.push(Rc::from(NODES_CHANNEL));
         }
-        topics
-            .into_iter()
-            .filter(|t| self.route(self.slot(t)).is_some_and(|l| std::ptr::eq(&*l, link)))
-            .map(|t| Rc::from(self.channel(&t)))
-            .collect()
+        topics.retain(|t| self.route(self.slot(t)).is_some_and(|l| std::ptr::eq(&*l, link)));
+        topics.extend(self.fences.borrow().markers_on(link));
+        topics.into_iter().map(|t| Rc::from(self.channel(&t))).collect()
     }
 
     /// Records whether the node has local interest in `topic` now, and
@@ -665,6 +678,10 @@ impl Bridge {
     /// subscribe waits for): never dropped for room.
     fn push_read(&self, command: Outbound) {
         // Stats only count dropped publishes, which a read never causes.
+        let command = match self.fences.borrow_mut().hold(command, usize::MAX) {
+            Ok(_) => return,
+            Err(command) => command,
+        };
         let mut outbound = match self.route(command.slot) {
             Some(link) => {
                 link.outbound.borrow_mut().push_back(command);
@@ -679,6 +696,14 @@ impl Bridge {
     /// Queues `command` for its slot's link, or to wait for the slot map.
     fn push(&self, command: Outbound, stats: &ShardStats) {
         let max = self.config.buffer_messages;
+        let held = self.fences.borrow_mut().hold(command, max);
+        let command = match held {
+            Ok(dropped) => {
+                ShardStats::add(&stats.redis_dropped, dropped);
+                return self.note_buffered(stats);
+            }
+            Err(command) => command,
+        };
         match self.route(command.slot) {
             Some(link) => link.push(command, max, stats),
             None => {
@@ -697,7 +722,8 @@ impl Bridge {
 
     /// Sets the gauge of commands waiting for a publisher connection.
     fn note_buffered(&self, stats: &ShardStats) {
-        let buffered: usize = self.links.borrow().iter().map(|l| l.outbound.borrow().len()).sum::<usize>() + self.unrouted.borrow().len();
+        let buffered: usize =
+            self.links.borrow().iter().map(|l| l.outbound.borrow().len()).sum::<usize>() + self.unrouted.borrow().len() + self.fences.borrow().held();
         ShardStats::set(&stats.redis_buffered, buffered as u64);
     }
 }

@@ -31,12 +31,39 @@ impl Bridge {
             OnReply::Refill { topic, .. } => deliver_refill(shard, &topic, Vec::new()),
             OnReply::History { to, .. } => shard.answer_history(to, None),
             OnReply::Presence { from, conn, id, .. } => shard.answer_presence(from, conn, id, None),
+            // Nothing more can come from a connection that failed.
+            OnReply::Drain { slot, id } => {
+                self.drain_done(slot, id);
+            }
         }
     }
 
-    /// Hands one reply of a publisher connection to whoever waits for it.
-    pub(super) fn on_command_reply(&self, shard: &Shard, command: Outbound, reply: Value) {
+    /// A command the publisher connection it was written on will never
+    /// answer (the connection failed).
+    pub(super) fn lost(&self, shard: &Shard, mut command: Outbound) {
+        let (slot, fenced) = (command.slot, std::mem::take(&mut command.fenced));
+        self.fail(shard, command.on_reply);
+        self.settled(slot, fenced);
+    }
+
+    /// Hands one reply of a publisher connection to whoever waits for it,
+    /// then lets the command's slot fence know.
+    pub(super) fn on_command_reply(&self, shard: &Shard, mut command: Outbound, reply: Value) {
+        let (slot, fenced) = (command.slot, std::mem::take(&mut command.fenced));
+        self.handle_reply(shard, command, reply);
+        self.settled(slot, fenced);
+    }
+
+    fn handle_reply(&self, shard: &Shard, command: Outbound, reply: Value) {
         let stats = shard.stats();
+        if let OnReply::Drain { slot, id } = command.on_reply {
+            // Run: wait to hear it on the new owner. Refused (MOVED: the old
+            // owner does not forward to the new one): nothing can come later.
+            if matches!(reply, Value::ServerError(_)) {
+                self.drain_done(slot, id);
+            }
+            return;
+        }
         if let Value::ServerError(e) = &reply {
             if self.is_cluster() {
                 if let Some(redirect) = cluster::redirect(e.code(), e.details()) {
@@ -48,7 +75,7 @@ impl Bridge {
         }
         match command.on_reply {
             OnReply::Count => ShardStats::add(&stats.redis_published, 1),
-            OnReply::Setup => {}
+            OnReply::Setup | OnReply::Drain { .. } => {}
             OnReply::Written(acks) => acks.into_iter().for_each(|ack| shard.interest_acked(ack)),
             OnReply::Refill { topic, epoch: wanted } => {
                 let max = shard.config.limits.max_message_bytes;
@@ -107,6 +134,13 @@ impl Bridge {
             return self.fail(shard, command.on_reply);
         }
         command.redirects += 1;
+        if !matches!(redirect, Redirect::Ask { .. }) {
+            self.refresh.raise();
+        }
+        // The slot changed hands since the command was sent: it goes ahead
+        // of the slot's commands waiting there, to the owner the fence
+        // lifts to (an ASK's target may be gone by then: no ASKING).
+        let Err(command) = self.fences.borrow_mut().hold_returned(command) else { return };
         match redirect {
             Redirect::Ask { host, port } => match self.link_at(&host, port) {
                 Some(link) => {
@@ -123,16 +157,14 @@ impl Bridge {
                 }
             },
             Redirect::Moved { host, port } => {
-                self.refresh.raise();
                 match self.link_at(&host, port) {
                     Some(link) => link.push(command, self.config.buffer_messages, shard.stats()),
                     None => self.unrouted.borrow_mut().push_back(command),
                 }
             }
             Redirect::Retry => {
-                // Sent again after the next slot map read (at least its spacing later).
+                // Sent again after the next slot map read.
                 self.unrouted.borrow_mut().push_back(command);
-                self.refresh.raise();
             }
         }
     }

@@ -158,8 +158,13 @@ impl Bridge {
             for link in &fresh {
                 self.spawn_link(shard, link);
             }
+            // Slots that changed hands wait for what is still on its way
+            // through their old owners (per-publisher order: `fence.rs`).
+            let old_owner = |slot: u16| old_map.as_ref().and_then(|m| m.owner(slot)).and_then(|i| old_links.get(i)).cloned();
+            self.fence_moved(&old_links, old_owner, stats);
             for link in old_links.iter().filter(|l| self.links.borrow().iter().all(|n| !Rc::ptr_eq(n, l))) {
-                for command in link.retire() {
+                // An ASKING would precede another command on the new owner.
+                for command in link.retire().into_iter().filter(|c| !c.is_setup()) {
                     self.push(command, stats);
                 }
             }

@@ -165,6 +165,26 @@ impl Cluster {
         self.nodes.iter_mut().find(|n| n.port == port).unwrap().kill();
     }
 
+    /// The port of the replica of the primary `id`.
+    pub fn replica_of(&self, id: &str) -> u16 {
+        self.nodes_text()
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 3 && f[2].contains("slave") && f[3] == id).then(|| f[1].split('@').next()?.rsplit(':').next()?.parse().ok())?
+            })
+            .expect("the primary has a replica")
+    }
+
+    /// A graceful `CLUSTER FAILOVER` run on the replica at `replica`: it
+    /// takes over its primary's slots once it has caught up (returns when
+    /// the cluster says so).
+    pub fn failover(&self, replica: u16) {
+        let ok: String = redis::cmd("CLUSTER").arg("FAILOVER").query(&mut self.node(replica).conn()).unwrap();
+        assert_eq!(ok, "OK");
+        eventually(Duration::from_secs(20), "the replica to take over", || self.primaries().iter().any(|p| p.port == replica));
+    }
+
     pub fn seed(&self) -> String {
         format!("redis://127.0.0.1:{}", self.nodes[0].port)
     }
