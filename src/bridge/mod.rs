@@ -93,9 +93,10 @@ pub struct Bridge {
     /// Cluster mode: commands for slots no known primary serves, waiting
     /// for the next slot map (at most `buffer_messages` droppable ones).
     unrouted: RefCell<VecDeque<Outbound>>,
-    /// Cluster mode: slots whose owner changed while their commands were
-    /// unanswered on the old one, and the commands waiting for those
-    /// answers (per-publisher order across failovers: [`fence`]).
+    /// Cluster mode: slots whose owner changed while the old one may still
+    /// pass on their commands (unanswered, or run and being forwarded), and
+    /// the commands waiting until it has (per-publisher order across
+    /// failovers and migrations: [`fence`]).
     fences: RefCell<fence::Fences>,
     /// Cluster mode: read the slot map now.
     refresh: Notify,
