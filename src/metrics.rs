@@ -134,7 +134,8 @@ stats! {
     redis_reconnects: Counter, "Redis connections of the bridge that were lost (each is followed by reconnect attempts).";
     redis_published: Counter, "Messages PUBLISHed to Redis (acknowledged by Redis).";
     redis_received: Counter, "Messages received from Redis and fanned out on this node.";
-    redis_dropped: Counter, "Outbound messages dropped: buffer overflow, or lost with a failed connection.";
+    redis_dropped: Counter, "Messages lost through Redis as this node knows: its own it dropped (buffer overflow, exact) or sent on a connection that failed before Redis answered (an upper bound), and other nodes' it missed (redis_missed_total).";
+    redis_missed: Counter, "Messages of other nodes on topics this node subscribes that never arrived: gaps in the origin's per-topic sequence, counted exactly when its next message arrives (also in redis_dropped_total).";
     redis_bad_messages: Counter, "Messages from Redis refused (bad envelope, bad JSON, bad topic, too big).";
     redis_pipeline_depth: Gauge, "PUBLISH batches written to Redis and not yet answered (at most redis.pipeline_depth).";
     redis_redirects: Counter, "Commands a Redis Cluster primary redirected (MOVED, ASK) or asked to retry (TRYAGAIN, CLUSTERDOWN), each sent again.";

@@ -17,8 +17,9 @@ pub enum Incoming<'a> {
     /// verified sender (`None`: anonymous, or a topic message); `json` says
     /// the payload is a JSON value (else bytes from a FlatBuffers publisher).
     /// `skip` is the publishing connection on `origin` that asked not to
-    /// receive it (0: none).
-    Node { origin: &'a str, payload: &'a [u8], sender: Option<&'a str>, json: bool, skip: u64 },
+    /// receive it (0: none); `seq` its number from `origin`
+    /// (`super::sequence`; 0: none).
+    Node { origin: &'a str, payload: &'a [u8], sender: Option<&'a str>, json: bool, skip: u64, seq: u64 },
     /// A join (or leave) of connection `client` of `user` on `origin`.
     Presence { origin: &'a str, join: bool, client: &'a str, user: Option<&'a str> },
     /// Published by another Redis client: the bytes are the JSON payload.
@@ -42,6 +43,15 @@ pub enum BadMessage {
     BadPresence,
 }
 
+/// The numbers a message's envelope carries besides its content.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Numbers {
+    /// Its number in the origin's sequence of the topic (`super::sequence`); 0: none.
+    pub seq: u64,
+    /// The publishing connection that asked not to receive it; 0: none.
+    pub skip: u64,
+}
+
 /// Encodes one envelope into `builder` (reset first) and returns its bytes.
 pub fn encode<'b>(
     builder: &'b mut FlatBufferBuilder<'static>,
@@ -50,7 +60,7 @@ pub fn encode<'b>(
     payload: &[u8],
     json: bool,
     sender: Option<&str>,
-    skip: u64,
+    numbers: Numbers,
 ) -> &'b [u8] {
     builder.reset();
     let origin = builder.create_string(origin);
@@ -58,7 +68,8 @@ pub fn encode<'b>(
     let payload = builder.create_vector(payload);
     let user = sender.map(|s| builder.create_string(s));
     let flags = if json { Flags::Json } else { Flags::empty() };
-    let args = EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags, user, skip, ..Default::default() };
+    let Numbers { seq, skip } = numbers;
+    let args = EnvelopeArgs { origin: Some(origin), topic: Some(topic), payload: Some(payload), flags, user, skip, seq, ..Default::default() };
     let env = Envelope::create(builder, &args);
     generated::shardcast::bridge::finish_envelope_buffer(builder, env);
     builder.finished_data()
@@ -129,7 +140,7 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming<'_>, BadMessage> {
                 return Err(BadMessage::PayloadNotJson);
             }
             let sender = env.user().filter(|u| !u.is_empty());
-            return Ok(Incoming::Node { origin: env.origin(), payload, sender, json, skip: env.skip() });
+            return Ok(Incoming::Node { origin: env.origin(), payload, sender, json, skip: env.skip(), seq: env.seq() });
         }
     }
     if is_json(bytes) {
@@ -145,12 +156,12 @@ mod tests {
     #[test]
     fn round_trips() {
         let mut b = FlatBufferBuilder::new();
-        let bytes = encode(&mut b, "node-a", "news", br#"{"x":1}"#, true, None, 0).to_vec();
-        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: br#"{"x":1}"#, sender: None, json: true, skip: 0 }));
-        let bytes = encode(&mut b, "node-a", "$user:bob", b"2", true, Some("alice"), 7).to_vec();
-        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"2", sender: Some("alice"), json: true, skip: 7 }));
-        let bytes = encode(&mut b, "node-a", "bin", b"\x00\xff", false, None, 0).to_vec();
-        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"\x00\xff", sender: None, json: false, skip: 0 }));
+        let bytes = encode(&mut b, "node-a", "news", br#"{"x":1}"#, true, None, Numbers { seq: 1 << 40 | 9, skip: 0 }).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: br#"{"x":1}"#, sender: None, json: true, skip: 0, seq: 1 << 40 | 9 }));
+        let bytes = encode(&mut b, "node-a", "$user:bob", b"2", true, Some("alice"), Numbers { seq: 0, skip: 7 }).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"2", sender: Some("alice"), json: true, skip: 7, seq: 0 }));
+        let bytes = encode(&mut b, "node-a", "bin", b"\x00\xff", false, None, Numbers::default()).to_vec();
+        assert_eq!(decode(&bytes), Ok(Incoming::Node { origin: "node-a", payload: b"\x00\xff", sender: None, json: false, skip: 0, seq: 0 }));
         let bytes = encode_presence(&mut b, "node-a", "chat", true, "node-a:0-1", Some("alice")).to_vec();
         assert_eq!(decode(&bytes), Ok(Incoming::Presence { origin: "node-a", join: true, client: "node-a:0-1", user: Some("alice") }));
         let bytes = encode_presence(&mut b, "node-a", "chat", false, "node-a:0-1", None).to_vec();
@@ -180,7 +191,7 @@ mod tests {
     #[test]
     fn garbage_is_refused_never_panics() {
         let mut b = FlatBufferBuilder::new();
-        let good = encode(&mut b, "n", "t", b"1", true, None, 0).to_vec();
+        let good = encode(&mut b, "n", "t", b"1", true, None, Numbers::default()).to_vec();
         assert_eq!(decode(b"not json"), Err(BadMessage::Undecodable));
         assert_eq!(decode(b""), Err(BadMessage::Undecodable));
         for cut in 0..good.len() {
@@ -191,7 +202,7 @@ mod tests {
             bad[i] ^= 0xff;
             let _ = decode(&bad);
         }
-        let not_json = encode(&mut b, "n", "t", b"{oops", true, None, 0).to_vec();
+        let not_json = encode(&mut b, "n", "t", b"{oops", true, None, Numbers::default()).to_vec();
         assert_eq!(decode(&not_json), Err(BadMessage::PayloadNotJson));
     }
 }

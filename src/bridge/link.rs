@@ -12,7 +12,10 @@
 //! made again ([`Owed`]), and an idle one is PINGed so that owing starts.
 //! A link is reset (both
 //! connections dropped and made again) when a Sentinel announces a new
-//! primary, and retired when its primary leaves the cluster's slot map.
+//! primary, and retired when its primary leaves the cluster's slot map: the
+//! subscriber goes at once, the publisher first reads the replies it is
+//! owed (for at most [`RETIRE_GRACE`]), so that the slots' fences
+//! (`fence.rs`) learn what the old primary did with them.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -37,6 +40,63 @@ use crate::shard::Shard;
 /// command must share a slot).
 const SUBSCRIBE_CHUNK: usize = 1000;
 
+/// How long the publisher connection of a retired link (its primary left
+/// the slot map) waits for the replies still owed before it closes,
+/// counting the rest lost: a demoted primary answers at once.
+const RETIRE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a slot counts as written lately on a link ([`Written`]): far
+/// beyond how late a demoted primary's cluster bus forwards what it ran.
+const LATELY: Duration = Duration::from_secs(1);
+
+/// The cluster slots a publisher connection wrote commands of lately
+/// (within one to two [`LATELY`]): a slot the server loses may still have
+/// messages on their way through it (`fence.rs`). 4 KiB per link.
+struct Written {
+    now: Box<[u64; 256]>,
+    before: Box<[u64; 256]>,
+    since: Instant,
+}
+
+impl Written {
+    fn new() -> Written {
+        Written { now: Box::new([0; 256]), before: Box::new([0; 256]), since: Instant::now() }
+    }
+
+    /// Starts a new period when the current one is over (once per batch).
+    fn rotate(&mut self) {
+        let age = self.since.elapsed();
+        if age >= LATELY {
+            *self.before = if age >= 2 * LATELY { [0; 256] } else { *self.now };
+            *self.now = [0; 256];
+            self.since = Instant::now();
+        }
+    }
+
+    fn note(&mut self, slot: u16) {
+        let slot = usize::from(slot) % (256 * 64);
+        self.now[slot / 64] |= 1 << (slot % 64);
+    }
+
+    /// The slots written lately, in order.
+    fn lately(&self) -> Vec<u16> {
+        let words: Vec<u64> = match self.since.elapsed() {
+            age if age >= 2 * LATELY => return Vec::new(),
+            age if age >= LATELY => self.now.to_vec(),
+            _ => self.now.iter().zip(self.before.iter()).map(|(a, b)| a | b).collect(),
+        };
+        let mut slots = Vec::new();
+        for (i, mut word) in words.into_iter().enumerate() {
+            while word != 0 {
+                let bit = word.trailing_zeros() as usize;
+                word &= word - 1;
+                slots.push((i * 64 + bit) as u16);
+            }
+        }
+        slots
+    }
+}
+
 /// The bridge's state for one Redis server. Touched only by the bridge shard.
 pub struct Link {
     /// Where the server is. Sentinel mode: replaced before every connection
@@ -47,6 +107,12 @@ pub struct Link {
     /// reads come on top, at most one per waiting client connection.
     pub outbound: RefCell<VecDeque<Outbound>>,
     pub outbound_ready: Notify,
+    /// Commands written on the publisher connection and not answered yet,
+    /// in order (replies come in order). Bounded by `batch_messages` ×
+    /// `pipeline_depth`; emptied (counted lost) when the connection fails.
+    pub in_flight: RefCell<VecDeque<Outbound>>,
+    /// Cluster mode: the slots the publisher wrote commands of lately.
+    written: RefCell<Written>,
     /// (S)SUBSCRIBE (true) / (S)UNSUBSCRIBE (false) not yet sent. Kept only
     /// while connected (a reconnect subscribes everything anew), so bounded
     /// by the changes of one connection's lifetime between two writes.
@@ -56,8 +122,15 @@ pub struct Link {
     pub subscriber_connected: Cell<bool>,
     reset_publisher: Notify,
     reset_subscriber: Notify,
-    /// Its primary left the slot map: the connection tasks end.
+    /// Its primary left the slot map: the connection tasks end (the
+    /// publisher once it has its replies, or after [`RETIRE_GRACE`]).
     retired: Cell<bool>,
+    retiring: Notify,
+    /// A failed connection attempt was logged as a warning since the link
+    /// last connected: one warning per link, whichever connection fails
+    /// first, the rest quietly (both connections fail together when the
+    /// server is unreachable).
+    warned: Cell<bool>,
     /// The two connection tasks, for a stop.
     pub tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
 }
@@ -68,6 +141,8 @@ impl Link {
             endpoint: RefCell::new(endpoint),
             outbound: RefCell::default(),
             outbound_ready: Notify::default(),
+            in_flight: RefCell::default(),
+            written: RefCell::new(Written::new()),
             changes: RefCell::default(),
             changed: Notify::default(),
             publisher_connected: Cell::new(false),
@@ -75,6 +150,8 @@ impl Link {
             reset_publisher: Notify::default(),
             reset_subscriber: Notify::default(),
             retired: Cell::new(false),
+            retiring: Notify::default(),
+            warned: Cell::new(false),
             tasks: RefCell::default(),
         }
     }
@@ -85,16 +162,28 @@ impl Link {
         self.reset_subscriber.raise();
     }
 
-    /// Ends both connection tasks for good; returns what was still queued.
+    /// Ends both connection tasks for good, the publisher's once it has
+    /// read the replies it is owed; returns what was still queued.
     pub fn retire(&self) -> VecDeque<Outbound> {
         self.retired.set(true);
-        self.reset();
+        self.retiring.raise();
+        self.reset_subscriber.raise();
+        if self.publisher_connected.get() {
+            self.outbound_ready.raise();
+        } else {
+            self.reset_publisher.raise();
+        }
         self.changes.borrow_mut().clear();
         std::mem::take(&mut *self.outbound.borrow_mut())
     }
 
     pub fn is_retired(&self) -> bool {
         self.retired.get()
+    }
+
+    /// The slots the publisher wrote commands of lately (cluster mode).
+    pub fn written_lately(&self) -> Vec<u16> {
+        self.written.borrow().lately()
     }
 
     /// Queues a command. Beyond `max` queued, the oldest droppable one goes
@@ -131,7 +220,6 @@ pub enum Role {
 pub async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, link: Rc<Link>, role: Role) {
     let cfg = bridge.config();
     let mut backoff = cfg.reconnect_min;
-    let mut warned = false;
     let reset = match role {
         Role::Publisher => &link.reset_publisher,
         Role::Subscriber => &link.reset_subscriber,
@@ -144,7 +232,7 @@ pub async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, link: Rc<Link>, 
                 info!(role = ?role, server, "redis connected");
                 ShardStats::add(&shard.stats().redis_connects, 1);
                 backoff = cfg.reconnect_min;
-                warned = false;
+                link.warned.set(false);
                 let result = match role {
                     Role::Publisher => run_publisher(&shard, &bridge, &link, stream, reset).await,
                     Role::Subscriber => run_subscriber(&shard, &bridge, &link, stream, reset).await,
@@ -170,13 +258,12 @@ pub async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, link: Rc<Link>, 
                     bridge.fail_unsent_reads(&shard, &link);
                 }
                 bridge.unreachable(&link);
-                // Log the first failure as a warning and the rest quietly,
-                // but always name an authentication problem.
+                // Log the link's first failure as a warning and the rest
+                // quietly, but always name an authentication problem.
                 let server = link.endpoint.borrow().address();
                 let server = if link.endpoint.borrow().host.is_empty() { "(not known yet)".to_string() } else { server };
-                if !warned || matches!(err, BridgeError::Refused(_)) {
+                if !link.warned.replace(true) || matches!(err, BridgeError::Refused(_)) {
                     warn!(role = ?role, server, waiting_for = %bridge.waiting_for(), retry_in_ms = backoff.as_millis() as u64, "redis unavailable: {err}; local fan-out continues, retrying");
-                    warned = true;
                 } else {
                     debug!(role = ?role, server, "redis still unavailable: {err}");
                 }
@@ -193,29 +280,27 @@ pub async fn reconnecting(shard: Rc<Shard>, bridge: Rc<Bridge>, link: Rc<Link>, 
 /// yet sent: their clients must not wait for a reconnect. Unsent publishes
 /// stay queued for the next connection.
 async fn run_publisher(shard: &Shard, bridge: &Bridge, link: &Link, mut stream: RedisStream, reset: &Notify) -> Result<(), BridgeError> {
-    let mut in_flight = VecDeque::new();
     let owed = Owed::default();
     link.publisher_connected.set(true);
+    let retired = async {
+        link.retiring.wait().await;
+        sleep(RETIRE_GRACE).await;
+        Err(BridgeError::Reset)
+    };
     let result = futures_lite::future::or(
-        futures_lite::future::or(publisher_loop(shard, bridge, link, &mut stream, &mut in_flight, &owed), reset_of(reset)),
-        owed.watch(bridge.config().heartbeat),
+        futures_lite::future::or(publisher_loop(shard, bridge, link, &mut stream, &owed), reset_of(reset)),
+        futures_lite::future::or(owed.watch(bridge.config().heartbeat), retired),
     )
     .await;
     link.publisher_connected.set(false);
-    for command in in_flight {
-        bridge.fail(shard, command.on_reply);
+    let unanswered = std::mem::take(&mut *link.in_flight.borrow_mut());
+    for command in unanswered {
+        bridge.lost(shard, command);
     }
     result
 }
 
-async fn publisher_loop(
-    shard: &Shard,
-    bridge: &Bridge,
-    link: &Link,
-    stream: &mut RedisStream,
-    in_flight: &mut VecDeque<Outbound>,
-    owed: &Owed,
-) -> Result<(), BridgeError> {
+async fn publisher_loop(shard: &Shard, bridge: &Bridge, link: &Link, stream: &mut RedisStream, owed: &Owed) -> Result<(), BridgeError> {
     let cfg = bridge.config();
     let stats = shard.stats();
     let limits = &shard.config.limits;
@@ -226,7 +311,7 @@ async fn publisher_loop(
     let mut packed = Vec::new();
     for script in Script::ALL {
         redis::cmd("SCRIPT").arg("LOAD").arg(script.text()).write_packed_command(&mut packed);
-        in_flight.push_back(Outbound::setup());
+        link.in_flight.borrow_mut().push_back(Outbound::setup());
     }
     batches.push_back(Script::ALL.len());
     owed.start();
@@ -236,15 +321,28 @@ async fn publisher_loop(
     // Cluster mode keeps each command until its reply: a redirection sends it again.
     let keep = bridge.is_cluster();
     loop {
+        // Retired: what was queued went to the new owners; only drain
+        // markers come after. Done once every reply is in and no drain
+        // marker is to go through it any more.
+        if link.is_retired() && batches.is_empty() && link.outbound.borrow().is_empty() && !bridge.drains_through(link) {
+            return Err(BridgeError::Reset);
+        }
         let has_outbound = !link.outbound.borrow().is_empty();
         if has_outbound && batches.len() < cfg.pipeline_depth {
             packed.clear();
             let n = {
                 let mut outbound = link.outbound.borrow_mut();
+                let mut in_flight = link.in_flight.borrow_mut();
+                let mut written = link.written.borrow_mut();
+                if keep {
+                    written.rotate();
+                }
                 let n = outbound.len().min(cfg.batch_messages);
                 for mut command in outbound.drain(..n) {
                     packed.extend_from_slice(&command.packed);
-                    if !keep {
+                    if keep {
+                        written.note(command.slot);
+                    } else {
                         command.packed = Vec::new();
                     }
                     in_flight.push_back(command);
@@ -276,7 +374,7 @@ async fn publisher_loop(
                 },
             );
             if idle.await {
-                in_flight.push_back(Outbound::setup());
+                link.in_flight.borrow_mut().push_back(Outbound::setup());
                 batches.push_back(1);
                 owed.start();
                 stream.write_all(PING).await?;
@@ -286,7 +384,7 @@ async fn publisher_loop(
         let replies = reader.read_values(stream).await?;
         owed.progress();
         for reply in replies {
-            let command = in_flight.pop_front().ok_or(BridgeError::Protocol("reply without a request"))?;
+            let command = link.in_flight.borrow_mut().pop_front().ok_or(BridgeError::Protocol("reply without a request"))?;
             bridge.on_command_reply(shard, command, reply);
             let head = batches.front_mut().ok_or(BridgeError::Protocol("reply without a request"))?;
             *head -= 1;
@@ -440,4 +538,26 @@ pub async fn ask(stream: &mut RedisStream, command: &redis::Cmd) -> Result<Value
     let mut reader = RespReader::new(READ_CHUNK, 1 << 20);
     let mut replies = reader.read_values(stream).await?;
     Ok(replies.swap_remove(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_written_lately_are_remembered_for_one_to_two_periods() {
+        let mut w = Written::new();
+        w.note(0);
+        w.note(16383);
+        w.note(700);
+        assert_eq!(w.lately(), vec![0, 700, 16383]);
+        w.since -= LATELY;
+        w.rotate();
+        w.note(5);
+        assert_eq!(w.lately(), vec![0, 5, 700, 16383], "the period before still counts");
+        w.since -= LATELY;
+        assert_eq!(w.lately(), vec![5], "only the last period's");
+        w.since -= LATELY;
+        assert_eq!(w.lately(), Vec::<u16>::new());
+    }
 }

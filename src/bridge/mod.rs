@@ -35,38 +35,36 @@
 pub mod cluster;
 pub mod endpoint;
 pub mod envelope;
+mod fence;
+mod inbound;
 mod link;
 mod refill;
+mod reply;
 pub mod resp;
 pub mod scripts;
+mod sequence;
 mod topology;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
 use flatbuffers::FlatBufferBuilder;
 use glommio::timer::sleep;
-use redis::Value;
-use tracing::{debug, warn};
 
 use crate::auth::HistoryPolicy;
-use crate::clock::Stamp;
 use crate::config::{RedisConfig, RedisTopology};
-use crate::ids::{ConnId, InterestAck};
 use crate::history::{Query, ReplyTo};
-use crate::protocol::position::Position;
+use crate::ids::{ConnId, InterestAck};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
 use crate::protocol::{Kind, Outgoing};
 use crate::shard::Shard;
-use cluster::{Redirect, SlotMap};
+use cluster::SlotMap;
 use link::Link;
-use refill::Verdict;
 use scripts::Script;
 
 /// Bytes read from a Redis connection per read call.
@@ -95,6 +93,11 @@ pub struct Bridge {
     /// Cluster mode: commands for slots no known primary serves, waiting
     /// for the next slot map (at most `buffer_messages` droppable ones).
     unrouted: RefCell<VecDeque<Outbound>>,
+    /// Cluster mode: slots whose owner changed while the old one may still
+    /// pass on their commands (unanswered, or run and being forwarded), and
+    /// the commands waiting until it has (per-publisher order across
+    /// failovers and migrations: [`fence`]).
+    fences: RefCell<fence::Fences>,
     /// Cluster mode: read the slot map now.
     refresh: Notify,
     /// Cluster mode: subscribe every wanted topic again once the map is read
@@ -113,6 +116,12 @@ pub struct Bridge {
     epochs: RefCell<crate::history::Epochs>,
     /// The last offset delivered per history topic, and gaps being refilled.
     refills: RefCell<refill::Refills>,
+    /// The number of this node's next message per topic, for the receivers'
+    /// loss count.
+    numbering: RefCell<sequence::Numbering>,
+    /// The last number heard per wanted topic and origin: gaps are counted
+    /// missed (`redis_missed_total`).
+    gaps: RefCell<sequence::Gaps>,
     /// Other nodes' announcements, to the admin thread (bounded; dropped when full).
     announcements: Option<tokio::sync::mpsc::Sender<Bytes>>,
     /// What waits for Redis to confirm a topic's SUBSCRIBE: released on
@@ -132,11 +141,14 @@ pub struct Outbound {
     slot: u16,
     /// Redirections followed so far.
     redirects: u8,
+    /// Written to a primary that lost its slot since: the slot's fence
+    /// waits for its reply.
+    fenced: bool,
 }
 
 impl Outbound {
     fn new(packed: Vec<u8>, on_reply: OnReply, slot: u16) -> Outbound {
-        Outbound { packed, on_reply, slot, redirects: 0 }
+        Outbound { packed, on_reply, slot, redirects: 0, fenced: false }
     }
 
     /// A connection set-up command (SCRIPT LOAD) already written: only
@@ -148,6 +160,10 @@ impl Outbound {
     /// A set-up command to write (ASKING before a redirected command).
     fn setup_command(packed: Vec<u8>) -> Outbound {
         Outbound::new(packed, OnReply::Setup, 0)
+    }
+
+    fn is_setup(&self) -> bool {
+        matches!(self.on_reply, OnReply::Setup)
     }
 }
 
@@ -167,6 +183,8 @@ enum OnReply {
     /// The missing range of a history topic's stream, in `epoch` (at most
     /// one refill in flight per topic).
     Refill { topic: Arc<str>, epoch: Arc<str> },
+    /// Drain marker `id` of `slot`, through the slot's old owner ([`fence`]).
+    Drain { slot: u16, id: u64 },
 }
 
 impl OnReply {
@@ -222,6 +240,7 @@ impl Bridge {
             links: RefCell::new(links),
             map: RefCell::default(),
             unrouted: RefCell::default(),
+            fences: RefCell::default(),
             refresh: Notify::default(),
             resync: Cell::new(false),
             wanted: RefCell::default(),
@@ -230,6 +249,8 @@ impl Bridge {
             presence_refresh: Cell::new(false),
             epochs: RefCell::new(crate::history::Epochs::new("r")),
             refills: RefCell::default(),
+            numbering: RefCell::default(),
+            gaps: RefCell::default(),
             announcements,
             confirmations: RefCell::default(),
             builder: RefCell::new(FlatBufferBuilder::with_capacity(1024)),
@@ -301,11 +322,9 @@ impl Bridge {
         if self.announcements.is_some() {
             topics.push(Rc::from(NODES_CHANNEL));
         }
-        topics
-            .into_iter()
-            .filter(|t| self.route(self.slot(t)).is_some_and(|l| std::ptr::eq(&*l, link)))
-            .map(|t| Rc::from(self.channel(&t)))
-            .collect()
+        topics.retain(|t| self.route(self.slot(t)).is_some_and(|l| std::ptr::eq(&*l, link)));
+        topics.extend(self.fences.borrow().markers_on(link));
+        topics.into_iter().map(|t| Rc::from(self.channel(&t))).collect()
     }
 
     /// Records whether the node has local interest in `topic` now, and
@@ -321,8 +340,13 @@ impl Bridge {
             wanted.remove(topic)
         };
         drop(wanted);
-        if !interested && changed {
-            self.refills.borrow_mut().forget(topic);
+        if changed {
+            if interested {
+                self.gaps.borrow_mut().want(topic);
+            } else {
+                self.refills.borrow_mut().forget(topic);
+                self.gaps.borrow_mut().forget(topic);
+            }
         }
         if interested && !changed {
             // A SUBSCRIBE for it may still be on its way: wait for the same
@@ -438,7 +462,8 @@ impl Bridge {
             Kind::Join { client, user } => envelope::encode_presence(&mut builder, &self.node_id, &msg.topic, true, client, user.as_deref()),
             Kind::Leave { client, user } => envelope::encode_presence(&mut builder, &self.node_id, &msg.topic, false, client, user.as_deref()),
             Kind::Message | Kind::Direct { .. } => {
-                envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, msg.sender(), 0)
+                let numbers = envelope::Numbers { seq: self.numbering.borrow_mut().next(&msg.topic), skip: 0 };
+                envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, msg.sender(), numbers)
             }
         };
         let command = redis::cmd(self.publish_command()).arg(self.channel(&msg.topic)).arg(envelope).get_packed_command();
@@ -452,8 +477,9 @@ impl Bridge {
     pub fn enqueue_numbered(&self, msg: &Outgoing, policy: HistoryPolicy, skip: Option<ConnId>, stats: &ShardStats) {
         let keys = self.keys(&msg.topic);
         let mut builder = self.builder.borrow_mut();
-        let skip = skip.map_or(0, |c| c.0);
-        let envelope = envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, None, skip);
+        // Numbered by Redis (offsets), not by this node.
+        let numbers = envelope::Numbers { seq: 0, skip: skip.map_or(0, |c| c.0) };
+        let envelope = envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, None, numbers);
         let command = redis::cmd("EVALSHA")
             .arg(Script::Number.sha())
             .arg(2)
@@ -646,6 +672,10 @@ impl Bridge {
     /// subscribe waits for): never dropped for room.
     fn push_read(&self, command: Outbound) {
         // Stats only count dropped publishes, which a read never causes.
+        let command = match self.fences.borrow_mut().hold(command, usize::MAX) {
+            Ok(_) => return,
+            Err(command) => command,
+        };
         let mut outbound = match self.route(command.slot) {
             Some(link) => {
                 link.outbound.borrow_mut().push_back(command);
@@ -660,6 +690,14 @@ impl Bridge {
     /// Queues `command` for its slot's link, or to wait for the slot map.
     fn push(&self, command: Outbound, stats: &ShardStats) {
         let max = self.config.buffer_messages;
+        let held = self.fences.borrow_mut().hold(command, max);
+        let command = match held {
+            Ok(dropped) => {
+                ShardStats::add(&stats.redis_dropped, dropped);
+                return self.note_buffered(stats);
+            }
+            Err(command) => command,
+        };
         match self.route(command.slot) {
             Some(link) => link.push(command, max, stats),
             None => {
@@ -678,7 +716,8 @@ impl Bridge {
 
     /// Sets the gauge of commands waiting for a publisher connection.
     fn note_buffered(&self, stats: &ShardStats) {
-        let buffered: usize = self.links.borrow().iter().map(|l| l.outbound.borrow().len()).sum::<usize>() + self.unrouted.borrow().len();
+        let buffered: usize =
+            self.links.borrow().iter().map(|l| l.outbound.borrow().len()).sum::<usize>() + self.unrouted.borrow().len() + self.fences.borrow().held();
         ShardStats::set(&stats.redis_buffered, buffered as u64);
     }
 }
@@ -723,124 +762,6 @@ impl Bridge {
     }
 }
 
-impl Bridge {
-/// A command whose reply will never come.
-fn fail(&self, shard: &Shard, on_reply: OnReply) {
-    match on_reply {
-        OnReply::Count => ShardStats::add(&shard.stats().redis_dropped, 1),
-        OnReply::Setup => {}
-        // The write is lost; the refresh after the reconnect rewrites it.
-        OnReply::Written(acks) => acks.into_iter().for_each(|ack| shard.interest_acked(ack)),
-        // The gap stays (the offsets show it); what was held goes out.
-        OnReply::Refill { topic, .. } => deliver_refill(shard, &topic, Vec::new()),
-        OnReply::History { to, .. } => shard.answer_history(to, None),
-        OnReply::Presence { from, conn, id, .. } => shard.answer_presence(from, conn, id, None),
-    }
-}
-
-/// Hands one reply of a publisher connection to whoever waits for it.
-fn on_command_reply(&self, shard: &Shard, command: Outbound, reply: Value) {
-    let stats = shard.stats();
-    if let Value::ServerError(e) = &reply {
-        if self.is_cluster() {
-            if let Some(redirect) = cluster::redirect(e.code(), e.details()) {
-                return self.redirect(shard, command, redirect);
-            }
-        }
-        warn!("redis refused a command: {e:?}");
-        return self.fail(shard, command.on_reply);
-    }
-    match command.on_reply {
-        OnReply::Count => ShardStats::add(&stats.redis_published, 1),
-        OnReply::Setup => {}
-        OnReply::Written(acks) => acks.into_iter().for_each(|ack| shard.interest_acked(ack)),
-        OnReply::Refill { topic, epoch: wanted } => {
-            let max = shard.config.limits.max_message_bytes;
-            let filled: Vec<Arc<Outgoing>> = match scripts::parse_read(&reply, max) {
-                // Another epoch since: the missing messages are gone.
-                Some((_, epoch, _)) if *epoch != *wanted => Vec::new(),
-                Some((_, epoch, publications)) => {
-                    let epoch: Arc<str> = epoch.into();
-                    ShardStats::add(&stats.history_refilled, publications.len() as u64);
-                    publications
-                        .into_iter()
-                        .map(|p| {
-                            let position = Some(Position { offset: p.offset, epoch: epoch.clone() });
-                            Outgoing::positioned(&topic, Kind::Message, p.payload, p.json, position, Stamp::now())
-                        })
-                        .collect()
-                }
-                None => {
-                    ShardStats::add(&stats.redis_bad_messages, 1);
-                    Vec::new()
-                }
-            };
-            deliver_refill(shard, &topic, filled);
-        }
-        OnReply::History { query, to } => {
-            let read = scripts::parse_read(&reply, shard.config.limits.max_message_bytes);
-            if read.is_none() {
-                ShardStats::add(&stats.redis_bad_messages, 1);
-            }
-            let answer = read.map(|(top, epoch, publications)| {
-                crate::history::answer(&query, Position { offset: top, epoch: epoch.into() }, publications.into_iter())
-            });
-            shard.answer_history(to, answer);
-        }
-        OnReply::Presence { stats: want_stats, from, conn, id } => {
-            let found = scripts::parse_presence(&reply, want_stats).map(|(found, skipped)| {
-                ShardStats::add(&stats.presence_bad_entries, skipped);
-                found
-            });
-            if found.is_none() {
-                ShardStats::add(&stats.redis_bad_messages, 1);
-            }
-            shard.answer_presence(from, conn, id, found);
-        }
-    }
-}
-
-/// Cluster mode: a primary answered that another serves the command's slot
-/// (`MOVED`: the map is stale, read it again; `ASK`: only this command, mid
-/// migration) or that it cannot serve it now (`TRYAGAIN`, `CLUSTERDOWN`).
-/// The command was not run, so sending it again keeps "at most once".
-fn redirect(&self, shard: &Shard, mut command: Outbound, redirect: Redirect) {
-    ShardStats::add(&shard.stats().redis_redirects, 1);
-    if command.redirects >= MAX_REDIRECTS || command.packed.is_empty() {
-        debug!(?redirect, "redis: a command was redirected too often; given up");
-        return self.fail(shard, command.on_reply);
-    }
-    command.redirects += 1;
-    match redirect {
-        Redirect::Ask { host, port } => match self.link_at(&host, port) {
-            Some(link) => {
-                // ASKING and the command, back to back on that connection.
-                let mut outbound = link.outbound.borrow_mut();
-                outbound.push_back(Outbound::setup_command(redis::cmd("ASKING").get_packed_command()));
-                outbound.push_back(command);
-                drop(outbound);
-                link.outbound_ready.raise();
-            }
-            None => {
-                self.unrouted.borrow_mut().push_back(command);
-                self.refresh.raise();
-            }
-        },
-        Redirect::Moved { host, port } => {
-            self.refresh.raise();
-            match self.link_at(&host, port) {
-                Some(link) => link.push(command, self.config.buffer_messages, shard.stats()),
-                None => self.unrouted.borrow_mut().push_back(command),
-            }
-        }
-        Redirect::Retry => {
-            // Sent again after the next slot map read (at least its spacing later).
-            self.unrouted.borrow_mut().push_back(command);
-            self.refresh.raise();
-        }
-    }
-}
-}
 
 /// Writes this node's presence changes to Redis as they come (coalesced
 /// per topic into one script call per write) and refreshes every entry of
@@ -880,204 +801,6 @@ async fn presence_loop(shard: Rc<Shard>, bridge: Rc<Bridge>) {
     }
 }
 
-impl Bridge {
-    /// Handles one value pushed by Redis on `link`'s subscriber connection.
-    async fn on_push(&self, shard: &Shard, link: &Link, push: Value) {
-        let bridge = self;
-        let stats = shard.stats();
-        let parts = match push {
-            Value::Array(parts) => parts,
-            Value::ServerError(e) if self.is_cluster() => {
-                // A (S)SUBSCRIBE sent to a primary that no longer owns the slot.
-                debug!(server = link.endpoint.borrow().address(), "redis refused a subscription: {e:?}; reading the slot map");
-                self.resync.set(true);
-                self.refresh.raise();
-                return;
-            }
-            _ => {
-                ShardStats::add(&stats.redis_bad_messages, 1);
-                return;
-            }
-        };
-        if let [Value::BulkString(kind), _] = parts.as_slice() {
-            if kind.as_slice() == b"pong" {
-                // The answer to the subscriber's heartbeat PING.
-                return;
-            }
-        }
-        if let [Value::BulkString(kind), Value::BulkString(channel), Value::Int(_)] = parts.as_slice() {
-            // A subscribe/unsubscribe confirmation: [kind, channel, count].
-            let topic = std::str::from_utf8(channel).ok().and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()));
-            match kind.as_slice() {
-                b"subscribe" | b"ssubscribe" => {
-                    if let Some(topic) = topic {
-                        bridge.confirmed(topic).release(shard);
-                        catch_up(shard, bridge, topic);
-                    }
-                }
-                // Redis drops the subscriptions of a slot the primary no longer
-                // owns (a migration): subscribe them again on the new owner.
-                b"sunsubscribe" if topic.is_some_and(|t| self.wanted.borrow().contains(t) || t == NODES_CHANNEL) => {
-                    self.resync.set(true);
-                    self.refresh.raise();
-                }
-                _ => {}
-            }
-            return;
-        }
-        let [Value::BulkString(kind), Value::BulkString(channel), Value::BulkString(data)] = parts.as_slice() else {
-            ShardStats::add(&stats.redis_bad_messages, 1);
-            return;
-        };
-        if kind.as_slice() != b"message" && kind.as_slice() != b"smessage" {
-            return;
-        }
-    let limits = &shard.config.limits;
-    let topic = std::str::from_utf8(channel).ok().and_then(|c| c.strip_prefix(bridge.config.channel_prefix.as_str()));
-    if topic == Some(NODES_CHANNEL) {
-        // Checked by the admin thread; a full queue there drops it (the
-        // next announcement comes within an interval).
-        if let Some(tx) = &bridge.announcements {
-            let _ = tx.try_send(Bytes::copy_from_slice(data));
-        }
-        return;
-    }
-    // A user's direct messages, or a client topic.
-    let recipient = topic.and_then(|t| t.strip_prefix(crate::topic::USER_PREFIX));
-    let valid = match (topic, recipient) {
-        (Some(_), Some(user)) => crate::auth::is_user_id(user),
-        (Some(topic), None) => crate::topic::validate(topic, limits.max_topic_len).is_ok(),
-        (None, _) => false,
-    };
-    let Some(topic) = topic.filter(|_| valid) else {
-        ShardStats::add(&stats.redis_bad_messages, 1);
-        return;
-    };
-    if data.starts_with(scripts::NUMBERED_MAGIC) {
-        return on_numbered(shard, bridge, topic, data).await;
-    }
-    let decoded = envelope::decode(data);
-    let is_message = matches!(decoded, Ok(envelope::Incoming::Node { .. } | envelope::Incoming::External { .. }));
-    if is_message && recipient.is_none() && shard.has_history(topic) {
-        // History topics carry only numbered messages (from NUMBER): a bare
-        // PUBLISH would have no offset. Backends publish through the admin API.
-        ShardStats::add(&stats.redis_bad_messages, 1);
-        debug!(topic, "refused an unnumbered message on a history topic");
-        return;
-    }
-    let (payload, sender, json) = match decoded {
-        Ok(envelope::Incoming::Node { origin, .. } | envelope::Incoming::Presence { origin, .. }) if origin == bridge.node_id => return,
-        Ok(envelope::Incoming::Node { payload, sender, json, .. }) => (payload, sender, json),
-        Ok(envelope::Incoming::Presence { join, client, user, .. }) => {
-            let (client, user) = (Arc::from(client), user.map(Arc::from));
-            let kind = if join { Kind::Join { client, user } } else { Kind::Leave { client, user } };
-            ShardStats::add(&stats.redis_received, 1);
-            return fan_out_remote(shard, Outgoing::presence(topic, kind), None).await;
-        }
-        Ok(envelope::Incoming::Disconnect { origin, .. }) if origin == bridge.node_id => return,
-        Ok(envelope::Incoming::Disconnect { code, reason, .. }) => {
-            match recipient {
-                Some(user) => shard.disconnect_user_everywhere(user, code, reason),
-                None => ShardStats::add(&stats.redis_bad_messages, 1),
-            }
-            return;
-        }
-        Ok(envelope::Incoming::External { payload }) => (payload, None, true),
-        Err(bad) => {
-            ShardStats::add(&stats.redis_bad_messages, 1);
-            debug!(topic, ?bad, "refused a message from redis");
-            return;
-        }
-    };
-    if payload.len() > limits.max_message_bytes || sender.is_some_and(|s| s.len() > crate::auth::MAX_USER_BYTES) {
-        ShardStats::add(&stats.redis_bad_messages, 1);
-        return;
-    }
-    ShardStats::add(&stats.redis_received, 1);
-    let kind = match recipient {
-        Some(_) => Kind::Direct { from: sender.map(Arc::from) },
-        None => Kind::Message,
-    };
-    let msg = Outgoing::remote(topic, kind, Bytes::copy_from_slice(payload), json, Stamp::now());
-    fan_out_remote(shard, msg, None).await;
-}
-
-}
-
-/// A message numbered by Redis ([`scripts::NUMBER`]), from any node, this
-/// one included: delivered with its offset and epoch.
-async fn on_numbered(shard: &Shard, bridge: &Bridge, topic: &str, data: &[u8]) {
-    let stats = shard.stats();
-    let decoded = scripts::split_numbered(data).and_then(|(offset, epoch, env)| match envelope::decode(env) {
-        Ok(envelope::Incoming::Node { origin, payload, json, skip, sender: None }) => Some((offset, epoch, origin, payload, json, skip)),
-        _ => None,
-    });
-    let Some((offset, epoch, origin, payload, json, skip)) = decoded.filter(|d| d.3.len() <= shard.config.limits.max_message_bytes) else {
-        ShardStats::add(&stats.redis_bad_messages, 1);
-        return;
-    };
-    ShardStats::add(&stats.redis_received, 1);
-    let skip = (origin == bridge.node_id && skip != 0).then_some(ConnId(skip));
-    let position = Position { offset, epoch: epoch.into() };
-    let msg = Outgoing::positioned(topic, Kind::Message, Bytes::copy_from_slice(payload), json, Some(position), Stamp::now());
-    // Numbered messages (refills included) leave through the shard's relay,
-    // in order; Redis is not read while the relay is long.
-    let capacity = shard.config.bus.capacity;
-    while shard.retry_relay() >= capacity {
-        sleep(crate::bus::FULL_CHANNEL_RETRY).await;
-    }
-    let verdict = bridge.refills.borrow_mut().arrive(topic, &msg, capacity);
-    match verdict {
-        Verdict::Deliver => shard.relay(msg, skip),
-        Verdict::Duplicate => ShardStats::add(&stats.history_duplicates_dropped, 1),
-        Verdict::Held => {}
-        Verdict::Refill { after, before } => match shard.config.namespaces.options(topic).history {
-            Some(policy) => {
-                let epoch = msg.position.as_ref().map_or_else(|| Arc::from(""), |p| p.epoch.clone());
-                bridge.refill_read(topic, policy, after, before, epoch, 2 * shard.config.limits.max_message_bytes);
-            }
-            None => deliver_refill(shard, topic, Vec::new()),
-        },
-        Verdict::GiveUp => {
-            deliver_refill(shard, topic, Vec::new());
-            if bridge.refills.borrow_mut().arrive(topic, &msg, capacity) == Verdict::Deliver {
-                shard.relay(msg, skip);
-            }
-        }
-    }
-}
-
-/// A history topic the node delivered before is subscribed again (the
-/// subscriber connection came back): whatever was numbered while it was
-/// away is read from the stream now, not when the topic's next message
-/// shows the gap.
-fn catch_up(shard: &Shard, bridge: &Bridge, topic: &str) {
-    let Some(policy) = shard.config.namespaces.options(topic).history else { return };
-    let Some((after, epoch)) = bridge.refills.borrow_mut().catch_up(topic) else { return };
-    bridge.refill_read(topic, policy, after, u64::MAX, epoch, 2 * shard.config.limits.max_message_bytes);
-}
-
-/// Delivers a refill's messages and what was held behind it, in order.
-fn deliver_refill(shard: &Shard, topic: &str, filled: Vec<Arc<Outgoing>>) {
-    let Some(bridge) = &shard.bridge else { return };
-    let mut batch = bridge.refills.borrow_mut().drain(topic, filled);
-    while !batch.is_empty() {
-        for msg in batch {
-            shard.relay(msg, None);
-        }
-        batch = bridge.refills.borrow_mut().drain(topic, Vec::new());
-    }
-}
-
-/// Fans out a message from Redis; backpressure: Redis is not read until
-/// every shard took it.
-async fn fan_out_remote(shard: &Shard, msg: Arc<Outgoing>, skip: Option<ConnId>) {
-    if let Err(mut pending) = shard.fan_out_remote(msg, skip) {
-        while !shard.retry_publish(&mut pending) {
-            sleep(Duration::from_micros(200)).await;
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

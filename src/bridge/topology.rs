@@ -25,8 +25,11 @@ use crate::shard::Shard;
 /// `CLUSTER SLOTS`), besides the connect's own limit.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Least time between two slot map reads, so that a burst of redirections
-/// makes one read.
+/// Least time between a slot map read that found nothing new and the next
+/// one, so that a burst of redirections or pushes makes one read. A read
+/// that found a new map is followed at once by the next one asked for (a
+/// failover shows itself in steps: the old primary's `sunsubscribe`, then
+/// `MOVED` replies).
 const REFRESH_SPACING: Duration = Duration::from_millis(100);
 
 /// How often the slot map is read while a primary is unreachable or a slot
@@ -124,7 +127,8 @@ impl Bridge {
     /// for primaries gone (what they had queued goes to the new owners),
     /// subscriptions moved to the slots' new owners (all of them again after
     /// Redis dropped some), and the commands waiting for a primary sent.
-    fn apply_map(self: &Rc<Self>, shard: &Rc<Shard>, map: SlotMap) {
+    /// Returns whether the map differs from the one in use.
+    fn apply_map(self: &Rc<Self>, shard: &Rc<Shard>, map: SlotMap) -> bool {
         let stats = shard.stats();
         let resync = self.resync.replace(false);
         let old_map = self.map.borrow().clone();
@@ -136,7 +140,7 @@ impl Bridge {
             }
             let primaries: Vec<String> = map.primaries.iter().map(|(h, p)| format!("{h}:{p}")).collect();
             info!(primaries = %primaries.join(","), uncovered_slots = map.uncovered(), "redis cluster slot map in use");
-            let RedisTopology::Cluster { seeds } = &self.config.topology else { return };
+            let RedisTopology::Cluster { seeds } = &self.config.topology else { return false };
             let mut fresh = Vec::new();
             let links: Vec<Rc<Link>> = map
                 .primaries
@@ -154,8 +158,13 @@ impl Bridge {
             for link in &fresh {
                 self.spawn_link(shard, link);
             }
+            // Slots that changed hands wait for what is still on its way
+            // through their old owners (per-publisher order: `fence.rs`).
+            let old_owner = |slot: u16| old_map.as_ref().and_then(|m| m.owner(slot)).and_then(|i| old_links.get(i)).cloned();
+            self.fence_moved(&old_links, old_owner, stats);
             for link in old_links.iter().filter(|l| self.links.borrow().iter().all(|n| !Rc::ptr_eq(n, l))) {
-                for command in link.retire() {
+                // An ASKING would precede another command on the new owner.
+                for command in link.retire().into_iter().filter(|c| !c.is_setup()) {
                     self.push(command, stats);
                 }
             }
@@ -165,7 +174,7 @@ impl Bridge {
             self.push(command, stats);
         }
         if !(changed || resync) {
-            return;
+            return false;
         }
         // Subscriptions whose slot changed hands, or all after Redis dropped some.
         let old_owner = |slot: u16| old_map.as_ref().and_then(|m| m.owner(slot)).and_then(|i| old_links.get(i)).cloned();
@@ -191,6 +200,7 @@ impl Bridge {
                 old.change(topic, false);
             }
         }
+        changed
     }
 }
 
@@ -203,7 +213,7 @@ pub async fn cluster_loop(shard: Rc<Shard>, bridge: Rc<Bridge>) {
         match bridge.read_slot_map().await {
             Ok(map) => {
                 let uncovered = map.uncovered() > 0;
-                bridge.apply_map(&shard, map);
+                let changed = bridge.apply_map(&shard, map);
                 if warned {
                     info!("redis cluster: slot map read again");
                 }
@@ -211,8 +221,10 @@ pub async fn cluster_loop(shard: Rc<Shard>, bridge: Rc<Bridge>) {
                 warned = false;
                 let degraded = uncovered || bridge.links.borrow().iter().any(|l| !l.publisher_connected.get() || !l.subscriber_connected.get());
                 let wait = if degraded { cfg.topology_refresh.min(REFRESH_WHILE_DEGRADED) } else { cfg.topology_refresh };
+                if !changed {
+                    sleep(REFRESH_SPACING.min(wait)).await;
+                }
                 futures_lite::future::or(bridge.refresh.wait(), sleep(wait)).await;
-                sleep(REFRESH_SPACING).await;
             }
             Err(err) => {
                 bridge.fail_unrouted_reads(&shard);

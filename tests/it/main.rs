@@ -14,6 +14,7 @@ mod faults;
 mod history;
 mod lifecycle;
 mod presence;
+mod procs;
 mod pubsub;
 mod recovery;
 mod redis;

@@ -152,7 +152,10 @@ impl<'a> Envelope<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Flags>(Envelope::VT_FLAGS, Some(Flags::Json)).unwrap()}
   }
-  /// Reserved: per-origin sequence number (0 = unset).
+  /// The message's number in the origin's sequence of the topic, so that
+  /// a receiving node counts the messages it missed: a stream id in the
+  /// high 24 bits, the count in it in the low 40 (src/bridge/sequence.rs).
+  /// 0 = unnumbered (history topics, join/leave, disconnect orders).
   #[inline]
   pub fn seq(&self) -> u64 {
     // Safety:
