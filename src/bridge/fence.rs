@@ -341,7 +341,7 @@ impl Bridge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bridge::endpoint::Endpoint;
+    use crate::config::Endpoint;
 
     fn publish(slot: u16, tag: u8) -> Outbound {
         Outbound::new(vec![tag], OnReply::Count, slot)

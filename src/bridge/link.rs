@@ -27,7 +27,8 @@ use glommio::timer::sleep;
 use redis::Value;
 use tracing::{debug, info, warn};
 
-use super::endpoint::{Endpoint, RedisStream};
+use super::endpoint::RedisStream;
+use crate::config::Endpoint;
 use super::resp::{BridgeError, RespReader};
 use super::scripts::Script;
 use super::{Bridge, Outbound, READ_CHUNK};
