@@ -1,30 +1,37 @@
 //! shardcast: a thread-per-core WebSocket pub/sub fan-out server.
 //!
 //! # Layout
-//! - [`config`]: `tuning/shardcast.toml` -> validated [`config::Config`].
-//! - [`auth`]: connection tokens (JWT) -> identity, namespace permissions,
-//!   node-wide per-user / per-IP connection counts. No I/O.
-//! - [`runtime`]: binds one `SO_REUSEPORT` listener per shard, starts one
-//!   pinned glommio executor per shard, readiness line, signals.
-//! - [`shard`]: per-core state ([`shard::Shard`]) and its tasks: accept loop,
-//!   bus loop, heartbeat sweeper, drain.
-//! - [`conn`]: one connection's task (handshake, read -> decode -> dispatch,
-//!   vectored writer) and its shared half, [`conn::Peer`] (bounded outbox).
-//! - [`ws`]: RFC 6455 frames, the HTTP upgrade, permessage-deflate.
-//! - [`tls`]: rustls termination, certificates reloaded on SIGHUP.
-//! - [`protocol`]: requests, the shared outgoing message and its wire forms,
-//!   error and close codes; `json` and `flatbuf` are the two encodings.
-//! - [`topic`]: topic names and the shard-local subscriber registry.
-//! - [`history`]: offsets, bounded rings on each history topic's home shard,
-//!   and the hold-and-merge that makes recovery loss-free.
-//! - [`presence`]: who is subscribed to a topic, kept by one owner shard
-//!   per topic (the bridge shard keeps the Redis copy across nodes).
-//! - [`bus`]: cross-shard channels (crossbeam), doorbells, interest map.
-//! - [`bridge`]: Redis pub/sub between nodes (bridge shard only), FlatBuffers envelopes.
+//! Bottom to top: a module uses only those above it in this list
+//! (`docs/architecture.md`, "Layers"; checked by `tests/it/layers.rs`).
+//! - [`clock`], [`codes`], [`ids`], [`notify`]: time stamps, the close and
+//!   error codes, connection ids and interest acks, a local wake-up.
 //! - [`metrics`]: per-shard counters and latency histograms, the
 //!   Prometheus page.
-//! - [`admin`]: the admin plane (HTTP API, `/metrics`, health, dashboard)
-//!   on its own thread; reaches the shards only through the [`bus`].
+//! - [`ws`]: RFC 6455 frames, the HTTP upgrade, permessage-deflate.
+//! - [`protocol`]: requests, replies, the shared outgoing message and its
+//!   wire forms (JSON, FlatBuffers), positions in a topic's history.
+//! - [`auth`]: tokens (JWT) -> identity, namespace permissions, node-wide
+//!   per-user / per-IP counts. [`tls`]: rustls server and client sides, a
+//!   stream plain or under TLS.
+//! - [`history`]: offsets, bounded rings, the hold-and-merge that makes
+//!   recovery loss-free. [`presence`]: who is subscribed to a topic.
+//! - [`config`]: `tuning/shardcast.toml` -> validated [`config::Config`],
+//!   one file per section.
+//! - [`peer`]: the shared half of a connection ([`peer::Peer`], its bounded
+//!   outbox), the cork and the socket writes.
+//! - [`topic`]: topic names and the shard-local subscriber registry.
+//! - [`bus`]: cross-shard channels (crossbeam), doorbells, interest map.
+//! - [`shard`]: per-core state ([`shard::Shard`]) and its tasks (bus loop,
+//!   flush, sweeper, deadlines, shutdown); [`shard::Remote`] is what it asks
+//!   of the node link.
+//! - [`conn`]: accepting connections, one connection's task (upgrade, read
+//!   -> decode -> dispatch, flush) and its requests, one file per family.
+//! - [`bridge`]: Redis pub/sub between nodes (bridge shard only),
+//!   FlatBuffers envelopes. [`admin`]: the admin plane (HTTP API,
+//!   `/metrics`, health, dashboard) on its own thread; reaches the shards
+//!   only through the [`bus`].
+//! - [`runtime`]: listeners, one pinned glommio executor per shard and each
+//!   shard's life, the readiness line, signals.
 //!
 //! # Threading model
 //! One OS thread per shard, each running one glommio `LocalExecutor` pinned

@@ -7,10 +7,8 @@
 //! checked, anything else is counted in `redis_bad_messages_total`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use glommio::timer::sleep;
 use redis::Value;
 use tracing::debug;
 
@@ -138,7 +136,7 @@ impl Bridge {
                 let (client, user) = (Arc::from(client), user.map(Arc::from));
                 let kind = if join { Kind::Join { client, user } } else { Kind::Leave { client, user } };
                 ShardStats::add(&stats.redis_received, 1);
-                return fan_out_remote(shard, Outgoing::presence(topic, kind), None).await;
+                return shard.deliver_remote(Outgoing::presence(topic, kind), None).await;
             }
             Ok(envelope::Incoming::Disconnect { origin, .. }) if origin == bridge.node_id => return,
             Ok(envelope::Incoming::Disconnect { code, reason, .. }) => {
@@ -165,7 +163,7 @@ impl Bridge {
             None => Kind::Message,
         };
         let msg = Outgoing::remote(topic, kind, Bytes::copy_from_slice(payload), json, Stamp::now());
-        fan_out_remote(shard, msg, None).await;
+        shard.deliver_remote(msg, None).await;
     }
 
 }
@@ -188,13 +186,11 @@ async fn on_numbered(shard: &Shard, bridge: &Bridge, topic: &str, data: &[u8]) {
     let msg = Outgoing::positioned(topic, Kind::Message, Bytes::copy_from_slice(payload), json, Some(position), Stamp::now());
     // Numbered messages (refills included) leave through the shard's relay,
     // in order; Redis is not read while the relay is long.
+    shard.relay_room().await;
     let capacity = shard.config.bus.capacity;
-    while shard.retry_relay() >= capacity {
-        sleep(crate::bus::FULL_CHANNEL_RETRY).await;
-    }
     let verdict = bridge.refills.borrow_mut().arrive(topic, &msg, capacity);
     match verdict {
-        Verdict::Deliver => shard.relay(msg, skip),
+        Verdict::Deliver => shard.deliver_numbered(msg, skip),
         Verdict::Duplicate => ShardStats::add(&stats.history_duplicates_dropped, 1),
         Verdict::Held => {}
         Verdict::Refill { after, before } => match shard.config.namespaces.options(topic).history {
@@ -202,12 +198,12 @@ async fn on_numbered(shard: &Shard, bridge: &Bridge, topic: &str, data: &[u8]) {
                 let epoch = msg.position.as_ref().map_or_else(|| Arc::from(""), |p| p.epoch.clone());
                 bridge.refill_read(topic, policy, after, before, epoch, 2 * shard.config.limits.max_message_bytes);
             }
-            None => deliver_refill(shard, topic, Vec::new()),
+            None => deliver_refill(shard, bridge, topic, Vec::new()),
         },
         Verdict::GiveUp => {
-            deliver_refill(shard, topic, Vec::new());
+            deliver_refill(shard, bridge, topic, Vec::new());
             if bridge.refills.borrow_mut().arrive(topic, &msg, capacity) == Verdict::Deliver {
-                shard.relay(msg, skip);
+                shard.deliver_numbered(msg, skip);
             }
         }
     }
@@ -224,23 +220,12 @@ fn catch_up(shard: &Shard, bridge: &Bridge, topic: &str) {
 }
 
 /// Delivers a refill's messages and what was held behind it, in order.
-pub(super) fn deliver_refill(shard: &Shard, topic: &str, filled: Vec<Arc<Outgoing>>) {
-    let Some(bridge) = &shard.bridge else { return };
+pub(super) fn deliver_refill(shard: &Shard, bridge: &Bridge, topic: &str, filled: Vec<Arc<Outgoing>>) {
     let mut batch = bridge.refills.borrow_mut().drain(topic, filled);
     while !batch.is_empty() {
         for msg in batch {
-            shard.relay(msg, None);
+            shard.deliver_numbered(msg, None);
         }
         batch = bridge.refills.borrow_mut().drain(topic, Vec::new());
-    }
-}
-
-/// Fans out a message from Redis; backpressure: Redis is not read until
-/// every shard took it.
-async fn fan_out_remote(shard: &Shard, msg: Arc<Outgoing>, skip: Option<ConnId>) {
-    if let Err(mut pending) = shard.fan_out_remote(msg, skip) {
-        while !shard.retry_publish(&mut pending) {
-            sleep(Duration::from_micros(200)).await;
-        }
     }
 }

@@ -1,10 +1,10 @@
 //! The Redis bridge: fan-out across nodes. Lives on one shard per node
 //! (`[redis] bridge_shard`); other shards reach it only through the bus.
 //!
-//! The bridge talks to Redis through links ([`link`]), each a publisher and
+//! The bridge talks to Redis through links (`link`), each a publisher and
 //! a subscriber connection to one server, driven by the bridge shard's
 //! executor (no thread ever blocks on Redis). `[redis] mode` decides which
-//! servers ([`topology`]):
+//! servers (`topology`):
 //! - `single`: one link to `url`;
 //! - `sentinel`: one link to the primary the Sentinels name, moved when
 //!   they announce a new one;
@@ -31,6 +31,14 @@
 //! between nodes: disconnect orders on a user's channel (only nodes with
 //! that user's connections are subscribed to it), and each node's periodic
 //! summary on the `$nodes` channel, handed to the admin thread.
+//!
+//! The bridge is a part of the bridge shard and meets it at one interface,
+//! `shard::remote`: it implements [`crate::shard::Remote`] (`remote`: what
+//! the shard asks of it) and calls only the shard methods listed there.
+//! Rooms: `inbound` (what Redis pushes), `reply` (what command replies
+//! do), `presence` (the Redis copy of presence), `sequence` and
+//! `fence` (loss counting, order across a change of owner), `refill`
+//! (history gaps), `link` and `topology` (connections and discovery).
 
 pub mod cluster;
 pub mod endpoint;
@@ -38,7 +46,9 @@ pub mod envelope;
 mod fence;
 mod inbound;
 mod link;
+mod presence;
 mod refill;
+mod remote;
 mod reply;
 pub mod resp;
 pub mod scripts;
@@ -53,7 +63,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use flatbuffers::FlatBufferBuilder;
-use glommio::timer::sleep;
 
 use crate::auth::HistoryPolicy;
 use crate::config::{RedisConfig, RedisTopology};
@@ -61,17 +70,15 @@ use crate::history::{Query, ReplyTo};
 use crate::ids::{ConnId, InterestAck};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
-use crate::protocol::{Kind, Outgoing};
+use crate::protocol::Outgoing;
 use crate::shard::Shard;
+use presence::PresenceOp;
 use cluster::SlotMap;
 use link::Link;
 use scripts::Script;
 
 /// Bytes read from a Redis connection per read call.
 const READ_CHUNK: usize = 64 * 1024;
-
-/// Presence entries per write when the node refreshes a topic's entries.
-const PRESENCE_CHUNK: usize = 1000;
 
 /// Redirections (`MOVED`, `ASK`, `TRYAGAIN`) one command may follow before
 /// it is given up (counted dropped, or answered "unavailable").
@@ -193,17 +200,6 @@ impl OnReply {
         matches!(self, OnReply::Count)
     }
 }
-
-/// A presence change of one connection of this node.
-#[derive(Debug, Clone)]
-struct PresenceOp {
-    join: bool,
-    client: Arc<str>,
-    user: Option<Arc<str>>,
-    /// The subscribe waiting for this entry to be in Redis.
-    ack: Option<InterestAck>,
-}
-
 
 /// What waits for Redis to confirm one topic's SUBSCRIBE.
 #[derive(Debug, Default)]
@@ -327,79 +323,9 @@ impl Bridge {
         topics.into_iter().map(|t| Rc::from(self.channel(&t))).collect()
     }
 
-    /// Records whether the node has local interest in `topic` now, and
-    /// queues the SUBSCRIBE/UNSUBSCRIBE that follows. With `ack`, the
-    /// acknowledgement is held until Redis confirms the SUBSCRIBE; returns
-    /// false when there is nothing to wait for (no new SUBSCRIBE, or Redis is
-    /// not connected: a subscriber is never kept waiting on Redis being down).
-    pub fn set_interest(&self, topic: &str, interested: bool, ack: Option<InterestAck>) -> bool {
-        let mut wanted = self.wanted.borrow_mut();
-        let changed = if interested {
-            !wanted.contains(topic) && wanted.insert(Rc::from(topic))
-        } else {
-            wanted.remove(topic)
-        };
-        drop(wanted);
-        if changed {
-            if interested {
-                self.gaps.borrow_mut().want(topic);
-            } else {
-                self.refills.borrow_mut().forget(topic);
-                self.gaps.borrow_mut().forget(topic);
-            }
-        }
-        if interested && !changed {
-            // A SUBSCRIBE for it may still be on its way: wait for the same
-            // confirmation.
-            if let (Some(ack), Some(waiting)) = (ack, self.confirmations.borrow_mut().get_mut(topic)) {
-                waiting.acks.push(ack);
-                return true;
-            }
-        }
-        let Some(link) = self.route(self.slot(topic)).filter(|l| changed && l.subscriber_connected.get()) else {
-            return false;
-        };
-        let topic: Rc<str> = Rc::from(topic);
-        link.change(topic.clone(), interested);
-        match ack {
-            Some(ack) if interested => {
-                self.confirmations.borrow_mut().entry(topic).or_default().acks.push(ack);
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// What Redis confirming `topic`'s SUBSCRIBE releases.
     fn confirmed(&self, topic: &str) -> Unconfirmed {
         self.confirmations.borrow_mut().remove(topic).unwrap_or_default()
-    }
-
-    /// Holds the announcement of a join to `topic` by connection `conn`
-    /// while the node's SUBSCRIBE of the topic is unconfirmed: the other
-    /// nodes must not hear of a member before what they publish reaches it.
-    /// Hands the event back when there is nothing to wait for.
-    pub fn hold_join(&self, topic: &str, conn: ConnId, event: Arc<Outgoing>) -> Option<Arc<Outgoing>> {
-        match self.confirmations.borrow_mut().get_mut(topic) {
-            Some(waiting) => {
-                waiting.joins.push((conn, event));
-                None
-            }
-            None => Some(event),
-        }
-    }
-
-    /// Drops the held join of `conn` to `topic`, if any: the connection
-    /// left before the confirmation (closed by the server, an admin
-    /// `disconnect` say: it is not read while its subscribe waits), so
-    /// neither its join nor its leave is announced. Returns whether there
-    /// was one.
-    pub fn drop_held_join(&self, topic: &str, conn: ConnId) -> bool {
-        let mut confirmations = self.confirmations.borrow_mut();
-        let Some(waiting) = confirmations.get_mut(topic) else { return false };
-        let before = waiting.joins.len();
-        waiting.joins.retain(|(c, _)| *c != conn);
-        waiting.joins.len() != before
     }
 
     /// The subscriber connection of `link` is gone: everything waiting for
@@ -454,67 +380,10 @@ impl Bridge {
         self.presence_ready.raise();
     }
 
-    /// Queues a message (a publish, or a direct message on a `$user:` topic)
-    /// for the other nodes.
-    pub fn enqueue(&self, msg: &Outgoing, stats: &ShardStats) {
-        let mut builder = self.builder.borrow_mut();
-        let envelope = match &msg.kind {
-            Kind::Join { client, user } => envelope::encode_presence(&mut builder, &self.node_id, &msg.topic, true, client, user.as_deref()),
-            Kind::Leave { client, user } => envelope::encode_presence(&mut builder, &self.node_id, &msg.topic, false, client, user.as_deref()),
-            Kind::Message | Kind::Direct { .. } => {
-                let numbers = envelope::Numbers { seq: self.numbering.borrow_mut().next(&msg.topic), skip: 0 };
-                envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, msg.sender(), numbers)
-            }
-        };
-        let command = redis::cmd(self.publish_command()).arg(self.channel(&msg.topic)).arg(envelope).get_packed_command();
-        drop(builder);
-        self.push_command(command, self.slot(&msg.topic), stats);
-    }
-
-    /// Queues a message of a history topic for Redis to number, store and
-    /// publish to every node, this one included ([`scripts::NUMBER`]).
-    /// `skip` is the publishing connection that asked not to receive it.
-    pub fn enqueue_numbered(&self, msg: &Outgoing, policy: HistoryPolicy, skip: Option<ConnId>, stats: &ShardStats) {
-        let keys = self.keys(&msg.topic);
-        let mut builder = self.builder.borrow_mut();
-        // Numbered by Redis (offsets), not by this node.
-        let numbers = envelope::Numbers { seq: 0, skip: skip.map_or(0, |c| c.0) };
-        let envelope = envelope::encode(&mut builder, &self.node_id, &msg.topic, &msg.payload, msg.payload_is_json, None, numbers);
-        let command = redis::cmd("EVALSHA")
-            .arg(Script::Number.sha())
-            .arg(2)
-            .arg(keys.meta())
-            .arg(keys.stream())
-            .arg(self.channel(&msg.topic))
-            .arg(envelope)
-            .arg(policy.size)
-            .arg(policy.ttl.as_millis() as u64)
-            .arg(&*self.epochs.borrow_mut().fresh())
-            .arg(self.publish_command())
-            .get_packed_command();
-        drop(builder);
-        self.push_command(command, self.slot(&msg.topic), stats);
-    }
-
     /// The Redis keys of `topic`'s history and presence, in its channel's slot.
     fn keys<'a>(&'a self, topic: &'a str) -> scripts::Keys<'a> {
         let slot = cluster::key_slot(self.channel(topic).as_bytes());
         scripts::Keys { prefix: &self.config.channel_prefix, topic, slot }
-    }
-
-    /// Sends a history read for connection `conn` on shard `from`; the
-    /// answer comes back through that shard. While the publisher connection
-    /// is down the read waits for the next connection attempt, and is
-    /// answered "unavailable" if that fails.
-    pub fn query_history(&self, topic: &str, policy: HistoryPolicy, query: Query, budget: usize, to: ReplyTo) {
-        let (mode, after, count) = match &query {
-            Query::Position => ("after", 0, 0),
-            Query::Recover(since) => ("after", since.offset, policy.size),
-            Query::Range { since: Some(since), limit } => ("after", since.offset, (*limit).min(policy.size)),
-            Query::Range { since: None, limit } => ("latest", 0, (*limit).min(policy.size)),
-        };
-        let packed = self.read_command(topic, policy, mode, after, count, budget);
-        self.push_read(Outbound::new(packed, OnReply::History { query, to }, self.slot(topic)));
     }
 
     /// Packs one [`scripts::READ`] of `topic`: `mode` `after` (the entries
@@ -534,21 +403,6 @@ impl Bridge {
             .arg(policy.ttl.as_millis() as u64)
             .arg(&*self.epochs.borrow_mut().fresh())
             .get_packed_command()
-    }
-
-    /// Sends a presence read (every node's entries of `topic`) for
-    /// connection `conn` on shard `from`, like [`Bridge::query_history`].
-    pub fn query_presence(&self, topic: &str, stats: bool, max: usize, from: usize, conn: ConnId, id: u64) {
-        let keys = self.keys(topic);
-        let packed = redis::cmd("EVALSHA")
-            .arg(Script::PresenceRead.sha())
-            .arg(2)
-            .arg(keys.presence())
-            .arg(keys.presence_expiry())
-            .arg(if stats { "stats" } else { "list" })
-            .arg(max)
-            .get_packed_command();
-        self.push_read(Outbound::new(packed, OnReply::Presence { stats, from, conn, id }, self.slot(topic)));
     }
 
     /// Answers "unavailable" to every read not yet sent on `link` and
@@ -596,70 +450,6 @@ impl Bridge {
         let count = usize::try_from(missing).unwrap_or(usize::MAX).min(policy.size);
         let packed = self.read_command(topic, policy, "after", after, count, budget);
         self.push_read(Outbound::new(packed, OnReply::Refill { topic: topic.into(), epoch }, self.slot(topic)));
-    }
-
-    /// Records a presence change of this node for the next coalesced write.
-    /// `ack` is released when Redis confirms the write; it is handed back
-    /// (nothing to wait for) while the publisher connection is down.
-    pub fn presence_write(&self, topic: &str, join: bool, client: &Arc<str>, user: Option<&Arc<str>>, ack: Option<InterestAck>) -> Option<InterestAck> {
-        let up = self.route(self.slot(topic)).is_some_and(|l| l.publisher_connected.get());
-        let ack = match ack {
-            Some(ack) if !up => return Some(ack),
-            ack => ack,
-        };
-        let op = PresenceOp { join, client: client.clone(), user: user.cloned(), ack };
-        self.presence_ops.borrow_mut().entry(topic.into()).or_default().push(op);
-        self.presence_ready.raise();
-        None
-    }
-
-    /// Packs one presence write of `topic` ([`scripts::PRESENCE_WRITE`]).
-    fn presence_command<'a>(&self, topic: &str, ops: impl Iterator<Item = &'a PresenceOp>) -> Vec<u8> {
-        let keys = self.keys(topic);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(Script::PresenceWrite.sha())
-            .arg(2)
-            .arg(keys.presence())
-            .arg(keys.presence_expiry())
-            .arg(self.config.presence_ttl.as_millis() as u64);
-        for op in ops {
-            cmd.arg(if op.join { "+" } else { "-" }).arg(&*op.client).arg(op.user.as_deref().unwrap_or(""));
-        }
-        cmd.get_packed_command()
-    }
-
-    /// Queues an order for the other nodes to close `user`'s connections.
-    pub fn enqueue_disconnect(&self, user: &str, code: u16, reason: &str, stats: &ShardStats) {
-        let topic = crate::topic::user_topic(user);
-        let mut builder = self.builder.borrow_mut();
-        let envelope = envelope::encode_disconnect(&mut builder, &self.node_id, &topic, code, reason);
-        let command = redis::cmd(self.publish_command()).arg(self.channel(&topic)).arg(envelope).get_packed_command();
-        drop(builder);
-        self.push_command(command, self.slot(&topic), stats);
-    }
-
-    /// Queues this node's summary for the other nodes' admin planes. Not
-    /// while the publisher is down: a summary is stale by the time it could
-    /// go out, and must not push messages out of the bounded buffer.
-    pub fn enqueue_announcement(&self, summary: &[u8], stats: &ShardStats) {
-        let slot = self.slot(NODES_CHANNEL);
-        if !self.route(slot).is_some_and(|l| l.publisher_connected.get()) {
-            return;
-        }
-        let command = redis::cmd(self.publish_command()).arg(self.channel(NODES_CHANNEL)).arg(summary).get_packed_command();
-        self.push_command(command, slot, stats);
-    }
-
-    /// Whether the publisher and subscriber connections are up (all of
-    /// them, in cluster mode).
-    pub fn report(&self) -> crate::bus::admin::RedisReport {
-        let links = self.links.borrow();
-        let all = |up: fn(&Link) -> bool| !links.is_empty() && links.iter().all(|l| up(l));
-        crate::bus::admin::RedisReport {
-            subscriber_connected: all(|l| l.subscriber_connected.get()),
-            publisher_connected: all(|l| l.publisher_connected.get()),
-            channels: self.wanted.borrow().len() + 1,
-        }
     }
 
     /// Queues a droppable command (a publish or an unawaited write) for the
@@ -730,7 +520,7 @@ pub fn spawn(shard: Rc<Shard>, bridge: Rc<Bridge>) {
     for link in &links {
         bridge.spawn_link(&shard, link);
     }
-    bridge.keep(glommio::spawn_local(presence_loop(shard.clone(), bridge.clone())).detach());
+    bridge.keep(glommio::spawn_local(presence::presence_loop(shard.clone(), bridge.clone())).detach());
     match &bridge.config.topology {
         RedisTopology::Single(_) => {}
         RedisTopology::Cluster { .. } => bridge.keep(glommio::spawn_local(topology::cluster_loop(shard, bridge.clone())).detach()),
@@ -762,49 +552,10 @@ impl Bridge {
     }
 }
 
-
-/// Writes this node's presence changes to Redis as they come (coalesced
-/// per topic into one script call per write) and refreshes every entry of
-/// the node every third of `presence_ttl_ms`, so that entries of a node
-/// that died expire and those of a live one never do.
-async fn presence_loop(shard: Rc<Shard>, bridge: Rc<Bridge>) {
-    let period = bridge.config.presence_ttl / 3;
-    let mut next_refresh = std::time::Instant::now() + period;
-    loop {
-        let wait = next_refresh.saturating_duration_since(std::time::Instant::now());
-        futures_lite::future::or(bridge.presence_ready.wait(), sleep(wait)).await;
-        if !bridge.links.borrow().iter().any(|l| l.publisher_connected.get()) {
-            continue;
-        }
-        let stats = shard.stats();
-        let ops = std::mem::take(&mut *bridge.presence_ops.borrow_mut());
-        for (topic, ops) in &ops {
-            let packed = bridge.presence_command(topic, ops.iter());
-            let slot = bridge.slot(topic);
-            let acks: Vec<InterestAck> = ops.iter().filter_map(|op| op.ack).collect();
-            if acks.is_empty() {
-                bridge.push_command(packed, slot, stats);
-            } else {
-                bridge.push_read(Outbound::new(packed, OnReply::Written(acks), slot));
-            }
-        }
-        if bridge.presence_refresh.replace(false) || std::time::Instant::now() >= next_refresh {
-            next_refresh = std::time::Instant::now() + period;
-            let presence = shard.presence.borrow();
-            for (topic, members) in presence.iter() {
-                let ops: Vec<PresenceOp> = members.map(|m| PresenceOp { join: true, client: m.client.clone(), user: m.user.clone(), ack: None }).collect();
-                for chunk in ops.chunks(PRESENCE_CHUNK) {
-                    bridge.push_command(bridge.presence_command(topic, chunk.iter()), bridge.slot(topic), stats);
-                }
-            }
-        }
-    }
-}
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::Remote;
 
     fn bridge() -> Bridge {
         let config = crate::config::Config::from_toml("[redis]\nurl = \"redis://127.0.0.1:1\"", &Default::default()).unwrap();

@@ -28,7 +28,7 @@ impl Bridge {
             // The write is lost; the refresh after the reconnect rewrites it.
             OnReply::Written(acks) => acks.into_iter().for_each(|ack| shard.interest_acked(ack)),
             // The gap stays (the offsets show it); what was held goes out.
-            OnReply::Refill { topic, .. } => deliver_refill(shard, &topic, Vec::new()),
+            OnReply::Refill { topic, .. } => deliver_refill(shard, self, &topic, Vec::new()),
             OnReply::History { to, .. } => shard.answer_history(to, None),
             OnReply::Presence { from, conn, id, .. } => shard.answer_presence(from, conn, id, None),
             // Nothing more can come from a connection that failed.
@@ -98,7 +98,7 @@ impl Bridge {
                         Vec::new()
                     }
                 };
-                deliver_refill(shard, &topic, filled);
+                deliver_refill(shard, self, &topic, filled);
             }
             OnReply::History { query, to } => {
                 let read = scripts::parse_read(&reply, shard.config.limits.max_message_bytes);

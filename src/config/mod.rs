@@ -8,9 +8,8 @@
 //! type, and both are reported with the full key name before anything runs.
 //!
 //! One file per section, each with its raw form, its validation and its
-//! tests: [`server`], [`limits`], [`queue`], [`bus`], [`admin`], [`redis`],
-//! [`auth`], [`tls`], [`compression`], [`namespaces`], [`heartbeat`],
-//! [`shutdown`], [`log`]. This file merges, and checks what spans sections.
+//! tests: `server`, `limits`, `queue`, `bus`, `admin`, `redis`, `auth`,
+//! `tls`, `compression`, `namespaces`, `heartbeat`, `shutdown`, `log`. This file merges, and checks what spans sections.
 
 pub mod admin;
 pub mod auth;

@@ -1,10 +1,10 @@
 //! One connection, from accept to close, as one task on its shard.
 //!
-//! Top to bottom: [`upgrade`] (TLS, the HTTP upgrade, admission; bounded in
-//! size and time), then [`Conn::poll_serve`] loops: flush the outbox
-//! ([`flush`]), read what the socket has into the shard's scratch buffer,
+//! Top to bottom: `upgrade` (TLS, the HTTP upgrade, admission; bounded in
+//! size and time), then `Conn::poll_serve` loops: flush the outbox
+//! (`flush`), read what the socket has into the shard's scratch buffer,
 //! decode frames (`ws::reader`), act on each event: a request goes to
-//! [`requests`], one file per family. Only bytes of an incomplete frame (or
+//! `requests`, one file per family. Only bytes of an incomplete frame (or
 //! fragmented message) are copied into memory of the connection's own, and
 //! freed as soon as the frame completes. At the end the shard forgets the
 //! connection and its subscriptions.
@@ -378,7 +378,7 @@ mod footprint {
             let (m, _) = crate::bus::build(1, 4).unwrap();
             let cfg = std::sync::Arc::new(crate::config::Config::defaults());
             let stats: std::sync::Arc<[crate::metrics::ShardStats]> = vec![crate::metrics::ShardStats::default()].into();
-            let shard = std::rc::Rc::new(crate::shard::Shard::new(0, cfg, m, stats, Default::default(), Default::default(), None));
+            let shard = std::rc::Rc::new(crate::shard::Shard::new(0, cfg, m, stats, Default::default(), Default::default()));
             let task = super::serve(shard, s);
             assert!(std::mem::size_of_val(&task) <= 256, "connection task is {} bytes", std::mem::size_of_val(&task));
             // Rc<Peer> must fit mimalloc's 128-byte size class.

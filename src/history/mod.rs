@@ -3,7 +3,7 @@
 //!
 //! On a single node every history topic has one home shard (a hash of the
 //! topic, [`home_shard`]); every publish to the topic travels there, gets the
-//! next offset from the topic's [`Ring`], is stored, and fans out from there.
+//! next offset from the topic's `Ring`, is stored, and fans out from there.
 //! One place assigns offsets, so they are gap-free and every subscriber sees
 //! one order. With Redis the offsets and the stream live in Redis instead
 //! (`bridge::history`); the answers take the same shape, [`Answer`] (a wire

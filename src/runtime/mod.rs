@@ -1,7 +1,7 @@
 //! Process-level wiring: bind one SO_REUSEPORT listener per shard, start one
 //! pinned glommio executor per shard, print the readiness line, turn
 //! SIGINT/SIGTERM into a graceful drain and SIGHUP into a certificate reload.
-//! [`shard`]: one shard's life on its executor.
+//! `shard`: one shard's life on its executor.
 
 mod shard;
 

@@ -12,6 +12,7 @@ use glommio::net::TcpListener;
 use glommio::spawn_local;
 use tracing::debug;
 
+use crate::bridge::Bridge;
 use crate::bus::{Inbox, Mailbox};
 use crate::config::Config;
 use crate::conn;
@@ -36,12 +37,20 @@ pub struct ShardInit {
 /// once it accepts connections.
 pub async fn run(init: ShardInit, ready: impl FnOnce()) {
     let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections, admission, announcements } = init;
-    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission, announcements));
+    let bridge = config
+        .redis
+        .as_ref()
+        .filter(|r| r.bridge_shard == index)
+        .map(|r| Rc::new(Bridge::new(r.clone(), config.server.node_id.clone(), announcements)));
+    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission));
+    if let Some(bridge) = &bridge {
+        shard.attach_remote(bridge.clone());
+    }
     // SAFETY: the fd is a bound, listening TCP socket whose ownership moves here.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let accept = spawn_local(conn::accept_loop(shard.clone(), listener)).detach();
     let background = shard::tasks::start(&shard);
-    if let Some(bridge) = &shard.bridge {
+    if let Some(bridge) = &bridge {
         crate::bridge::spawn(shard.clone(), bridge.clone());
     }
     ready();
@@ -49,7 +58,7 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
     accept.cancel();
     shard::shutdown::shut_down(&shard, &inbox).await;
     background.stop();
-    if let Some(bridge) = &shard.bridge {
+    if let Some(bridge) = &bridge {
         bridge.stop();
     }
     debug!(shard = index, "shard stopped");

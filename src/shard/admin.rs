@@ -36,8 +36,8 @@ impl Shard {
             AdminCall::Disconnect { user, code, reason, forward, reply } => {
                 let closed = self.disconnect_user(&user, code, &reason);
                 if forward {
-                    if let Some(bridge) = &self.bridge {
-                        bridge.enqueue_disconnect(&user, code, &reason, self.stats());
+                    if let Some(bridge) = self.remote() {
+                        bridge.disconnect_user(&user, code, &reason, self.stats());
                     }
                 }
                 if let Some(reply) = reply {
@@ -45,8 +45,8 @@ impl Shard {
                 }
             }
             AdminCall::Announce(summary) => {
-                if let Some(bridge) = &self.bridge {
-                    bridge.enqueue_announcement(&summary, self.stats());
+                if let Some(bridge) = self.remote() {
+                    bridge.announce_node(&summary, self.stats());
                 }
             }
         }
@@ -68,7 +68,7 @@ impl Shard {
             topics: registry.client_topics(),
             node_topics,
             accepting: !self.shutting_down.get(),
-            redis: self.bridge.as_ref().map(|b| b.report()),
+            redis: self.remote().map(|b| b.report()),
         }
     }
 

@@ -36,7 +36,7 @@ impl Shard {
     /// completes, and each shard-to-shard channel is FIFO.
     ///
     /// A publish to a history topic instead travels to the shard that
-    /// numbers it ([`Shard::sequence`]) and fans out from there; per-publisher
+    /// numbers it (`Shard::sequence`) and fans out from there; per-publisher
     /// order on the topic holds because every channel on the way is FIFO.
     pub fn publish(&self, origin: &Peer, topic: &str, payload: Payload<'_>, skip_self: bool) -> Result<(), Box<PendingPublish>> {
         ShardStats::add(&self.stats().publishes, 1);
@@ -74,8 +74,8 @@ impl Shard {
         self.deliver_local(&msg, skip);
         let mut remaining = self.interest.borrow().shards(&msg.topic);
         let mut forward_to = None;
-        match (&self.bridge, self.bridge_shard) {
-            (Some(bridge), _) => bridge.enqueue(&msg, self.stats()),
+        match (self.remote(), self.bridge_shard) {
+            (Some(bridge), _) => bridge.publish(&msg, self.stats()),
             (None, Some(bridge_shard)) => {
                 remaining.insert(bridge_shard);
                 forward_to = Some(bridge_shard);
@@ -141,8 +141,8 @@ impl Shard {
     pub(super) fn on_publish(&self, publish: PublishMsg) {
         self.deliver_local(&publish.msg, publish.skip);
         if publish.forward {
-            if let Some(bridge) = &self.bridge {
-                bridge.enqueue(&publish.msg, self.stats());
+            if let Some(bridge) = self.remote() {
+                bridge.publish(&publish.msg, self.stats());
             }
         }
     }

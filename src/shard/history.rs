@@ -58,8 +58,8 @@ impl Shard {
             self.relay(msg, skip);
             return;
         };
-        if let Some(bridge) = &self.bridge {
-            bridge.enqueue_numbered(&msg, policy, skip, self.stats());
+        if let Some(bridge) = self.remote() {
+            bridge.number(&msg, policy, skip, self.stats());
             return;
         }
         let mut rings = self.history.borrow_mut();
@@ -124,7 +124,7 @@ impl Shard {
                 let Some(policy) = self.config.namespaces.options(&topic).history else {
                     return self.answer_history(to, None);
                 };
-                if let Some(bridge) = &self.bridge {
+                if let Some(bridge) = self.remote() {
                     let budget = self.config.limits.max_message_bytes.saturating_sub(REPLY_OVERHEAD);
                     return bridge.query_history(&topic, policy, query, budget, to);
                 }

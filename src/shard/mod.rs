@@ -19,12 +19,14 @@ mod fanout;
 mod history;
 mod interest;
 mod presence;
+mod remote;
 pub mod shutdown;
 pub mod tasks;
 
 pub use deadline::{Deadline, Deadlines};
 pub use fanout::PendingPublish;
 pub use interest::Then;
+pub use remote::Remote;
 use interest::PendingInterest;
 
 use std::cell::{Cell, RefCell};
@@ -36,7 +38,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::auth::Admission;
-use crate::bridge::Bridge;
 use crate::clock::Stamp;
 use crate::bus::{ControlMsg, InterestMap, Mailbox};
 use crate::config::Config;
@@ -96,8 +97,9 @@ pub struct Shard {
     /// API publishes waiting for their turn ([`admin::api_publish_loop`]).
     api_queue: RefCell<admin::ApiQueue>,
     api_ready: Notify,
-    /// The Redis bridge, on the bridge shard only.
-    pub bridge: Option<Rc<Bridge>>,
+    /// The link to the other nodes (the Redis bridge), on the bridge shard
+    /// only; attached once at start ([`remote`]).
+    remote: std::cell::OnceCell<Rc<dyn Remote>>,
     /// The bridge shard's index when Redis is configured.
     bridge_shard: Option<usize>,
     /// The history rings of the topics this shard is home to (single node;
@@ -145,7 +147,6 @@ impl Shard {
         all_stats: Arc<[ShardStats]>,
         node_connections: Arc<AtomicUsize>,
         admission: Arc<Admission>,
-        announcements: Option<tokio::sync::mpsc::Sender<Bytes>>,
     ) -> Shard {
         let scratch = vec![0; config.server.read_buffer_bytes];
         let write_scratch = Vec::with_capacity(config.server.write_buffer_bytes);
@@ -154,11 +155,6 @@ impl Shard {
         let shards = mailboxes.len();
         let compressor = Compressor::new(config.compression.level);
         let tls = config.tls.as_ref().map(|t| crate::tls::server_config(t.certificates.clone(), t.min_version).into());
-        let bridge = config
-            .redis
-            .as_ref()
-            .filter(|r| r.bridge_shard == index)
-            .map(|r| Rc::new(Bridge::new(r.clone(), config.server.node_id.clone(), announcements)));
         Shard {
             index,
             config,
@@ -188,7 +184,7 @@ impl Shard {
             sequenced_from: (0..shards).map(|_| Cell::new(0)).collect(),
             deferred_queries: RefCell::default(),
             presence: RefCell::default(),
-            bridge,
+            remote: std::cell::OnceCell::new(),
             bridge_shard,
             next_conn: Cell::new(0),
             next_token: Cell::new(0),

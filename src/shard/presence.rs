@@ -51,7 +51,7 @@ impl Shard {
             PresenceMsg::Join { topic, conn, client, user, ack } => {
                 let member = Member { client: client.clone(), user: user.clone() };
                 let joined = self.presence.borrow_mut().join(&topic, conn, member);
-                let ack = match &self.bridge {
+                let ack = match self.remote() {
                     Some(bridge) if joined => bridge.presence_write(&topic, true, &client, user.as_ref(), ack),
                     _ => ack,
                 };
@@ -66,7 +66,7 @@ impl Shard {
                     // Everyone but the joining connection itself, once the
                     // node's SUBSCRIBE of the topic is confirmed.
                     let event = Outgoing::presence(&topic, Kind::Join { client, user });
-                    let event = match &self.bridge {
+                    let event = match self.remote() {
                         Some(bridge) => bridge.hold_join(&topic, conn, event),
                         None => Some(event),
                     };
@@ -78,7 +78,7 @@ impl Shard {
             PresenceMsg::Leave { topic, conn } => {
                 let Some(member) = self.presence.borrow_mut().leave(&topic, conn) else { return };
                 let mut unannounced = false;
-                if let Some(bridge) = &self.bridge {
+                if let Some(bridge) = self.remote() {
                     bridge.presence_write(&topic, false, &member.client, None, None);
                     unannounced = bridge.drop_held_join(&topic, conn);
                 }
@@ -88,7 +88,7 @@ impl Shard {
             }
             PresenceMsg::Query { topic, stats, from, conn, id } => {
                 let max = self.config.limits.max_presence_clients;
-                match &self.bridge {
+                match self.remote() {
                     Some(bridge) => bridge.query_presence(&topic, stats, max, from, conn, id),
                     None => {
                         let found = self.presence.borrow().find(&topic, stats, max);
@@ -103,8 +103,8 @@ impl Shard {
     /// Delivers a join or leave on this node and, with Redis (the owner is
     /// then the bridge shard), passes it to the other nodes.
     pub(crate) fn announce(&self, event: Arc<Outgoing>, skip: Option<ConnId>) {
-        if let Some(bridge) = &self.bridge {
-            bridge.enqueue(&event, self.stats());
+        if let Some(bridge) = self.remote() {
+            bridge.publish(&event, self.stats());
         }
         self.relay(event, skip);
     }

@@ -5,7 +5,7 @@
 //! Handshakes read the current certificate through [`Certificates`] (a read
 //! lock taken once per TLS handshake, never on the delivery path); a reload
 //! swaps it for new handshakes, and a bad new file leaves the old one in
-//! place. [`stream`]: a TCP stream, plain or under TLS; [`client_config`]:
+//! place. `stream`: a TCP stream, plain or under TLS; [`client_config`]:
 //! what `rediss://` connections verify their server with.
 
 mod client;
