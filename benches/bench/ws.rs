@@ -40,7 +40,7 @@ impl Target {
     pub fn parse(url: &str, ca: Option<&str>) -> Result<Target, String> {
         let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
             (Some(rest), _) => (rest, None),
-            (_, Some(rest)) => (rest, Some(tls_config(ca.ok_or(format!("{url}: wss:// needs --ca FILE"))?)?)),
+            (_, Some(rest)) => (rest, Some(shardcast::tls::client_config(Some(std::path::Path::new(ca.ok_or(format!("{url}: wss:// needs --ca FILE"))?)))?)),
             _ => return Err(format!("{url}: only ws:// and wss:// URLs")),
         };
         let (hostport, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
@@ -60,22 +60,6 @@ impl Target {
             "ws"
         }
     }
-}
-
-/// A TLS client config trusting the certificates in the PEM file `ca`.
-fn tls_config(ca: &str) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| format!("{ca}: {e}"))? {
-        roots.add(cert.map_err(|e| format!("{ca}: {e}"))?).map_err(|e| format!("{ca}: {e}"))?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 /// A connection's byte stream: plain TCP or TLS.

@@ -60,21 +60,43 @@ fn listener(addr: SocketAddr, backlog: i32, send_buffer: usize) -> std::io::Resu
     Ok(socket)
 }
 
-/// Whether another process listens on `addr`: a socket without
-/// SO_REUSEPORT cannot bind where any socket is bound, whatever that one
-/// set, so the probe fails exactly when the port is taken. A port given as
-/// 0 is always free.
-fn port_taken(addr: SocketAddr) -> std::io::Result<bool> {
+/// How long the start-up check waits for a connection to the port.
+const PORT_CHECK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How long a listener found on the port may take to go away before the
+/// start is refused: a process that just exited (a crash being restarted)
+/// can leave its listener accepting for some milliseconds, until the
+/// kernel has torn down its io_uring.
+const PORT_CHECK_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether another process listens on `addr` (checked before this process
+/// binds it): a connection to it is still accepted after
+/// [`PORT_CHECK_GRACE`]. A bind without SO_REUSEPORT would say "in use" too
+/// for sockets that only hold the port (an outgoing connection that took it
+/// as its source port, a closing one), which a listener with SO_REUSEADDR
+/// may share; only a listener takes clients away.
+fn port_taken(addr: SocketAddr) -> bool {
     if addr.port() == 0 {
-        return Ok(false);
+        return false;
     }
-    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    probe.set_reuse_address(true)?;
-    match probe.bind(&addr.into()) {
-        Ok(()) => Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(true),
-        Err(e) => Err(e),
+    let deadline = std::time::Instant::now() + PORT_CHECK_GRACE;
+    while accepts(addr) {
+        if std::time::Instant::now() >= deadline {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    false
+}
+
+/// Whether a connection to `addr` (the loopback address for a wildcard) is accepted.
+fn accepts(addr: SocketAddr) -> bool {
+    let target = match addr.ip() {
+        ip if ip.is_unspecified() && addr.is_ipv4() => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port())),
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    };
+    std::net::TcpStream::connect_timeout(&target, PORT_CHECK_TIMEOUT).is_ok()
 }
 
 /// Binds `count` listeners on the same address. With port 0, the first one
@@ -82,7 +104,7 @@ fn port_taken(addr: SocketAddr) -> std::io::Result<bool> {
 /// process listens on is refused (SO_REUSEPORT would let both take clients).
 pub fn bind_all(addr: SocketAddr, count: usize, backlog: i32, send_buffer: usize, share_port: bool) -> Result<(SocketAddr, Vec<Socket>), RuntimeError> {
     let bind_err = |source| RuntimeError::Bind { addr, source };
-    if !share_port && port_taken(addr).map_err(bind_err)? {
+    if !share_port && port_taken(addr) {
         return Err(RuntimeError::PortTaken { addr });
     }
     let first = listener(addr, backlog, send_buffer).map_err(bind_err)?;

@@ -49,10 +49,15 @@ export function freePort() {
   });
 }
 
-/** A running shardcast; `restart()` brings it back on the same port. */
+/**
+ * A running shardcast; `restart()` brings it back on the same port. Without
+ * a port it listens on one the kernel picks (port 0, read back from its
+ * `listening on` line): a port picked here and handed over could be taken
+ * by another test's server meanwhile.
+ */
 export class Server {
   static async start(config = "", port = 0) {
-    const s = new Server(config, port || (await freePort()));
+    const s = new Server(config, port);
     await s.boot();
     return s;
   }
@@ -62,7 +67,10 @@ export class Server {
     this.configPath = join(dir, "config.toml");
     writeFileSync(this.configPath, config);
     this.port = port;
-    this.url = `ws://127.0.0.1:${port}/ws`;
+  }
+
+  get url() {
+    return `ws://127.0.0.1:${this.port}/ws`;
   }
 
   boot() {
@@ -74,7 +82,11 @@ export class Server {
       let out = "";
       child.stdout.on("data", (d) => {
         out += d;
-        if (out.includes("listening on")) resolve();
+        const listening = /listening on wss?:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+        if (listening) {
+          this.port = Number(listening[1]);
+          resolve();
+        }
       });
       child.on("exit", (code) => reject(new Error(`shardcast exited (${code}) before listening: ${out}`)));
     });
