@@ -97,11 +97,11 @@ echo "tests/run.sh: generated FlatBuffers code matches schemas/"
 
 log=$(mktemp)
 trap 'rm -rf "$fresh" "$js" "$log"' EXIT
-# What the work tree holds that git does not track (and does not ignore),
-# before the suite: it must leave nothing behind (a dump.rdb, a screenshot
-# outside target/, a scratch file).
-untracked() { git status --porcelain --untracked-files=all 2>/dev/null | sed -n 's/^?? //p' | sort; }
-untracked_before=$(untracked)
+# How the work tree differs from git before the suite (untracked files not
+# ignored, modified files): the suite must add nothing to it (a dump.rdb, a
+# screenshot outside target/, a scratch file, a lockfile it rewrote).
+worktree() { git status --porcelain --untracked-files=all 2>/dev/null | sort; }
+worktree_before=$(worktree)
 cargo test --all-targets 2>&1 | tee "$log"
 # Autobahn|Testsuite on /echo with compression on, where ../shared/conformance
 # exists (a sample of the slow deflate cases; --full runs all of them).
@@ -110,9 +110,9 @@ bash tests/conformance.sh
 # brings a crash back fails here (fuzz/README.md; longer runs by hand).
 bash fuzz/run.sh "${FUZZ_SECONDS:-20}"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
-left=$(comm -13 <(echo "$untracked_before") <(untracked))
+left=$(comm -13 <(echo "$worktree_before") <(worktree))
 if [ -n "$left" ]; then
-    echo "tests/run.sh: the suite left files in the work tree (write them under target/ or a temporary directory):" >&2
+    echo "tests/run.sh: the suite changed the work tree (write under target/ or a temporary directory; commit a lockfile it had to update):" >&2
     echo "$left" >&2
     exit 1
 fi
