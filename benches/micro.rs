@@ -30,7 +30,8 @@ fn shard(shards: usize) -> (Shard, Vec<bus::Inbox>) {
     let config = Config::from_toml("[queue]\nmax_messages = 1000000\nmax_bytes = 4294967296\n", &Overrides { listen: None, shards: Some(shards as u64), ..Default::default() }).unwrap();
     let (mailboxes, inboxes) = bus::build(shards, 1 << 16).unwrap();
     let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
-    (Shard::new(0, Arc::new(config), mailboxes, stats, Arc::new(AtomicUsize::new(0)), Default::default()), inboxes)
+    let readiness = std::rc::Rc::new(shardcast::readiness::Readiness::new("micro", || {}).unwrap());
+    (Shard::new(0, Arc::new(config), mailboxes, stats, Arc::new(AtomicUsize::new(0)), Default::default(), readiness), inboxes)
 }
 
 fn codec(c: &mut Criterion) {

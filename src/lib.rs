@@ -18,7 +18,8 @@
 //! - [`config`]: `tuning/shardcast.toml` -> validated [`config::Config`],
 //!   one file per section.
 //! - [`peer`]: the shared half of a connection ([`peer::Peer`], its bounded
-//!   outbox), the cork and the socket writes.
+//!   outbox), the cork and the socket writes. [`readiness`]: the shard's
+//!   epoll set of client sockets, edge-triggered, and its sockets.
 //! - [`topic`]: topic names and the shard-local subscriber registry.
 //! - [`bus`]: cross-shard channels (crossbeam), doorbells, interest map.
 //! - [`shard`]: per-core state ([`shard::Shard`]) and its tasks (bus loop,
@@ -63,6 +64,7 @@ pub mod notify;
 pub mod peer;
 pub mod presence;
 pub mod protocol;
+pub mod readiness;
 pub mod runtime;
 pub mod shard;
 pub mod tls;

@@ -85,4 +85,4 @@ impl Endpoint {
 }
 
 /// A connection to Redis, plain or TLS.
-pub type RedisStream = MaybeTls<futures_rustls::client::TlsStream<TcpStream>>;
+pub type RedisStream = MaybeTls<TcpStream, futures_rustls::client::TlsStream<TcpStream>>;

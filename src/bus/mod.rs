@@ -207,6 +207,11 @@ impl Mailbox {
         }
     }
 
+    /// The shard's doorbell (rung by its readiness watcher too).
+    pub fn doorbell(&self) -> Arc<Doorbell> {
+        self.bell.clone()
+    }
+
     pub fn control(&self, msg: ControlMsg) {
         // Disconnected only during shutdown, when the message no longer matters.
         let _ = self.control.send(msg);

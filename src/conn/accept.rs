@@ -1,16 +1,17 @@
-//! Accepting connections on a shard's `SO_REUSEPORT` listener: one task
-//! per connection ([`super::serve`]); an accept that fails (out of
-//! descriptors, say) is counted, logged once per interval, and retried
-//! after a pause, so a shortage neither spins nor floods the log.
+//! Accepting connections on a shard's `SO_REUSEPORT` listener (in the
+//! shard's readiness set, `accept4` without a `fcntl`): one task per
+//! connection ([`super::serve`]); an accept that fails (out of descriptors,
+//! say) is counted, logged once per interval, and retried after a pause, so
+//! a shortage neither spins nor floods the log.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpListener;
 use glommio::{spawn_local, timer::sleep};
 use tracing::warn;
 
 use crate::metrics::ShardStats;
+use crate::readiness::Listener;
 use crate::shard::Shard;
 
 /// How often a shard logs that accept() keeps failing (e.g. EMFILE).
@@ -20,7 +21,7 @@ const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Accepts connections until cancelled, each served by a task of its own.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+pub async fn accept_loop(shard: Rc<Shard>, listener: Listener) {
     let mut last_logged: Option<Instant> = None;
     let mut failures_since_log = 0u64;
     loop {
@@ -29,7 +30,6 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 spawn_local(super::serve(shard.clone(), stream)).detach();
             }
             Err(err) => {
-                let err: std::io::Error = err.into();
                 ShardStats::add(&shard.stats().accept_errors, 1);
                 failures_since_log += 1;
                 let now = Instant::now();

@@ -53,7 +53,7 @@ impl Conn {
     }
 
     /// Plain TCP: what [`flush_direct`] cannot send now waits for
-    /// writability through the reactor.
+    /// writability (the socket's next event in the shard's readiness set).
     fn poll_flush_plain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let shard = self.shard.clone();
         loop {
@@ -61,7 +61,8 @@ impl Conn {
             match flushed? {
                 Flushed::All => return Poll::Ready(Ok(())),
                 Flushed::WouldBlock => {
-                    // glommio's poll_write retries the send and registers the waker.
+                    // The socket's poll_write retries the send and, when the
+                    // buffer is still full, waits for its next event.
                     let head = self.peer.outbox().head().expect("outbox not empty");
                     match Pin::new(&mut self.stream).poll_write(cx, &head) {
                         Poll::Ready(Ok(n)) => wrote(&mut self.peer.outbox(), n, shard.stats()),

@@ -25,14 +25,13 @@ pub use accept::accept_loop;
 /// The byte stream under a connection's frames. Only the plain one has the
 /// direct `sendmsg` path (`peer::send`): under TLS every byte goes through
 /// the record layer.
-pub type Transport = crate::tls::MaybeTls<futures_rustls::server::TlsStream<TcpStream>>;
+pub type Transport = crate::tls::MaybeTls<Socket, futures_rustls::server::TlsStream<Socket>>;
 
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, Future};
-use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use tracing::debug;
 
@@ -40,6 +39,7 @@ use crate::clock::Stamp;
 use crate::codes::close;
 use crate::metrics::ShardStats;
 use crate::peer::Peer;
+use crate::readiness::Socket;
 use crate::shard::{PendingPublish, Shard};
 use crate::ws::deflate::{InflateError, Mode};
 use crate::ws::frame::{self, Opcode};
@@ -57,7 +57,7 @@ const READ_BUDGET: usize = 16;
 /// A hand-written future rather than an `async fn`: an idle connection's
 /// memory is mostly this task, and an enum of "upgrading" (boxed, freed once
 /// done) and "serving" (the [`Conn`]) is as small as it can be.
-pub fn serve(shard: Rc<Shard>, stream: TcpStream) -> Serve {
+pub fn serve(shard: Rc<Shard>, stream: Socket) -> Serve {
     Serve::Upgrading(Box::pin(upgrade::upgrade(shard, stream)))
 }
 
@@ -366,19 +366,25 @@ impl Conn {
 }
 
 /// Idle connections must stay small: these sizes are most of what one costs
-/// (with glommio's poll source and the shard's maps; see benches/README.md).
+/// (with its readiness slot and the shard's maps; see benches/README.md).
 #[cfg(test)]
 mod footprint {
     #[test]
     fn idle_connection_structures_stay_small() {
         let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap();
         ex.run(async {
-            let l = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let s = glommio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let readiness = std::rc::Rc::new(crate::readiness::Readiness::new("test", || {}).unwrap());
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+            socket.listen(16).unwrap();
+            let addr = socket.local_addr().unwrap().as_socket().unwrap();
+            let listener = crate::readiness::Listener::new(socket, &readiness).unwrap();
+            let _client = std::net::TcpStream::connect(addr).unwrap();
+            let s = listener.accept().await.unwrap();
             let (m, _) = crate::bus::build(1, 4).unwrap();
             let cfg = std::sync::Arc::new(crate::config::Config::defaults());
             let stats: std::sync::Arc<[crate::metrics::ShardStats]> = vec![crate::metrics::ShardStats::default()].into();
-            let shard = std::rc::Rc::new(crate::shard::Shard::new(0, cfg, m, stats, Default::default(), Default::default()));
+            let shard = std::rc::Rc::new(crate::shard::Shard::new(0, cfg, m, stats, Default::default(), Default::default(), readiness));
             let task = super::serve(shard, s);
             assert!(std::mem::size_of_val(&task) <= 256, "connection task is {} bytes", std::mem::size_of_val(&task));
             // Rc<Peer> must fit mimalloc's 128-byte size class.

@@ -10,13 +10,13 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use super::rate::{RateStrikes, TokenBucket};
 use super::{Conn, Transport};
 use crate::auth::IpSlot;
 use crate::metrics::ShardStats;
 use crate::peer::Peer;
+use crate::readiness::Socket;
 use crate::protocol::{Encoding, Wire};
 use crate::shard::Shard;
 use crate::ws::deflate::Mode;
@@ -25,7 +25,7 @@ use crate::ws::reader::Reader;
 
 /// The handshake, under `handshake_timeout_ms`; the connection, registered
 /// with its shard, once upgraded.
-pub(super) async fn upgrade(shard: Rc<Shard>, stream: TcpStream) -> Option<Conn> {
+pub(super) async fn upgrade(shard: Rc<Shard>, stream: Socket) -> Option<Conn> {
     // TCP_NODELAY comes from the listening socket (accepted sockets inherit it).
     let timeout = shard.config.server.handshake_timeout;
     // One deadline for the TLS handshake and the HTTP upgrade together.

@@ -3,20 +3,19 @@
 //! (`shard::tasks`), its bridge to Redis on the bridge shard (`bridge`),
 //! then, at the shutdown signal, the shutdown (`shard::shutdown`).
 
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use glommio::net::TcpListener;
 use glommio::spawn_local;
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::bridge::Bridge;
 use crate::bus::{Inbox, Mailbox};
 use crate::config::Config;
 use crate::conn;
 use crate::metrics::ShardStats;
+use crate::readiness::{Listener, Readiness};
 use crate::shard::{self, Shard};
 
 /// Everything a shard needs, built on the main thread and moved to its own.
@@ -42,12 +41,19 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
         .as_ref()
         .filter(|r| r.bridge_shard == index)
         .map(|r| Rc::new(Bridge::new(r.clone(), config.server.node_id.clone(), announcements)));
-    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission));
+    let bell = inbox.bell.clone();
+    let readiness = match Readiness::new(&format!("shard-{index}"), move || bell.ring()) {
+        Ok(readiness) => Rc::new(readiness),
+        Err(e) => return error!(shard = index, "cannot create the shard's readiness set: {e}"),
+    };
+    let listener = match Listener::new(listener, &readiness) {
+        Ok(listener) => listener,
+        Err(e) => return error!(shard = index, "cannot watch the shard's listener: {e}"),
+    };
+    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission, readiness));
     if let Some(bridge) = &bridge {
         shard.attach_remote(bridge.clone());
     }
-    // SAFETY: the fd is a bound, listening TCP socket whose ownership moves here.
-    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let accept = spawn_local(conn::accept_loop(shard.clone(), listener)).detach();
     let background = shard::tasks::start(&shard);
     if let Some(bridge) = &bridge {

@@ -42,6 +42,7 @@ use crate::clock::Stamp;
 use crate::bus::{ControlMsg, InterestMap, Mailbox};
 use crate::config::Config;
 use crate::peer::{Cork, Peer, Queueing};
+use crate::readiness::Readiness;
 use crate::ids::{ConnId, InterestAck};
 use crate::metrics::ShardStats;
 use crate::notify::Notify;
@@ -97,6 +98,8 @@ pub struct Shard {
     /// API publishes waiting for their turn ([`admin::api_publish_loop`]).
     api_queue: RefCell<admin::ApiQueue>,
     api_ready: Notify,
+    /// The shard's epoll set of client sockets, drained by the bus loop.
+    pub readiness: Rc<Readiness>,
     /// The link to the other nodes (the Redis bridge), on the bridge shard
     /// only; attached once at start ([`remote`]).
     remote: std::cell::OnceCell<Rc<dyn Remote>>,
@@ -147,6 +150,7 @@ impl Shard {
         all_stats: Arc<[ShardStats]>,
         node_connections: Arc<AtomicUsize>,
         admission: Arc<Admission>,
+        readiness: Rc<Readiness>,
     ) -> Shard {
         let scratch = vec![0; config.server.read_buffer_bytes];
         let write_scratch = Vec::with_capacity(config.server.write_buffer_bytes);
@@ -184,6 +188,7 @@ impl Shard {
             sequenced_from: (0..shards).map(|_| Cell::new(0)).collect(),
             deferred_queries: RefCell::default(),
             presence: RefCell::default(),
+            readiness,
             remote: std::cell::OnceCell::new(),
             bridge_shard,
             next_conn: Cell::new(0),

@@ -110,6 +110,8 @@ async fn drain(shard: &Shard, deadline: Instant) {
     }
     drop(peers);
     while !shard.peers.borrow().is_empty() && Instant::now() < deadline {
+        // The bus loop has ended: the connections' socket events come from here.
+        shard.readiness.drain();
         sleep(DRAIN_POLL).await;
     }
     let left: Vec<_> = shard.peers.borrow().values().cloned().collect();

@@ -57,19 +57,22 @@ pub(super) struct Pumped {
     pub relay_left: usize,
     /// A `Shutdown` was among the control messages.
     pub shutdown: bool,
+    /// Sockets that became ready (their tasks were woken).
+    pub ready: usize,
 }
 
 impl Pumped {
     pub(super) fn worked(&self) -> bool {
-        self.control || self.data > 0 || self.numbered > 0
+        self.control || self.data > 0 || self.numbered > 0 || self.ready > 0
     }
 }
 
-/// One pass over the inbox: every control message, a batch of publishes,
-/// the relay, and a batch of history publishes to number (only while the
-/// relay is short, see `bus`). Never waits.
+/// One pass over the shard's events: the sockets that became ready (their
+/// tasks are woken), every control message, a batch of publishes, the
+/// relay, and a batch of history publishes to number (only while the relay
+/// is short, see `bus`). Never waits.
 pub(super) fn pump(shard: &Shard, inbox: &Inbox) -> Pumped {
-    let mut done = Pumped::default();
+    let mut done = Pumped { ready: shard.readiness.drain(), ..Pumped::default() };
     while let Ok(msg) = inbox.control.try_recv() {
         match msg {
             ControlMsg::Shutdown => done.shutdown = true,
@@ -131,8 +134,9 @@ pub async fn serve_bus(shard: &Shard, mut inbox: Inbox) -> Inbox {
     inbox
 }
 
-/// Delivers cross-shard traffic; sleeps on the doorbell when there is none.
-/// Returns when told to shut down.
+/// Delivers cross-shard traffic and wakes the tasks of sockets that became
+/// ready; sleeps on the doorbell when there is neither. Returns when told to
+/// shut down.
 async fn bus_loop(shard: &Shard, inbox: &Inbox, bell: &mut UnixStream) {
     let mut rings = [0u8; 64];
     loop {
@@ -152,6 +156,9 @@ async fn bus_loop(shard: &Shard, inbox: &Inbox, bell: &mut UnixStream) {
             continue;
         }
         inbox.bell.arm();
+        // A socket that becomes ready from now on rings the bell too (the
+        // readiness watcher; one that already is rings it at once).
+        shard.readiness.rearm();
         if !inbox.control.is_empty() || !inbox.data.is_empty() || !inbox.sequence.is_empty() {
             inbox.bell.disarm();
             continue;

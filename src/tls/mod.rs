@@ -12,7 +12,7 @@ mod client;
 mod stream;
 
 pub use client::client_config;
-pub use stream::{MaybeTls, OverTcp};
+pub use stream::{MaybeTls, Over};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

@@ -1,7 +1,8 @@
 //! [`MaybeTls`]: a TCP stream, plain or under TLS, read and written the
 //! same way either way. The connection task's transport is one (server
-//! side), and so is the bridge's connection to Redis (client side). The TLS
-//! state is boxed: it is large, and a plain stream should not pay for it.
+//! side, over a `readiness::Socket`), and so is the bridge's connection to
+//! Redis (client side, over a glommio stream). The TLS state is boxed: it
+//! is large, and a plain stream should not pay for it.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -9,27 +10,26 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 
-/// Plain TCP, or TLS (`T`: a rustls stream over the same TCP stream).
-pub enum MaybeTls<T> {
-    Plain(TcpStream),
+/// Plain TCP (`S`), or TLS over it (`T`: a rustls stream over an `S`).
+pub enum MaybeTls<S, T> {
+    Plain(S),
     Tls(Box<T>),
 }
 
-/// A TLS stream over a glommio TCP stream (server or client side).
-pub trait OverTcp: AsyncRead + AsyncWrite + Unpin {
-    fn tcp(&self) -> &TcpStream;
+/// A TLS stream over a TCP stream `S` (server or client side).
+pub trait Over<S>: AsyncRead + AsyncWrite + Unpin {
+    fn tcp(&self) -> &S;
 }
 
-impl OverTcp for futures_rustls::server::TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> Over<S> for futures_rustls::server::TlsStream<S> {
+    fn tcp(&self) -> &S {
         self.get_ref().0
     }
 }
 
-impl OverTcp for futures_rustls::client::TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> Over<S> for futures_rustls::client::TlsStream<S> {
+    fn tcp(&self) -> &S {
         self.get_ref().0
     }
 }
@@ -38,9 +38,9 @@ impl OverTcp for futures_rustls::client::TlsStream<TcpStream> {
 trait Io: AsyncRead + AsyncWrite + Unpin {}
 impl<X: AsyncRead + AsyncWrite + Unpin> Io for X {}
 
-impl<T: OverTcp> MaybeTls<T> {
+impl<S: AsyncRead + AsyncWrite + Unpin + AsRawFd, T: Over<S>> MaybeTls<S, T> {
     /// The TCP stream under it.
-    pub fn tcp(&self) -> &TcpStream {
+    pub fn tcp(&self) -> &S {
         match self {
             MaybeTls::Plain(s) => s,
             MaybeTls::Tls(s) => s.tcp(),
@@ -54,7 +54,9 @@ impl<T: OverTcp> MaybeTls<T> {
 
     /// The peer's address, `None` once the connection is gone.
     pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
-        self.tcp().peer_addr().ok().map(|a| a.ip())
+        // SAFETY: the descriptor is open while `self` lives, longer than the borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.raw_fd()) };
+        socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket().map(|a| a.ip())
     }
 
     fn io(self: Pin<&mut Self>) -> Pin<&mut dyn Io> {
@@ -65,13 +67,13 @@ impl<T: OverTcp> MaybeTls<T> {
     }
 }
 
-impl<T: OverTcp> AsyncRead for MaybeTls<T> {
+impl<S: AsyncRead + AsyncWrite + Unpin + AsRawFd, T: Over<S>> AsyncRead for MaybeTls<S, T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         self.io().poll_read(cx, buf)
     }
 }
 
-impl<T: OverTcp> AsyncWrite for MaybeTls<T> {
+impl<S: AsyncRead + AsyncWrite + Unpin + AsRawFd, T: Over<S>> AsyncWrite for MaybeTls<S, T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.io().poll_write(cx, buf)
     }
