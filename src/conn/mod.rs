@@ -389,6 +389,9 @@ mod footprint {
             assert!(std::mem::size_of_val(&task) <= 256, "connection task is {} bytes", std::mem::size_of_val(&task));
             // Rc<Peer> must fit mimalloc's 128-byte size class.
             assert!(std::mem::size_of::<super::Peer>() + 16 <= 128, "Peer is {} bytes", std::mem::size_of::<super::Peer>());
+            // A topic with one subscriber (a user's own topic, say) holds it inline.
+            let entry = std::mem::size_of::<crate::topic::registry::TopicEntry>();
+            assert!(entry <= 112, "a topic's entry is {entry} bytes");
         });
     }
 }

@@ -2,6 +2,7 @@
 //! shard-local subscriber registry.
 
 pub mod registry;
+pub mod subscribers;
 
 pub use registry::Registry;
 

@@ -3,16 +3,12 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use indexmap::IndexMap;
-
 use crate::auth::TopicOptions;
 use crate::peer::Peer;
 use crate::ids::ConnId;
 use crate::protocol::Wire;
 
-/// One topic's local subscribers, dense for fast fan-out iteration;
-/// `swap_remove` keeps unsubscribe O(1).
-pub type Subscribers = IndexMap<ConnId, Rc<Peer>, ahash::RandomState>;
+pub use super::subscribers::Subscribers;
 
 #[derive(Debug)]
 pub struct TopicEntry {
@@ -64,7 +60,7 @@ impl Registry {
     pub fn subscribe(&mut self, topic: &str, peer: &Rc<Peer>, options: TopicOptions) -> Subscribed {
         let other_wire = usize::from(peer.wire.get() != Wire::default());
         if let Some(entry) = self.topics.get_mut(topic) {
-            let added = entry.subscribers.insert(peer.id, peer.clone()).is_none();
+            let added = entry.subscribers.insert(peer.id, peer.clone());
             if added {
                 entry.other_wires += other_wire;
                 self.client_subscriptions += usize::from(is_client_topic(topic));
@@ -86,7 +82,7 @@ impl Registry {
     /// `last` telling whether the topic has no local subscriber left.
     pub fn unsubscribe(&mut self, topic: &str, id: ConnId) -> Option<bool> {
         let entry = self.topics.get_mut(topic)?;
-        let peer = entry.subscribers.swap_remove(&id)?;
+        let peer = entry.subscribers.remove(&id)?;
         if peer.wire.get() != Wire::default() {
             entry.other_wires -= 1;
         }
