@@ -326,7 +326,7 @@ pub(crate) mod tests {
         }
         let c = Config::from_toml("[server]\nreturn_memory_delay_ms = -1", &Overrides::default()).unwrap();
         assert_eq!(c.server.return_memory_delay, None);
-        assert_eq!(Config::defaults().server.return_memory_delay, Some(Duration::ZERO));
+        assert_eq!(Config::defaults().server.return_memory_delay, Some(Duration::from_millis(100)));
     }
 
     #[test]

@@ -359,7 +359,7 @@ fn churn(server: &Server, n: usize) {
 
 /// Issue 22.6: after rounds of 2,000 aborted connections the idle RSS stayed
 /// at its peak (+36%): not a leak, the allocator keeping freed pages. They
-/// go back to the OS now (`[server] return_memory_delay_ms = 0`).
+/// go back to the OS now (`[server] return_memory_delay_ms`, 100 ms).
 #[test]
 fn memory_after_connection_churn_returns_near_the_pre_churn_level() {
     let server = Server::start("[server]\nmax_connections = 5000\n", &["--shards", "2"]);
