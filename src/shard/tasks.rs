@@ -33,11 +33,17 @@ async fn flush_loop(shard: Rc<Shard>) {
     loop {
         shard.cork.ready.wait().await;
         shard.cork.take(&mut batch);
-        for chunk in batch.chunks(FLUSH_CHUNK) {
+        let chunks = batch.len().div_ceil(FLUSH_CHUNK);
+        for (i, chunk) in batch.chunks(FLUSH_CHUNK).enumerate() {
             Cork::send(chunk, &mut shard.write_scratch.borrow_mut(), shard.stats());
-            // A flush of many thousands of connections (a heartbeat round, a
-            // huge topic) lets the reactor and other tasks run in between.
-            glommio::yield_if_needed().await;
+            if i + 1 < chunks {
+                // A flush of many thousands of connections (a heartbeat
+                // round, a huge topic) lets the connections whose sockets
+                // became ready run in between: a publisher's next messages
+                // then join the frames the rest of the batch is sent.
+                shard.readiness.drain();
+                futures_lite::future::yield_now().await;
+            }
         }
         ShardStats::add(&shard.stats().cork_flushes, 1);
         batch.clear();
