@@ -94,6 +94,15 @@ if ! diff -ru "$js/out" clients/js/src/fb; then
     exit 1
 fi
 echo "tests/run.sh: generated FlatBuffers code matches schemas/"
+# The lockfiles match the manifests (the fuzz crate has its own, which a new
+# dependency of shardcast changes too): fail here, at once, not after the
+# suite rewrote one.
+for manifest in Cargo.toml fuzz/Cargo.toml; do
+    if ! cargo metadata --locked --format-version 1 --manifest-path "$manifest" >/dev/null; then
+        echo "tests/run.sh: the lockfile beside $manifest is stale; run: cargo metadata --format-version 1 --manifest-path $manifest >/dev/null, and commit it" >&2
+        exit 1
+    fi
+done
 
 log=$(mktemp)
 trap 'rm -rf "$fresh" "$js" "$log"' EXIT
