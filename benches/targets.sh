@@ -6,6 +6,7 @@
 # 0 with one shard, generator to CPU 1 (a 2-core host; adjust the CPUs).
 #
 #   bash benches/targets.sh [OUT_DIR]       # ~25 minutes, ~35 with uWebSockets
+#   NO_NODE=1 bash benches/targets.sh       # without the Node.js peer (the referee's rows)
 #
 # Needs: cargo build --release --bins. Installs the Node.js peer's packages
 # (benches/peers/install.sh) when node is present.
@@ -24,7 +25,7 @@ GEN="taskset -c $GEN_CPU $B/shardcast-bench"
 
 bash benches/peers/install.sh
 NODE=(--no-node)
-if [ -f benches/peers/ws/node_modules/ws/package.json ] && command -v node >/dev/null; then
+if [ -z "${NO_NODE:-}" ] && [ -f benches/peers/ws/node_modules/ws/package.json ] && command -v node >/dev/null; then
     NODE=(--node "$PIN node benches/peers/ws/server.mjs --listen 127.0.0.1:0")
 fi
 UWS=(--no-uws)
@@ -42,7 +43,7 @@ compare fanout-1k-sweep --windows 1,8,64,256 --scenario fanout --subscribers 100
 compare fanout-10k --scenario fanout --subscribers 10000 --max --window 8 --duration 5 --warmup 1
 compare fanout-rate --scenario fanout --subscribers 1000 --rate 50 --duration 10 --warmup 2
 compare rooms --scenario rooms --clients 2000 --room-size 10 --msg-rate 10 --duration 10 --warmup 2
-compare idle-19k --scenario idle --connections 19000 --duration 10 --warmup 0
+compare idle-19k --scenario idle --connections 19000 --topics 19000 --duration 10 --warmup 0
 compare connect --scenario connect --concurrency 64 --duration 5 --warmup 1
 compare echo --scenario echo --connections 64 --duration 5 --warmup 1
 python3 benches/summarize.py "$OUT"
