@@ -491,8 +491,9 @@ export class Shardcast extends Emitter {
     sub.state = "subscribed";
     sub.emit("subscribed", { recovered, offset: ack.offset, epoch: ack.epoch });
     if (recovered) for (const p of ack.publications ?? []) sub._deliver(p.payload, p.offset, ack.epoch);
-    // Frames that raced the ack (they follow it on the wire, so there are none
-    // in practice; kept in order just in case).
+    // Messages decoded after the ack but before this continuation ran (the
+    // ones that came in the same read as the ack), in order. A conforming
+    // server sends none before the ack, so this holds one read's worth.
     for (const m of sub._early ?? []) sub._deliver(m.payload, m.offset, m.epoch);
     sub._early = undefined;
   }
