@@ -444,7 +444,10 @@ export class Shardcast extends Emitter {
     this.state = "connected";
     this.info = { client: welcome.client, node: welcome.node, shard: welcome.shard, user: welcome.user };
     this._scheduleRefresh();
-    this.emit("connected", this.info);
+    // What was there before this connection goes first: the subscriptions
+    // again, then what was queued while away. Then the event, so that what
+    // its handlers subscribe is sent once and what they publish follows the
+    // queue.
     for (const sub of this._subs.values()) {
       sub.state = "unsubscribed";
       this._subscribe(sub);
@@ -452,6 +455,7 @@ export class Shardcast extends Emitter {
     const pending = this._pending;
     this._pending = [];
     for (const { req, resolve, reject } of pending) this._request(req).then(resolve, reject);
+    this.emit("connected", this.info);
   }
 
   async _subscribe(sub) {

@@ -1,0 +1,50 @@
+// The order of things at a (re)connect, seen from a server written here (on
+// `ws`) that records every request: subscriptions made inside a "connected"
+// handler are sent once, and publishes queued while disconnected go before
+// the ones the handler makes.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { WebSocketServer } from "ws";
+
+import { Shardcast } from "../src/index.js";
+import { next } from "./server.js";
+
+async function recordingServer() {
+  const wss = new WebSocketServer({ host: "127.0.0.1", port: 0, handleProtocols: (p) => [...p][0] });
+  await new Promise((resolve) => wss.once("listening", resolve));
+  const requests = [];
+  wss.on("connection", (ws) => {
+    ws.send(JSON.stringify({ type: "welcome", client: "n:1-1", node: "n", shard: 0 }));
+    ws.on("message", (data) => {
+      const req = JSON.parse(String(data));
+      requests.push(req);
+      ws.send(JSON.stringify({ type: "ack", id: req.id }));
+    });
+  });
+  return { wss, requests, url: `ws://127.0.0.1:${wss.address().port}/ws` };
+}
+
+test("a subscribe inside the connected handler is sent once; queued publishes go first", async () => {
+  const { wss, requests, url } = await recordingServer();
+  const c = new Shardcast(url);
+  const queued = c.publish("feed", "queued while disconnected");
+  let sub;
+  const onConnected = () => {
+    c.off("connected", onConnected);
+    sub = c.subscribe("room");
+    c.publish("feed", "from the handler");
+  };
+  c.on("connected", onConnected);
+  const up = next(c, "connected");
+  c.connect();
+  await up;
+  await next(sub, "subscribed");
+  await queued;
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const subscribes = requests.filter((r) => r.type === "subscribe" && r.topic === "room");
+  assert.equal(subscribes.length, 1, JSON.stringify(requests));
+  const publishes = requests.filter((r) => r.type === "publish").map((r) => r.payload);
+  assert.deepEqual(publishes, ["queued while disconnected", "from the handler"]);
+  c.disconnect();
+  await new Promise((resolve) => wss.close(resolve));
+});
