@@ -127,10 +127,14 @@ pub fn spawn(config: Arc<Config>, bound: Bound, wiring: Wiring) -> std::io::Resu
     });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let listener = bound.listener;
+    // The start waits until the thread is placed, so that once the node
+    // says it is listening, its admin thread is on `[admin] cpu`.
+    let (placed, is_placed) = std::sync::mpsc::sync_channel::<()>(1);
     std::thread::Builder::new().name("shardcast-admin".into()).spawn(move || {
         if let Some(cpu) = admin.cpu {
             pin_current_thread(cpu);
         }
+        let _ = placed.send(());
         runtime.block_on(async move {
             let listener = match TcpListener::from_std(listener) {
                 Ok(l) => l,
@@ -145,6 +149,9 @@ pub fn spawn(config: Arc<Config>, bound: Bound, wiring: Wiring) -> std::io::Resu
             listener::serve(listener, router(state, admin.max_body_bytes), admin.max_connections, admin.header_timeout).await;
         })
     })?;
+    // An Err means the thread ended before it was placed (it panicked): the
+    // node runs without its admin plane, as it would have anyway.
+    let _ = is_placed.recv();
     Ok(())
 }
 
