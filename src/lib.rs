@@ -17,9 +17,10 @@
 //!   recovery loss-free. [`presence`]: who is subscribed to a topic.
 //! - [`config`]: `tuning/shardcast.toml` -> validated [`config::Config`],
 //!   one file per section.
+//! - [`readiness`]: the shard's epoll set of client sockets,
+//!   edge-triggered, and its sockets.
 //! - [`peer`]: the shared half of a connection ([`peer::Peer`], its bounded
-//!   outbox), the cork and the socket writes. [`readiness`]: the shard's
-//!   epoll set of client sockets, edge-triggered, and its sockets.
+//!   outbox), the cork and the socket writes.
 //! - [`topic`]: topic names and the shard-local subscriber registry.
 //! - [`bus`]: cross-shard channels (crossbeam), doorbells, interest map.
 //! - [`shard`]: per-core state ([`shard::Shard`]) and its tasks (bus loop,

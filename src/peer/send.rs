@@ -8,6 +8,7 @@ use std::io;
 use super::Outbox;
 use crate::clock::Stamp;
 use crate::metrics::ShardStats;
+use crate::readiness::send_vectored;
 
 /// Frames gathered into one `sendmsg`.
 pub const MAX_IOVECS: usize = 64;
@@ -65,23 +66,6 @@ pub fn flush_direct(out: &mut Outbox, fd: i32, scratch: &mut Vec<u8>, stats: &Sh
         }
     }
     Ok(Flushed::All)
-}
-
-/// `sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL)` of several buffers.
-fn send_vectored(fd: i32, bufs: &[libc::iovec]) -> io::Result<usize> {
-    // SAFETY: every iovec points into a `Bytes` the outbox keeps alive for
-    // the duration of the call; msghdr is fully initialised.
-    let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = bufs.len() as _;
-        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
 }
 
 /// Up to [`MAX_IOVECS`] buffers for one `sendmsg`, on the stack.

@@ -24,7 +24,7 @@
 mod socket;
 mod watch;
 
-pub use socket::{Listener, Socket};
+pub use socket::{send_vectored, Listener, Socket};
 
 use std::cell::RefCell;
 use std::io;
@@ -35,6 +35,15 @@ use slab::Slab;
 
 /// Readiness events taken from the set per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 256;
+
+/// A syscall's result: negative is the thread's `errno`.
+fn cvt<T: Copy + PartialOrd + Default>(rc: T) -> io::Result<T> {
+    if rc < T::default() {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
 
 /// A registered socket's place in the set: its slot, and the slot's
 /// generation (so that an event for a socket that is gone, still in the
@@ -197,14 +206,5 @@ impl Readiness {
     /// (at once, if it already has one).
     pub fn rearm(&self) {
         self.watcher.rearm(self.epoll.as_raw_fd());
-    }
-
-    /// Sockets registered.
-    pub fn len(&self) -> usize {
-        self.slots.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -5,7 +5,6 @@
 //! no poll armed per read, one registration per socket for its whole life.
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -13,7 +12,7 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
-use super::{Readiness, Token};
+use super::{cvt, Readiness, Token};
 
 /// A connected, non-blocking TCP socket of this shard.
 pub struct Socket {
@@ -33,11 +32,6 @@ impl Socket {
     fn new(fd: OwnedFd, readiness: &Rc<Readiness>) -> io::Result<Socket> {
         let token = readiness.register(fd.as_raw_fd())?;
         Ok(Socket { fd, token, readiness: readiness.clone() })
-    }
-
-    /// The peer's address, `None` once the connection is gone.
-    pub fn peer_addr(&self) -> Option<SocketAddr> {
-        socket2::SockRef::from(&self.fd).peer_addr().ok()?.as_socket()
     }
 }
 
@@ -66,12 +60,19 @@ fn or_wait<T>(socket: &Socket, cx: &Context<'_>, result: io::Result<T>) -> Poll<
     }
 }
 
-fn cvt(n: isize) -> io::Result<usize> {
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+/// `sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL)` of several buffers on `fd`: a
+/// socket's vectored write, and the shard's flush writing past the socket
+/// (`peer::send`).
+pub fn send_vectored(fd: RawFd, bufs: &[libc::iovec]) -> io::Result<usize> {
+    // SAFETY: every iovec points into memory the caller keeps alive for the
+    // call; msghdr is zeroed but for the iovec array.
+    let n = cvt(unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = bufs.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    })?;
+    Ok(n as usize)
 }
 
 impl AsyncRead for Socket {
@@ -84,7 +85,7 @@ impl AsyncRead for Socket {
                 return Poll::Pending;
             }
             // SAFETY: buf is valid for buf.len() bytes; the fd is open.
-            let n = cvt(unsafe { libc::recv(this.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) });
+            let n = cvt(unsafe { libc::recv(this.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) }).map(|n| n as usize);
             match n {
                 // Less than asked: the socket is empty now (a later arrival
                 // is a new edge). Nothing (EOF) is returned as it is.
@@ -106,20 +107,14 @@ impl AsyncWrite for Socket {
         // Always tried: sends from the shard's flush bypass this socket, so
         // only the kernel knows whether there is room.
         // SAFETY: buf is valid for buf.len() bytes; the fd is open.
-        let n = cvt(unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) });
+        let n = cvt(unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }).map(|n| n as usize);
         or_wait(&self, cx, n)
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        // SAFETY: IoSlice is ABI-compatible with iovec; msghdr is zeroed
-        // but for the iovec array, valid for the call.
-        let n = cvt(unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-            msg.msg_iovlen = bufs.len() as _;
-            libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-        });
-        or_wait(&self, cx, n)
+        // SAFETY: IoSlice is ABI-compatible with iovec on Unix.
+        let iovecs = unsafe { std::slice::from_raw_parts(bufs.as_ptr().cast::<libc::iovec>(), bufs.len()) };
+        or_wait(&self, cx, send_vectored(self.fd.as_raw_fd(), iovecs))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

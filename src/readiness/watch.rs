@@ -14,6 +14,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::thread::JoinHandle;
 
+use super::cvt;
+
 /// `epoll_event.u64` of the shard's set in the watcher's set.
 const SET: u64 = 1;
 /// `epoll_event.u64` of the stop eventfd.
@@ -24,14 +26,6 @@ pub(super) struct Watcher {
     outer: OwnedFd,
     stop: OwnedFd,
     thread: Option<JoinHandle<()>>,
-}
-
-fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
 }
 
 fn ctl(outer: RawFd, op: libc::c_int, fd: RawFd, events: libc::c_int, data: u64) -> io::Result<()> {
