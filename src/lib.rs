@@ -3,8 +3,9 @@
 //! # Layout
 //! Bottom to top: a module uses only those above it in this list
 //! (`docs/architecture.md`, "Layers"; checked by `tests/it/layers.rs`).
-//! - [`clock`], [`codes`], [`ids`], [`notify`]: time stamps, the close and
-//!   error codes, connection ids and interest acks, a local wake-up.
+//! - [`affinity`], [`clock`], [`codes`], [`ids`], [`notify`]: pinning a
+//!   thread to a CPU, time stamps, the close and error codes, connection
+//!   ids and interest acks, a local wake-up.
 //! - [`metrics`]: per-shard counters and latency histograms, the
 //!   Prometheus page.
 //! - [`ws`]: RFC 6455 frames, the HTTP upgrade, permessage-deflate.
@@ -31,7 +32,9 @@
 //! - [`bridge`]: Redis pub/sub between nodes (bridge shard only),
 //!   FlatBuffers envelopes. [`admin`]: the admin plane (HTTP API,
 //!   `/metrics`, health, dashboard) on its own thread; reaches the shards
-//!   only through the [`bus`].
+//!   only through the [`bus`]. [`hooks`]: the calls to the application's
+//!   backend (`[proxy]`), on a thread of their own, answered through the
+//!   [`bus`].
 //! - [`runtime`]: listeners, one pinned glommio executor per shard and each
 //!   shard's life, the readiness line, signals.
 //!
@@ -51,6 +54,7 @@
 //! See `docs/architecture.md`.
 
 pub mod admin;
+pub mod affinity;
 pub mod auth;
 pub mod bridge;
 pub mod bus;
@@ -59,6 +63,7 @@ pub mod codes;
 pub mod config;
 pub mod conn;
 pub mod history;
+pub mod hooks;
 pub mod ids;
 pub mod metrics;
 pub mod notify;

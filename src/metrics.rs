@@ -218,12 +218,73 @@ impl Collector for ShardMetrics {
     }
 }
 
+/// The backend hooks, in the order of `bus::hooks::Hook` (its `name`).
+pub const HOOK_NAMES: [&str; 5] = ["connect", "refresh", "subscribe", "publish", "rpc"];
+
+/// How a hook call ended: its answer's kind, or why it failed (the `result`
+/// label of `shardcast_proxy_requests_total`).
+pub const HOOK_RESULTS: [&str; 8] = ["ok", "error", "disconnect", "timeout", "bad_status", "bad_body", "unreachable", "overloaded"];
+
+/// The node's backend hook calls (`[proxy]`): counts per hook and result,
+/// durations per hook, calls in flight. Written by the hooks thread (and a
+/// shard refusing a call over `max_inflight`), so the counters take atomic
+/// adds: one per call, far off any hot path.
+#[derive(Debug, Default)]
+pub struct HookStats {
+    requests: [[AtomicU64; HOOK_RESULTS.len()]; HOOK_NAMES.len()],
+    /// Written by the hooks thread only.
+    durations: [Histogram; HOOK_NAMES.len()],
+    pub inflight: AtomicU64,
+}
+
+impl HookStats {
+    /// Counts one call of hook `hook` that ended as `HOOK_RESULTS[result]`.
+    pub fn count(&self, hook: usize, result: usize) {
+        self.requests[hook][result].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how long one answered (or failed) call of `hook` took. The
+    /// hooks thread only.
+    pub fn observe(&self, hook: usize, took: std::time::Duration) {
+        self.durations[hook].observe_micros(took.as_micros().min(u128::from(u64::MAX)) as u64);
+    }
+
+    pub fn requests(&self, hook: usize, result: usize) -> u64 {
+        self.requests[hook][result].load(Ordering::Relaxed)
+    }
+}
+
+impl Collector for HookStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let help = "Backend hook calls ([proxy]) by hook and how they ended: ok, error, disconnect (the backend's answers), timeout, bad_status, bad_body, unreachable, overloaded (over proxy.max_inflight, never sent).";
+        let mut metric = encoder.encode_descriptor("proxy_requests", help, None, MetricType::Counter)?;
+        for (hook, name) in HOOK_NAMES.iter().enumerate() {
+            for (result, label) in HOOK_RESULTS.iter().enumerate() {
+                let labels = [("hook", *name), ("result", *label)];
+                metric.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&self.requests(hook, result), None)?;
+            }
+        }
+        let help = "Time from a hook call being sent to the backend to its answer (or failure), by hook.";
+        let mut metric = encoder.encode_descriptor("proxy_duration", help, Some(&Unit::Seconds), MetricType::Histogram)?;
+        for (hook, name) in HOOK_NAMES.iter().enumerate() {
+            let (buckets, sum, count) = self.durations[hook].snapshot();
+            metric.encode_family(&[("hook", *name)])?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        let help = "Backend hook calls in flight on this node (at most proxy.max_inflight).";
+        encoder.encode_descriptor("proxy_inflight", help, None, MetricType::Gauge)?.encode_gauge(&self.inflight.load(Ordering::Relaxed))?;
+        Ok(())
+    }
+}
+
 /// The node's whole metrics page (OpenMetrics text, [`CONTENT_TYPE`]): the
-/// shards' series and the node-wide ones `node` encodes (the user gauges).
-pub fn render(stats: &Arc<[ShardStats]>, node: impl Collector) -> String {
+/// shards' series and the node-wide ones the `node` collectors encode (the
+/// user gauges, the backend hooks).
+pub fn render(stats: &Arc<[ShardStats]>, node: Vec<Box<dyn Collector>>) -> String {
     let mut registry = Registry::with_prefix("shardcast");
     registry.register_collector(Box::new(ShardMetrics { stats: stats.clone() }));
-    registry.register_collector(Box::new(node));
+    for collector in node {
+        registry.register_collector(collector);
+    }
     let mut page = String::new();
     prometheus_client::encoding::text::encode(&mut page, &registry).expect("writing to a String cannot fail");
     page
@@ -240,7 +301,12 @@ mod tests {
         ShardStats::add(&stats[0].connections, 2);
         stats[1].write_delay.observe_micros(30);
         stats[1].write_delay.observe_micros(20_000_000);
-        let page = render(&stats, ShardMetrics { stats: Arc::from(Vec::new()) });
+        let hooks = Arc::new(HookStats::default());
+        hooks.count(3, 1);
+        hooks.observe(3, std::time::Duration::from_millis(2));
+        let page = render(&stats, vec![Box::new(ShardMetrics { stats: Arc::from(Vec::new()) }), Box::new(hooks)]);
+        assert!(page.contains("shardcast_proxy_requests_total{hook=\"publish\",result=\"error\"} 1\n"), "{page}");
+        assert!(page.contains("shardcast_proxy_duration_seconds_count{hook=\"publish\"} 1\n"), "{page}");
         assert!(page.contains("shardcast_publishes_total{shard=\"1\"} 3\n"), "{page}");
         assert!(page.contains("shardcast_connections{shard=\"0\"} 2\n"), "{page}");
         assert!(page.contains("shardcast_compression_input_bytes_total{shard=\"0\"} 0\n"), "{page}");

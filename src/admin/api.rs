@@ -443,7 +443,11 @@ pub async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 
 /// `GET /metrics`: Prometheus / OpenMetrics text.
 pub async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
-    let page = crate::metrics::render(&state.stats, state.admission.gauges());
+    let mut node: Vec<Box<dyn prometheus_client::collector::Collector>> = vec![Box::new(state.admission.gauges())];
+    if let Some(hooks) = &state.hooks {
+        node.push(Box::new(hooks.clone()));
+    }
+    let page = crate::metrics::render(&state.stats, node);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], page).into_response()
 }
 

@@ -38,7 +38,7 @@ use crate::auth::Admission;
 use crate::bus::admin::AdminCall;
 use crate::bus::Mailbox;
 use crate::config::Config;
-use crate::metrics::ShardStats;
+use crate::metrics::{HookStats, ShardStats};
 use cluster::{History, Nodes};
 use shards::Shards;
 
@@ -57,6 +57,8 @@ pub struct AdminState {
     pub shards: Shards,
     pub stats: Arc<[ShardStats]>,
     pub admission: Arc<Admission>,
+    /// The backend hooks' counters, when `[proxy]` sets a URL.
+    pub hooks: Option<Arc<HookStats>>,
     pub history: Mutex<History>,
     pub nodes: Mutex<Nodes>,
     /// Set by the main thread when SIGINT/SIGTERM starts the drain.
@@ -97,6 +99,7 @@ pub struct Wiring {
     pub mailboxes: Vec<Mailbox>,
     pub stats: Arc<[ShardStats]>,
     pub admission: Arc<Admission>,
+    pub hooks: Option<Arc<HookStats>>,
     /// Other nodes' announcements, from the bridge shard.
     pub announcements: mpsc::Receiver<Bytes>,
     /// Raised when the node starts draining (`/readyz` turns 503 at once).
@@ -121,6 +124,7 @@ pub fn spawn(config: Arc<Config>, bound: Bound, wiring: Wiring) -> std::io::Resu
         shards: Shards::new(wiring.mailboxes, admin.shard_timeout, admin.max_pending, bridge),
         stats: wiring.stats,
         admission: wiring.admission,
+        hooks: wiring.hooks,
         history: Mutex::default(),
         nodes: Mutex::new(Nodes::new(config.server.node_id.clone(), admin.max_nodes, admin.node_info_interval)),
         draining: wiring.draining,
@@ -132,7 +136,7 @@ pub fn spawn(config: Arc<Config>, bound: Bound, wiring: Wiring) -> std::io::Resu
     let (placed, is_placed) = std::sync::mpsc::sync_channel::<()>(1);
     std::thread::Builder::new().name("shardcast-admin".into()).spawn(move || {
         if let Some(cpu) = admin.cpu {
-            pin_current_thread(cpu);
+            crate::affinity::pin_current_thread(cpu, "admin");
         }
         let _ = placed.send(());
         runtime.block_on(async move {
@@ -210,19 +214,5 @@ async fn announce(state: Arc<AdminState>, interval: std::time::Duration) {
             Ok(json) => state.shards.call(bridge, AdminCall::Announce(Bytes::from(json))),
             Err(e) => warn!("cannot encode the node summary: {e}"),
         }
-    }
-}
-
-/// Pins the calling thread to `cpu` (checked at start to be one this
-/// process may use); a failure is logged and the thread runs unpinned.
-fn pin_current_thread(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity(0) applies to the calling thread.
-    let pinned = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    };
-    if !pinned {
-        warn!(cpu, "cannot pin the admin thread: {}; it runs unpinned", std::io::Error::last_os_error());
     }
 }

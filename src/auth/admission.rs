@@ -203,7 +203,7 @@ mod tests {
     fn renders_a_histogram() {
         let a = Arc::new(Admission::new(0, 0));
         let slots: Vec<_> = ["a", "a", "a", "b"].iter().map(|u| a.admit_user(&Arc::from(*u)).unwrap()).collect();
-        let page = crate::metrics::render(&Arc::from(Vec::new()), a.gauges());
+        let page = crate::metrics::render(&Arc::from(Vec::new()), vec![Box::new(a.gauges())]);
         assert!(page.contains("shardcast_users 2\n"), "{page}");
         assert!(page.contains("shardcast_connections_per_user_bucket{le=\"2.0\"} 1\n"), "{page}");
         assert!(page.contains("shardcast_connections_per_user_bucket{le=\"4.0\"} 2\n"), "{page}");

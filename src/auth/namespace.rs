@@ -19,6 +19,9 @@ pub enum Access {
     Claim,
     /// No client (backends still publish through Redis).
     Nobody,
+    /// The backend decides, per request (`[proxy] subscribe_url` /
+    /// `publish_url`); the namespace check itself lets it through.
+    Proxy,
 }
 
 impl Access {
@@ -29,6 +32,7 @@ impl Access {
             "users" => Some(Access::Users),
             "claim" => Some(Access::Claim),
             "nobody" => Some(Access::Nobody),
+            "proxy" => Some(Access::Proxy),
             _ => None,
         }
     }
@@ -122,7 +126,9 @@ impl Namespaces {
             return true;
         }
         match (self.access(topic, action), who) {
-            (Access::Anyone, _) => true,
+            // Proxy: the connection asks the backend next (the caller checks
+            // `access` for it before acting).
+            (Access::Anyone | Access::Proxy, _) => true,
             (Access::Users, who) => who.is_some(),
             (Access::Claim, Some(id)) => {
                 let claim = match action {

@@ -19,13 +19,16 @@
 //!   most one unanswered request in flight (it is not read while it waits),
 //!   and a subscribe or unsubscribe adds at most one presence change, so a
 //!   shard's control backlog is at most a few messages per connection of the
-//!   sending shards. Control messages are never dropped.
+//!   sending shards. Hook answers from the hooks thread are bounded the
+//!   same way (one request call and one refresh call per connection, and
+//!   `[proxy] max_inflight` in all). Control messages are never dropped.
 //!
 //! A shard with an empty inbox sleeps in its io_uring; a sender rings its
 //! [`Doorbell`] (one byte on a socketpair) only when the shard said it is
 //! about to sleep, so a busy shard costs no syscall per message.
 
 pub mod admin;
+pub mod hooks;
 pub mod interest;
 
 use std::io::Write;
@@ -82,6 +85,8 @@ pub enum ControlMsg {
     InterestApplied { token: u64 },
     /// A request from the admin plane (answered on its own reply channel).
     Admin(admin::AdminCall),
+    /// A backend's answer to a connection's hook call, from the hooks thread.
+    Hook(hooks::HookReply),
     /// History queries to the topic's offset authority, and their answers.
     History(HistoryMsg),
     /// Presence changes and queries to the topic's owner, and their answers.

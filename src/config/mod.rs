@@ -9,7 +9,8 @@
 //!
 //! One file per section, each with its raw form, its validation and its
 //! tests: `server`, `limits`, `queue`, `bus`, `admin`, `redis`, `auth`,
-//! `tls`, `compression`, `namespaces`, `heartbeat`, `shutdown`, `log`. This file merges, and checks what spans sections.
+//! `tls`, `compression`, `namespaces`, `heartbeat`, `shutdown`, `log`,
+//! `proxy`. This file merges, and checks what spans sections.
 
 pub mod admin;
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod heartbeat;
 pub mod limits;
 pub mod log;
 pub mod namespaces;
+pub mod proxy;
 pub mod queue;
 pub mod redis;
 pub mod server;
@@ -33,6 +35,7 @@ pub use heartbeat::{HeartbeatConfig, RawHeartbeat};
 pub use limits::{LimitsConfig, RawLimits};
 pub use log::{LogConfig, LogFormat, RawLog};
 pub use namespaces::RawNamespace;
+pub use proxy::{ConnectFailure, ProxyConfig, RawProxy};
 pub use queue::{Overflow, QueueConfig, RawQueue};
 pub use redis::{Endpoint, RawRedis, RedisConfig, RedisTopology};
 pub use server::{RawServer, ServerConfig};
@@ -86,6 +89,7 @@ pub struct RawConfig {
     pub heartbeat: RawHeartbeat,
     pub shutdown: RawShutdown,
     pub log: RawLog,
+    pub proxy: RawProxy,
 }
 
 /// The validated configuration every part of the server reads.
@@ -108,6 +112,8 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    /// The backend hooks (all off by default).
+    pub proxy: ProxyConfig,
     /// The effective configuration in file form, for `--print-config`.
     pub raw: RawConfig,
 }
@@ -182,6 +188,11 @@ fn merge(base: &mut toml::Table, user: toml::Table, prefix: &str) -> Result<(), 
         let Some(slot) = base.get_mut(&key) else {
             return Err(ConfigError::UnknownKey { key: full });
         };
+        if FREE_TABLES.contains(&full.as_str()) {
+            free_table(&full, &value)?;
+            *slot = value;
+            continue;
+        }
         match (slot, value) {
             (toml::Value::Table(b), toml::Value::Table(u)) => merge(b, u, &full)?,
             (slot, value) if slot.same_type(&value) => {
@@ -210,12 +221,39 @@ fn merge(base: &mut toml::Table, user: toml::Table, prefix: &str) -> Result<(), 
     Ok(())
 }
 
+/// Tables whose keys are the user's own (header names), each value a string.
+const FREE_TABLES: [&str; 1] = ["proxy.static_headers"];
+
+fn free_table(key: &str, value: &toml::Value) -> Result<(), ConfigError> {
+    let Some(table) = value.as_table() else {
+        return Err(ConfigError::WrongType { key: key.into(), expected: "table", found: value.type_str() });
+    };
+    match table.iter().find(|(_, v)| !v.is_str()) {
+        Some((name, v)) => Err(ConfigError::WrongType { key: format!("{key}.{name}"), expected: "string", found: v.type_str() }),
+        None => Ok(()),
+    }
+}
+
+/// A namespace whose mode is `proxy` needs that hook's URL.
+fn check_proxy_modes(raw: &[RawNamespace], proxy: &ProxyConfig) -> Result<(), ConfigError> {
+    for (i, ns) in raw.iter().enumerate() {
+        for (key, mode, url, hook) in [("subscribe", &ns.subscribe, &proxy.subscribe_url, "proxy.subscribe_url"), ("publish", &ns.publish, &proxy.publish_url, "proxy.publish_url")] {
+            if mode == "proxy" && url.is_none() {
+                return Err(invalid(format!("namespaces[{i}].{key}"), "\"proxy\"", format!("another mode, or set {hook}")));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let server = server::validate(&raw.server)?;
     let admin = admin::validate(&raw.admin)?;
     if let Some(a) = admin.as_ref().filter(|a| a.max_pending < server.shards) {
         return Err(invalid("admin.max_pending", a.max_pending, format!("at least the number of shards ({}): /api/info takes one per shard", server.shards)));
     }
+    let proxy = proxy::validate(&raw.proxy)?;
+    check_proxy_modes(&raw.namespaces, &proxy)?;
     Ok(Config {
         limits: limits::validate(&raw.limits)?,
         queue: queue::validate(&raw.queue)?,
@@ -229,6 +267,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         heartbeat: heartbeat::validate(&raw.heartbeat)?,
         shutdown: shutdown::validate(&raw.shutdown)?,
         log: log::validate(&raw.log)?,
+        proxy,
         server,
         raw,
     })

@@ -69,7 +69,7 @@ pub(super) fn check_tables(items: &[toml::Value]) -> Result<(), ConfigError> {
 }
 
 pub(super) fn validate(raw: &[RawNamespace]) -> Result<Namespaces, ConfigError> {
-    const MODES: &str = "\"anyone\", \"users\", \"claim\" or \"nobody\"";
+    const MODES: &str = "\"anyone\", \"users\", \"claim\", \"proxy\" or \"nobody\"";
     let mut rules = Vec::with_capacity(raw.len());
     for (i, ns) in raw.iter().enumerate() {
         if ns.pattern.is_empty() || ns.pattern.chars().any(char::is_control) {

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::admin;
 use crate::auth::Admission;
+use crate::bus::hooks::HookSender;
 use crate::bus::{self, ControlMsg};
 use crate::config::Config;
 use crate::metrics::ShardStats;
@@ -38,6 +39,8 @@ pub enum RuntimeError {
     Signals(std::io::Error),
     #[error("cannot start the admin plane: {0}")]
     Admin(std::io::Error),
+    #[error("cannot start the backend hooks: {0}")]
+    Hooks(std::io::Error),
     #[error("admin.cpu = {cpu} is not among the CPUs this process may use ({allowed:?})")]
     AdminCpu { cpu: usize, allowed: Vec<usize> },
     #[error("cannot start shard {shard}: {reason}")]
@@ -201,6 +204,17 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         }
     }
 
+    // The backend hooks' thread, when [proxy] sets a URL: it only answers
+    // calls, so it may start before the shards that make them.
+    let hooks = match config.proxy.any() {
+        true => {
+            let (sender, calls) = HookSender::new(config.proxy.max_inflight);
+            crate::hooks::spawn(config.clone(), calls, mailboxes.clone(), sender.stats.clone()).map_err(RuntimeError::Hooks)?;
+            Some(sender)
+        }
+        false => None,
+    };
+
     let (ready_tx, ready_rx) = mpsc::channel::<usize>();
     let mut handles = Vec::with_capacity(shards);
     for (index, (listener, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
@@ -218,6 +232,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             node_connections: node_connections.clone(),
             admission: admission.clone(),
             announcements: (admin_bound.is_some() && bridge_shard == Some(index)).then(|| announce_tx.clone()),
+            hooks: hooks.clone(),
         };
         let ready = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(placement)
@@ -243,6 +258,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                 admission: admission.clone(),
                 announcements: announce_rx,
                 draining: draining.clone(),
+                hooks: hooks.as_ref().map(|h| h.stats.clone()),
             };
             admin::spawn(config.clone(), bound, wiring).map_err(RuntimeError::Admin)?;
             Some(addr)

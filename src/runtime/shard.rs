@@ -30,12 +30,14 @@ pub struct ShardInit {
     pub admission: Arc<crate::auth::Admission>,
     /// Where the bridge shard hands other nodes' announcements to the admin thread.
     pub announcements: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    /// The way to the backend hooks' thread, when `[proxy]` sets a URL.
+    pub hooks: Option<crate::bus::hooks::HookSender>,
 }
 
 /// The shard's whole life, run inside its pinned executor. `ready` is called
 /// once it accepts connections.
 pub async fn run(init: ShardInit, ready: impl FnOnce()) {
-    let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections, admission, announcements } = init;
+    let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections, admission, announcements, hooks } = init;
     let bridge = config
         .redis
         .as_ref()
@@ -53,6 +55,9 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
     let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission, readiness));
     if let Some(bridge) = &bridge {
         shard.attach_remote(bridge.clone());
+    }
+    if let Some(hooks) = hooks {
+        shard.attach_hooks(hooks);
     }
     let accept = spawn_local(conn::accept_loop(shard.clone(), listener)).detach();
     let background = shard::tasks::start(&shard);
