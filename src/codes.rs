@@ -32,6 +32,9 @@ pub enum ErrorCode {
     /// A `presence` reply would list more than `[limits] max_presence_clients`
     /// connections (`presence_stats` still answers).
     TooManyResults,
+    /// The backend's rpc hook refused the call (its own code is the
+    /// frame's `backend_code`).
+    BackendError,
 }
 
 impl ErrorCode {
@@ -47,6 +50,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotAvailable => "not_available",
             ErrorCode::TooManyResults => "too_many_results",
+            ErrorCode::BackendError => "backend_error",
         }
     }
 }

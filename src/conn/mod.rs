@@ -107,6 +107,8 @@ impl Future for Serve {
 enum Blocked {
     /// A publish waits for room on another shard's channel.
     Bus { pending: PendingPublish, retry: Option<Timer> },
+    /// A request waits for the backend's answer (`requests::hooks`).
+    Hook(requests::hooks::Pending),
 }
 
 /// A connection after the upgrade. Owned by its task.
@@ -146,7 +148,7 @@ impl Drop for Conn {
     fn drop(&mut self) {
         // The descriptor closes with `stream`, and may be reused at once.
         self.peer.detach();
-        if self.blocked.is_some() {
+        if matches!(self.blocked.as_deref(), Some(Blocked::Bus { .. })) {
             self.shard.publish_blocked(false);
         }
     }
@@ -159,6 +161,9 @@ impl Conn {
         loop {
             if self.peer.is_aborted() {
                 return Poll::Ready(());
+            }
+            if self.peer.take_hook_mark() {
+                self.on_hook_events();
             }
             match self.poll_flush(cx) {
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
@@ -182,6 +187,11 @@ impl Conn {
             }
             if !self.poll_unblocked(cx) {
                 return Poll::Pending;
+            }
+            // A first request held back while the connect hook decided.
+            if let Some((opcode, mut first)) = self.take_deferred_request() {
+                self.on_message(opcode, &mut first);
+                continue;
             }
             if budget == 0 {
                 cx.waker().wake_by_ref();
@@ -233,7 +243,12 @@ impl Conn {
         if self.peer.awaiting() {
             return false;
         }
-        let Some(Blocked::Bus { pending, retry }) = self.blocked.as_deref_mut() else { return !self.quiesced() };
+        let (pending, retry) = match self.blocked.as_deref_mut() {
+            None => return !self.quiesced(),
+            // Its answer wakes the task (`on_hook_events`).
+            Some(Blocked::Hook(_)) => return false,
+            Some(Blocked::Bus { pending, retry }) => (pending, retry),
+        };
         loop {
             if let Some(timer) = retry {
                 if Pin::new(timer).poll(cx).is_pending() {
@@ -365,33 +380,6 @@ impl Conn {
     }
 }
 
-/// Idle connections must stay small: these sizes are most of what one costs
-/// (with its readiness slot and the shard's maps; see benches/README.md).
+/// Idle connections must stay small: what one costs, checked.
 #[cfg(test)]
-mod footprint {
-    #[test]
-    fn idle_connection_structures_stay_small() {
-        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap();
-        ex.run(async {
-            let readiness = std::rc::Rc::new(crate::readiness::Readiness::new("test", || {}).unwrap());
-            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
-            socket.listen(16).unwrap();
-            let addr = socket.local_addr().unwrap().as_socket().unwrap();
-            let listener = crate::readiness::Listener::new(socket, &readiness).unwrap();
-            let _client = std::net::TcpStream::connect(addr).unwrap();
-            let s = listener.accept().await.unwrap();
-            let (m, _) = crate::bus::build(1, 4).unwrap();
-            let cfg = std::sync::Arc::new(crate::config::Config::defaults());
-            let stats: std::sync::Arc<[crate::metrics::ShardStats]> = vec![crate::metrics::ShardStats::default()].into();
-            let shard = std::rc::Rc::new(crate::shard::Shard::new(0, cfg, m, stats, Default::default(), Default::default(), readiness));
-            let task = super::serve(shard, s);
-            assert!(std::mem::size_of_val(&task) <= 256, "connection task is {} bytes", std::mem::size_of_val(&task));
-            // Rc<Peer> must fit mimalloc's 128-byte size class.
-            assert!(std::mem::size_of::<super::Peer>() + 16 <= 128, "Peer is {} bytes", std::mem::size_of::<super::Peer>());
-            // A topic with one subscriber (a user's own topic, say) holds it inline.
-            let entry = std::mem::size_of::<crate::topic::registry::TopicEntry>();
-            assert!(entry <= 112, "a topic's entry is {entry} bytes");
-        });
-    }
-}
+mod footprint;

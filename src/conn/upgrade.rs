@@ -41,7 +41,7 @@ pub(super) async fn upgrade(shard: Rc<Shard>, stream: Socket) -> Option<Conn> {
         Ok(handshake(&shard, &mut stream).await.map(|up| (up, stream)))
     })
     .await;
-    let Ok(Some((Upgraded { endpoint, response, leftover, token, ip, wire }, stream))) = upgraded else { return None };
+    let Ok(Some((Upgraded { endpoint, response, leftover, token, ip, wire, headers }, stream))) = upgraded else { return None };
     let peer = Rc::new(Peer::new(shard.next_conn_id(), Instant::now()));
     peer.wire.set(wire);
     if let Transport::Plain(tcp) = &stream {
@@ -70,7 +70,7 @@ pub(super) async fn upgrade(shard: Rc<Shard>, stream: Socket) -> Option<Conn> {
         session: None,
     };
     match endpoint {
-        Endpoint::PubSub => conn.begin_session(token, ip),
+        Endpoint::PubSub => conn.begin_session(token, ip, headers),
         Endpoint::Echo => conn.hold_ip(ip),
     }
     Some(conn)
@@ -88,6 +88,9 @@ struct Upgraded {
     ip: Option<IpSlot>,
     /// The negotiated encoding and compression.
     wire: Wire,
+    /// The request headers the connect hook forwards (`[proxy] headers`),
+    /// when a connect hook is configured.
+    headers: Vec<(String, String)>,
 }
 
 /// Reads and answers the HTTP upgrade request. `None` when the connection
@@ -145,7 +148,12 @@ async fn handshake(shard: &Shard, stream: &mut Transport) -> Option<Upgraded> {
                 // task's end (`Shard::remove_peer`) gives the count back.
                 let leftover = buf[consumed..filled].to_vec();
                 let wire = Wire { encoding, deflate: deflate.map_or(Mode::Off, |a| a.mode()) };
-                return Some(Upgraded { endpoint, response, leftover, token, ip: ip.unwrap_or_default(), wire });
+                let proxy = &shard.config.proxy;
+                let headers = match proxy.connect_url {
+                    Some(_) => handshake::forwarded_headers(&buf[..consumed], &proxy.headers),
+                    None => Vec::new(),
+                };
+                return Some(Upgraded { endpoint, response, leftover, token, ip: ip.unwrap_or_default(), wire, headers });
             }
         }
         Decision::Metrics => {

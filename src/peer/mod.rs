@@ -155,6 +155,8 @@ const ABORTED: u8 = 1;
 const AWAITING: u8 = 2;
 /// Listed in the shard's [`Cork`].
 const CORKED: u8 = 4;
+/// See [`Peer::take_hook_mark`].
+const HOOK_EVENT: u8 = 8;
 
 /// Where a shard queues frames: the bounds and overflow policy, its
 /// counters, and the cork that sends what was queued.
@@ -184,7 +186,7 @@ pub struct Peer {
     pub last_seen: Cell<Stamp>,
     /// Last time the server pinged it.
     pub last_ping: Cell<Stamp>,
-    /// [`ABORTED`], [`AWAITING`], [`CORKED`]: one byte, so that
+    /// [`ABORTED`], [`AWAITING`], [`CORKED`], [`HOOK_EVENT`]: one byte, so that
     /// `Peer` stays in its allocation size class.
     flags: Cell<u8>,
     /// How its messages are sent: the negotiated subprotocol's encoding and
@@ -363,6 +365,17 @@ impl Peer {
 
     pub fn set_awaiting(&self, on: bool) {
         self.set_flag(AWAITING, on);
+    }
+
+    /// The shard holds a backend hook event for this connection (an answer,
+    /// or a hook deadline that passed): one flag test per wake-up instead of
+    /// a table lookup. Set by the shard, taken (and cleared) by the task.
+    pub fn mark_hook_event(&self) {
+        self.set_flag(HOOK_EVENT, true);
+    }
+
+    pub fn take_hook_mark(&self) -> bool {
+        self.set_flag(HOOK_EVENT, false)
     }
 
     /// Marks the connection listed in the shard's [`Cork`] (`true`) or taken

@@ -67,7 +67,8 @@ pub fn parse_request<'a>(buf: &'a [u8]) -> Result<Request<'a>, RequestError> {
         Request_::Subscribe => {
             let sub = frame.request_as_subscribe().ok_or_else(missing)?;
             let recover = sub.recover().map(|p| since(p, id, "recover")).transpose()?;
-            Command::Subscribe { topic: required(sub.topic(), id, "topic")?, recover }
+            let data = sub.data().map(|d| Payload::from_bytes(d.bytes()));
+            Command::Subscribe { topic: required(sub.topic(), id, "topic")?, recover, data }
         }
         Request_::Unsubscribe => Command::Unsubscribe { topic: required(frame.request_as_unsubscribe().and_then(|r| r.topic()), id, "topic")? },
         Request_::Publish => {
@@ -89,6 +90,14 @@ pub fn parse_request<'a>(buf: &'a [u8]) -> Result<Request<'a>, RequestError> {
             let h = frame.request_as_history().ok_or_else(missing)?;
             let since = h.since().map(|p| since(p, id, "since")).transpose()?;
             Command::History { topic: required(h.topic(), id, "topic")?, since, limit: h.limit() }
+        }
+        Request_::Connect => {
+            let c = frame.request_as_connect().ok_or_else(missing)?;
+            Command::Connect { data: c.data().map(|d| Payload::from_bytes(d.bytes())) }
+        }
+        Request_::Rpc => {
+            let r = frame.request_as_rpc().ok_or_else(missing)?;
+            Command::Rpc { method: required(r.method(), id, "method")?, data: r.data().map(|d| Payload::from_bytes(d.bytes())) }
         }
         Request_::NONE => return Err(missing()),
         other => {
@@ -124,16 +133,42 @@ pub fn error_frame(err: &RequestError) -> Bytes {
     server_frame(err.id, Event::Error, |b| {
         let code = b.create_string(err.code.as_str());
         let message = b.create_string(&err.message);
-        Error::create(b, &ErrorArgs { code: Some(code), message: Some(message) }).as_union_value()
+        Error::create(b, &ErrorArgs { code: Some(code), message: Some(message), backend_code: None }).as_union_value()
     })
 }
 
-pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>) -> Bytes {
+pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>, data: Option<&str>) -> Bytes {
     server_frame(None, Event::Welcome, |b| {
         let client = b.create_string(client);
         let node = b.create_string(node);
         let user = user.map(|u| b.create_string(u));
-        Welcome::create(b, &WelcomeArgs { client: Some(client), node: Some(node), shard: shard as u32, user }).as_union_value()
+        let data = data.map(|d| b.create_vector(d.as_bytes()));
+        Welcome::create(b, &WelcomeArgs { client: Some(client), node: Some(node), shard: shard as u32, user, data }).as_union_value()
+    })
+}
+
+/// A subscribe's ack with the subscribe hook's `data` (JSON text, as bytes).
+pub fn ack_data_frame(id: u64, data: &str) -> Bytes {
+    server_frame(Some(id), Event::Ack, |b| {
+        let data = b.create_vector(data.as_bytes());
+        Ack::create(b, &AckArgs { data: Some(data), ..AckArgs::default() }).as_union_value()
+    })
+}
+
+/// An `RpcResult`: the backend's `data` (JSON text, as bytes), if any.
+pub fn rpc_result_frame(id: u64, data: Option<&str>) -> Bytes {
+    server_frame(Some(id), Event::RpcResult, |b| {
+        let data = data.map(|d| b.create_vector(d.as_bytes()));
+        RpcResult::create(b, &RpcResultArgs { data }).as_union_value()
+    })
+}
+
+/// An `Error` relaying a backend's refusal, with its `backend_code`.
+pub fn backend_error_frame(err: &RequestError, backend_code: u32) -> Bytes {
+    server_frame(err.id, Event::Error, |b| {
+        let code = b.create_string(err.code.as_str());
+        let message = b.create_string(&err.message);
+        Error::create(b, &ErrorArgs { code: Some(code), message: Some(message), backend_code: Some(backend_code) }).as_union_value()
     })
 }
 
@@ -162,6 +197,7 @@ pub fn reply_frame(reply: &Reply<'_>) -> Bytes {
                 publications: pubs,
                 offset: Some(answer.position.offset),
                 epoch: Some(epoch),
+                data: None,
             };
             Ack::create(b, &args).as_union_value()
         }),
@@ -284,7 +320,7 @@ mod tests {
     fn bad_frames_are_bad_requests_never_panics() {
         let none = client_frame(Some(3), Request_::NONE, |_| None);
         assert_eq!(parse_request(&none).unwrap_err().id, Some(3));
-        let no_topic = client_frame(Some(4), Request_::Subscribe, |b| Some(Subscribe::create(b, &SubscribeArgs { topic: None, recover: None }).as_union_value()));
+        let no_topic = client_frame(Some(4), Request_::Subscribe, |b| Some(Subscribe::create(b, &SubscribeArgs { topic: None, ..Default::default() }).as_union_value()));
         let e = parse_request(&no_topic).unwrap_err();
         assert_eq!((e.id, e.code), (Some(4), ErrorCode::BadRequest));
         assert_eq!(parse_request(b"").unwrap_err().code, ErrorCode::BadRequest);
@@ -313,7 +349,7 @@ mod tests {
         let f = message_frame("news", b"\x00\xff");
         let m = flatbuffers::root::<ServerFrame>(body(&f)).unwrap().event_as_message().unwrap();
         assert_eq!((m.topic(), m.payload().unwrap().bytes()), (Some("news"), &b"\x00\xff"[..]));
-        let f = welcome_frame("0-1", "n", 3, None);
+        let f = welcome_frame("0-1", "n", 3, None, None);
         let w = flatbuffers::root::<ServerFrame>(body(&f)).unwrap().event_as_welcome().unwrap();
         assert_eq!((w.client(), w.shard(), w.user()), (Some("0-1"), 3, None));
         let e = RequestError { id: None, code: ErrorCode::Forbidden, message: "no".into() };

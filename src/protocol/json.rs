@@ -43,6 +43,10 @@ struct RawRequest<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     limit: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
 }
 
 /// `{"offset":N,"epoch":"…"}` as a client sends it (other fields ignored,
@@ -119,7 +123,7 @@ pub fn parse_request<'a>(text: &'a [u8]) -> Result<Request<'a>, RequestError> {
     let command = match &*kind {
         "subscribe" => {
             let recover = raw.recover.map(|r| since_field(r, id, "recover")).transpose()?;
-            Command::Subscribe { topic: topic()?, recover }
+            Command::Subscribe { topic: topic()?, recover, data: raw.data.map(Payload::json) }
         }
         "unsubscribe" => Command::Unsubscribe { topic: topic()? },
         "publish" => {
@@ -133,6 +137,8 @@ pub fn parse_request<'a>(text: &'a [u8]) -> Result<Request<'a>, RequestError> {
             Command::Publish { topic, payload, skip_self }
         }
         "ping" => Command::Ping,
+        "connect" => Command::Connect { data: raw.data.map(Payload::json) },
+        "rpc" => Command::Rpc { method: string(raw.method, "method")?, data: raw.data.map(Payload::json) },
         "auth" => Command::Auth { token: string(raw.token, "token")? },
         "refresh" => Command::Refresh { token: string(raw.token, "token")? },
         "send" => Command::Send { user: string(raw.user, "user")?, payload: Payload::json(required(raw.payload, "payload")?) },
@@ -245,14 +251,19 @@ fn push_json_nullable_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// The first frame of an authenticated (or anonymous: `user` = `None`) connection.
-pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>) -> Bytes {
-    let mut body = Vec::with_capacity(80 + client.len() + node.len() + user.map_or(0, str::len));
+/// The welcome; `data` (JSON text, from the connect hook) as its `data`.
+pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>, data: Option<&str>) -> Bytes {
+    let mut body = Vec::with_capacity(80 + client.len() + node.len() + user.map_or(0, str::len) + data.map_or(0, str::len));
     body.extend_from_slice(br#"{"type":"welcome","client":"#);
     push_json_str(&mut body, client);
     body.extend_from_slice(br#","node":"#);
     push_json_str(&mut body, node);
     body.extend_from_slice(format!(r#","shard":{shard},"user":"#).as_bytes());
     push_json_nullable_str(&mut body, user);
+    if let Some(data) = data {
+        body.extend_from_slice(br#","data":"#);
+        body.extend_from_slice(data.as_bytes());
+    }
     body.push(b'}');
     text_frame(&body)
 }
@@ -317,6 +328,41 @@ pub fn ack_frame(id: u64) -> Bytes {
     text_frame(format!(r#"{{"type":"ack","id":{id}}}"#).as_bytes())
 }
 
+/// `{"type":T,"id":N,"data":D}`: `data` is JSON text (a backend's).
+fn data_frame(kind: &str, id: u64, data: &str) -> Bytes {
+    let mut body = Vec::with_capacity(40 + data.len());
+    body.extend_from_slice(format!(r#"{{"type":"{kind}","id":{id},"data":"#).as_bytes());
+    body.extend_from_slice(data.as_bytes());
+    body.push(b'}');
+    text_frame(&body)
+}
+
+/// A subscribe's ack carrying the subscribe hook's `data`.
+pub fn ack_data_frame(id: u64, data: &str) -> Bytes {
+    data_frame("ack", id, data)
+}
+
+/// `{"type":"rpc_result","id":N,"data":D}` (`null` when the backend gave none).
+pub fn rpc_result_frame(id: u64, data: Option<&str>) -> Bytes {
+    data_frame("rpc_result", id, data.unwrap_or("null"))
+}
+
+/// An error frame relaying a backend's refusal: its numeric code as
+/// `backend_code`, its message as the message.
+pub fn backend_error_frame(err: &RequestError, backend_code: u32) -> Bytes {
+    let mut body = Vec::with_capacity(80 + err.message.len());
+    body.extend_from_slice(br#"{"type":"error","#);
+    if let Some(id) = err.id {
+        body.extend_from_slice(format!(r#""id":{id},"#).as_bytes());
+    }
+    body.extend_from_slice(br#""code":""#);
+    body.extend_from_slice(err.code.as_str().as_bytes());
+    body.extend_from_slice(br#"","message":"#);
+    push_json_str(&mut body, &err.message);
+    body.extend_from_slice(format!(r#","backend_code":{backend_code}}}"#).as_bytes());
+    text_frame(&body)
+}
+
 pub fn pong_frame(id: Option<u64>) -> Bytes {
     match id {
         Some(id) => text_frame(format!(r#"{{"type":"pong","id":{id}}}"#).as_bytes()),
@@ -355,7 +401,7 @@ mod tests {
     fn parses_every_request() {
         let r = parse_request(br#"{"type":"subscribe","topic":"news","id":1}"#).unwrap();
         assert_eq!(r.id, Some(1));
-        assert!(matches!(r.command, Command::Subscribe { ref topic, recover: None } if topic == "news"));
+        assert!(matches!(r.command, Command::Subscribe { ref topic, recover: None, .. } if topic == "news"));
         let r = parse_request(br#"{"type":"subscribe","topic":"c","recover":{"offset":10,"epoch":"e1"}}"#).unwrap();
         assert!(matches!(r.command, Command::Subscribe { recover: Some(Since { offset: 10, ref epoch }), .. } if epoch == "e1"));
         let r = parse_request(br#"{"type":"history","topic":"c","since":{"offset":3,"epoch":"e"},"limit":5,"id":3}"#).unwrap();
@@ -443,10 +489,10 @@ mod tests {
         let e = RequestError { id: None, code: ErrorCode::RateLimited, message: "slow \"down\"".into() };
         assert_eq!(body(&error_frame(&e)), serde_json::json!({"type":"error","code":"rate_limited","message":"slow \"down\""}));
         assert_eq!(
-            body(&welcome_frame("c1", "n", 2, None)),
+            body(&welcome_frame("c1", "n", 2, None, None)),
             serde_json::json!({"type":"welcome","client":"c1","node":"n","shard":2,"user":null})
         );
-        assert_eq!(body(&welcome_frame("c1", "n", 2, Some("a\"b")))["user"], "a\"b");
+        assert_eq!(body(&welcome_frame("c1", "n", 2, Some("a\"b"), None))["user"], "a\"b");
         let d = direct_frame(Some("bob"), br#"{"t":1}"#, true);
         assert_eq!(body(&d), serde_json::json!({"type":"direct","from":"bob","payload":{"t":1}}));
         assert_eq!(&embedded_payload(&d, 7)[..], br#"{"t":1}"#);

@@ -80,10 +80,35 @@ impl Encoding {
         }
     }
 
-    pub fn welcome_frame(self, client: &str, node: &str, shard: usize, user: Option<&str>) -> Bytes {
+    /// The welcome; `data` (JSON text) from the connect hook.
+    pub fn welcome_frame(self, client: &str, node: &str, shard: usize, user: Option<&str>, data: Option<&str>) -> Bytes {
         match self {
-            Encoding::Json => json::welcome_frame(client, node, shard, user),
-            Encoding::FlatBuffers => flatbuf::welcome_frame(client, node, shard, user),
+            Encoding::Json => json::welcome_frame(client, node, shard, user, data),
+            Encoding::FlatBuffers => flatbuf::welcome_frame(client, node, shard, user, data),
+        }
+    }
+
+    /// An ack carrying the subscribe hook's `data` (JSON text).
+    pub fn ack_data_frame(self, id: u64, data: &str) -> Bytes {
+        match self {
+            Encoding::Json => json::ack_data_frame(id, data),
+            Encoding::FlatBuffers => flatbuf::ack_data_frame(id, data),
+        }
+    }
+
+    /// The answer to an `rpc` request (`data`: JSON text, or none).
+    pub fn rpc_result_frame(self, id: u64, data: Option<&str>) -> Bytes {
+        match self {
+            Encoding::Json => json::rpc_result_frame(id, data),
+            Encoding::FlatBuffers => flatbuf::rpc_result_frame(id, data),
+        }
+    }
+
+    /// An error relaying a backend's refusal with its numeric code.
+    pub fn backend_error_frame(self, err: &RequestError, backend_code: u32) -> Bytes {
+        match self {
+            Encoding::Json => json::backend_error_frame(err, backend_code),
+            Encoding::FlatBuffers => flatbuf::backend_error_frame(err, backend_code),
         }
     }
 }
@@ -120,11 +145,17 @@ pub struct Request<'a> {
 #[derive(Debug)]
 pub enum Command<'a> {
     /// `recover`: the last position the client saw of the topic.
-    Subscribe { topic: std::borrow::Cow<'a, str>, recover: Option<Since> },
+    /// `data`: for the subscribe hook (`proxy` namespaces).
+    Subscribe { topic: std::borrow::Cow<'a, str>, recover: Option<Since>, data: Option<Payload<'a>> },
     Unsubscribe { topic: std::borrow::Cow<'a, str> },
     /// `payload` is kept verbatim (never re-serialised).
     Publish { topic: std::borrow::Cow<'a, str>, payload: Payload<'a>, skip_self: bool },
     Ping,
+    /// The connect hook's `data`: only as a connection's first request,
+    /// while the server waits to call `[proxy] connect_url`.
+    Connect { data: Option<Payload<'a>> },
+    /// A call to the backend's `[proxy] rpc_url`, answered `rpc_result`.
+    Rpc { method: std::borrow::Cow<'a, str>, data: Option<Payload<'a>> },
     /// Authenticates a connection that brought no token in its upgrade.
     Auth { token: std::borrow::Cow<'a, str> },
     /// Replaces the connection's token with a newer one for the same user.

@@ -26,6 +26,7 @@ impl Shard {
             self.unsubscribe(topic, id);
         }
         self.deadlines.borrow_mut().clear(id);
+        self.forget_hook_events(id);
         self.peers.borrow_mut().remove(&id);
         ShardStats::sub(&self.stats().connections, 1);
         self.node_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -54,8 +55,8 @@ impl Shard {
     }
 
     /// Closes the connections whose deadline passed: 4001 for those that never
-    /// authenticated, 4002 for expired tokens. What is queued for them is
-    /// sent first.
+    /// authenticated, 4002 for expired tokens (what is queued for them is
+    /// sent first); a hook deadline goes to its connection's task.
     pub fn expire_due(&self, now: Stamp) {
         loop {
             let Some((id, kind)) = self.deadlines.borrow_mut().pop_due(now) else { return };
@@ -69,6 +70,9 @@ impl Shard {
                 Deadline::Expiry => {
                     ShardStats::add(&stats.token_expiries, 1);
                     peer.close(close::TOKEN_EXPIRED, "token expired", true);
+                }
+                Deadline::ConnectWait | Deadline::Connect | Deadline::Refresh => {
+                    self.push_hook_event(id, super::hooks::HookEvent::Due(kind));
                 }
             }
         }

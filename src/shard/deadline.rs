@@ -1,5 +1,6 @@
 //! Per-connection deadlines of one shard: the `auth` timeout of a connection
-//! that has not authenticated yet, and the token expiry of one that has.
+//! that has not authenticated yet, the token expiry of one that has, and
+//! the backend hooks' (waiting for connect, refreshing).
 //!
 //! One ordered map, so the shard finds what is due by looking at its first
 //! entry instead of walking every connection, and a task that sleeps until
@@ -18,6 +19,14 @@ pub enum Deadline {
     Auth,
     /// The token expired without a `refresh`: close 4002.
     Expiry,
+    /// No `connect` request came within `[proxy] connect_wait_ms`: call
+    /// the connect hook without data (the connection's task does).
+    ConnectWait,
+    /// The connect hook has not answered within `handshake_timeout_ms`:
+    /// a backend failure (the connection's task applies the policy).
+    Connect,
+    /// A connect result's `expire_at` is near: call the refresh hook.
+    Refresh,
 }
 
 /// Bounded by the shard's connections (one entry each at most).

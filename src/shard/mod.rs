@@ -6,7 +6,8 @@
 //! - `connections`: the table of peers, deadlines, the heartbeat sweep;
 //! - `history`, `presence`: this shard as a topic's offset authority and
 //!   presence owner, and as the asker of others;
-//! - `admin`: calls from the admin plane; `shutdown`: quiesce and drain;
+//! - `admin`: calls from the admin plane; `hooks`: the backend's answers
+//!   on their way to a connection; `shutdown`: quiesce and drain;
 //! - [`tasks`]: the loops every shard runs (bus, flush, sweeper, deadlines).
 //!
 //! Everything in [`Shard`] is `!Send` and touched only by its own executor.
@@ -17,6 +18,7 @@ mod connections;
 pub mod deadline;
 mod fanout;
 mod history;
+pub mod hooks;
 mod interest;
 mod presence;
 mod remote;
@@ -140,6 +142,10 @@ pub struct Shard {
     blocked_publishes: Cell<usize>,
     /// How many shards said they passed each [`crate::bus::DrainStep`].
     drained: [Cell<usize>; 2],
+    /// The way to the backend hooks' thread, when `[proxy]` sets a URL.
+    hooks: std::cell::OnceCell<crate::bus::hooks::HookSender>,
+    /// Hook answers and deadlines waiting for their connection's task.
+    hook_events: RefCell<hooks::HookEvents>,
 }
 
 impl Shard {
@@ -197,6 +203,8 @@ impl Shard {
             drain_started: Cell::new(None),
             blocked_publishes: Cell::new(0),
             drained: Default::default(),
+            hooks: std::cell::OnceCell::new(),
+            hook_events: RefCell::default(),
         }
     }
 
@@ -276,6 +284,7 @@ impl Shard {
             }
             ControlMsg::InterestApplied { token } => self.interest_acked(InterestAck { shard: self.index, token }),
             ControlMsg::Admin(call) => self.on_admin(call),
+            ControlMsg::Hook(reply) => self.on_hook_reply(reply),
             ControlMsg::History(msg) => self.on_history(msg),
             ControlMsg::Presence(msg) => self.on_presence(msg),
             ControlMsg::Drained { step, .. } => self.on_drained(step),
@@ -288,9 +297,14 @@ impl Shard {
         Builder { stats: self.stats(), compressor: &self.compressor, min_bytes: self.config.compression.min_bytes }
     }
 
-    /// The `/metrics` page: every shard's counters and the node's user gauges.
+    /// The `/metrics` page: every shard's counters, the node's user gauges
+    /// and its backend hooks.
     pub fn metrics_page(&self) -> String {
-        crate::metrics::render(&self.all_stats, self.admission.gauges())
+        let mut node: Vec<Box<dyn prometheus_client::collector::Collector>> = vec![Box::new(self.admission.gauges())];
+        if let Some(hooks) = self.hooks.get() {
+            node.push(Box::new(hooks.stats.clone()));
+        }
+        crate::metrics::render(&self.all_stats, node)
     }
 
 }

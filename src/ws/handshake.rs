@@ -58,6 +58,25 @@ fn header_values<'a>(req: &'a httparse::Request<'_, '_>, name: &'a str) -> impl 
     req.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).filter_map(|h| std::str::from_utf8(h.value).ok())
 }
 
+/// The values of the headers named in `names` (lower case) in a complete
+/// request, for the connect hook: repeated headers joined (`; ` for
+/// cookies, `, ` otherwise), non-UTF-8 values skipped, absent ones left out.
+pub fn forwarded_headers(request: &[u8], names: &[String]) -> Vec<(String, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(request), Ok(httparse::Status::Complete(_))) {
+        return Vec::new();
+    }
+    names
+        .iter()
+        .filter_map(|name| {
+            let values: Vec<&str> = header_values(&req, name).map(str::trim).collect();
+            let separator = if name == "cookie" { "; " } else { ", " };
+            (!values.is_empty()).then(|| (name.clone(), values.join(separator)))
+        })
+        .collect()
+}
+
 fn has_token(value: Option<&[u8]>, token: &str) -> bool {
     value.is_some_and(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
 }

@@ -12,6 +12,7 @@ mod conformance;
 mod errors;
 mod faults;
 mod history;
+mod hooks;
 mod layers;
 mod lifecycle;
 mod presence;

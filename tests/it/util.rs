@@ -120,6 +120,16 @@ impl Server {
             .sum()
     }
 
+    /// A metric with these labels (any others summed over), from `/metrics`.
+    pub fn metric_labelled(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let page = http_get(self.admin(), "/metrics");
+        page.lines()
+            .filter(|l| l.starts_with(&format!("shardcast_{name}{{")))
+            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+            .sum()
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: plain kill(2) on our child's pid.
         unsafe { libc::kill(self.child.id() as i32, sig) };
@@ -148,6 +158,13 @@ impl Drop for Server {
 /// Raw HTTP GET; returns the whole response.
 pub fn http_get(addr: &str, path: &str) -> String {
     raw_request(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+}
+
+/// Raw HTTP POST of a JSON body; returns the whole response.
+pub fn http_post(addr: &str, path: &str, body: &Value) -> String {
+    let body = body.to_string();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    raw_request(addr, format!("{head}{body}").as_bytes())
 }
 
 /// Sends raw bytes and returns everything the server answers before closing.

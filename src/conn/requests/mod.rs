@@ -7,7 +7,9 @@
 //! - [`publish`]: `publish`, and the publish rate every sender shares;
 //! - [`direct`]: `send` to a user;
 //! - [`presence`]: `presence`, `presence_stats`;
-//! - [`history`]: `history`.
+//! - [`history`]: `history`;
+//! - [`hooks`]: the backend's say (`[proxy]`): connect, refresh, the
+//!   `proxy` steps of subscribe and publish, `rpc`.
 //!
 //! Runs on the connection's shard, inside its task; never waits. A request
 //! that needs other shards (a subscribe's interest round, a history or
@@ -16,6 +18,7 @@
 
 mod direct;
 mod history;
+pub(super) mod hooks;
 mod presence;
 mod publish;
 pub(super) mod session;
@@ -44,6 +47,9 @@ impl Conn {
             Err(e) => return self.reply_error(e),
         };
         let id = request.id;
+        if self.connect_first(opcode, data, &request.command) {
+            return;
+        }
         if self.awaiting_auth() && !matches!(request.command, Command::Auth { .. }) {
             let message = "authenticate first: send {\"type\":\"auth\",\"token\":…}".into();
             return self.reply_error(RequestError { id, code: ErrorCode::Unauthorized, message });
@@ -52,7 +58,12 @@ impl Conn {
             Command::Ping => self.send(encoding.pong_frame(id)),
             Command::Auth { token } => self.on_auth(id, &token),
             Command::Refresh { token } => self.on_refresh(id, &token),
-            Command::Subscribe { topic, recover } => self.on_subscribe(id, &topic, recover),
+            Command::Subscribe { topic, recover, data } => self.on_subscribe(id, &topic, recover, data),
+            Command::Connect { .. } => {
+                let message = "connect is accepted only as a connection's first request, on a server with a connect hook ([proxy] connect_url)".into();
+                self.reply_error(RequestError { id, code: ErrorCode::BadRequest, message });
+            }
+            Command::Rpc { method, data } => self.on_rpc(id, &method, data),
             Command::Unsubscribe { topic } => self.on_unsubscribe(id, &topic),
             Command::Publish { topic, payload, skip_self } => self.on_publish(id, &topic, payload, skip_self),
             Command::Send { user, payload } => self.on_send(id, &user, payload),

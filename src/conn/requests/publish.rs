@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use crate::auth::Action;
+use crate::auth::{Access, Action};
 use crate::codes::{close, ErrorCode};
 use crate::metrics::ShardStats;
 use crate::protocol::{Payload, RequestError};
@@ -17,6 +17,9 @@ impl Conn {
     pub(super) fn on_publish(&mut self, id: Option<u64>, topic: &str, payload: Payload<'_>, skip_self: bool) {
         if !self.topic_allowed(id, topic, Action::Publish) || !self.take_publish_token(id) {
             return;
+        }
+        if self.shard.config.namespaces.access(topic, Action::Publish) == Access::Proxy {
+            return self.call_publish(id, topic, payload, skip_self);
         }
         let published = self.shard.publish(&self.peer, topic, payload, skip_self);
         self.accepted(id, published);

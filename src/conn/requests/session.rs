@@ -1,6 +1,7 @@
-//! Who a connection is: anonymous, waiting for an `auth` request, or an
-//! authenticated user; and the requests that change that (`auth`,
-//! `refresh`), the welcome frame, and the closes that end it (4001, 4008).
+//! Who a connection is: anonymous, waiting for an `auth` request or for the
+//! connect hook, or an authenticated user; and the requests that change
+//! that (`auth`, `refresh`), the welcome frame, and the closes that end it
+//! (4001, 4008).
 //!
 //! Everything here runs on the connection's shard, at connect time or on one
 //! of these rare requests; the delivery path never looks at a session.
@@ -13,7 +14,9 @@ use crate::codes::{close, ErrorCode};
 use crate::protocol::RequestError;
 use crate::shard::{Deadline, Then};
 use crate::topic;
+use crate::ws::frame::Opcode;
 
+use super::hooks::Connected;
 use super::Conn;
 
 /// The rare per-connection state of identity and admission. Boxed in
@@ -23,6 +26,9 @@ pub(in crate::conn) struct Session {
     state: State,
     /// This connection's count in the node's per-IP table (released on drop).
     _ip: Option<IpSlot>,
+    /// The first request, when it was not `connect`: handled once the
+    /// connect hook answered and the welcome is out.
+    deferred: Option<(Opcode, Vec<u8>)>,
 }
 
 enum State {
@@ -31,30 +37,61 @@ enum State {
     /// Auth is on and no token came with the upgrade: every request but
     /// `auth` is refused until one succeeds or `auth_timeout_ms` passes.
     AwaitingAuth,
+    /// `[proxy] connect_url` decides who it is (boxed: rare and short).
+    Connecting(Box<Connecting>),
     User {
         identity: Identity,
         /// This connection's count in the node's per-user table.
         _slot: UserSlot,
         /// The internal topic carrying the user's direct messages.
         topic: Rc<str>,
+        /// A connect hook's `expire_at` (unix seconds), renewed by refresh.
+        expire_at: Option<u64>,
     },
+}
+
+/// A connection waiting for the connect hook.
+struct Connecting {
+    /// The upgrade's forwarded headers; taken when connect is called.
+    headers: Option<Vec<(String, String)>>,
+    /// The connection's valid token, under `connect_always`.
+    identity: Option<Identity>,
 }
 
 impl Conn {
     /// Starts the connection's session right after the upgrade: verifies the
     /// handshake's token, or waits for an `auth` request, or admits it as
     /// anonymous; queues the welcome frame once it is authenticated.
-    pub(in crate::conn) fn begin_session(&mut self, token: Option<String>, ip: Option<IpSlot>) {
-        let auth = &self.shard.config.auth;
+    pub(in crate::conn) fn begin_session(&mut self, token: Option<String>, ip: Option<IpSlot>, headers: Vec<(String, String)>) {
+        let config = self.shard.config.clone();
+        if config.proxy.connect_url.is_some() {
+            // The connect hook decides for a connection without a valid
+            // token, or for every one with connect_always.
+            let verified = match (&config.auth.verifier, &token) {
+                (Some(verifier), Some(token)) => verifier.verify(token).ok(),
+                _ => None,
+            };
+            if verified.is_none() || config.proxy.connect_always {
+                let connecting = Connecting { headers: Some(headers), identity: verified };
+                self.session = Some(Box::new(Session { state: State::Connecting(Box::new(connecting)), _ip: ip, deferred: None }));
+                let wait = config.proxy.connect_wait;
+                if wait.is_zero() {
+                    return self.call_connect(None);
+                }
+                let at = crate::clock::Stamp::from(std::time::Instant::now() + wait);
+                return self.shard.set_deadline(self.peer.id, at, Deadline::ConnectWait);
+            }
+        }
+        let auth = &config.auth;
         let state = match (&auth.verifier, token) {
             (None, _) => State::Anonymous,
             (Some(verifier), Some(token)) => match verifier.verify(&token) {
                 Ok(identity) => {
-                    self.session = Some(Box::new(Session { state: State::Anonymous, _ip: ip }));
-                    return self.authenticate(identity, None);
+                    self.session = Some(Box::new(Session { state: State::Anonymous, _ip: ip, deferred: None }));
+                    return self.authenticate(identity, None, None);
                 }
                 Err(e) => {
-                    self.session = ip.map(|ip| Box::new(Session { state: State::Anonymous, _ip: Some(ip) }));
+                    self.session = ip.map(|ip| Box::new(Session { state: State::Anonymous, _ip: Some(ip), deferred: None }));
                     return self.refuse_token(e);
                 }
             },
@@ -66,23 +103,121 @@ impl Conn {
             }
         };
         if matches!(state, State::Anonymous) {
-            self.send(self.welcome(None));
+            self.send(self.welcome(None, None));
         }
         if ip.is_some() || !matches!(state, State::Anonymous) {
-            self.session = Some(Box::new(Session { state, _ip: ip }));
+            self.session = Some(Box::new(Session { state, _ip: ip, deferred: None }));
         }
     }
 
     /// Keeps the per-IP count of a connection that has no session otherwise
     /// (`/echo`).
     pub(in crate::conn) fn hold_ip(&mut self, ip: Option<IpSlot>) {
-        self.session = ip.map(|ip| Box::new(Session { state: State::Anonymous, _ip: Some(ip) }));
+        self.session = ip.map(|ip| Box::new(Session { state: State::Anonymous, _ip: Some(ip), deferred: None }));
     }
 
-    fn welcome(&self, user: Option<&str>) -> bytes::Bytes {
+    fn welcome(&self, user: Option<&str>, data: Option<&str>) -> bytes::Bytes {
         let shard = &self.shard;
         let encoding = self.peer.encoding();
-        encoding.welcome_frame(&shard.client_id(self.peer.id), &shard.config.server.node_id, shard.index, user)
+        encoding.welcome_frame(&shard.client_id(self.peer.id), &shard.config.server.node_id, shard.index, user, data)
+    }
+
+    /// Whether the connect hook is still to be called (its first request is
+    /// awaited).
+    pub(in crate::conn) fn connect_uncalled(&self) -> bool {
+        matches!(&self.session.as_deref().map(|s| &s.state), Some(State::Connecting(c)) if c.headers.is_some())
+    }
+
+    /// The forwarded headers, once: `None` when connect was already called.
+    pub(in crate::conn) fn take_connect_headers(&mut self) -> Option<Vec<(String, String)>> {
+        match &mut self.session.as_deref_mut()?.state {
+            State::Connecting(c) => c.headers.take(),
+            _ => None,
+        }
+    }
+
+    pub(in crate::conn) fn defer_first_request(&mut self, opcode: Opcode, data: Vec<u8>) {
+        if let Some(session) = self.session.as_deref_mut() {
+            session.deferred = Some((opcode, data));
+        }
+    }
+
+    /// The deferred first request, once the session is settled and the
+    /// connection is not waiting for anything (so its welcome went first).
+    pub(in crate::conn) fn take_deferred_request(&mut self) -> Option<(Opcode, Vec<u8>)> {
+        if self.peer.awaiting() || self.blocked.is_some() {
+            return None;
+        }
+        let session = self.session.as_deref_mut()?;
+        if matches!(session.state, State::Connecting(_)) {
+            return None;
+        }
+        session.deferred.take()
+    }
+
+    /// The user a hook body names: the identity's, or, while connecting
+    /// under `connect_always`, the valid token's.
+    pub(in crate::conn) fn hook_user(&self) -> Option<&str> {
+        match &self.session.as_deref()?.state {
+            State::User { identity, .. } => Some(&identity.user),
+            State::Connecting(c) => c.identity.as_ref().map(|i| &*i.user),
+            _ => None,
+        }
+    }
+
+    pub(in crate::conn) fn hook_expire_at(&self) -> Option<u64> {
+        match &self.session.as_deref()?.state {
+            State::User { expire_at, .. } => *expire_at,
+            _ => None,
+        }
+    }
+
+    pub(in crate::conn) fn set_hook_expire_at(&mut self, at: Option<u64>) {
+        if let Some(State::User { expire_at, .. }) = self.session.as_deref_mut().map(|s| &mut s.state) {
+            *expire_at = at;
+        }
+    }
+
+    /// Applies the connect hook's decision: welcome the connection as its
+    /// user (or anonymous) with the result's data and channels, or close it.
+    pub(in crate::conn) fn finish_connect(&mut self, connected: Connected) {
+        let token_identity = match self.session.as_deref_mut().map(|s| &mut s.state) {
+            Some(State::Connecting(c)) => c.identity.take(),
+            _ => return,
+        };
+        let (user, expire_at, channels, data) = match connected {
+            Connected::Refused { code, reason } => {
+                if code == close::UNAUTHORIZED {
+                    ShardStats::add(&self.shard.stats().auth_failures, 1);
+                }
+                let reason = clip(&reason, close::MAX_REASON_BYTES);
+                return self.close_session(code, reason);
+            }
+            Connected::As { user, expire_at, channels, data } => (user, expire_at, channels, data),
+        };
+        let identity = match (user, token_identity) {
+            (Some(user), Some(token)) if *token.user == *user => Some(token),
+            (Some(user), _) => Some(Identity { user: user.into(), expires_at: None, subscribe: Box::default(), publish: Box::default() }),
+            (None, token) => token,
+        };
+        match identity {
+            Some(identity) => {
+                self.authenticate(identity, None, data.as_deref());
+                if let (Some(at), Some(State::User { expire_at: slot, .. })) = (expire_at, self.session.as_deref_mut().map(|s| &mut s.state)) {
+                    *slot = Some(at);
+                    self.arm_expiry(at);
+                }
+            }
+            None => {
+                if let Some(session) = self.session.as_deref_mut() {
+                    session.state = State::Anonymous;
+                }
+                self.send(self.welcome(None, data.as_deref()));
+            }
+        }
+        if self.peer.closing_since().is_none() {
+            self.subscribe_server_side(&channels);
+        }
     }
 
     /// The verified identity; `None` for anonymous connections.
@@ -110,7 +245,7 @@ impl Conn {
     /// direct messages, and queues `auth`'s ack (when `ack`) and the welcome
     /// frame. The welcome goes out once the user topic is effective on every
     /// shard (and node), so a direct message sent after it arrives.
-    fn authenticate(&mut self, identity: Identity, ack: Option<u64>) {
+    fn authenticate(&mut self, identity: Identity, ack: Option<u64>, data: Option<&str>) {
         let shard = self.shard.clone();
         let Some(slot) = shard.admission.admit_user(&identity.user) else {
             ShardStats::add(&shard.stats().user_limit_rejections, 1);
@@ -123,12 +258,12 @@ impl Conn {
         if let Some(id) = ack {
             self.send(self.peer.encoding().ack_frame(id));
         }
-        let welcome = self.welcome(Some(&identity.user));
+        let welcome = self.welcome(Some(&identity.user), data);
         let topic = shard.subscribe(&self.peer, &topic::user_topic(&identity.user), TopicOptions::default(), Then::Frame(Some(welcome)), None);
-        let user = State::User { identity, _slot: slot, topic };
+        let user = State::User { identity, _slot: slot, topic, expire_at: None };
         match &mut self.session {
             Some(session) => session.state = user,
-            None => self.session = Some(Box::new(Session { state: user, _ip: None })),
+            None => self.session = Some(Box::new(Session { state: user, _ip: None, deferred: None })),
         }
     }
 
@@ -159,7 +294,7 @@ impl Conn {
             return self.reply_error(RequestError { id, code: ErrorCode::BadRequest, message });
         }
         match verifier.verify(token) {
-            Ok(identity) => self.authenticate(identity, id),
+            Ok(identity) => self.authenticate(identity, id, None),
             Err(e) => self.refuse_token(e),
         }
     }
@@ -188,8 +323,10 @@ impl Conn {
             Some(at) => self.shard.set_deadline(self.peer.id, at, Deadline::Expiry),
             None => self.shard.clear_deadline(self.peer.id),
         }
-        if let Some(State::User { identity, .. }) = self.session.as_deref_mut().map(|s| &mut s.state) {
+        if let Some(State::User { identity, expire_at, .. }) = self.session.as_deref_mut().map(|s| &mut s.state) {
             *identity = fresh;
+            // The token now decides the expiry, not a connect hook's.
+            *expire_at = None;
         }
         if let Some(id) = id {
             self.send(self.peer.encoding().ack_frame(id));
@@ -200,4 +337,13 @@ impl Conn {
         ShardStats::add(&self.shard.stats().forbidden, 1);
         self.reply_error(RequestError { id, code: ErrorCode::Forbidden, message });
     }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }

@@ -13,10 +13,10 @@ pub mod client {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 10;
+pub const ENUM_MAX_REQUEST: u8 = 12;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 11] = [
+pub const ENUM_VALUES_REQUEST: [Request; 13] = [
   Request::NONE,
   Request::Subscribe,
   Request::Unsubscribe,
@@ -28,6 +28,8 @@ pub const ENUM_VALUES_REQUEST: [Request; 11] = [
   Request::Presence,
   Request::PresenceStats,
   Request::History,
+  Request::Connect,
+  Request::Rpc,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -46,9 +48,11 @@ impl Request {
   pub const Presence: Self = Self(8);
   pub const PresenceStats: Self = Self(9);
   pub const History: Self = Self(10);
+  pub const Connect: Self = Self(11);
+  pub const Rpc: Self = Self(12);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Subscribe,
@@ -61,6 +65,8 @@ impl Request {
     Self::Presence,
     Self::PresenceStats,
     Self::History,
+    Self::Connect,
+    Self::Rpc,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -76,6 +82,8 @@ impl Request {
       Self::Presence => Some("Presence"),
       Self::PresenceStats => Some("PresenceStats"),
       Self::History => Some("History"),
+      Self::Connect => Some("Connect"),
+      Self::Rpc => Some("Rpc"),
       _ => None,
     }
   }
@@ -135,10 +143,10 @@ pub struct RequestUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_EVENT: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_EVENT: u8 = 11;
+pub const ENUM_MAX_EVENT: u8 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_EVENT: [Event; 12] = [
+pub const ENUM_VALUES_EVENT: [Event; 14] = [
   Event::NONE,
   Event::Welcome,
   Event::Ack,
@@ -151,6 +159,8 @@ pub const ENUM_VALUES_EVENT: [Event; 12] = [
   Event::PresenceResult,
   Event::PresenceStatsResult,
   Event::HistoryResult,
+  Event::Unsubscribed,
+  Event::RpcResult,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -170,9 +180,11 @@ impl Event {
   pub const PresenceResult: Self = Self(9);
   pub const PresenceStatsResult: Self = Self(10);
   pub const HistoryResult: Self = Self(11);
+  pub const Unsubscribed: Self = Self(12);
+  pub const RpcResult: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Welcome,
@@ -186,6 +198,8 @@ impl Event {
     Self::PresenceResult,
     Self::PresenceStatsResult,
     Self::HistoryResult,
+    Self::Unsubscribed,
+    Self::RpcResult,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -202,6 +216,8 @@ impl Event {
       Self::PresenceResult => Some("PresenceResult"),
       Self::PresenceStatsResult => Some("PresenceStatsResult"),
       Self::HistoryResult => Some("HistoryResult"),
+      Self::Unsubscribed => Some("Unsubscribed"),
+      Self::RpcResult => Some("RpcResult"),
       _ => None,
     }
   }
@@ -376,6 +392,8 @@ pub enum SubscribeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
 /// `recover`: the last position the client saw (recovery namespaces only).
+/// `token`: a subscription token (`token` namespaces); `data`: for the
+/// subscribe hook (`proxy` namespaces).
 pub struct Subscribe<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -391,6 +409,8 @@ impl<'a> ::flatbuffers::Follow<'a> for Subscribe<'a> {
 impl<'a> Subscribe<'a> {
   pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
   pub const VT_RECOVER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TOKEN: ::flatbuffers::VOffsetT = 8;
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -402,6 +422,8 @@ impl<'a> Subscribe<'a> {
     args: &'args SubscribeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Subscribe<'bldr>> {
     let mut builder = SubscribeBuilder::new(_fbb);
+    if let Some(x) = args.data { builder.add_data(x); }
+    if let Some(x) = args.token { builder.add_token(x); }
     if let Some(x) = args.recover { builder.add_recover(x); }
     if let Some(x) = args.topic { builder.add_topic(x); }
     builder.finish()
@@ -422,6 +444,20 @@ impl<'a> Subscribe<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<StreamPosition>>(Subscribe::VT_RECOVER, None)}
   }
+  #[inline]
+  pub fn token(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Subscribe::VT_TOKEN, None)}
+  }
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Subscribe::VT_DATA, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Subscribe<'_> {
@@ -432,6 +468,8 @@ impl ::flatbuffers::Verifiable for Subscribe<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<StreamPosition>>("recover", Self::VT_RECOVER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("token", Self::VT_TOKEN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
      .finish();
     Ok(())
   }
@@ -439,6 +477,8 @@ impl ::flatbuffers::Verifiable for Subscribe<'_> {
 pub struct SubscribeArgs<'a> {
     pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub recover: Option<::flatbuffers::WIPOffset<StreamPosition<'a>>>,
+    pub token: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for SubscribeArgs<'a> {
   #[inline]
@@ -446,6 +486,8 @@ impl<'a> Default for SubscribeArgs<'a> {
     SubscribeArgs {
       topic: None,
       recover: None,
+      token: None,
+      data: None,
     }
   }
 }
@@ -462,6 +504,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SubscribeBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_recover(&mut self, recover: ::flatbuffers::WIPOffset<StreamPosition<'b >>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<StreamPosition>>(Subscribe::VT_RECOVER, recover);
+  }
+  #[inline]
+  pub fn add_token(&mut self, token: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Subscribe::VT_TOKEN, token);
+  }
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Subscribe::VT_DATA, data);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SubscribeBuilder<'a, 'b, A> {
@@ -483,6 +533,8 @@ impl ::core::fmt::Debug for Subscribe<'_> {
     let mut ds = f.debug_struct("Subscribe");
       ds.field("topic", &self.topic());
       ds.field("recover", &self.recover());
+      ds.field("token", &self.token());
+      ds.field("data", &self.data());
       ds.finish()
   }
 }
@@ -1418,6 +1470,217 @@ impl ::core::fmt::Debug for History<'_> {
       ds.finish()
   }
 }
+pub enum ConnectOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The connect hook's `data`, as a connection's first request.
+pub struct Connect<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Connect<'a> {
+  type Inner = Connect<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Connect<'a> {
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Connect { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ConnectArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Connect<'bldr>> {
+    let mut builder = ConnectBuilder::new(_fbb);
+    if let Some(x) = args.data { builder.add_data(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Connect::VT_DATA, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Connect<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ConnectArgs<'a> {
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ConnectArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ConnectArgs {
+      data: None,
+    }
+  }
+}
+
+pub struct ConnectBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConnectBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Connect::VT_DATA, data);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConnectBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ConnectBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Connect<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Connect<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Connect");
+      ds.field("data", &self.data());
+      ds.finish()
+  }
+}
+pub enum RpcOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A call to the backend's rpc hook, answered with an RpcResult.
+pub struct Rpc<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Rpc<'a> {
+  type Inner = Rpc<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Rpc<'a> {
+  pub const VT_METHOD: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Rpc { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RpcArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Rpc<'bldr>> {
+    let mut builder = RpcBuilder::new(_fbb);
+    if let Some(x) = args.data { builder.add_data(x); }
+    if let Some(x) = args.method { builder.add_method(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn method(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Rpc::VT_METHOD, None)}
+  }
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Rpc::VT_DATA, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Rpc<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("method", Self::VT_METHOD, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RpcArgs<'a> {
+    pub method: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for RpcArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RpcArgs {
+      method: None,
+      data: None,
+    }
+  }
+}
+
+pub struct RpcBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RpcBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_method(&mut self, method: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Rpc::VT_METHOD, method);
+  }
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Rpc::VT_DATA, data);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RpcBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RpcBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Rpc<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Rpc<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Rpc");
+      ds.field("method", &self.method());
+      ds.field("data", &self.data());
+      ds.finish()
+  }
+}
 pub enum ClientFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1626,6 +1889,36 @@ impl<'a> ClientFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_connect(&self) -> Option<Connect<'a>> {
+    if self.request_type() == Request::Connect {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Connect::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_rpc(&self) -> Option<Rpc<'a>> {
+    if self.request_type() == Request::Rpc {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Rpc::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ClientFrame<'_> {
@@ -1647,6 +1940,8 @@ impl ::flatbuffers::Verifiable for ClientFrame<'_> {
           Request::Presence => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Presence>>("Request::Presence", pos),
           Request::PresenceStats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStats>>("Request::PresenceStats", pos),
           Request::History => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<History>>("Request::History", pos),
+          Request::Connect => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Connect>>("Request::Connect", pos),
+          Request::Rpc => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Rpc>>("Request::Rpc", pos),
           _ => Ok(()),
         }
      })?
@@ -1778,6 +2073,20 @@ impl ::core::fmt::Debug for ClientFrame<'_> {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        Request::Connect => {
+          if let Some(x) = self.request_as_connect() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Rpc => {
+          if let Some(x) = self.request_as_rpc() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         _ => {
           let x: Option<()> = None;
           ds.field("request", &x)
@@ -1902,6 +2211,7 @@ impl ::core::fmt::Debug for Publication<'_> {
 pub enum WelcomeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// `data`: the connect hook's, when it gave one.
 pub struct Welcome<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1919,6 +2229,7 @@ impl<'a> Welcome<'a> {
   pub const VT_NODE: ::flatbuffers::VOffsetT = 6;
   pub const VT_SHARD: ::flatbuffers::VOffsetT = 8;
   pub const VT_USER: ::flatbuffers::VOffsetT = 10;
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1930,6 +2241,7 @@ impl<'a> Welcome<'a> {
     args: &'args WelcomeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Welcome<'bldr>> {
     let mut builder = WelcomeBuilder::new(_fbb);
+    if let Some(x) = args.data { builder.add_data(x); }
     if let Some(x) = args.user { builder.add_user(x); }
     builder.add_shard(args.shard);
     if let Some(x) = args.node { builder.add_node(x); }
@@ -1966,6 +2278,13 @@ impl<'a> Welcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Welcome::VT_USER, None)}
   }
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Welcome::VT_DATA, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Welcome<'_> {
@@ -1978,6 +2297,7 @@ impl ::flatbuffers::Verifiable for Welcome<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("node", Self::VT_NODE, false)?
      .visit_field::<u32>("shard", Self::VT_SHARD, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
      .finish();
     Ok(())
   }
@@ -1987,6 +2307,7 @@ pub struct WelcomeArgs<'a> {
     pub node: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub shard: u32,
     pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for WelcomeArgs<'a> {
   #[inline]
@@ -1996,6 +2317,7 @@ impl<'a> Default for WelcomeArgs<'a> {
       node: None,
       shard: 0,
       user: None,
+      data: None,
     }
   }
 }
@@ -2022,6 +2344,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WelcomeBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Welcome::VT_USER, user);
   }
   #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Welcome::VT_DATA, data);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WelcomeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WelcomeBuilder {
@@ -2043,6 +2369,7 @@ impl ::core::fmt::Debug for Welcome<'_> {
       ds.field("node", &self.node());
       ds.field("shard", &self.shard());
       ds.field("user", &self.user());
+      ds.field("data", &self.data());
       ds.finish()
   }
 }
@@ -2051,6 +2378,7 @@ pub enum AckOffset {}
 
 /// On a subscribe to a history topic: the topic's `offset` and `epoch`; with
 /// `recover`, also `recovered` and the `publications` missed.
+/// `data`: the subscribe hook's, when it gave one.
 pub struct Ack<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -2068,6 +2396,7 @@ impl<'a> Ack<'a> {
   pub const VT_PUBLICATIONS: ::flatbuffers::VOffsetT = 6;
   pub const VT_OFFSET: ::flatbuffers::VOffsetT = 8;
   pub const VT_EPOCH: ::flatbuffers::VOffsetT = 10;
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2080,6 +2409,7 @@ impl<'a> Ack<'a> {
   ) -> ::flatbuffers::WIPOffset<Ack<'bldr>> {
     let mut builder = AckBuilder::new(_fbb);
     if let Some(x) = args.offset { builder.add_offset(x); }
+    if let Some(x) = args.data { builder.add_data(x); }
     if let Some(x) = args.epoch { builder.add_epoch(x); }
     if let Some(x) = args.publications { builder.add_publications(x); }
     if let Some(x) = args.recovered { builder.add_recovered(x); }
@@ -2115,6 +2445,13 @@ impl<'a> Ack<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Ack::VT_EPOCH, None)}
   }
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Ack::VT_DATA, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Ack<'_> {
@@ -2127,6 +2464,7 @@ impl ::flatbuffers::Verifiable for Ack<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Publication>>>>("publications", Self::VT_PUBLICATIONS, false)?
      .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
      .finish();
     Ok(())
   }
@@ -2136,6 +2474,7 @@ pub struct AckArgs<'a> {
     pub publications: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication<'a>>>>>,
     pub offset: Option<u64>,
     pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for AckArgs<'a> {
   #[inline]
@@ -2145,6 +2484,7 @@ impl<'a> Default for AckArgs<'a> {
       publications: None,
       offset: None,
       epoch: None,
+      data: None,
     }
   }
 }
@@ -2171,6 +2511,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AckBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Ack::VT_EPOCH, epoch);
   }
   #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Ack::VT_DATA, data);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AckBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     AckBuilder {
@@ -2192,6 +2536,7 @@ impl ::core::fmt::Debug for Ack<'_> {
       ds.field("publications", &self.publications());
       ds.field("offset", &self.offset());
       ds.field("epoch", &self.epoch());
+      ds.field("data", &self.data());
       ds.finish()
   }
 }
@@ -2537,6 +2882,7 @@ impl ::core::fmt::Debug for Direct<'_> {
 pub enum ErrorOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// `backend_code`: the backend's own code, when it refused the request.
 pub struct Error<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -2552,6 +2898,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Error<'a> {
 impl<'a> Error<'a> {
   pub const VT_CODE: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_BACKEND_CODE: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2563,6 +2910,7 @@ impl<'a> Error<'a> {
     args: &'args ErrorArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Error<'bldr>> {
     let mut builder = ErrorBuilder::new(_fbb);
+    if let Some(x) = args.backend_code { builder.add_backend_code(x); }
     if let Some(x) = args.message { builder.add_message(x); }
     if let Some(x) = args.code { builder.add_code(x); }
     builder.finish()
@@ -2583,6 +2931,13 @@ impl<'a> Error<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Error::VT_MESSAGE, None)}
   }
+  #[inline]
+  pub fn backend_code(&self) -> Option<u32> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Error::VT_BACKEND_CODE, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Error<'_> {
@@ -2593,6 +2948,7 @@ impl ::flatbuffers::Verifiable for Error<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("code", Self::VT_CODE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .visit_field::<u32>("backend_code", Self::VT_BACKEND_CODE, false)?
      .finish();
     Ok(())
   }
@@ -2600,6 +2956,7 @@ impl ::flatbuffers::Verifiable for Error<'_> {
 pub struct ErrorArgs<'a> {
     pub code: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub backend_code: Option<u32>,
 }
 impl<'a> Default for ErrorArgs<'a> {
   #[inline]
@@ -2607,6 +2964,7 @@ impl<'a> Default for ErrorArgs<'a> {
     ErrorArgs {
       code: None,
       message: None,
+      backend_code: None,
     }
   }
 }
@@ -2623,6 +2981,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Error::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn add_backend_code(&mut self, backend_code: u32) {
+    self.fbb_.push_slot_always::<u32>(Error::VT_BACKEND_CODE, backend_code);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorBuilder<'a, 'b, A> {
@@ -2644,6 +3006,7 @@ impl ::core::fmt::Debug for Error<'_> {
     let mut ds = f.debug_struct("Error");
       ds.field("code", &self.code());
       ds.field("message", &self.message());
+      ds.field("backend_code", &self.backend_code());
       ds.finish()
   }
 }
@@ -3360,6 +3723,217 @@ impl ::core::fmt::Debug for HistoryResult<'_> {
       ds.finish()
   }
 }
+pub enum UnsubscribedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A subscription token expired: the connection is no longer subscribed.
+pub struct Unsubscribed<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Unsubscribed<'a> {
+  type Inner = Unsubscribed<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Unsubscribed<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REASON: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Unsubscribed { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args UnsubscribedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Unsubscribed<'bldr>> {
+    let mut builder = UnsubscribedBuilder::new(_fbb);
+    if let Some(x) = args.reason { builder.add_reason(x); }
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Unsubscribed::VT_TOPIC, None)}
+  }
+  #[inline]
+  pub fn reason(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Unsubscribed::VT_REASON, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Unsubscribed<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("reason", Self::VT_REASON, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UnsubscribedArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub reason: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for UnsubscribedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    UnsubscribedArgs {
+      topic: None,
+      reason: None,
+    }
+  }
+}
+
+pub struct UnsubscribedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UnsubscribedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Unsubscribed::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_reason(&mut self, reason: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Unsubscribed::VT_REASON, reason);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UnsubscribedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    UnsubscribedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Unsubscribed<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Unsubscribed<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Unsubscribed");
+      ds.field("topic", &self.topic());
+      ds.field("reason", &self.reason());
+      ds.finish()
+  }
+}
+pub enum RpcResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The backend's answer to an Rpc (`data` as it gave it, JSON text).
+pub struct RpcResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RpcResult<'a> {
+  type Inner = RpcResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RpcResult<'a> {
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RpcResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RpcResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RpcResult<'bldr>> {
+    let mut builder = RpcResultBuilder::new(_fbb);
+    if let Some(x) = args.data { builder.add_data(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(RpcResult::VT_DATA, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RpcResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RpcResultArgs<'a> {
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for RpcResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RpcResultArgs {
+      data: None,
+    }
+  }
+}
+
+pub struct RpcResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RpcResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RpcResult::VT_DATA, data);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RpcResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RpcResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RpcResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RpcResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RpcResult");
+      ds.field("data", &self.data());
+      ds.finish()
+  }
+}
 pub enum ServerFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3583,6 +4157,36 @@ impl<'a> ServerFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn event_as_unsubscribed(&self) -> Option<Unsubscribed<'a>> {
+    if self.event_type() == Event::Unsubscribed {
+      self.event().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Unsubscribed::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn event_as_rpc_result(&self) -> Option<RpcResult<'a>> {
+    if self.event_type() == Event::RpcResult {
+      self.event().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RpcResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ServerFrame<'_> {
@@ -3605,6 +4209,8 @@ impl ::flatbuffers::Verifiable for ServerFrame<'_> {
           Event::PresenceResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceResult>>("Event::PresenceResult", pos),
           Event::PresenceStatsResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStatsResult>>("Event::PresenceStatsResult", pos),
           Event::HistoryResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HistoryResult>>("Event::HistoryResult", pos),
+          Event::Unsubscribed => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Unsubscribed>>("Event::Unsubscribed", pos),
+          Event::RpcResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RpcResult>>("Event::RpcResult", pos),
           _ => Ok(()),
         }
      })?
@@ -3738,6 +4344,20 @@ impl ::core::fmt::Debug for ServerFrame<'_> {
         },
         Event::HistoryResult => {
           if let Some(x) = self.event_as_history_result() {
+            ds.field("event", &x)
+          } else {
+            ds.field("event", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Event::Unsubscribed => {
+          if let Some(x) = self.event_as_unsubscribed() {
+            ds.field("event", &x)
+          } else {
+            ds.field("event", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Event::RpcResult => {
+          if let Some(x) = self.event_as_rpc_result() {
             ds.field("event", &x)
           } else {
             ds.field("event", &"InvalidFlatbuffer: Union discriminant does not match value.")

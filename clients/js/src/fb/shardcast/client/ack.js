@@ -5,6 +5,7 @@ import { Publication } from '../../shardcast/client/publication.js';
 /**
  * On a subscribe to a history topic: the topic's `offset` and `epoch`; with
  * `recover`, also `recovered` and the `publications` missed.
+ * `data`: the subscribe hook's, when it gave one.
  */
 export class Ack {
     constructor() {
@@ -43,8 +44,20 @@ export class Ack {
         const offset = this.bb.__offset(this.bb_pos, 10);
         return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
     }
+    data(index) {
+        const offset = this.bb.__offset(this.bb_pos, 12);
+        return offset ? this.bb.readUint8(this.bb.__vector(this.bb_pos + offset) + index) : 0;
+    }
+    dataLength() {
+        const offset = this.bb.__offset(this.bb_pos, 12);
+        return offset ? this.bb.__vector_len(this.bb_pos + offset) : 0;
+    }
+    dataArray() {
+        const offset = this.bb.__offset(this.bb_pos, 12);
+        return offset ? new Uint8Array(this.bb.bytes().buffer, this.bb.bytes().byteOffset + this.bb.__vector(this.bb_pos + offset), this.bb.__vector_len(this.bb_pos + offset)) : null;
+    }
     static startAck(builder) {
-        builder.startObject(4);
+        builder.startObject(5);
     }
     static addRecovered(builder, recovered) {
         builder.addFieldInt8(0, +recovered, null);
@@ -68,11 +81,24 @@ export class Ack {
     static addEpoch(builder, epochOffset) {
         builder.addFieldOffset(3, epochOffset, 0);
     }
+    static addData(builder, dataOffset) {
+        builder.addFieldOffset(4, dataOffset, 0);
+    }
+    static createDataVector(builder, data) {
+        builder.startVector(1, data.length, 1);
+        for (let i = data.length - 1; i >= 0; i--) {
+            builder.addInt8(data[i]);
+        }
+        return builder.endVector();
+    }
+    static startDataVector(builder, numElems) {
+        builder.startVector(1, numElems, 1);
+    }
     static endAck(builder) {
         const offset = builder.endObject();
         return offset;
     }
-    static createAck(builder, recovered, publicationsOffset, offset, epochOffset) {
+    static createAck(builder, recovered, publicationsOffset, offset, epochOffset, dataOffset) {
         Ack.startAck(builder);
         if (recovered !== null)
             Ack.addRecovered(builder, recovered);
@@ -80,6 +106,7 @@ export class Ack {
         if (offset !== null)
             Ack.addOffset(builder, offset);
         Ack.addEpoch(builder, epochOffset);
+        Ack.addData(builder, dataOffset);
         return Ack.endAck(builder);
     }
 }

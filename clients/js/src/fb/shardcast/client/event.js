@@ -10,6 +10,8 @@ import { Message } from '../../shardcast/client/message.js';
 import { Pong } from '../../shardcast/client/pong.js';
 import { PresenceResult } from '../../shardcast/client/presence-result.js';
 import { PresenceStatsResult } from '../../shardcast/client/presence-stats-result.js';
+import { RpcResult } from '../../shardcast/client/rpc-result.js';
+import { Unsubscribed } from '../../shardcast/client/unsubscribed.js';
 import { Welcome } from '../../shardcast/client/welcome.js';
 export var Event;
 (function (Event) {
@@ -25,6 +27,8 @@ export var Event;
     Event[Event["PresenceResult"] = 9] = "PresenceResult";
     Event[Event["PresenceStatsResult"] = 10] = "PresenceStatsResult";
     Event[Event["HistoryResult"] = 11] = "HistoryResult";
+    Event[Event["Unsubscribed"] = 12] = "Unsubscribed";
+    Event[Event["RpcResult"] = 13] = "RpcResult";
 })(Event || (Event = {}));
 export function unionToEvent(type, accessor) {
     switch (Event[type]) {
@@ -40,6 +44,8 @@ export function unionToEvent(type, accessor) {
         case 'PresenceResult': return accessor(new PresenceResult());
         case 'PresenceStatsResult': return accessor(new PresenceStatsResult());
         case 'HistoryResult': return accessor(new HistoryResult());
+        case 'Unsubscribed': return accessor(new Unsubscribed());
+        case 'RpcResult': return accessor(new RpcResult());
         default: return null;
     }
 }
@@ -57,6 +63,8 @@ export function unionListToEvent(type, accessor, index) {
         case 'PresenceResult': return accessor(index, new PresenceResult());
         case 'PresenceStatsResult': return accessor(index, new PresenceStatsResult());
         case 'HistoryResult': return accessor(index, new HistoryResult());
+        case 'Unsubscribed': return accessor(index, new Unsubscribed());
+        case 'RpcResult': return accessor(index, new RpcResult());
         default: return null;
     }
 }

@@ -4,6 +4,8 @@ import * as flatbuffers from 'flatbuffers';
 import { StreamPosition } from '../../shardcast/client/stream-position.js';
 /**
  * `recover`: the last position the client saw (recovery namespaces only).
+ * `token`: a subscription token (`token` namespaces); `data`: for the
+ * subscribe hook (`proxy` namespaces).
  */
 export class Subscribe {
     constructor() {
@@ -30,14 +32,46 @@ export class Subscribe {
         const offset = this.bb.__offset(this.bb_pos, 6);
         return offset ? (obj || new StreamPosition()).__init(this.bb.__indirect(this.bb_pos + offset), this.bb) : null;
     }
+    token(optionalEncoding) {
+        const offset = this.bb.__offset(this.bb_pos, 8);
+        return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+    }
+    data(index) {
+        const offset = this.bb.__offset(this.bb_pos, 10);
+        return offset ? this.bb.readUint8(this.bb.__vector(this.bb_pos + offset) + index) : 0;
+    }
+    dataLength() {
+        const offset = this.bb.__offset(this.bb_pos, 10);
+        return offset ? this.bb.__vector_len(this.bb_pos + offset) : 0;
+    }
+    dataArray() {
+        const offset = this.bb.__offset(this.bb_pos, 10);
+        return offset ? new Uint8Array(this.bb.bytes().buffer, this.bb.bytes().byteOffset + this.bb.__vector(this.bb_pos + offset), this.bb.__vector_len(this.bb_pos + offset)) : null;
+    }
     static startSubscribe(builder) {
-        builder.startObject(2);
+        builder.startObject(4);
     }
     static addTopic(builder, topicOffset) {
         builder.addFieldOffset(0, topicOffset, 0);
     }
     static addRecover(builder, recoverOffset) {
         builder.addFieldOffset(1, recoverOffset, 0);
+    }
+    static addToken(builder, tokenOffset) {
+        builder.addFieldOffset(2, tokenOffset, 0);
+    }
+    static addData(builder, dataOffset) {
+        builder.addFieldOffset(3, dataOffset, 0);
+    }
+    static createDataVector(builder, data) {
+        builder.startVector(1, data.length, 1);
+        for (let i = data.length - 1; i >= 0; i--) {
+            builder.addInt8(data[i]);
+        }
+        return builder.endVector();
+    }
+    static startDataVector(builder, numElems) {
+        builder.startVector(1, numElems, 1);
     }
     static endSubscribe(builder) {
         const offset = builder.endObject();

@@ -1,0 +1,386 @@
+//! Backend hooks (`[proxy]`): the real binary calling a real HTTP backend
+//! (axum, started by each test on its own port), driven by real WebSocket
+//! clients. Every hook's result, error, disconnect, timeout and bad body.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use flatbuffers::FlatBufferBuilder;
+use serde_json::{json, Value};
+use shardcast::protocol::flatbuf::schema::*;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::Message;
+
+use crate::util::{eventually, Client, Server};
+
+/// What the test backend answers: a JSON body with 200, a bare status, an
+/// answer after a delay, or a raw 200 body.
+#[derive(Clone)]
+enum Reply {
+    Json(Value),
+    Status(u16),
+    After(Duration, Value),
+    Raw(&'static str),
+}
+
+/// One call the backend received.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    headers: HashMap<String, String>,
+    body: Value,
+}
+
+type Answer = dyn Fn(&str, &Value) -> Reply + std::marker::Send + Sync;
+
+/// An HTTP backend on 127.0.0.1 that records every call and answers with
+/// `answer(path, body)`. Stops with the test.
+struct Backend {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Backend {
+    fn start(answer: impl Fn(&str, &Value) -> Reply + std::marker::Send + Sync + 'static) -> Backend {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let answer: Arc<Answer> = Arc::new(answer);
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = (seen.clone(), answer);
+        let app = axum::Router::new().fallback(handle).with_state(state);
+        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Backend { addr, seen, _runtime: runtime }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn calls(&self, path: &str) -> Vec<Seen> {
+        self.seen.lock().unwrap().iter().filter(|s| s.path == path).cloned().collect()
+    }
+}
+
+async fn handle(axum::extract::State((seen, answer)): axum::extract::State<(Arc<Mutex<Vec<Seen>>>, Arc<Answer>)>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+    let path = uri.path().to_string();
+    seen.lock().unwrap().push(Seen { path: path.clone(), headers, body: body.clone() });
+    match answer(&path, &body) {
+        Reply::Json(v) => axum::Json(v).into_response(),
+        Reply::Status(s) => StatusCode::from_u16(s).unwrap().into_response(),
+        Reply::After(wait, v) => {
+            tokio::time::sleep(wait).await;
+            axum::Json(v).into_response()
+        }
+        Reply::Raw(text) => text.into_response(),
+    }
+}
+
+/// A server whose `[proxy]` points at `backend`, with `proxy` keys added to
+/// that table (`timeout_ms` is 500 unless they set it) and `extra` config.
+fn server_with(backend: &Backend, proxy: &str, extra: &str) -> Server {
+    let timeout = if proxy.contains("timeout_ms") { "" } else { "timeout_ms = 500\n" };
+    let config = format!(
+        "{extra}\n[proxy]\nconnect_url = \"{}\"\nrefresh_url = \"{}\"\nsubscribe_url = \"{}\"\npublish_url = \"{}\"\nrpc_url = \"{}\"\n{timeout}{proxy}\n[proxy.static_headers]\nx-api-key = \"k1\"\n",
+        backend.url("/connect"),
+        backend.url("/refresh"),
+        backend.url("/subscribe"),
+        backend.url("/publish"),
+        backend.url("/rpc"),
+    );
+    Server::start(&config, &["--shards", "2"])
+}
+
+fn server(backend: &Backend, extra: &str) -> Server {
+    server_with(backend, "", extra)
+}
+
+const NAMESPACES: &str = "[[namespaces]]\npattern = \"p:*\"\nsubscribe = \"proxy\"\npublish = \"proxy\"\n";
+
+/// A backend that connects `cookie: session=<user>` as that user (else anonymous).
+fn by_cookie(path: &str, body: &Value) -> Reply {
+    match path {
+        "/connect" => {
+            let cookie = body["headers"]["cookie"].as_str().unwrap_or("");
+            let user = cookie.split("; ").find_map(|c| c.strip_prefix("session=")).unwrap_or("");
+            Reply::Json(json!({"result": {"user": user, "data": {"hello": user}, "channels": ["news"]}}))
+        }
+        _ => Reply::Json(json!({"result": {}})),
+    }
+}
+
+fn with_cookie(server: &Server, cookie: &str) -> Client {
+    let mut request = server.url("/ws").into_client_request().unwrap();
+    request.headers_mut().insert("cookie", cookie.parse().unwrap());
+    request.headers_mut().insert("user-agent", "hooks-test".parse().unwrap());
+    Client::upgrade(request)
+}
+
+fn closed(c: &mut Client) -> (u16, String) {
+    loop {
+        match c.recv_message() {
+            Message::Close(Some(f)) => return (f.code.into(), f.reason.to_string()),
+            Message::Close(None) => return (1005, String::new()),
+            _ => continue,
+        }
+    }
+}
+
+#[test]
+fn connect_by_cookie_without_a_token_names_the_user_and_subscribes_its_channels() {
+    let backend = Backend::start(by_cookie);
+    let server = server(&backend, "");
+    let mut alice = with_cookie(&server, "theme=dark; session=alice");
+    let welcome = alice.expect_welcome();
+    assert_eq!(welcome["user"], "alice");
+    assert_eq!(welcome["data"], json!({"hello": "alice"}));
+    let call = &backend.calls("/connect")[0];
+    assert_eq!(call.body["headers"]["cookie"], "theme=dark; session=alice");
+    assert_eq!(call.body["headers"]["user-agent"], "hooks-test");
+    assert_eq!(call.body["transport"], "websocket");
+    assert_eq!(call.body["encoding"], "json");
+    assert_eq!(call.body["client"], welcome["client"]);
+    assert!(call.body["data"].is_null() && call.body.get("user").is_none(), "{:?}", call.body);
+    assert_eq!(call.headers["x-api-key"], "k1", "static headers go on every call");
+    // `news` came from the result's channels: no subscribe request needed.
+    let mut publisher = server.client();
+    publisher.publish("news", json!("hi"));
+    assert_eq!(alice.recv()["payload"], "hi");
+    // Anonymous: an empty user.
+    let mut anon = with_cookie(&server, "theme=dark");
+    assert!(anon.expect_welcome()["user"].is_null());
+}
+
+#[test]
+fn a_connect_request_sent_first_gives_its_data_to_the_backend() {
+    let backend = Backend::start(by_cookie);
+    let server = server_with(&backend, "connect_wait_ms = 5000", "");
+    let mut c = with_cookie(&server, "session=bob");
+    c.send(json!({"type": "connect", "data": {"device": "phone"}}));
+    let welcome = c.expect_welcome();
+    assert_eq!(welcome["user"], "bob");
+    assert_eq!(backend.calls("/connect")[0].body["data"], json!({"device": "phone"}));
+    // Any other first request calls connect without data, then is answered.
+    let mut d = with_cookie(&server, "session=carol");
+    d.send(json!({"type": "ping", "id": 7}));
+    assert_eq!(d.expect_welcome()["user"], "carol");
+    assert_eq!(d.recv(), json!({"type": "pong", "id": 7}));
+    // Later, connect is a bad request.
+    let reply = d.request(json!({"type": "connect", "data": 1}), 8);
+    assert_eq!(reply["code"], "bad_request");
+}
+
+#[test]
+fn connect_error_disconnect_timeout_and_bad_bodies_close_as_documented() {
+    let backend = Backend::start(|_, body| {
+        let cookie = body["headers"]["cookie"].as_str().unwrap_or("").to_string();
+        match cookie.as_str() {
+            "error" => Reply::Json(json!({"error": {"code": 1000, "message": "who are you"}})),
+            "disconnect" => Reply::Json(json!({"disconnect": {"code": 4501, "reason": "banned"}})),
+            "slow" => Reply::After(Duration::from_secs(2), json!({"result": {"user": "late"}})),
+            "500" => Reply::Status(500),
+            "garbage" => Reply::Raw("{\"result\":{},\"error\":{\"code\":1}}"),
+            _ => Reply::Raw("not json"),
+        }
+    });
+    let server = server_with(&backend, "connect_wait_ms = 0", "");
+    assert_eq!(closed(&mut with_cookie(&server, "error")), (4001, "who are you".into()));
+    assert_eq!(closed(&mut with_cookie(&server, "disconnect")), (4501, "banned".into()));
+    for failing in ["slow", "500", "garbage", "other"] {
+        assert_eq!(closed(&mut with_cookie(&server, failing)), (1011, "backend unavailable".into()), "{failing}");
+    }
+    let m = |result: &str| server.metric_labelled("proxy_requests_total", &[("hook", "connect"), ("result", result)]);
+    assert_eq!((m("error"), m("disconnect"), m("timeout"), m("bad_status"), m("bad_body")), (1, 1, 1, 1, 2));
+    // With connect_on_failure = "anonymous" a failure admits it without a user.
+    let lenient = server_with(&backend, "connect_wait_ms = 0\nconnect_on_failure = \"anonymous\"", "");
+    assert!(with_cookie(&lenient, "500").expect_welcome()["user"].is_null());
+}
+
+#[test]
+fn subscribe_proxy_adds_data_to_the_ack_or_refuses_with_the_backends_code() {
+    let backend = Backend::start(|path, body| match (path, body["topic"].as_str()) {
+        ("/subscribe", Some("p:open")) => Reply::Json(json!({"result": {"data": {"welcome": body["data"]}}})),
+        ("/subscribe", Some("p:slow")) => Reply::After(Duration::from_secs(2), json!({"result": {}})),
+        ("/subscribe", _) => Reply::Json(json!({"error": {"code": 403, "message": "members only"}})),
+        _ => by_cookie(path, body),
+    });
+    let server = server(&backend, NAMESPACES);
+    let mut c = with_cookie(&server, "session=dave");
+    c.expect_welcome();
+    let ack = c.request(json!({"type": "subscribe", "topic": "p:open", "data": {"k": 1}}), 1);
+    assert_eq!(ack, json!({"type": "ack", "id": 1, "data": {"welcome": {"k": 1}}}));
+    let call = &backend.calls("/subscribe")[0];
+    assert_eq!((call.body["user"].as_str(), call.body["topic"].as_str()), (Some("dave"), Some("p:open")));
+    let refused = c.request(json!({"type": "subscribe", "topic": "p:closed"}), 2);
+    assert_eq!(refused, json!({"type": "error", "id": 2, "code": "forbidden", "message": "members only", "backend_code": 403}));
+    let timed_out = c.request(json!({"type": "subscribe", "topic": "p:slow"}), 3);
+    assert_eq!((timed_out["code"].as_str(), timed_out["message"].as_str()), (Some("not_available"), Some("backend unavailable")));
+    // Only p:open is subscribed: a publish through the API reaches it alone.
+    let mut api = server.client();
+    api.publish("news", json!(0));
+    assert_eq!(c.recv()["topic"], "news");
+    crate::util::http_post(server.admin(), "/api/publish", &json!({"topic": "p:closed", "payload": 1}));
+    crate::util::http_post(server.admin(), "/api/publish", &json!({"topic": "p:open", "payload": 2}));
+    let m = c.recv();
+    assert_eq!((m["topic"].as_str(), m["payload"].as_i64()), (Some("p:open"), Some(2)));
+}
+
+#[test]
+fn publish_proxy_rewrites_and_skips_in_the_publishers_order_whatever_order_the_backend_answers_in() {
+    // The backend answers odd payloads late and even ones at once: without
+    // the per-connection order, evens would overtake odds.
+    let backend = Backend::start(|path, body| match path {
+        "/publish" => match body["payload"].as_i64() {
+            Some(n) if n < 0 => Reply::Json(json!({"result": {"skip": true}})),
+            Some(n) if n % 2 == 1 => Reply::After(Duration::from_millis(30), json!({"result": {"payload": {"n": n}}})),
+            Some(n) => Reply::Json(json!({"result": {"payload": {"n": n}}})),
+            None => Reply::Json(json!({"error": {"code": 400, "message": "numbers only"}})),
+        },
+        _ => by_cookie(path, body),
+    });
+    let server = server(&backend, &format!("{NAMESPACES}[[namespaces]]\npattern = \"*\"\nsubscribe = \"anyone\"\npublish = \"anyone\"\n"));
+    let mut sub = with_cookie(&server, "session=sub");
+    sub.expect_welcome();
+    // The subscriber subscribes through the proxy too (it answers {} for subscribe).
+    assert_eq!(sub.request(json!({"type": "subscribe", "topic": "p:room"}), 1)["type"], "ack");
+    let mut publisher = with_cookie(&server, "session=pub");
+    publisher.expect_welcome();
+    for n in 1..=20 {
+        publisher.send(json!({"type": "publish", "topic": "p:room", "payload": n, "id": n}));
+        if n == 10 {
+            publisher.send(json!({"type": "publish", "topic": "p:room", "payload": -1, "id": 100}));
+        }
+    }
+    let mut acks = Vec::new();
+    while acks.len() < 21 {
+        acks.push(publisher.recv()["id"].as_u64().unwrap());
+    }
+    let want: Vec<u64> = (1..=10).chain([100]).chain(11..=20).collect();
+    assert_eq!(acks, want, "acks in the order sent");
+    let got: Vec<i64> = (0..20).map(|_| sub.recv()["payload"]["n"].as_i64().unwrap()).collect();
+    assert_eq!(got, (1..=20).collect::<Vec<_>>(), "rewritten, skipped one left out, in order");
+    sub.expect_silence(Duration::from_millis(200));
+    let refused = publisher.request(json!({"type": "publish", "topic": "p:room", "payload": "x"}), 200);
+    assert_eq!((refused["code"].as_str(), refused["backend_code"].as_u64()), (Some("forbidden"), Some(400)));
+}
+
+#[test]
+fn rpc_answers_in_both_encodings_and_relays_the_backends_error() {
+    let backend = Backend::start(|path, body| match (path, body["method"].as_str()) {
+        ("/rpc", Some("echo")) => Reply::Json(json!({"result": {"data": {"echo": body["data"]}}})),
+        ("/rpc", Some("bye")) => Reply::Json(json!({"disconnect": {"code": 4321, "reason": "rpc says bye"}})),
+        ("/rpc", _) => Reply::Json(json!({"error": {"code": 1404, "message": "no such method"}})),
+        _ => by_cookie(path, body),
+    });
+    let server = server(&backend, "");
+    let mut c = with_cookie(&server, "session=erin");
+    c.expect_welcome();
+    let reply = c.request(json!({"type": "rpc", "method": "echo", "data": [1, 2]}), 5);
+    assert_eq!(reply, json!({"type": "rpc_result", "id": 5, "data": {"echo": [1, 2]}}));
+    assert_eq!(backend.calls("/rpc")[0].body["user"], "erin");
+    let err = c.request(json!({"type": "rpc", "method": "nope"}), 6);
+    assert_eq!(err, json!({"type": "error", "id": 6, "code": "backend_error", "message": "no such method", "backend_code": 1404}));
+    c.send(json!({"type": "rpc", "method": "echo"}));
+    assert_eq!(c.recv()["code"], "bad_request", "an rpc without an id");
+
+    // FlatBuffers: Rpc in, RpcResult out, the data bytes as JSON text.
+    let mut request = server.url("/ws").into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "shardcast.flatbuffers.v1".parse().unwrap());
+    request.headers_mut().insert("cookie", "session=fb".parse().unwrap());
+    let mut fb = Client::upgrade(request);
+    let welcome = fb.recv_message().into_data();
+    let frame = flatbuffers::root::<ServerFrame>(&welcome).unwrap();
+    assert_eq!(frame.event_as_welcome().unwrap().user(), Some("fb"));
+    let mut b = FlatBufferBuilder::new();
+    let method = b.create_string("echo");
+    let data = b.create_vector(br#""bin""#);
+    let rpc = Rpc::create(&mut b, &RpcArgs { method: Some(method), data: Some(data) });
+    let root = ClientFrame::create(&mut b, &ClientFrameArgs { id: Some(9), request_type: Request::Rpc, request: Some(rpc.as_union_value()) });
+    b.finish(root, None);
+    fb.send_raw(Message::binary(b.finished_data().to_vec()));
+    let answer = fb.recv_message().into_data();
+    let frame = flatbuffers::root::<ServerFrame>(&answer).unwrap();
+    assert_eq!((frame.id(), frame.event_type()), (Some(9), Event::RpcResult));
+    let data: Value = serde_json::from_slice(frame.event_as_rpc_result().unwrap().data().unwrap().bytes()).unwrap();
+    assert_eq!(data, json!({"echo": "bin"}));
+    assert_eq!(backend.calls("/rpc").last().unwrap().body["encoding"], "flatbuffers");
+
+    c.send(json!({"type": "rpc", "method": "bye", "id": 7}));
+    assert_eq!(closed(&mut c), (4321, "rpc says bye".into()));
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn refresh_extends_a_session_before_it_expires_or_ends_it_with_4002() {
+    let backend = Backend::start(|path, body| {
+        let user = body["user"].as_str().unwrap_or("");
+        match path {
+            "/connect" => by_cookie(path, body).with_expiry(unix_now() + 2),
+            "/refresh" if user == "keeper" => Reply::Json(json!({"result": {"expire_at": unix_now() + 2}})),
+            "/refresh" => Reply::Json(json!({"result": {"expired": true}})),
+            _ => Reply::Json(json!({"result": {}})),
+        }
+    });
+    let server = server(&backend, "");
+    let mut keeper = with_cookie(&server, "session=keeper");
+    keeper.expect_welcome();
+    let mut leaver = with_cookie(&server, "session=leaver");
+    leaver.expect_welcome();
+    assert_eq!(closed(&mut leaver), (4002, "token expired".into()));
+    // Past three of its 2 s windows, the keeper is still served.
+    std::thread::sleep(Duration::from_millis(4500));
+    assert_eq!(keeper.request(json!({"type": "ping"}), 1)["type"], "pong");
+    let refreshes = backend.calls("/refresh").iter().filter(|c| c.body["user"] == "keeper").count();
+    assert!(refreshes >= 2, "refreshed {refreshes} times");
+}
+
+impl Reply {
+    /// A connect result with `expire_at` added.
+    fn with_expiry(self, at: u64) -> Reply {
+        match self {
+            Reply::Json(mut v) => {
+                v["result"]["expire_at"] = json!(at);
+                Reply::Json(v)
+            }
+            other => other,
+        }
+    }
+}
+
+#[test]
+fn calls_beyond_max_inflight_fail_at_once_and_are_counted() {
+    let backend = Backend::start(|path, body| match path {
+        "/rpc" => Reply::After(Duration::from_millis(800), json!({"result": {}})),
+        _ => by_cookie(path, body),
+    });
+    let server = server_with(&backend, "max_inflight = 1\ntimeout_ms = 3000", "");
+    let mut a = with_cookie(&server, "session=a");
+    a.expect_welcome();
+    let mut b = with_cookie(&server, "session=b");
+    b.expect_welcome();
+    a.send(json!({"type": "rpc", "method": "slow", "id": 1}));
+    eventually(Duration::from_secs(5), "a's call in flight", || backend.calls("/rpc").len() == 1);
+    let refused = b.request(json!({"type": "rpc", "method": "slow"}), 2);
+    assert_eq!((refused["code"].as_str(), refused["message"].as_str()), (Some("not_available"), Some("backend unavailable")));
+    assert_eq!(a.recv()["type"], "rpc_result");
+    assert_eq!(server.metric_labelled("proxy_requests_total", &[("hook", "rpc"), ("result", "overloaded")]), 1);
+    assert_eq!(server.metric_labelled("proxy_requests_total", &[("hook", "rpc"), ("result", "ok")]), 1);
+    assert!(server.metric_labelled("proxy_duration_seconds_count", &[("hook", "rpc")]) >= 1);
+}
+
+#[test]
+fn a_proxy_mode_without_its_url_is_a_config_error_naming_the_key() {
+    let err = Server::try_start(NAMESPACES, &[]).err().expect("refused");
+    assert!(err.contains("namespaces[0].subscribe") && err.contains("proxy.subscribe_url"), "{err}");
+}
