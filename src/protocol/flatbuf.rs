@@ -67,7 +67,7 @@ pub fn parse_request<'a>(buf: &'a [u8]) -> Result<Request<'a>, RequestError> {
         Request_::Subscribe => {
             let sub = frame.request_as_subscribe().ok_or_else(missing)?;
             let recover = sub.recover().map(|p| since(p, id, "recover")).transpose()?;
-            Command::Subscribe { topic: required(sub.topic(), id, "topic")?, recover }
+            Command::Subscribe { topic: required(sub.topic(), id, "topic")?, recover, token: sub.token().map(Cow::Borrowed) }
         }
         Request_::Unsubscribe => Command::Unsubscribe { topic: required(frame.request_as_unsubscribe().and_then(|r| r.topic()), id, "topic")? },
         Request_::Publish => {
@@ -134,6 +134,15 @@ pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>)
         let node = b.create_string(node);
         let user = user.map(|u| b.create_string(u));
         Welcome::create(b, &WelcomeArgs { client: Some(client), node: Some(node), shard: shard as u32, user }).as_union_value()
+    })
+}
+
+/// An `Unsubscribed` event: the server ended a subscription.
+pub fn unsubscribed_frame(topic: &str, reason: &str) -> Bytes {
+    server_frame(None, Event::Unsubscribed, |b| {
+        let topic = b.create_string(topic);
+        let reason = b.create_string(reason);
+        Unsubscribed::create(b, &UnsubscribedArgs { topic: Some(topic), reason: Some(reason) }).as_union_value()
     })
 }
 
@@ -278,13 +287,22 @@ mod tests {
             Some(Auth::create(b, &AuthArgs { token: Some(token) }).as_union_value())
         });
         assert!(matches!(parse_request(&auth).unwrap().command, Command::Auth { token } if token == "a.b.c"));
+        let subscribe = client_frame(Some(2), Request_::Subscribe, |b| {
+            let topic = b.create_string("room:1");
+            let token = b.create_string("s.u.b");
+            Some(Subscribe::create(b, &SubscribeArgs { topic: Some(topic), recover: None, token: Some(token) }).as_union_value())
+        });
+        match parse_request(&subscribe).unwrap().command {
+            Command::Subscribe { topic, recover: None, token } => assert_eq!((&*topic, token.as_deref()), ("room:1", Some("s.u.b"))),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn bad_frames_are_bad_requests_never_panics() {
         let none = client_frame(Some(3), Request_::NONE, |_| None);
         assert_eq!(parse_request(&none).unwrap_err().id, Some(3));
-        let no_topic = client_frame(Some(4), Request_::Subscribe, |b| Some(Subscribe::create(b, &SubscribeArgs { topic: None, recover: None }).as_union_value()));
+        let no_topic = client_frame(Some(4), Request_::Subscribe, |b| Some(Subscribe::create(b, &SubscribeArgs { topic: None, recover: None, token: None }).as_union_value()));
         let e = parse_request(&no_topic).unwrap_err();
         assert_eq!((e.id, e.code), (Some(4), ErrorCode::BadRequest));
         assert_eq!(parse_request(b"").unwrap_err().code, ErrorCode::BadRequest);
@@ -324,5 +342,10 @@ mod tests {
         let d = direct_frame(Some("bob"), b"x");
         let d = flatbuffers::root::<ServerFrame>(body(&d)).unwrap().event_as_direct().unwrap();
         assert_eq!(d.from(), Some("bob"));
+        let f = unsubscribed_frame("room:1", "token expired");
+        let sf = flatbuffers::root::<ServerFrame>(body(&f)).unwrap();
+        assert_eq!(sf.event_type(), Event::Unsubscribed);
+        let u = sf.event_as_unsubscribed().unwrap();
+        assert_eq!((u.topic(), u.reason()), (Some("room:1"), Some("token expired")));
     }
 }

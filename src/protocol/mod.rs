@@ -80,6 +80,15 @@ impl Encoding {
         }
     }
 
+    /// The server ended the connection's subscription to `topic` (`reason`:
+    /// "token expired").
+    pub fn unsubscribed_frame(self, topic: &str, reason: &str) -> Bytes {
+        match self {
+            Encoding::Json => json::unsubscribed_frame(topic, reason),
+            Encoding::FlatBuffers => flatbuf::unsubscribed_frame(topic, reason),
+        }
+    }
+
     pub fn welcome_frame(self, client: &str, node: &str, shard: usize, user: Option<&str>) -> Bytes {
         match self {
             Encoding::Json => json::welcome_frame(client, node, shard, user),
@@ -119,8 +128,9 @@ pub struct Request<'a> {
 
 #[derive(Debug)]
 pub enum Command<'a> {
-    /// `recover`: the last position the client saw of the topic.
-    Subscribe { topic: std::borrow::Cow<'a, str>, recover: Option<Since> },
+    /// `recover`: the last position the client saw of the topic. `token`:
+    /// a subscription token (required by `token` namespaces).
+    Subscribe { topic: std::borrow::Cow<'a, str>, recover: Option<Since>, token: Option<std::borrow::Cow<'a, str>> },
     Unsubscribe { topic: std::borrow::Cow<'a, str> },
     /// `payload` is kept verbatim (never re-serialised).
     Publish { topic: std::borrow::Cow<'a, str>, payload: Payload<'a>, skip_self: bool },

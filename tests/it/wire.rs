@@ -109,7 +109,7 @@ impl Fb {
         self.send(Some(id), kind, |b| {
             let topic = Some(b.create_string(topic));
             if kind == Request::Subscribe {
-                Subscribe::create(b, &SubscribeArgs { topic, recover: None }).as_union_value()
+                Subscribe::create(b, &SubscribeArgs { topic, recover: None, token: None }).as_union_value()
             } else {
                 Unsubscribe::create(b, &UnsubscribeArgs { topic }).as_union_value()
             }
@@ -230,7 +230,7 @@ fn payloads_cross_encodings_byte_for_byte_and_each_encoding_is_built_once() {
 fn subscribe_frame(topic: &str) -> Vec<u8> {
     let mut b = FlatBufferBuilder::new();
     let topic = b.create_string(topic);
-    let sub = Subscribe::create(&mut b, &SubscribeArgs { topic: Some(topic), recover: None });
+    let sub = Subscribe::create(&mut b, &SubscribeArgs { topic: Some(topic), recover: None, token: None });
     let root = ClientFrame::create(&mut b, &ClientFrameArgs { id: Some(1), request_type: Request::Subscribe, request: Some(sub.as_union_value()) });
     b.finish(root, None);
     b.finished_data().to_vec()
@@ -370,7 +370,7 @@ fn flatbuffers_clients_get_positions_recover_and_ask_presence() {
                 let epoch = Some(b.create_string(epoch));
                 StreamPosition::create(b, &StreamPositionArgs { offset, epoch })
             });
-            Subscribe::create(b, &SubscribeArgs { topic, recover }).as_union_value()
+            Subscribe::create(b, &SubscribeArgs { topic, recover, token: None }).as_union_value()
         });
     };
     let mut sub = Fb::connect(&server, None);

@@ -107,10 +107,11 @@ impl Conn {
 
     /// Makes the connection `identity`'s: counts it against the user's
     /// connection limit, arms the expiry close, subscribes it to the user's
-    /// direct messages, and queues `auth`'s ack (when `ack`) and the welcome
-    /// frame. The welcome goes out once the user topic is effective on every
-    /// shard (and node), so a direct message sent after it arrives.
-    fn authenticate(&mut self, identity: Identity, ack: Option<u64>) {
+    /// direct messages and to the token's `channels`, and queues `auth`'s
+    /// ack (when `ack`) and the welcome frame. The welcome goes out once
+    /// those subscriptions are effective on every shard (and node), so a
+    /// direct message or publish sent after it arrives.
+    fn authenticate(&mut self, mut identity: Identity, ack: Option<u64>) {
         let shard = self.shard.clone();
         let Some(slot) = shard.admission.admit_user(&identity.user) else {
             ShardStats::add(&shard.stats().user_limit_rejections, 1);
@@ -124,12 +125,16 @@ impl Conn {
             self.send(self.peer.encoding().ack_frame(id));
         }
         let welcome = self.welcome(Some(&identity.user));
-        let topic = shard.subscribe(&self.peer, &topic::user_topic(&identity.user), TopicOptions::default(), Then::Frame(Some(welcome)), None);
-        let user = State::User { identity, _slot: slot, topic };
+        let channels = std::mem::take(&mut identity.channels);
+        let topic = shard.subscribe(&self.peer, &topic::user_topic(&identity.user), TopicOptions::default(), Then::Quiet, None);
+        let user = State::User { identity, _slot: slot, topic: topic.clone() };
         match &mut self.session {
             Some(session) => session.state = user,
             None => self.session = Some(Box::new(Session { state: user, _ip: None })),
         }
+        // With the identity in place: presence lists these as the user's.
+        self.subscribe_server_side(channels.iter());
+        shard.when_effective(&self.peer, self.topics.iter().map(|t| &**t).chain([&*topic]), welcome);
     }
 
     /// Closes the connection for a refused token (4001, the reason names the
@@ -184,6 +189,8 @@ impl Conn {
         if fresh.user != current.user {
             return self.forbidden(id, "the token is for another user".into());
         }
+        // `channels` are subscribed at connect only.
+        let fresh = Identity { channels: Box::default(), ..fresh };
         match fresh.expires_at {
             Some(at) => self.shard.set_deadline(self.peer.id, at, Deadline::Expiry),
             None => self.shard.clear_deadline(self.peer.id),

@@ -135,10 +135,10 @@ pub struct RequestUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_EVENT: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_EVENT: u8 = 11;
+pub const ENUM_MAX_EVENT: u8 = 12;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_EVENT: [Event; 12] = [
+pub const ENUM_VALUES_EVENT: [Event; 13] = [
   Event::NONE,
   Event::Welcome,
   Event::Ack,
@@ -151,6 +151,7 @@ pub const ENUM_VALUES_EVENT: [Event; 12] = [
   Event::PresenceResult,
   Event::PresenceStatsResult,
   Event::HistoryResult,
+  Event::Unsubscribed,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -170,9 +171,10 @@ impl Event {
   pub const PresenceResult: Self = Self(9);
   pub const PresenceStatsResult: Self = Self(10);
   pub const HistoryResult: Self = Self(11);
+  pub const Unsubscribed: Self = Self(12);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Welcome,
@@ -186,6 +188,7 @@ impl Event {
     Self::PresenceResult,
     Self::PresenceStatsResult,
     Self::HistoryResult,
+    Self::Unsubscribed,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -202,6 +205,7 @@ impl Event {
       Self::PresenceResult => Some("PresenceResult"),
       Self::PresenceStatsResult => Some("PresenceStatsResult"),
       Self::HistoryResult => Some("HistoryResult"),
+      Self::Unsubscribed => Some("Unsubscribed"),
       _ => None,
     }
   }
@@ -376,6 +380,7 @@ pub enum SubscribeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
 /// `recover`: the last position the client saw (recovery namespaces only).
+/// `token`: a subscription token for `topic` (`token` namespaces only).
 pub struct Subscribe<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -391,6 +396,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Subscribe<'a> {
 impl<'a> Subscribe<'a> {
   pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
   pub const VT_RECOVER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TOKEN: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -402,6 +408,7 @@ impl<'a> Subscribe<'a> {
     args: &'args SubscribeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Subscribe<'bldr>> {
     let mut builder = SubscribeBuilder::new(_fbb);
+    if let Some(x) = args.token { builder.add_token(x); }
     if let Some(x) = args.recover { builder.add_recover(x); }
     if let Some(x) = args.topic { builder.add_topic(x); }
     builder.finish()
@@ -422,6 +429,13 @@ impl<'a> Subscribe<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<StreamPosition>>(Subscribe::VT_RECOVER, None)}
   }
+  #[inline]
+  pub fn token(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Subscribe::VT_TOKEN, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Subscribe<'_> {
@@ -432,6 +446,7 @@ impl ::flatbuffers::Verifiable for Subscribe<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<StreamPosition>>("recover", Self::VT_RECOVER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("token", Self::VT_TOKEN, false)?
      .finish();
     Ok(())
   }
@@ -439,6 +454,7 @@ impl ::flatbuffers::Verifiable for Subscribe<'_> {
 pub struct SubscribeArgs<'a> {
     pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub recover: Option<::flatbuffers::WIPOffset<StreamPosition<'a>>>,
+    pub token: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for SubscribeArgs<'a> {
   #[inline]
@@ -446,6 +462,7 @@ impl<'a> Default for SubscribeArgs<'a> {
     SubscribeArgs {
       topic: None,
       recover: None,
+      token: None,
     }
   }
 }
@@ -462,6 +479,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SubscribeBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_recover(&mut self, recover: ::flatbuffers::WIPOffset<StreamPosition<'b >>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<StreamPosition>>(Subscribe::VT_RECOVER, recover);
+  }
+  #[inline]
+  pub fn add_token(&mut self, token: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Subscribe::VT_TOKEN, token);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SubscribeBuilder<'a, 'b, A> {
@@ -483,6 +504,7 @@ impl ::core::fmt::Debug for Subscribe<'_> {
     let mut ds = f.debug_struct("Subscribe");
       ds.field("topic", &self.topic());
       ds.field("recover", &self.recover());
+      ds.field("token", &self.token());
       ds.finish()
   }
 }
@@ -3360,6 +3382,120 @@ impl ::core::fmt::Debug for HistoryResult<'_> {
       ds.finish()
   }
 }
+pub enum UnsubscribedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The server ended a subscription (`reason`: "token expired").
+pub struct Unsubscribed<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Unsubscribed<'a> {
+  type Inner = Unsubscribed<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Unsubscribed<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REASON: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Unsubscribed { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args UnsubscribedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Unsubscribed<'bldr>> {
+    let mut builder = UnsubscribedBuilder::new(_fbb);
+    if let Some(x) = args.reason { builder.add_reason(x); }
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Unsubscribed::VT_TOPIC, None)}
+  }
+  #[inline]
+  pub fn reason(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Unsubscribed::VT_REASON, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Unsubscribed<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("reason", Self::VT_REASON, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UnsubscribedArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub reason: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for UnsubscribedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    UnsubscribedArgs {
+      topic: None,
+      reason: None,
+    }
+  }
+}
+
+pub struct UnsubscribedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UnsubscribedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Unsubscribed::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_reason(&mut self, reason: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Unsubscribed::VT_REASON, reason);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UnsubscribedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    UnsubscribedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Unsubscribed<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Unsubscribed<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Unsubscribed");
+      ds.field("topic", &self.topic());
+      ds.field("reason", &self.reason());
+      ds.finish()
+  }
+}
 pub enum ServerFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3583,6 +3719,21 @@ impl<'a> ServerFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn event_as_unsubscribed(&self) -> Option<Unsubscribed<'a>> {
+    if self.event_type() == Event::Unsubscribed {
+      self.event().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Unsubscribed::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ServerFrame<'_> {
@@ -3605,6 +3756,7 @@ impl ::flatbuffers::Verifiable for ServerFrame<'_> {
           Event::PresenceResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceResult>>("Event::PresenceResult", pos),
           Event::PresenceStatsResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStatsResult>>("Event::PresenceStatsResult", pos),
           Event::HistoryResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HistoryResult>>("Event::HistoryResult", pos),
+          Event::Unsubscribed => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Unsubscribed>>("Event::Unsubscribed", pos),
           _ => Ok(()),
         }
      })?
@@ -3738,6 +3890,13 @@ impl ::core::fmt::Debug for ServerFrame<'_> {
         },
         Event::HistoryResult => {
           if let Some(x) = self.event_as_history_result() {
+            ds.field("event", &x)
+          } else {
+            ds.field("event", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Event::Unsubscribed => {
+          if let Some(x) = self.event_as_unsubscribed() {
             ds.field("event", &x)
           } else {
             ds.field("event", &"InvalidFlatbuffer: Union discriminant does not match value.")

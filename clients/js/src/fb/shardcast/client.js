@@ -27,4 +27,5 @@ export { ServerFrame } from './client/server-frame.js';
 export { StreamPosition } from './client/stream-position.js';
 export { Subscribe } from './client/subscribe.js';
 export { Unsubscribe } from './client/unsubscribe.js';
+export { Unsubscribed } from './client/unsubscribed.js';
 export { Welcome } from './client/welcome.js';

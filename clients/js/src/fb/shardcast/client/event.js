@@ -10,6 +10,7 @@ import { Message } from '../../shardcast/client/message.js';
 import { Pong } from '../../shardcast/client/pong.js';
 import { PresenceResult } from '../../shardcast/client/presence-result.js';
 import { PresenceStatsResult } from '../../shardcast/client/presence-stats-result.js';
+import { Unsubscribed } from '../../shardcast/client/unsubscribed.js';
 import { Welcome } from '../../shardcast/client/welcome.js';
 export var Event;
 (function (Event) {
@@ -25,6 +26,7 @@ export var Event;
     Event[Event["PresenceResult"] = 9] = "PresenceResult";
     Event[Event["PresenceStatsResult"] = 10] = "PresenceStatsResult";
     Event[Event["HistoryResult"] = 11] = "HistoryResult";
+    Event[Event["Unsubscribed"] = 12] = "Unsubscribed";
 })(Event || (Event = {}));
 export function unionToEvent(type, accessor) {
     switch (Event[type]) {
@@ -40,6 +42,7 @@ export function unionToEvent(type, accessor) {
         case 'PresenceResult': return accessor(new PresenceResult());
         case 'PresenceStatsResult': return accessor(new PresenceStatsResult());
         case 'HistoryResult': return accessor(new HistoryResult());
+        case 'Unsubscribed': return accessor(new Unsubscribed());
         default: return null;
     }
 }
@@ -57,6 +60,7 @@ export function unionListToEvent(type, accessor, index) {
         case 'PresenceResult': return accessor(index, new PresenceResult());
         case 'PresenceStatsResult': return accessor(index, new PresenceStatsResult());
         case 'HistoryResult': return accessor(index, new HistoryResult());
+        case 'Unsubscribed': return accessor(index, new Unsubscribed());
         default: return null;
     }
 }

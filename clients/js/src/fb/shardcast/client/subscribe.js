@@ -4,6 +4,7 @@ import * as flatbuffers from 'flatbuffers';
 import { StreamPosition } from '../../shardcast/client/stream-position.js';
 /**
  * `recover`: the last position the client saw (recovery namespaces only).
+ * `token`: a subscription token for `topic` (`token` namespaces only).
  */
 export class Subscribe {
     constructor() {
@@ -30,14 +31,21 @@ export class Subscribe {
         const offset = this.bb.__offset(this.bb_pos, 6);
         return offset ? (obj || new StreamPosition()).__init(this.bb.__indirect(this.bb_pos + offset), this.bb) : null;
     }
+    token(optionalEncoding) {
+        const offset = this.bb.__offset(this.bb_pos, 8);
+        return offset ? this.bb.__string(this.bb_pos + offset, optionalEncoding) : null;
+    }
     static startSubscribe(builder) {
-        builder.startObject(2);
+        builder.startObject(3);
     }
     static addTopic(builder, topicOffset) {
         builder.addFieldOffset(0, topicOffset, 0);
     }
     static addRecover(builder, recoverOffset) {
         builder.addFieldOffset(1, recoverOffset, 0);
+    }
+    static addToken(builder, tokenOffset) {
+        builder.addFieldOffset(2, tokenOffset, 0);
     }
     static endSubscribe(builder) {
         const offset = builder.endObject();
