@@ -21,12 +21,13 @@ impl Shard {
         ShardStats::add(&stats.connections_accepted, 1);
     }
 
-    /// Forgets a closed connection, its subscriptions and its deadline.
+    /// Forgets a closed connection, its subscriptions and its deadlines.
     pub fn remove_peer(&self, id: ConnId, topics: &[Rc<str>]) {
         for topic in topics {
             self.unsubscribe(topic, id);
         }
         self.deadlines.borrow_mut().clear(id);
+        self.sub_deadlines.borrow_mut().clear_connection(id);
         self.peers.borrow_mut().remove(&id);
         ShardStats::sub(&self.stats().connections, 1);
         self.node_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

@@ -103,6 +103,13 @@ impl SubscriptionDeadlines {
         self.by_time.remove(&(at, conn, topic));
     }
 
+    /// Forgets every deadline of `conn` (it closed).
+    pub fn clear_connection(&mut self, conn: ConnId) {
+        for (topic, at) in self.by_conn.remove(&conn).into_iter().flatten() {
+            self.by_time.remove(&(at, conn, topic));
+        }
+    }
+
     /// The earliest deadline.
     pub fn next(&self) -> Option<Stamp> {
         self.by_time.first().map(|(at, _, _)| *at)
@@ -177,5 +184,10 @@ mod tests {
         assert_eq!(d.pop_due(at(45)), None, "room:2 was cleared; b's was pushed back to 50 ms");
         assert_eq!(d.pop_due(at(50)), Some((b, topic("room:1"))));
         assert!(d.is_empty() && d.by_conn.is_empty());
+        d.set(a, topic("room:1"), at(10));
+        d.set(a, topic("room:2"), at(20));
+        d.set(b, topic("room:1"), at(30));
+        d.clear_connection(a);
+        assert_eq!((d.len(), d.next()), (1, Some(at(30))));
     }
 }
