@@ -86,6 +86,12 @@ fn a_valid_subscription_token_subscribes_and_messages_arrive() {
     for (i, p) in publishers.iter_mut().enumerate() {
         delivered(p, &mut alice, "room:1", i as u64);
     }
+    // A token topic is open to `history` / `presence` requests of its
+    // subscribers only (here the namespace keeps no history: not_available).
+    let r = publishers[0].request(json!({"type":"history","topic":"room:1"}), 3);
+    assert_eq!(r["code"], "forbidden", "{r}");
+    let r = alice.request(json!({"type":"history","topic":"room:1"}), 4);
+    assert_eq!(r["code"], "not_available", "{r}");
     // Re-subscribing with a token is idempotent: acked, one copy per message.
     assert_eq!(subscribe(&mut alice, "room:1", Some(&sub_token("alice", "room:1", 60.0)), 2)["type"], "ack");
     delivered(&mut publishers[0], &mut alice, "room:1", 7);
@@ -198,7 +204,7 @@ fn flatbuffers_subscribe_with_a_token_and_the_unsubscribed_event() {
     let frame = recv(&mut alice);
     let f = flatbuffers::root::<fb::ServerFrame>(&frame).unwrap();
     assert_eq!((f.id(), f.event_as_error().and_then(|e| e.code())), (Some(1), Some("forbidden")));
-    subscribe(&mut alice, 2, &sub_token("alice", "room:1", 1.5));
+    subscribe(&mut alice, 2, &sub_token("alice", "room:1", 3.0));
     let frame = recv(&mut alice);
     let f = flatbuffers::root::<fb::ServerFrame>(&frame).unwrap();
     assert_eq!((f.id(), f.event_type()), (Some(2), fb::Event::Ack));
