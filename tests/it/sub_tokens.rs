@@ -172,6 +172,8 @@ fn a_fresh_token_renews_the_subscription_past_the_first_exp() {
     assert_eq!(subscribe(&mut alice, "room:1", Some(&sub_token("alice", "room:1", 2.0)), 1)["type"], "ack");
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(subscribe(&mut alice, "room:1", Some(&sub_token("alice", "room:1", 60.0)), 2)["type"], "ack");
+    // A refused renewal leaves the subscription as it was.
+    assert_eq!(subscribe(&mut alice, "room:1", Some(&sub_token("bob", "room:1", 1.0)), 3)["code"], "forbidden");
     // Past the first token's exp: nothing ended, messages still arrive.
     alice.expect_silence(Duration::from_millis(2000));
     delivered(&mut publisher, &mut alice, "room:1", 1);
