@@ -1,8 +1,9 @@
 //! Identity: who a connection is and what it may do.
 //!
-//! - [`token`]: a connection JWT -> [`Identity`] (jsonwebtoken does the
-//!   JOSE parsing and signature checks; this crate picks the key and applies
-//!   the claim policy with millisecond leeway).
+//! - [`token`]: a connection JWT -> [`Identity`], a subscription JWT ->
+//!   [`SubscriptionToken`] (jsonwebtoken does the JOSE parsing and signature
+//!   checks; this crate picks the key and applies the claim policy with
+//!   millisecond leeway).
 //! - [`namespace`]: `[[namespaces]]` rules -> allow / deny per topic.
 //! - [`glob`]: the `*` patterns both of them use.
 //! - [`admission`]: node-wide connection counts per user and per client IP.
@@ -22,7 +23,7 @@ use std::sync::Arc;
 pub use admission::{Admission, IpSlot, UserSlot};
 pub use glob::Glob;
 pub use namespace::{Access, Action, HistoryPolicy, Namespaces, TopicOptions};
-pub use token::{TokenError, Verifier};
+pub use token::{SubscriptionToken, TokenError, Verifier};
 
 use crate::clock::Stamp;
 
@@ -38,6 +39,11 @@ pub struct Identity {
     pub subscribe: Box<[Glob]>,
     /// The token's `publish` claim.
     pub publish: Box<[Glob]>,
+    /// The token's `channels` claim: topics the connection is subscribed to
+    /// by the server when it authenticates (no permission check). Taken out
+    /// (left empty) once subscribed, so it is not held for the connection's
+    /// life.
+    pub channels: Box<[Box<str>]>,
 }
 
 /// Longest `sub` (user id) accepted, in bytes.

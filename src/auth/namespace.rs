@@ -22,6 +22,10 @@ pub enum Access {
     /// The backend decides, per request (`[proxy] subscribe_url` /
     /// `publish_url`); the namespace check itself lets it through.
     Proxy,
+    /// `subscribe` only: each subscribe carries a subscription token for its
+    /// topic (checked by the connection, see `conn::requests::subscribe`);
+    /// the rule itself admits nobody.
+    Token,
 }
 
 impl Access {
@@ -33,6 +37,7 @@ impl Access {
             "claim" => Some(Access::Claim),
             "nobody" => Some(Access::Nobody),
             "proxy" => Some(Access::Proxy),
+            "token" => Some(Access::Token),
             _ => None,
         }
     }
@@ -120,7 +125,9 @@ impl Namespaces {
         self.any_history
     }
 
-    /// Whether `who` (`None`: anonymous) may do `action` on `topic`.
+    /// Whether `who` (`None`: anonymous) may do `action` on `topic`. A
+    /// `token` namespace answers no: its subscriptions are granted one at a
+    /// time by subscription tokens, never by the rule.
     pub fn allows(&self, topic: &str, action: Action, who: Option<&Identity>) -> bool {
         if self.rules.is_empty() {
             return true;
@@ -137,7 +144,7 @@ impl Namespaces {
                 };
                 claim.iter().any(|g| g.matches(topic))
             }
-            (Access::Claim, None) | (Access::Nobody, _) => false,
+            (Access::Claim, None) | (Access::Nobody, _) | (Access::Token, _) => false,
         }
     }
 }
@@ -156,6 +163,7 @@ mod tests {
             expires_at: None,
             subscribe: subscribe.iter().map(|g| Glob::new(g)).collect(),
             publish: publish.iter().map(|g| Glob::new(g)).collect(),
+            channels: Box::default(),
         }
     }
 
@@ -189,6 +197,7 @@ mod tests {
             (Access::Users, false, true, true),
             (Access::Claim, false, false, true),
             (Access::Nobody, false, false, false),
+            (Access::Token, false, false, false),
         ] {
             let rules = Namespaces::new(vec![ns("*", mode, mode)]);
             let plain = user(&[], &[]);
@@ -201,5 +210,6 @@ mod tests {
         }
         assert_eq!(Access::parse("users"), Some(Access::Users));
         assert_eq!(Access::parse("Users"), None);
+        assert_eq!(Access::parse("token"), Some(Access::Token));
     }
 }

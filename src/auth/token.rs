@@ -1,4 +1,6 @@
-//! Connection tokens: a JWT -> [`Identity`], or the reason it is refused.
+//! Connection tokens: a JWT -> [`Identity`], or the reason it is refused;
+//! and subscription tokens (a `token` namespace's subscribe): the same JWT
+//! checks -> [`SubscriptionToken`].
 //!
 //! The accepted algorithms follow from the configured keys alone:
 //! `hmac_secret` allows HS256/384/512; `public_key_file` allows the family of
@@ -52,6 +54,8 @@ pub enum TokenError {
     MissingExp,
     /// The `subscribe` or `publish` claim is not a list of strings.
     BadPermissionClaim,
+    /// The `channels` claim is not a list of strings.
+    BadChannelsClaim,
 }
 
 impl TokenError {
@@ -69,6 +73,7 @@ impl TokenError {
             TokenError::SubTooLong => "sub longer than 256 bytes",
             TokenError::MissingExp => "exp missing",
             TokenError::BadPermissionClaim => "subscribe/publish claim is not a list of strings",
+            TokenError::BadChannelsClaim => "channels claim is not a list of strings",
         }
     }
 }
@@ -178,6 +183,32 @@ struct Claims {
     subscribe: Option<Value>,
     #[serde(default)]
     publish: Option<Value>,
+    #[serde(default)]
+    channels: Option<Value>,
+    #[serde(default)]
+    channel: Option<Value>,
+}
+
+/// A verified subscription token: who it is for, which topic, until when.
+/// Checked against the connection and the subscribe by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionToken {
+    /// The token's `sub`.
+    pub user: Arc<str>,
+    /// The token's `channel` claim; `None` when absent or not a string
+    /// (then it grants no topic).
+    pub channel: Option<Box<str>>,
+    /// When the subscription ends (`exp` plus `[auth] leeway_ms`); `None`
+    /// for a token without `exp`.
+    pub expires_at: Option<Stamp>,
+}
+
+/// What every token (connection or subscription) passed: its user and
+/// expiry, with the rest of its claims still raw.
+struct Checked {
+    user: Arc<str>,
+    expires_at: Option<Stamp>,
+    claims: Claims,
 }
 
 impl Verifier {
@@ -230,6 +261,37 @@ impl Verifier {
 
     /// Verifies `token` as of `now_ms` (Unix time in ms), which is `now`.
     pub fn verify_at(&self, token: &str, now_ms: u64, now: Instant) -> Result<Identity, TokenError> {
+        let Checked { user, expires_at, claims } = self.check(token, now_ms, now)?;
+        Ok(Identity {
+            user,
+            expires_at,
+            subscribe: globs(claims.subscribe.as_ref())?,
+            publish: globs(claims.publish.as_ref())?,
+            channels: channels(claims.channels.as_ref())?,
+        })
+    }
+
+    /// Verifies a subscription token now: the same keys, algorithms,
+    /// `aud`, `iss` and time checks as a connection token. Its permission
+    /// and `channels` claims are not read.
+    pub fn verify_subscription(&self, token: &str) -> Result<SubscriptionToken, TokenError> {
+        let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.verify_subscription_at(token, now_ms, Instant::now())
+    }
+
+    /// [`Verifier::verify_subscription`] as of `now_ms`, which is `now`.
+    pub fn verify_subscription_at(&self, token: &str, now_ms: u64, now: Instant) -> Result<SubscriptionToken, TokenError> {
+        let Checked { user, expires_at, claims } = self.check(token, now_ms, now)?;
+        let channel = match claims.channel {
+            Some(Value::String(topic)) => Some(topic.into_boxed_str()),
+            _ => None,
+        };
+        Ok(SubscriptionToken { user, channel, expires_at })
+    }
+
+    /// The checks every token passes: size, algorithm, signature, `aud`,
+    /// `iss`, `exp`, `nbf` and `sub`.
+    fn check(&self, token: &str, now_ms: u64, now: Instant) -> Result<Checked, TokenError> {
         if token.len() > self.max_token_bytes {
             return Err(TokenError::TooLong);
         }
@@ -283,12 +345,7 @@ impl Verifier {
             .map(|exp| exp + leeway - now_ms as f64)
             .filter(|left| *left < FOREVER_MS)
             .map(|left| Stamp::from(now + Duration::from_millis(left as u64)));
-        Ok(Identity {
-            user,
-            expires_at,
-            subscribe: globs(claims.subscribe.as_ref())?,
-            publish: globs(claims.publish.as_ref())?,
-        })
+        Ok(Checked { user, expires_at, claims })
     }
 }
 
@@ -306,6 +363,18 @@ fn globs(claim: Option<&Value>) -> Result<Box<[Glob]>, TokenError> {
             .map(|item| item.as_str().map(Glob::new).ok_or(TokenError::BadPermissionClaim))
             .collect(),
         Some(_) => Err(TokenError::BadPermissionClaim),
+    }
+}
+
+/// The `channels` claim: absent, or a list of topic names (validated when
+/// subscribed, not here).
+fn channels(claim: Option<&Value>) -> Result<Box<[Box<str>]>, TokenError> {
+    match claim {
+        None | Some(Value::Null) => Ok(Box::default()),
+        Some(Value::Array(items)) => {
+            items.iter().map(|item| item.as_str().map(Box::from).ok_or(TokenError::BadChannelsClaim)).collect()
+        }
+        Some(_) => Err(TokenError::BadChannelsClaim),
     }
 }
 
@@ -387,6 +456,8 @@ mod tests {
             (hs256(json!({"sub":"a"})), TokenError::MissingExp),
             (hs256(json!({"sub":"a","exp":"soon"})), TokenError::Malformed),
             (hs256(json!({"sub":"a","exp":exp_in(60_000),"subscribe":"chat:*"})), TokenError::BadPermissionClaim),
+            (hs256(json!({"sub":"a","exp":exp_in(60_000),"channels":"chat:1"})), TokenError::BadChannelsClaim),
+            (hs256(json!({"sub":"a","exp":exp_in(60_000),"channels":["chat:1", 2]})), TokenError::BadChannelsClaim),
             ("not.a.token".to_string(), TokenError::Malformed),
             ("".to_string(), TokenError::Malformed),
             ("x".repeat(9000), TokenError::TooLong),
@@ -396,6 +467,30 @@ mod tests {
         }
         let other = encode(&Header::new(Algorithm::HS256), &json!({"sub":"a","exp":exp_in(60_000)}), &EncodingKey::from_secret(b"other")).unwrap();
         assert_eq!(check(&v, &other).unwrap_err(), TokenError::BadSignature);
+    }
+
+    #[test]
+    fn the_channels_claim_lists_topics() {
+        let v = verifier("", "", true);
+        let id = check(&v, &hs256(json!({"sub":"a","exp":exp_in(60_000),"channels":["news","chat:1"]}))).unwrap();
+        assert_eq!(&*id.channels, &["news".into(), "chat:1".into()] as &[Box<str>]);
+        let none = check(&v, &hs256(json!({"sub":"a","exp":exp_in(60_000),"channels":null}))).unwrap();
+        assert!(none.channels.is_empty());
+        assert_eq!(TokenError::BadChannelsClaim.reason(), "channels claim is not a list of strings");
+    }
+
+    #[test]
+    fn subscription_tokens_pass_the_same_checks_and_name_their_channel() {
+        let v = verifier("app", "", true);
+        let sub = |claims: Value| v.verify_subscription_at(&hs256(claims), NOW_MS, Instant::now());
+        let t = sub(json!({"sub":"alice","exp":exp_in(60_000),"aud":"app","channel":"room:1","channels":7})).unwrap();
+        assert_eq!((&*t.user, t.channel.as_deref()), ("alice", Some("room:1")));
+        assert!(t.expires_at.is_some());
+        assert_eq!(sub(json!({"sub":"alice","exp":exp_in(60_000),"aud":"app","channel":["room:1"]})).unwrap().channel, None);
+        assert_eq!(sub(json!({"sub":"alice","exp":exp_in(-6000),"aud":"app","channel":"room:1"})).unwrap_err(), TokenError::Expired);
+        assert_eq!(sub(json!({"sub":"alice","exp":exp_in(60_000),"channel":"room:1"})).unwrap_err(), TokenError::WrongAudience);
+        assert_eq!(sub(json!({"sub":"alice","aud":"app","channel":"room:1"})).unwrap_err(), TokenError::MissingExp);
+        assert_eq!(v.verify_subscription_at("a.b.c", NOW_MS, Instant::now()).unwrap_err(), TokenError::Malformed);
     }
 
     #[test]

@@ -69,7 +69,8 @@ pub(super) fn check_tables(items: &[toml::Value]) -> Result<(), ConfigError> {
 }
 
 pub(super) fn validate(raw: &[RawNamespace]) -> Result<Namespaces, ConfigError> {
-    const MODES: &str = "\"anyone\", \"users\", \"claim\", \"proxy\" or \"nobody\"";
+    const MODES: &str = "\"anyone\", \"users\", \"claim\", \"proxy\", \"token\" or \"nobody\"";
+    const PUBLISH_MODES: &str = "\"anyone\", \"users\", \"claim\", \"proxy\" or \"nobody\" (\"token\" is for subscribe only)";
     let mut rules = Vec::with_capacity(raw.len());
     for (i, ns) in raw.iter().enumerate() {
         if ns.pattern.is_empty() || ns.pattern.chars().any(char::is_control) {
@@ -77,6 +78,12 @@ pub(super) fn validate(raw: &[RawNamespace]) -> Result<Namespaces, ConfigError> 
         }
         let mode = |key: &str, value: &str| {
             Access::parse(value).ok_or_else(|| invalid(format!("namespaces[{i}].{key}"), format!("{value:?}"), MODES))
+        };
+        // A subscription token grants one topic to one connection; a publish
+        // carries no token.
+        let publish = match mode("publish", &ns.publish)? {
+            Access::Token => return Err(invalid(format!("namespaces[{i}].publish"), format!("{:?}", ns.publish), PUBLISH_MODES)),
+            publish => publish,
         };
         let key = |name: &str| format!("namespaces[{i}].{name}");
         let history = match (ns.history_size, ns.history_ttl_ms) {
@@ -98,7 +105,7 @@ pub(super) fn validate(raw: &[RawNamespace]) -> Result<Namespaces, ConfigError> 
         rules.push(Namespace {
             pattern: Glob::new(&ns.pattern),
             subscribe: mode("subscribe", &ns.subscribe)?,
-            publish: mode("publish", &ns.publish)?,
+            publish,
             options: TopicOptions { presence: ns.presence, join_leave: ns.join_leave, history, recover: ns.recover },
         });
     }
@@ -130,6 +137,10 @@ mod tests {
         assert!(ns("pattern = \"a\"\nsubscribe = \"users\"").contains("namespaces[0].publish"));
         assert!(ns("pattern = \"a\"\nsubscribe = \"users\"\npublish = \"users\"\nhistory = 1").contains("namespaces[0].history"));
         assert!(ns("pattern = 1\nsubscribe = \"users\"\npublish = \"users\"").contains("namespaces[0].pattern"));
+        let publish_token = ns("pattern = \"a\"\nsubscribe = \"token\"\npublish = \"token\"");
+        assert!(publish_token.contains("namespaces[0].publish") && publish_token.contains("subscribe only"), "{publish_token}");
+        let c = Config::from_toml("[[namespaces]]\npattern = \"room:*\"\nsubscribe = \"token\"\npublish = \"users\"\n", &Overrides::default()).unwrap();
+        assert_eq!(c.namespaces.access("room:1", crate::auth::Action::Subscribe), Access::Token);
     }
 
     #[test]

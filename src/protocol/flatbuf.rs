@@ -68,7 +68,7 @@ pub fn parse_request<'a>(buf: &'a [u8]) -> Result<Request<'a>, RequestError> {
             let sub = frame.request_as_subscribe().ok_or_else(missing)?;
             let recover = sub.recover().map(|p| since(p, id, "recover")).transpose()?;
             let data = sub.data().map(|d| Payload::from_bytes(d.bytes()));
-            Command::Subscribe { topic: required(sub.topic(), id, "topic")?, recover, data }
+            Command::Subscribe { topic: required(sub.topic(), id, "topic")?, recover, token: sub.token().map(Cow::Borrowed), data }
         }
         Request_::Unsubscribe => Command::Unsubscribe { topic: required(frame.request_as_unsubscribe().and_then(|r| r.topic()), id, "topic")? },
         Request_::Publish => {
@@ -169,6 +169,15 @@ pub fn backend_error_frame(err: &RequestError, backend_code: u32) -> Bytes {
         let code = b.create_string(err.code.as_str());
         let message = b.create_string(&err.message);
         Error::create(b, &ErrorArgs { code: Some(code), message: Some(message), backend_code: Some(backend_code) }).as_union_value()
+    })
+}
+
+/// An `Unsubscribed` event: the server ended a subscription.
+pub fn unsubscribed_frame(topic: &str, reason: &str) -> Bytes {
+    server_frame(None, Event::Unsubscribed, |b| {
+        let topic = b.create_string(topic);
+        let reason = b.create_string(reason);
+        Unsubscribed::create(b, &UnsubscribedArgs { topic: Some(topic), reason: Some(reason) }).as_union_value()
     })
 }
 
@@ -314,6 +323,15 @@ mod tests {
             Some(Auth::create(b, &AuthArgs { token: Some(token) }).as_union_value())
         });
         assert!(matches!(parse_request(&auth).unwrap().command, Command::Auth { token } if token == "a.b.c"));
+        let subscribe = client_frame(Some(2), Request_::Subscribe, |b| {
+            let topic = b.create_string("room:1");
+            let token = b.create_string("s.u.b");
+            Some(Subscribe::create(b, &SubscribeArgs { topic: Some(topic), recover: None, token: Some(token), data: None }).as_union_value())
+        });
+        match parse_request(&subscribe).unwrap().command {
+            Command::Subscribe { topic, recover: None, token, .. } => assert_eq!((&*topic, token.as_deref()), ("room:1", Some("s.u.b"))),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -360,5 +378,10 @@ mod tests {
         let d = direct_frame(Some("bob"), b"x");
         let d = flatbuffers::root::<ServerFrame>(body(&d)).unwrap().event_as_direct().unwrap();
         assert_eq!(d.from(), Some("bob"));
+        let f = unsubscribed_frame("room:1", "token expired");
+        let sf = flatbuffers::root::<ServerFrame>(body(&f)).unwrap();
+        assert_eq!(sf.event_type(), Event::Unsubscribed);
+        let u = sf.event_as_unsubscribed().unwrap();
+        assert_eq!((u.topic(), u.reason()), (Some("room:1"), Some("token expired")));
     }
 }

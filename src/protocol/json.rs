@@ -123,7 +123,8 @@ pub fn parse_request<'a>(text: &'a [u8]) -> Result<Request<'a>, RequestError> {
     let command = match &*kind {
         "subscribe" => {
             let recover = raw.recover.map(|r| since_field(r, id, "recover")).transpose()?;
-            Command::Subscribe { topic: topic()?, recover, data: raw.data.map(Payload::json) }
+            let token = raw.token.map(|t| string_field(t, id, "token")).transpose()?;
+            Command::Subscribe { topic: topic()?, recover, token, data: raw.data.map(Payload::json) }
         }
         "unsubscribe" => Command::Unsubscribe { topic: topic()? },
         "publish" => {
@@ -268,6 +269,18 @@ pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>,
     text_frame(&body)
 }
 
+/// `{"type":"unsubscribed","topic":T,"reason":R}`: the server ended a
+/// subscription (its subscription token expired).
+pub fn unsubscribed_frame(topic: &str, reason: &str) -> Bytes {
+    let mut body = Vec::with_capacity(48 + topic.len() + reason.len());
+    body.extend_from_slice(br#"{"type":"unsubscribed","topic":"#);
+    push_json_str(&mut body, topic);
+    body.extend_from_slice(br#","reason":"#);
+    push_json_str(&mut body, reason);
+    body.push(b'}');
+    text_frame(&body)
+}
+
 /// `"publications":[{"offset":N,"payload":P},…],"offset":N,"epoch":E`.
 fn push_answer(body: &mut Vec<u8>, answer: &Answer) {
     body.extend_from_slice(br#""publications":["#);
@@ -398,10 +411,20 @@ mod tests {
     }
 
     #[test]
+    fn unsubscribed_frames_name_the_topic_and_reason() {
+        let f = unsubscribed_frame("room:\"1", "token expired");
+        let v: serde_json::Value = serde_json::from_slice(frame::payload_of(&f)).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"unsubscribed","topic":"room:\"1","reason":"token expired"}));
+    }
+
+    #[test]
     fn parses_every_request() {
         let r = parse_request(br#"{"type":"subscribe","topic":"news","id":1}"#).unwrap();
         assert_eq!(r.id, Some(1));
-        assert!(matches!(r.command, Command::Subscribe { ref topic, recover: None, .. } if topic == "news"));
+        assert!(matches!(r.command, Command::Subscribe { ref topic, recover: None, token: None, .. } if topic == "news"));
+        let r = parse_request(br#"{"type":"subscribe","topic":"room:1","token":"a.b\/c"}"#).unwrap();
+        assert!(matches!(r.command, Command::Subscribe { token: Some(ref t), .. } if t == "a.b/c"));
+        assert_eq!(code(r#"{"type":"subscribe","topic":"room:1","token":7,"id":2}"#), (Some(2), ErrorCode::BadRequest));
         let r = parse_request(br#"{"type":"subscribe","topic":"c","recover":{"offset":10,"epoch":"e1"}}"#).unwrap();
         assert!(matches!(r.command, Command::Subscribe { recover: Some(Since { offset: 10, ref epoch }), .. } if epoch == "e1"));
         let r = parse_request(br#"{"type":"history","topic":"c","since":{"offset":3,"epoch":"e"},"limit":5,"id":3}"#).unwrap();

@@ -80,6 +80,15 @@ impl Encoding {
         }
     }
 
+    /// The server ended the connection's subscription to `topic` (`reason`:
+    /// "token expired").
+    pub fn unsubscribed_frame(self, topic: &str, reason: &str) -> Bytes {
+        match self {
+            Encoding::Json => json::unsubscribed_frame(topic, reason),
+            Encoding::FlatBuffers => flatbuf::unsubscribed_frame(topic, reason),
+        }
+    }
+
     /// The welcome; `data` (JSON text) from the connect hook.
     pub fn welcome_frame(self, client: &str, node: &str, shard: usize, user: Option<&str>, data: Option<&str>) -> Bytes {
         match self {
@@ -144,9 +153,10 @@ pub struct Request<'a> {
 
 #[derive(Debug)]
 pub enum Command<'a> {
-    /// `recover`: the last position the client saw of the topic.
-    /// `data`: for the subscribe hook (`proxy` namespaces).
-    Subscribe { topic: std::borrow::Cow<'a, str>, recover: Option<Since>, data: Option<Payload<'a>> },
+    /// `recover`: the last position the client saw of the topic. `token`:
+    /// a subscription token (required by `token` namespaces). `data`: for
+    /// the subscribe hook (`proxy` namespaces).
+    Subscribe { topic: std::borrow::Cow<'a, str>, recover: Option<Since>, token: Option<std::borrow::Cow<'a, str>>, data: Option<Payload<'a>> },
     Unsubscribe { topic: std::borrow::Cow<'a, str> },
     /// `payload` is kept verbatim (never re-serialised).
     Publish { topic: std::borrow::Cow<'a, str>, payload: Payload<'a>, skip_self: bool },

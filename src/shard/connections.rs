@@ -1,6 +1,7 @@
 //! The shard's connections: its table of peers, their auth and token
-//! deadlines, and the heartbeat sweep (pings, silent clients closed, closes
-//! that take too long aborted). Touched only by this shard.
+//! deadlines and their subscriptions' token expiries, and the heartbeat
+//! sweep (pings, silent clients closed, closes that take too long
+//! aborted). Touched only by this shard.
 
 use std::rc::Rc;
 
@@ -20,13 +21,14 @@ impl Shard {
         ShardStats::add(&stats.connections_accepted, 1);
     }
 
-    /// Forgets a closed connection, its subscriptions and its deadline.
+    /// Forgets a closed connection, its subscriptions and its deadlines.
     pub fn remove_peer(&self, id: ConnId, topics: &[Rc<str>]) {
         for topic in topics {
             self.unsubscribe(topic, id);
         }
         self.deadlines.borrow_mut().clear(id);
         self.forget_hook_events(id);
+        self.sub_deadlines.borrow_mut().clear_connection(id);
         self.peers.borrow_mut().remove(&id);
         ShardStats::sub(&self.stats().connections, 1);
         self.node_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -44,9 +46,25 @@ impl Shard {
         self.deadlines.borrow_mut().clear(id);
     }
 
-    /// The earliest deadline of this shard's connections.
+    /// Sets (or replaces) when connection `id`'s subscription to `topic`
+    /// ends (its subscription token's expiry), or forgets it (`None`: the
+    /// new token never expires).
+    pub fn set_subscription_deadline(&self, id: ConnId, topic: Rc<str>, at: Option<Stamp>) {
+        let Some(at) = at else { return self.sub_deadlines.borrow_mut().clear(id, &topic) };
+        let earliest = self.next_deadline().is_none_or(|next| at < next);
+        self.sub_deadlines.borrow_mut().set(id, topic, at);
+        if earliest {
+            self.deadline_earlier.raise();
+        }
+    }
+
+    /// The earliest deadline of this shard's connections and subscriptions.
     pub fn next_deadline(&self) -> Option<Stamp> {
-        self.deadlines.borrow().next()
+        let (own, subscriptions) = (self.deadlines.borrow().next(), self.sub_deadlines.borrow().next());
+        match (own, subscriptions) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Waits until a deadline earlier than all others is set.
@@ -56,8 +74,19 @@ impl Shard {
 
     /// Closes the connections whose deadline passed: 4001 for those that never
     /// authenticated, 4002 for expired tokens (what is queued for them is
-    /// sent first); a hook deadline goes to its connection's task.
+    /// sent first); a hook deadline goes to its connection's task. Then ends
+    /// the subscriptions whose subscription token expired: the connection
+    /// is unsubscribed and told so (`unsubscribed`, "token expired"), and
+    /// stays open.
     pub fn expire_due(&self, now: Stamp) {
+        loop {
+            let Some((id, topic)) = self.sub_deadlines.borrow_mut().pop_due(now) else { break };
+            let Some(peer) = self.peers.borrow().get(&id).cloned() else { continue };
+            if self.unsubscribe(&topic, id) {
+                let reason = crate::auth::TokenError::Expired.reason();
+                peer.push(peer.encoding().unsubscribed_frame(&topic, reason), self.queueing());
+            }
+        }
         loop {
             let Some((id, kind)) = self.deadlines.borrow_mut().pop_due(now) else { return };
             let Some(peer) = self.peers.borrow().get(&id).cloned() else { continue };

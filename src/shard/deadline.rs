@@ -1,13 +1,17 @@
 //! Per-connection deadlines of one shard: the `auth` timeout of a connection
 //! that has not authenticated yet, the token expiry of one that has, and
-//! the backend hooks' (waiting for connect, refreshing).
+//! the backend hooks' (waiting for connect, refreshing) ([`Deadlines`]);
+//! and the subscription-token expiries of its subscriptions to `token`
+//! namespaces ([`SubscriptionDeadlines`]).
 //!
-//! One ordered map, so the shard finds what is due by looking at its first
-//! entry instead of walking every connection, and a task that sleeps until
-//! the earliest deadline. Each connection has at most one deadline at a time.
-//! Touched only by the owning shard.
+//! Ordered maps, so the shard finds what is due by looking at their first
+//! entries instead of walking every connection, and one task that sleeps
+//! until the earliest of both. Each connection has at most one connection
+//! deadline at a time, and one per topic it subscribed to with an expiring
+//! token. Touched only by the owning shard.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 
 use crate::clock::Stamp;
 use crate::ids::ConnId;
@@ -76,6 +80,74 @@ impl Deadlines {
     }
 }
 
+/// When each subscription made with an expiring subscription token ends.
+/// Bounded by the shard's subscriptions: connections × `[limits]
+/// max_topics_per_connection` at most, since an entry is dropped when its
+/// subscription ends (unsubscribe, close, or this expiry).
+#[derive(Default)]
+pub struct SubscriptionDeadlines {
+    by_time: BTreeSet<(Stamp, ConnId, Rc<str>)>,
+    /// Per connection, its expiring topics (a connection without any has no entry).
+    by_conn: HashMap<ConnId, HashMap<Rc<str>, Stamp, ahash::RandomState>, ahash::RandomState>,
+}
+
+impl SubscriptionDeadlines {
+    /// Sets (or replaces) when `conn`'s subscription to `topic` ends.
+    /// Returns true when it is now the earliest one.
+    pub fn set(&mut self, conn: ConnId, topic: Rc<str>, at: Stamp) -> bool {
+        self.clear(conn, &topic);
+        let first = self.next().is_none_or(|next| at < next);
+        self.by_time.insert((at, conn, topic.clone()));
+        self.by_conn.entry(conn).or_default().insert(topic, at);
+        first
+    }
+
+    /// Forgets `conn`'s deadline on `topic`, if it has one.
+    pub fn clear(&mut self, conn: ConnId, topic: &str) {
+        let Some(topics) = self.by_conn.get_mut(&conn) else { return };
+        let Some((topic, at)) = topics.remove_entry(topic) else { return };
+        if topics.is_empty() {
+            self.by_conn.remove(&conn);
+        }
+        self.by_time.remove(&(at, conn, topic));
+    }
+
+    /// Forgets every deadline of `conn` (it closed).
+    pub fn clear_connection(&mut self, conn: ConnId) {
+        for (topic, at) in self.by_conn.remove(&conn).into_iter().flatten() {
+            self.by_time.remove(&(at, conn, topic));
+        }
+    }
+
+    /// The earliest deadline.
+    pub fn next(&self) -> Option<Stamp> {
+        self.by_time.first().map(|(at, _, _)| *at)
+    }
+
+    /// Removes and returns one subscription whose deadline is due at `now`.
+    pub fn pop_due(&mut self, now: Stamp) -> Option<(ConnId, Rc<str>)> {
+        if self.by_time.first().is_none_or(|(at, _, _)| *at > now) {
+            return None;
+        }
+        let (_, conn, topic) = self.by_time.pop_first()?;
+        if let Some(topics) = self.by_conn.get_mut(&conn) {
+            topics.remove(&topic);
+            if topics.is_empty() {
+                self.by_conn.remove(&conn);
+            }
+        }
+        Some((conn, topic))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_time.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_time.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +171,32 @@ mod tests {
         assert_eq!(d.pop_due(at(40)), None, "c was pushed back to 50 ms; a was cleared");
         assert_eq!(d.pop_due(at(50)), Some((c, Deadline::Expiry)));
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn subscription_deadlines_are_per_topic_and_cleared_with_their_subscription() {
+        let t0 = Instant::now();
+        let at = |ms| Stamp::from(t0 + Duration::from_millis(ms));
+        let (a, b) = (ConnId::new(0, 1), ConnId::new(0, 2));
+        let topic = |name: &str| Rc::<str>::from(name);
+        let mut d = SubscriptionDeadlines::default();
+        assert!(d.set(a, topic("room:1"), at(30)));
+        assert!(!d.set(a, topic("room:2"), at(40)));
+        assert!(d.set(b, topic("room:1"), at(10)));
+        assert!(!d.set(b, topic("room:1"), at(50)), "a renewal replaces the expiry");
+        assert_eq!(d.len(), 3);
+        assert_eq!(d.next(), Some(at(30)));
+        d.clear(a, "room:2");
+        d.clear(a, "room:9");
+        assert_eq!(d.pop_due(at(20)), None);
+        assert_eq!(d.pop_due(at(45)), Some((a, topic("room:1"))));
+        assert_eq!(d.pop_due(at(45)), None, "room:2 was cleared; b's was pushed back to 50 ms");
+        assert_eq!(d.pop_due(at(50)), Some((b, topic("room:1"))));
+        assert!(d.is_empty() && d.by_conn.is_empty());
+        d.set(a, topic("room:1"), at(10));
+        d.set(a, topic("room:2"), at(20));
+        d.set(b, topic("room:1"), at(30));
+        d.clear_connection(a);
+        assert_eq!((d.len(), d.next()), (1, Some(at(30))));
     }
 }

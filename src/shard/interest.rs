@@ -4,6 +4,7 @@
 //! anywhere after the ack arrives. Touched only by this shard; other shards
 //! answer through `ControlMsg::InterestApplied`.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -36,6 +37,21 @@ pub enum Then {
     /// (and, with `recover`, what was missed); the ack is built from the
     /// answer, and live messages are held until then ([`crate::history::wait`]).
     Position(crate::history::wait::Request),
+    /// Nothing: a subscription the server made (a token's `channels`). The
+    /// connection's input does not wait for it; what must follow it (the
+    /// welcome) waits with [`Shard::when_effective`].
+    Quiet,
+    /// One of the rounds a frame waits for ([`Shard::when_effective`]);
+    /// the last of them to complete queues it.
+    Join(Rc<Join>),
+}
+
+/// A frame waiting for several interest rounds, shared by their waiters.
+#[derive(Debug)]
+pub struct Join {
+    /// Rounds not completed yet.
+    left: Cell<usize>,
+    frame: Bytes,
 }
 
 impl Shard {
@@ -97,10 +113,13 @@ impl Shard {
         }
         match pending {
             Some(token) => {
+                let quiet = matches!(then, Then::Quiet);
                 let mut pending = self.pending_interest.borrow_mut();
                 let wait = pending.get_mut(&token).expect("pending token is tracked");
                 wait.waiters.push((peer.clone(), then));
-                peer.set_awaiting(true);
+                if !quiet {
+                    peer.set_awaiting(true);
+                }
             }
             None => {
                 if self.subscribed(peer, &sub.name, then) {
@@ -130,7 +149,42 @@ impl Shard {
                 // The answer may have come at once (this shard is the home).
                 self.holds.borrow().holds(peer.id, topic)
             }
+            Then::Quiet => false,
+            Then::Join(join) => {
+                let left = join.left.get().saturating_sub(1);
+                join.left.set(left);
+                if left > 0 {
+                    return true;
+                }
+                peer.push(join.frame.clone(), self.queueing());
+                false
+            }
         }
+    }
+
+    /// Queues `frame` for `peer` once every interest round still pending
+    /// for `topics` has completed (at once when none is); the connection is
+    /// not read meanwhile. The welcome of a connection the server
+    /// subscribed at connect waits so for its topics and its user topic:
+    /// a publish anywhere after the welcome reaches it, as after an ack.
+    pub fn when_effective<'t>(&self, peer: &Rc<Peer>, topics: impl IntoIterator<Item = &'t str>, frame: Bytes) {
+        let registry = self.registry.borrow();
+        let mut tokens: Vec<u64> = topics.into_iter().filter_map(|t| registry.get(t)?.pending_interest).collect();
+        drop(registry);
+        tokens.sort_unstable();
+        tokens.dedup();
+        let mut pending = self.pending_interest.borrow_mut();
+        tokens.retain(|token| pending.contains_key(token));
+        if tokens.is_empty() {
+            drop(pending);
+            peer.push(frame, self.queueing());
+            return;
+        }
+        let join = Rc::new(Join { left: Cell::new(tokens.len()), frame });
+        for token in tokens {
+            pending.get_mut(&token).expect("retained").waiters.push((peer.clone(), Then::Join(join.clone())));
+        }
+        peer.set_awaiting(true);
     }
 
     /// Removes `id` from `topic`; tells the other shards when it was the last
@@ -143,6 +197,9 @@ impl Shard {
         };
         drop(registry);
         self.holds.borrow_mut().cancel(id, topic);
+        if !self.sub_deadlines.borrow().is_empty() {
+            self.sub_deadlines.borrow_mut().clear(id, topic);
+        }
         if options.presence || options.join_leave {
             self.presence_leave(topic, id);
         }
@@ -192,7 +249,8 @@ impl Shard {
             }
         }
         for (peer, then) in wait.waiters {
-            if !self.subscribed(&peer, &wait.topic, then) {
+            let quiet = matches!(then, Then::Quiet);
+            if !self.subscribed(&peer, &wait.topic, then) && !quiet {
                 peer.set_awaiting(false);
                 peer.wake();
             }

@@ -25,9 +25,9 @@ mod remote;
 pub mod shutdown;
 pub mod tasks;
 
-pub use deadline::{Deadline, Deadlines};
+pub use deadline::{Deadline, Deadlines, SubscriptionDeadlines};
 pub use fanout::PendingPublish;
-pub use interest::Then;
+pub use interest::{Join, Then};
 pub use remote::Remote;
 use interest::PendingInterest;
 
@@ -73,6 +73,9 @@ pub struct Shard {
     pub admission: Arc<Admission>,
     /// Auth timeouts and token expiries of this shard's connections.
     deadlines: RefCell<Deadlines>,
+    /// Subscription-token expiries of this shard's subscriptions; an entry
+    /// is dropped with its subscription ([`Shard::unsubscribe`]).
+    sub_deadlines: RefCell<SubscriptionDeadlines>,
     /// Raised when a deadline earlier than all others is set, so that the
     /// deadline task (sleeping until the previous earliest) re-arms.
     deadline_earlier: Notify,
@@ -176,6 +179,7 @@ impl Shard {
             node_connections,
             admission,
             deadlines: RefCell::default(),
+            sub_deadlines: RefCell::default(),
             deadline_earlier: Notify::default(),
             cork: Cork::default(),
             scratch: RefCell::new(scratch),

@@ -196,7 +196,8 @@ async fn sweep_loop(shard: Rc<Shard>) {
     }
 }
 
-/// Closes connections at their auth timeout or token expiry. Sleeps until
+/// Closes connections at their auth timeout or token expiry, and ends
+/// subscriptions at their subscription token's expiry. Sleeps until
 /// the earliest deadline (or until an earlier one is set); with none, it
 /// waits without a timer, so a server without auth never wakes for it.
 async fn deadline_loop(shard: Rc<Shard>) {

@@ -21,6 +21,7 @@ mod pubsub;
 mod recovery;
 mod redis;
 mod shutdown;
+mod sub_tokens;
 mod tls;
 mod topology;
 mod wire;

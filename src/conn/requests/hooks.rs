@@ -145,7 +145,7 @@ impl Conn {
             Pending::Subscribe { id, topic, recover } => match answer {
                 HookAnswer::Result(HookResult::Subscribe(result)) => {
                     let data = result.data.map(|d| d.get().to_owned());
-                    self.subscribe_now(id, &topic, recover, data.as_deref());
+                    self.subscribe_now(id, &topic, recover, None, data.as_deref());
                 }
                 other => self.refused_by_backend(id, other, ErrorCode::Forbidden),
             },

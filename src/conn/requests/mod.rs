@@ -24,7 +24,7 @@ mod publish;
 pub(super) mod session;
 mod subscribe;
 
-use crate::auth::{Action, TopicOptions};
+use crate::auth::{Access, Action, TopicOptions};
 use crate::codes::ErrorCode;
 use crate::metrics::ShardStats;
 use crate::protocol::{Command, Encoding, RequestError};
@@ -58,7 +58,7 @@ impl Conn {
             Command::Ping => self.send(encoding.pong_frame(id)),
             Command::Auth { token } => self.on_auth(id, &token),
             Command::Refresh { token } => self.on_refresh(id, &token),
-            Command::Subscribe { topic, recover, data } => self.on_subscribe(id, &topic, recover, data),
+            Command::Subscribe { topic, recover, token, data } => self.on_subscribe(id, &topic, recover, token.as_deref(), data),
             Command::Connect { .. } => {
                 let message = "connect is accepted only as a connection's first request, on a server with a connect hook ([proxy] connect_url)".into();
                 self.reply_error(RequestError { id, code: ErrorCode::BadRequest, message });
@@ -93,13 +93,17 @@ impl Conn {
     }
 
     /// Whether `topic` is a valid client topic this connection may use for
-    /// `action`; answers `invalid_topic` or `forbidden` otherwise.
+    /// `action`; answers `invalid_topic` or `forbidden` otherwise. A `token`
+    /// namespace's topic is open (to `presence`, `history`) only to its
+    /// subscribers.
     fn topic_allowed(&mut self, id: Option<u64>, topic: &str, action: Action) -> bool {
         if let Err(why) = crate::topic::validate(topic, self.shard.config.limits.max_topic_len) {
             self.reply_error(RequestError { id, code: ErrorCode::InvalidTopic, message: why.into() });
             return false;
         }
-        if !self.shard.config.namespaces.allows(topic, action, self.identity()) {
+        let namespaces = &self.shard.config.namespaces;
+        let by_token = || action == Action::Subscribe && namespaces.access(topic, action) == Access::Token && self.is_subscribed(topic);
+        if !namespaces.allows(topic, action, self.identity()) && !by_token() {
             let verb = if action == Action::Subscribe { "subscribe to" } else { "publish to" };
             self.forbidden(id, format!("not allowed to {verb} this topic"));
             return false;

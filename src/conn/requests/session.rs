@@ -197,11 +197,13 @@ impl Conn {
         };
         let identity = match (user, token_identity) {
             (Some(user), Some(token)) if *token.user == *user => Some(token),
-            (Some(user), _) => Some(Identity { user: user.into(), expires_at: None, subscribe: Box::default(), publish: Box::default() }),
+            (Some(user), _) => Some(Identity { user: user.into(), expires_at: None, subscribe: Box::default(), publish: Box::default(), channels: Box::default() }),
             (None, token) => token,
         };
         match identity {
-            Some(identity) => {
+            Some(mut identity) => {
+                // Subscribed before the welcome goes out (see authenticate).
+                identity.channels = channels.into_iter().map(String::into_boxed_str).chain(identity.channels.iter().cloned()).collect();
                 self.authenticate(identity, None, data.as_deref());
                 if let (Some(at), Some(State::User { expire_at: slot, .. })) = (expire_at, self.session.as_deref_mut().map(|s| &mut s.state)) {
                     *slot = Some(at);
@@ -212,11 +214,11 @@ impl Conn {
                 if let Some(session) = self.session.as_deref_mut() {
                     session.state = State::Anonymous;
                 }
-                self.send(self.welcome(None, data.as_deref()));
+                // The welcome goes once the channels are effective.
+                self.subscribe_server_side(channels.iter());
+                let welcome = self.welcome(None, data.as_deref());
+                self.shard.clone().when_effective(&self.peer, self.topics.iter().map(|t| &**t), welcome);
             }
-        }
-        if self.peer.closing_since().is_none() {
-            self.subscribe_server_side(&channels);
         }
     }
 
@@ -242,10 +244,12 @@ impl Conn {
 
     /// Makes the connection `identity`'s: counts it against the user's
     /// connection limit, arms the expiry close, subscribes it to the user's
-    /// direct messages, and queues `auth`'s ack (when `ack`) and the welcome
-    /// frame. The welcome goes out once the user topic is effective on every
-    /// shard (and node), so a direct message sent after it arrives.
-    fn authenticate(&mut self, identity: Identity, ack: Option<u64>, data: Option<&str>) {
+    /// direct messages and to the token's `channels`, and queues `auth`'s
+    /// ack (when `ack`) and the welcome frame (with the connect hook's
+    /// `data`). The welcome goes out once those subscriptions are effective
+    /// on every shard (and node), so a direct message or publish sent after
+    /// it arrives.
+    fn authenticate(&mut self, mut identity: Identity, ack: Option<u64>, data: Option<&str>) {
         let shard = self.shard.clone();
         let Some(slot) = shard.admission.admit_user(&identity.user) else {
             ShardStats::add(&shard.stats().user_limit_rejections, 1);
@@ -259,12 +263,16 @@ impl Conn {
             self.send(self.peer.encoding().ack_frame(id));
         }
         let welcome = self.welcome(Some(&identity.user), data);
-        let topic = shard.subscribe(&self.peer, &topic::user_topic(&identity.user), TopicOptions::default(), Then::Frame(Some(welcome)), None);
-        let user = State::User { identity, _slot: slot, topic, expire_at: None };
+        let channels = std::mem::take(&mut identity.channels);
+        let topic = shard.subscribe(&self.peer, &topic::user_topic(&identity.user), TopicOptions::default(), Then::Quiet, None);
+        let user = State::User { identity, _slot: slot, topic: topic.clone(), expire_at: None };
         match &mut self.session {
             Some(session) => session.state = user,
             None => self.session = Some(Box::new(Session { state: user, _ip: None, deferred: None })),
         }
+        // With the identity in place: presence lists these as the user's.
+        self.subscribe_server_side(channels.iter());
+        shard.when_effective(&self.peer, self.topics.iter().map(|t| &**t).chain([&*topic]), welcome);
     }
 
     /// Closes the connection for a refused token (4001, the reason names the
@@ -319,6 +327,8 @@ impl Conn {
         if fresh.user != current.user {
             return self.forbidden(id, "the token is for another user".into());
         }
+        // `channels` are subscribed at connect only.
+        let fresh = Identity { channels: Box::default(), ..fresh };
         match fresh.expires_at {
             Some(at) => self.shard.set_deadline(self.peer.id, at, Deadline::Expiry),
             None => self.shard.clear_deadline(self.peer.id),
