@@ -38,6 +38,9 @@ struct Seen {
 
 type Answer = dyn Fn(&str, &Value) -> Reply + std::marker::Send + Sync;
 
+/// The backend's handler state: the calls seen, and how to answer.
+type Shared = (Arc<Mutex<Vec<Seen>>>, Arc<Answer>);
+
 /// An HTTP backend on 127.0.0.1 that records every call and answers with
 /// `answer(path, body)`. Stops with the test.
 struct Backend {
@@ -68,7 +71,7 @@ impl Backend {
     }
 }
 
-async fn handle(axum::extract::State((seen, answer)): axum::extract::State<(Arc<Mutex<Vec<Seen>>>, Arc<Answer>)>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(axum::extract::State((seen, answer)): axum::extract::State<Shared>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
     let path = uri.path().to_string();

@@ -7,9 +7,9 @@
 //! - [`publish`]: `publish`, and the publish rate every sender shares;
 //! - [`direct`]: `send` to a user;
 //! - [`presence`]: `presence`, `presence_stats`;
-//! - [`history`]: `history`;
-//! - [`hooks`]: the backend's say (`[proxy]`): connect, refresh, the
-//!   `proxy` steps of subscribe and publish, `rpc`.
+//! - [`history`]: `history` requests;
+//! - [`hooks`]: what the backend decides (`[proxy]`): connect, refresh,
+//!   the `proxy` steps of subscribe and publish, and `rpc`.
 //!
 //! Runs on the connection's shard, inside its task; never waits. A request
 //! that needs other shards (a subscribe's interest round, a history or
