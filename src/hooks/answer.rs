@@ -10,7 +10,6 @@ use serde_json::value::RawValue;
 use super::http::{Answer, PostError};
 use crate::auth::MAX_USER_BYTES;
 use crate::bus::hooks::{Failure, Hook, HookAnswer, HookResult};
-use crate::codes::close::MAX_REASON_BYTES;
 
 /// Other top-level fields are ignored (a backend may add its own).
 #[derive(Deserialize)]
@@ -65,7 +64,7 @@ fn parse(hook: Hook, body: &[u8]) -> Option<HookAnswer> {
             Some(HookAnswer::Error { code: error.code, message: error.message })
         }
         Envelope { result: None, error: None, disconnect: Some(d) } if (4000..=4999).contains(&d.code) => {
-            Some(HookAnswer::Disconnect { code: d.code, reason: clip(d.reason, MAX_REASON_BYTES) })
+            Some(HookAnswer::Disconnect { code: d.code, reason: d.reason })
         }
         _ => None,
     }
@@ -91,18 +90,6 @@ fn result_of(hook: Hook, json: &str) -> Option<HookResult> {
         }
         Hook::Rpc => HookResult::Rpc(serde_json::from_str(json).ok()?),
     })
-}
-
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn clip(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 #[cfg(test)]
@@ -150,8 +137,12 @@ mod tests {
 
     #[test]
     fn a_long_disconnect_reason_is_cut_to_fit_a_close_frame() {
+        use crate::codes::close::MAX_REASON_BYTES;
         let long = format!(r#"{{"disconnect":{{"code":4000,"reason":"{}"}}}}"#, "é".repeat(100));
         let HookAnswer::Disconnect { reason, .. } = judge(Hook::Connect, ok(&long)) else { panic!() };
-        assert!(reason.len() <= MAX_REASON_BYTES && reason.chars().all(|c| c == 'é'));
+        // The close frame cuts it (ws::frame::close), on a character boundary.
+        let frame = crate::ws::frame::close(4000, &reason);
+        let sent = std::str::from_utf8(&frame[4..]).unwrap();
+        assert!(sent.len() <= MAX_REASON_BYTES && sent.chars().all(|c| c == 'é'), "{sent:?}");
     }
 }

@@ -130,11 +130,7 @@ pub fn pong_frame(id: Option<u64>) -> Bytes {
 }
 
 pub fn error_frame(err: &RequestError) -> Bytes {
-    server_frame(err.id, Event::Error, |b| {
-        let code = b.create_string(err.code.as_str());
-        let message = b.create_string(&err.message);
-        Error::create(b, &ErrorArgs { code: Some(code), message: Some(message), backend_code: None }).as_union_value()
-    })
+    error_with(err, None)
 }
 
 pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>, data: Option<&str>) -> Bytes {
@@ -165,10 +161,14 @@ pub fn rpc_result_frame(id: u64, data: Option<&str>) -> Bytes {
 
 /// An `Error` relaying a backend's refusal, with its `backend_code`.
 pub fn backend_error_frame(err: &RequestError, backend_code: u32) -> Bytes {
+    error_with(err, Some(backend_code))
+}
+
+fn error_with(err: &RequestError, backend_code: Option<u32>) -> Bytes {
     server_frame(err.id, Event::Error, |b| {
         let code = b.create_string(err.code.as_str());
         let message = b.create_string(&err.message);
-        Error::create(b, &ErrorArgs { code: Some(code), message: Some(message), backend_code: Some(backend_code) }).as_union_value()
+        Error::create(b, &ErrorArgs { code: Some(code), message: Some(message), backend_code }).as_union_value()
     })
 }
 

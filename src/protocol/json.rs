@@ -363,17 +363,7 @@ pub fn rpc_result_frame(id: u64, data: Option<&str>) -> Bytes {
 /// An error frame relaying a backend's refusal: its numeric code as
 /// `backend_code`, its message as the message.
 pub fn backend_error_frame(err: &RequestError, backend_code: u32) -> Bytes {
-    let mut body = Vec::with_capacity(80 + err.message.len());
-    body.extend_from_slice(br#"{"type":"error","#);
-    if let Some(id) = err.id {
-        body.extend_from_slice(format!(r#""id":{id},"#).as_bytes());
-    }
-    body.extend_from_slice(br#""code":""#);
-    body.extend_from_slice(err.code.as_str().as_bytes());
-    body.extend_from_slice(br#"","message":"#);
-    push_json_str(&mut body, &err.message);
-    body.extend_from_slice(format!(r#","backend_code":{backend_code}}}"#).as_bytes());
-    text_frame(&body)
+    error_with(err, Some(backend_code))
 }
 
 pub fn pong_frame(id: Option<u64>) -> Bytes {
@@ -384,7 +374,12 @@ pub fn pong_frame(id: Option<u64>) -> Bytes {
 }
 
 pub fn error_frame(err: &RequestError) -> Bytes {
-    let mut body = Vec::with_capacity(64 + err.message.len());
+    error_with(err, None)
+}
+
+/// `{"type":"error",["id":N,]"code":C,"message":M[,"backend_code":B]}`.
+fn error_with(err: &RequestError, backend_code: Option<u32>) -> Bytes {
+    let mut body = Vec::with_capacity(80 + err.message.len());
     body.extend_from_slice(br#"{"type":"error","#);
     if let Some(id) = err.id {
         body.extend_from_slice(format!(r#""id":{id},"#).as_bytes());
@@ -393,6 +388,9 @@ pub fn error_frame(err: &RequestError) -> Bytes {
     body.extend_from_slice(err.code.as_str().as_bytes());
     body.extend_from_slice(br#"","message":"#);
     push_json_str(&mut body, &err.message);
+    if let Some(code) = backend_code {
+        body.extend_from_slice(format!(r#","backend_code":{code}"#).as_bytes());
+    }
     body.push(b'}');
     text_frame(&body)
 }

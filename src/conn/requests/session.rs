@@ -190,8 +190,8 @@ impl Conn {
                 if code == close::UNAUTHORIZED {
                     ShardStats::add(&self.shard.stats().auth_failures, 1);
                 }
-                let reason = clip(&reason, close::MAX_REASON_BYTES);
-                return self.close_session(code, reason);
+                // The close frame cuts a long reason (`ws::frame::close`).
+                return self.close_session(code, &reason);
             }
             Connected::As { user, expire_at, channels, data } => (user, expire_at, channels, data),
         };
@@ -349,11 +349,3 @@ impl Conn {
     }
 }
 
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn clip(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
