@@ -276,6 +276,67 @@ impl Collector for HookStats {
     }
 }
 
+/// How a webhook event ended, the `result` label of
+/// `shardcast_webhook_events_total`: `sent` (in a batch answered 2xx),
+/// `failed` (its batch was refused with a 4xx or still failing after
+/// `webhooks.max_retry_ms`), `dropped` (pushed out of a full queue).
+pub const WEBHOOK_RESULTS: [&str; 3] = ["sent", "failed", "dropped"];
+pub const WEBHOOK_SENT: usize = 0;
+pub const WEBHOOK_FAILED: usize = 1;
+pub const WEBHOOK_DROPPED: usize = 2;
+
+/// The webhooks' counters: written by the shards (depth, drops) and the
+/// hooks thread (the rest), read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    events: [AtomicU64; WEBHOOK_RESULTS.len()],
+    depth: AtomicU64,
+    /// POSTs that were retried (a 5xx, a timeout, no connection).
+    retries: AtomicU64,
+}
+
+impl WebhookStats {
+    pub fn count(&self, result: usize, n: u64) {
+        self.events[result].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn dropped(&self, n: u64) {
+        self.count(WEBHOOK_DROPPED, n);
+    }
+
+    pub fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_depth(&self, depth: usize) {
+        self.depth.store(depth as u64, Ordering::Relaxed);
+    }
+
+    pub fn events(&self, result: usize) -> u64 {
+        self.events[result].load(Ordering::Relaxed)
+    }
+
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+}
+
+impl Collector for WebhookStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let help = "Webhook events by how they ended: sent (2xx), failed (a 4xx, or still failing after webhooks.max_retry_ms), dropped (pushed out of a full queue, webhooks.queue_size).";
+        let mut metric = encoder.encode_descriptor("webhook_events", help, None, MetricType::Counter)?;
+        for (result, label) in WEBHOOK_RESULTS.iter().enumerate() {
+            metric.encode_family(&[("result", *label)])?.encode_counter::<NoLabelSet, _, u64>(&self.events(result), None)?;
+        }
+        let help = "Webhook POSTs retried after a 5xx, a timeout or a failed connection.";
+        let mut metric = encoder.encode_descriptor("webhook_retries", help, None, MetricType::Counter)?;
+        metric.encode_counter::<NoLabelSet, _, u64>(&self.retries.load(Ordering::Relaxed), None)?;
+        let help = "Webhook events waiting to be sent (at most webhooks.queue_size).";
+        encoder.encode_descriptor("webhook_queue_depth", help, None, MetricType::Gauge)?.encode_gauge(&self.depth())?;
+        Ok(())
+    }
+}
+
 /// The node's whole metrics page (OpenMetrics text, [`CONTENT_TYPE`]): the
 /// shards' series and the node-wide ones the `node` collectors encode (the
 /// user gauges, the backend hooks).

@@ -447,6 +447,9 @@ pub async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     if let Some(hooks) = &state.hooks {
         node.push(Box::new(hooks.clone()));
     }
+    if let Some(webhooks) = &state.webhooks {
+        node.push(Box::new(webhooks.clone()));
+    }
     let page = crate::metrics::render(&state.stats, node);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], page).into_response()
 }

@@ -38,7 +38,7 @@ use crate::auth::Admission;
 use crate::bus::admin::AdminCall;
 use crate::bus::Mailbox;
 use crate::config::Config;
-use crate::metrics::{HookStats, ShardStats};
+use crate::metrics::{HookStats, ShardStats, WebhookStats};
 use cluster::{History, Nodes};
 use shards::Shards;
 
@@ -59,6 +59,8 @@ pub struct AdminState {
     pub admission: Arc<Admission>,
     /// The backend hooks' counters, when `[proxy]` sets a URL.
     pub hooks: Option<Arc<HookStats>>,
+    /// The webhooks' counters, when `[webhooks] url` is set.
+    pub webhooks: Option<Arc<WebhookStats>>,
     pub history: Mutex<History>,
     pub nodes: Mutex<Nodes>,
     /// Set by the main thread when SIGINT/SIGTERM starts the drain.
@@ -100,6 +102,7 @@ pub struct Wiring {
     pub stats: Arc<[ShardStats]>,
     pub admission: Arc<Admission>,
     pub hooks: Option<Arc<HookStats>>,
+    pub webhooks: Option<Arc<WebhookStats>>,
     /// Other nodes' announcements, from the bridge shard.
     pub announcements: mpsc::Receiver<Bytes>,
     /// Raised when the node starts draining (`/readyz` turns 503 at once).
@@ -125,6 +128,7 @@ pub fn spawn(config: Arc<Config>, bound: Bound, wiring: Wiring) -> std::io::Resu
         stats: wiring.stats,
         admission: wiring.admission,
         hooks: wiring.hooks,
+        webhooks: wiring.webhooks,
         history: Mutex::default(),
         nodes: Mutex::new(Nodes::new(config.server.node_id.clone(), admin.max_nodes, admin.node_info_interval)),
         draining: wiring.draining,

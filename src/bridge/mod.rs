@@ -46,6 +46,7 @@ pub mod envelope;
 mod fence;
 mod inbound;
 mod link;
+mod occupancy;
 mod presence;
 mod refill;
 mod remote;
@@ -113,6 +114,9 @@ pub struct Bridge {
     /// Topics with at least one subscriber on this node: what the node must
     /// be subscribed to. Bounded by the node's topics.
     wanted: RefCell<HashSet<Rc<str>, ahash::RandomState>>,
+    /// The node reports its topics' occupancy (webhooks want it): the
+    /// marks of `wanted` are renewed with the presence refresh.
+    occupancy_on: Cell<bool>,
     /// This node's presence changes not yet written, per topic, in order.
     /// Bounded by the subscribes and unsubscribes between two writes.
     presence_ops: RefCell<HashMap<Arc<str>, Vec<PresenceOp>, ahash::RandomState>>,
@@ -192,6 +196,8 @@ enum OnReply {
     Refill { topic: Arc<str>, epoch: Arc<str> },
     /// Drain marker `id` of `slot`, through the slot's old owner ([`fence`]).
     Drain { slot: u16, id: u64 },
+    /// This node's mark of `topic` set or removed ([`occupancy`]).
+    Occupancy { topic: Arc<str>, occupied: bool },
 }
 
 impl OnReply {
@@ -240,6 +246,7 @@ impl Bridge {
             refresh: Notify::default(),
             resync: Cell::new(false),
             wanted: RefCell::default(),
+            occupancy_on: Cell::new(false),
             presence_ops: RefCell::default(),
             presence_ready: Notify::default(),
             presence_refresh: Cell::new(false),

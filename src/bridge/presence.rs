@@ -77,6 +77,7 @@ pub(super) async fn presence_loop(shard: Rc<Shard>, bridge: Rc<Bridge>) {
                     bridge.push_command(bridge.presence_command(topic, chunk.iter()), bridge.slot(topic), stats);
                 }
             });
+            bridge.renew_occupancy(&shard);
         }
     }
 }

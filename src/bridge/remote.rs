@@ -105,6 +105,10 @@ impl Remote for Bridge {
         }
     }
 
+    fn occupancy(&self, topic: &str, occupied: bool) {
+        self.occupancy_changed(topic, occupied);
+    }
+
     fn presence_write(&self, topic: &str, join: bool, client: &Arc<str>, user: Option<&Arc<str>>, ack: Option<InterestAck>) -> Option<InterestAck> {
         let up = self.route(self.slot(topic)).is_some_and(|l| l.publisher_connected.get());
         let ack = match ack {

@@ -35,6 +35,8 @@ impl Bridge {
             OnReply::Drain { slot, id } => {
                 self.drain_done(slot, id);
             }
+            // Not reported: the change is lost with the reply.
+            OnReply::Occupancy { topic, occupied } => debug!(%topic, occupied, "occupancy change not reported: no reply from Redis"),
         }
     }
 
@@ -76,6 +78,7 @@ impl Bridge {
         match command.on_reply {
             OnReply::Count => ShardStats::add(&stats.redis_published, 1),
             OnReply::Setup | OnReply::Drain { .. } => {}
+            OnReply::Occupancy { topic, occupied } => super::occupancy::on_reply(shard, topic, occupied, &reply),
             OnReply::Written(acks) => acks.into_iter().for_each(|ack| shard.interest_acked(ack)),
             OnReply::Refill { topic, epoch: wanted } => {
                 let max = shard.config.limits.max_message_bytes;

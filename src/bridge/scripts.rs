@@ -16,7 +16,8 @@
 //! keys and the channel share one slot (as scripts in a cluster need): `p$meta{H}:T` (hash: `epoch`, `top`),
 //! `p$history{H}:T` (stream, ids `<offset>-0`, field `d` = envelope),
 //! `p$presence{H}:T` (hash: client id -> user, "" when anonymous) and
-//! `p$presence-exp{H}:T` (sorted set: client id -> expiry, Redis time in ms).
+//! `p$presence-exp{H}:T` (sorted set: client id -> expiry, Redis time in ms)
+//! and `p$occupied{H}:T` (hash: node id -> lease end, Redis time in ms).
 
 use std::sync::OnceLock;
 
@@ -120,6 +121,45 @@ return 1
 "#;
 
 /// Reads a topic's presence across nodes, dropping expired entries first.
+/// Marks (`+`) or unmarks (`-`) this node as holding subscribers of a
+/// topic, for the cluster-wide `topic_occupied` / `topic_vacated` webhooks
+/// (`docs/admin.md`, "Webhooks"). KEYS: the occupancy hash (node id ->
+/// lease end, Redis time in ms). ARGV: `+` | `-` | `renew`, node id, lease
+/// in ms. Marks whose lease ended (a node that died holding the topic) are
+/// removed first. Returns 1 when the change is the topic's first mark (a
+/// `+` on an empty hash: occupied) or its last (a `-` that empties it:
+/// vacated), else 0; `renew` only extends this node's mark and returns 0.
+/// Redis runs a script alone, so of two nodes racing for a topic's first
+/// or last mark exactly one gets 1.
+pub const OCCUPANCY: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local marks = redis.call('HGETALL', KEYS[1])
+local others = 0
+for i = 1, #marks, 2 do
+  if marks[i] ~= ARGV[2] then
+    if tonumber(marks[i + 1]) < now then
+      redis.call('HDEL', KEYS[1], marks[i])
+    else
+      others = others + 1
+    end
+  end
+end
+if ARGV[1] == '-' then
+  local had = redis.call('HDEL', KEYS[1], ARGV[2])
+  if others == 0 and had == 1 then
+    return 1
+  end
+  return 0
+end
+local had = redis.call('HSET', KEYS[1], ARGV[2], now + tonumber(ARGV[3])) == 0
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if ARGV[1] == '+' and others == 0 and not had then
+  return 1
+end
+return 0
+"#;
+
 /// KEYS: presence hash, expiry set. ARGV: `list` | `stats`, max entries.
 /// Returns `{clients, users}` (stats), `{clients}` (more than max), or
 /// `{clients, {client, user, …}}`.
@@ -156,11 +196,12 @@ pub enum Script {
     Read,
     PresenceWrite,
     PresenceRead,
+    Occupancy,
 }
 
 impl Script {
     /// Every script, to load on connect.
-    pub const ALL: [Script; 4] = [Script::Number, Script::Read, Script::PresenceWrite, Script::PresenceRead];
+    pub const ALL: [Script; 5] = [Script::Number, Script::Read, Script::PresenceWrite, Script::PresenceRead, Script::Occupancy];
 
     pub fn text(self) -> &'static str {
         match self {
@@ -168,13 +209,14 @@ impl Script {
             Script::Read => READ,
             Script::PresenceWrite => PRESENCE_WRITE,
             Script::PresenceRead => PRESENCE_READ,
+            Script::Occupancy => OCCUPANCY,
         }
     }
 
     /// The script's SHA-1, for EVALSHA (the publisher loads every script
     /// with SCRIPT LOAD on each connection before it sends anything else).
     pub fn sha(self) -> &'static str {
-        static SHAS: OnceLock<[String; 4]> = OnceLock::new();
+        static SHAS: OnceLock<[String; 5]> = OnceLock::new();
         let shas = SHAS.get_or_init(|| {
             use sha1::{Digest, Sha1};
             Script::ALL.map(|s| format!("{:x}", Sha1::digest(s.text().as_bytes())))
@@ -211,6 +253,9 @@ impl Keys<'_> {
     pub fn presence_expiry(&self) -> String {
         self.key("presence-exp")
     }
+    pub fn occupied(&self) -> String {
+        self.key("occupied")
+    }
 }
 
 /// The numbered form the [`NUMBER`] script publishes:
@@ -228,6 +273,11 @@ pub fn split_numbered(data: &[u8]) -> Option<(u64, &str, &[u8])> {
     let epoch_end = memchr::memchr(0, rest)?;
     let epoch = std::str::from_utf8(&rest[..epoch_end]).ok().filter(|e| !e.is_empty() && e.len() <= MAX_EPOCH_BYTES)?;
     (offset > 0).then_some((offset, epoch, &rest[epoch_end + 1..]))
+}
+
+/// An integer reply (or a bulk string holding one).
+pub fn parse_int(v: &Value) -> Option<i64> {
+    int(v)
 }
 
 fn int(v: &Value) -> Option<i64> {

@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod hooks;
+pub mod webhooks;
 pub mod interest;
 
 use std::io::Write;

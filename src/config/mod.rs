@@ -10,7 +10,7 @@
 //! One file per section, each with its raw form, its validation and its
 //! tests: `server`, `limits`, `queue`, `bus`, `admin`, `redis`, `auth`,
 //! `tls`, `compression`, `namespaces`, `heartbeat`, `shutdown`, `log`,
-//! `proxy`. This file merges, and checks what spans sections.
+//! `proxy`, `webhooks`. This file merges, and checks what spans sections.
 
 pub mod admin;
 pub mod auth;
@@ -26,6 +26,7 @@ pub mod redis;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
+pub mod webhooks;
 
 pub use admin::{AdminConfig, RawAdmin};
 pub use auth::{AuthConfig, RawAuth};
@@ -41,6 +42,7 @@ pub use redis::{Endpoint, RawRedis, RedisConfig, RedisTopology};
 pub use server::{RawServer, ServerConfig};
 pub use shutdown::{RawShutdown, ShutdownConfig};
 pub use tls::{RawTls, TlsConfig};
+pub use webhooks::{RawWebhooks, WebhookKind, WebhookKinds, WebhooksConfig};
 
 use std::fmt;
 use std::path::Path;
@@ -90,6 +92,7 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     pub log: RawLog,
     pub proxy: RawProxy,
+    pub webhooks: RawWebhooks,
 }
 
 /// The validated configuration every part of the server reads.
@@ -114,6 +117,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The backend hooks (all off by default).
     pub proxy: ProxyConfig,
+    /// `None` when `[webhooks] url` is empty.
+    pub webhooks: Option<WebhooksConfig>,
     /// The effective configuration in file form, for `--print-config`.
     pub raw: RawConfig,
 }
@@ -268,6 +273,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         shutdown: shutdown::validate(&raw.shutdown)?,
         log: log::validate(&raw.log)?,
         proxy,
+        webhooks: webhooks::validate(&raw.webhooks)?,
         server,
         raw,
     })

@@ -93,6 +93,10 @@ impl Future for Serve {
                         conn.shard.unsubscribe(topic, conn.peer.id);
                     }
                     conn.shard.remove_peer(conn.peer.id, &conn.topics);
+                    if conn.peer.welcomed() {
+                        let client = conn.shard.client_id(conn.peer.id).into();
+                        conn.shard.client_event(false, client, conn.identity().map(|i| &*i.user));
+                    }
                     debug!(conn = %conn.peer.id, "closed");
                     *this = Serve::Done;
                     return Poll::Ready(());

@@ -1,6 +1,7 @@
-//! The backend hooks' thread (`[proxy]`): the shards' hook calls, made as
-//! HTTP POSTs to the application's backend, their answers sent back to the
-//! asking shard's control channel.
+//! The backend hooks' thread (`[proxy]`, `[webhooks]`): the shards' hook
+//! calls, made as HTTP POSTs to the application's backend, their answers
+//! sent back to the asking shard's control channel; and the webhooks, the
+//! events the shards queue, sent in signed batches.
 //!
 //! Its own thread with a single-threaded tokio runtime (pinned to `[admin]
 //! cpu` when set, beside the admin thread), so a slow backend costs the
@@ -10,9 +11,11 @@
 //!
 //! - [`http`]: the pooled HTTP/1.1 client (hyper, rustls).
 //! - [`answer`]: what the backend said, judged.
+//! - [`webhooks`]: the webhooks' batches, signatures and retries.
 
 pub mod answer;
 pub mod http;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,23 +25,49 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::debug;
 
 use crate::bus::hooks::{Hook, HookAnswer, HookCall, HookReply};
+use crate::bus::webhooks::WebhookQueue;
 use crate::bus::{ControlMsg, Mailbox};
 use crate::config::{Config, ProxyConfig};
 use crate::metrics::HookStats;
 use http::HttpClient;
 
-/// Starts the hooks thread serving `calls`; answers go to `mailboxes`.
-pub fn spawn(config: Arc<Config>, calls: UnboundedReceiver<HookCall>, mailboxes: Vec<Mailbox>, stats: Arc<HookStats>) -> std::io::Result<()> {
+/// What the hooks thread serves: the hook calls (with `[proxy]` URLs) and
+/// the webhooks' queue (with `[webhooks] url`).
+pub struct Work {
+    pub calls: Option<(UnboundedReceiver<HookCall>, Arc<HookStats>)>,
+    pub webhooks: Option<WebhookQueue>,
+}
+
+/// Starts the hooks thread serving `work`; answers go to `mailboxes`.
+pub fn spawn(config: Arc<Config>, work: Work, mailboxes: Vec<Mailbox>) -> std::io::Result<()> {
     let proxy = config.proxy.clone();
-    let client = HttpClient::new(proxy.tls.clone(), &proxy.static_headers, proxy.max_response_bytes)
-        .map_err(|e| std::io::Error::other(format!("the hooks' HTTP client: {e}")))?;
+    let client = |headers: &[(String, String)]| {
+        HttpClient::new(proxy.tls.clone(), headers, proxy.max_response_bytes).map_err(|e| std::io::Error::other(format!("the hooks' HTTP client: {e}")))
+    };
+    let calls = match work.calls {
+        Some((calls, stats)) => Some((client(&proxy.static_headers)?, calls, stats)),
+        None => None,
+    };
+    let webhooks = match (work.webhooks, config.webhooks.clone()) {
+        // Their own client (no static headers: the signature vouches for them).
+        (Some(queue), Some(settings)) => Some((client(&[])?, queue, settings)),
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let cpu = config.admin.as_ref().and_then(|a| a.cpu);
     std::thread::Builder::new().name("shardcast-hooks".into()).spawn(move || {
         if let Some(cpu) = cpu {
             crate::affinity::pin_current_thread(cpu, "hooks");
         }
-        runtime.block_on(serve(Arc::new(proxy), client, calls, mailboxes, stats));
+        runtime.block_on(async move {
+            if let Some((client, queue, settings)) = webhooks {
+                tokio::spawn(webhooks::serve(settings, client, queue));
+            }
+            match calls {
+                Some((client, calls, stats)) => serve(Arc::new(proxy), client, calls, mailboxes, stats).await,
+                None => std::future::pending().await,
+            }
+        });
     })?;
     Ok(())
 }

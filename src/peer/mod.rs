@@ -157,6 +157,8 @@ const AWAITING: u8 = 2;
 const CORKED: u8 = 4;
 /// See [`Peer::take_hook_mark`].
 const HOOK_EVENT: u8 = 8;
+/// See [`Peer::mark_welcomed`].
+const WELCOMED: u8 = 16;
 
 /// Where a shard queues frames: the bounds and overflow policy, its
 /// counters, and the cork that sends what was queued.
@@ -186,7 +188,7 @@ pub struct Peer {
     pub last_seen: Cell<Stamp>,
     /// Last time the server pinged it.
     pub last_ping: Cell<Stamp>,
-    /// [`ABORTED`], [`AWAITING`], [`CORKED`], [`HOOK_EVENT`]: one byte, so that
+    /// [`ABORTED`], [`AWAITING`], [`CORKED`], [`HOOK_EVENT`], [`WELCOMED`]: one byte, so that
     /// `Peer` stays in its allocation size class.
     flags: Cell<u8>,
     /// How its messages are sent: the negotiated subprotocol's encoding and
@@ -376,6 +378,16 @@ impl Peer {
 
     pub fn take_hook_mark(&self) -> bool {
         self.set_flag(HOOK_EVENT, false)
+    }
+
+    /// Marks the connection welcomed; returns whether it already was (an
+    /// anonymous connection authenticating later is welcomed again).
+    pub fn mark_welcomed(&self) -> bool {
+        self.set_flag(WELCOMED, true)
+    }
+
+    pub fn welcomed(&self) -> bool {
+        self.flag(WELCOMED)
     }
 
     /// Marks the connection listed in the shard's [`Cork`] (`true`) or taken

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::admin;
 use crate::auth::Admission;
 use crate::bus::hooks::HookSender;
+use crate::bus::webhooks::WebhookQueue;
 use crate::bus::{self, ControlMsg};
 use crate::config::Config;
 use crate::metrics::ShardStats;
@@ -206,14 +207,19 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
 
     // The backend hooks' thread, when [proxy] sets a URL: it only answers
     // calls, so it may start before the shards that make them.
-    let hooks = match config.proxy.any() {
+    let (hooks, calls) = match config.proxy.any() {
         true => {
             let (sender, calls) = HookSender::new(config.proxy.max_inflight);
-            crate::hooks::spawn(config.clone(), calls, mailboxes.clone(), sender.stats.clone()).map_err(RuntimeError::Hooks)?;
-            Some(sender)
+            let stats = sender.stats.clone();
+            (Some(sender), Some((calls, stats)))
         }
-        false => None,
+        false => (None, None),
     };
+    let webhooks = config.webhooks.as_ref().map(|w| WebhookQueue::new(w.events, w.queue_size, w.max_batch));
+    if calls.is_some() || webhooks.is_some() {
+        let work = crate::hooks::Work { calls, webhooks: webhooks.clone() };
+        crate::hooks::spawn(config.clone(), work, mailboxes.clone()).map_err(RuntimeError::Hooks)?;
+    }
 
     let (ready_tx, ready_rx) = mpsc::channel::<usize>();
     let mut handles = Vec::with_capacity(shards);
@@ -233,6 +239,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             admission: admission.clone(),
             announcements: (admin_bound.is_some() && bridge_shard == Some(index)).then(|| announce_tx.clone()),
             hooks: hooks.clone(),
+            webhooks: webhooks.clone(),
         };
         let ready = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(placement)
@@ -259,6 +266,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                 announcements: announce_rx,
                 draining: draining.clone(),
                 hooks: hooks.as_ref().map(|h| h.stats.clone()),
+                webhooks: webhooks.as_ref().map(|q| q.stats().clone()),
             };
             admin::spawn(config.clone(), bound, wiring).map_err(RuntimeError::Admin)?;
             Some(addr)

@@ -32,12 +32,14 @@ pub struct ShardInit {
     pub announcements: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
     /// The way to the backend hooks' thread, when `[proxy]` sets a URL.
     pub hooks: Option<crate::bus::hooks::HookSender>,
+    /// The webhooks' queue, when `[webhooks] url` is set.
+    pub webhooks: Option<crate::bus::webhooks::WebhookQueue>,
 }
 
 /// The shard's whole life, run inside its pinned executor. `ready` is called
 /// once it accepts connections.
 pub async fn run(init: ShardInit, ready: impl FnOnce()) {
-    let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections, admission, announcements, hooks } = init;
+    let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections, admission, announcements, hooks, webhooks } = init;
     let bridge = config
         .redis
         .as_ref()
@@ -55,6 +57,9 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
     let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission, readiness));
     if let Some(bridge) = &bridge {
         shard.attach_remote(bridge.clone());
+    }
+    if let Some(queue) = webhooks {
+        shard.attach_webhooks(queue);
     }
     if let Some(hooks) = hooks {
         shard.attach_hooks(hooks);

@@ -220,6 +220,7 @@ impl Shard {
     /// subscribers of `topic`. Returns true when the bridge took `ack` to
     /// release once Redis confirms the SUBSCRIBE.
     pub(super) fn node_interest_changed(&self, topic: &str, interested: bool, ack: Option<InterestAck>) -> bool {
+        self.occupancy(topic, interested);
         match self.remote() {
             Some(bridge) => bridge.set_interest(topic, interested, ack),
             None => false,

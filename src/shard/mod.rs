@@ -7,7 +7,8 @@
 //! - `history`, `presence`: this shard as a topic's offset authority and
 //!   presence owner, and as the asker of others;
 //! - `admin`: calls from the admin plane; `hooks`: the backend's answers
-//!   on their way to a connection; `shutdown`: quiesce and drain;
+//!   on their way to a connection; `webhooks`: the events the backend
+//!   hears of; `shutdown`: quiesce and drain;
 //! - [`tasks`]: the loops every shard runs (bus, flush, sweeper, deadlines).
 //!
 //! Everything in [`Shard`] is `!Send` and touched only by its own executor.
@@ -19,6 +20,7 @@ pub mod deadline;
 mod fanout;
 mod history;
 pub mod hooks;
+mod webhooks;
 mod interest;
 mod presence;
 mod remote;
@@ -149,6 +151,11 @@ pub struct Shard {
     hooks: std::cell::OnceCell<crate::bus::hooks::HookSender>,
     /// Hook answers and deadlines waiting for their connection's task.
     hook_events: RefCell<hooks::HookEvents>,
+    /// The webhooks' queue, when `[webhooks] url` is set.
+    webhooks: std::cell::OnceCell<crate::bus::webhooks::WebhookQueue>,
+    /// On the shard that reports occupancy (`webhooks`), the node's
+    /// occupied topics; empty elsewhere and without topic webhooks.
+    occupied: RefCell<std::collections::HashSet<Rc<str>, ahash::RandomState>>,
 }
 
 impl Shard {
@@ -209,6 +216,8 @@ impl Shard {
             drained: Default::default(),
             hooks: std::cell::OnceCell::new(),
             hook_events: RefCell::default(),
+            webhooks: std::cell::OnceCell::new(),
+            occupied: RefCell::default(),
         }
     }
 
@@ -301,12 +310,15 @@ impl Shard {
         Builder { stats: self.stats(), compressor: &self.compressor, min_bytes: self.config.compression.min_bytes }
     }
 
-    /// The `/metrics` page: every shard's counters, the node's user gauges
-    /// and its backend hooks.
+    /// The `/metrics` page: every shard's counters, the node's user gauges,
+    /// its backend hooks and webhooks.
     pub fn metrics_page(&self) -> String {
         let mut node: Vec<Box<dyn prometheus_client::collector::Collector>> = vec![Box::new(self.admission.gauges())];
         if let Some(hooks) = self.hooks.get() {
             node.push(Box::new(hooks.stats.clone()));
+        }
+        if let Some(queue) = self.webhooks.get() {
+            node.push(Box::new(queue.stats().clone()));
         }
         crate::metrics::render(&self.all_stats, node)
     }

@@ -62,6 +62,7 @@ impl Shard {
                 if !joined {
                     return;
                 }
+                self.member_event(true, &topic, &client, user.as_ref());
                 if self.config.namespaces.options(&topic).join_leave {
                     // Everyone but the joining connection itself, once the
                     // node's SUBSCRIBE of the topic is confirmed.
@@ -77,6 +78,7 @@ impl Shard {
             }
             PresenceMsg::Leave { topic, conn } => {
                 let Some(member) = self.presence.borrow_mut().leave(&topic, conn) else { return };
+                self.member_event(false, &topic, &member.client, member.user.as_ref());
                 let mut unannounced = false;
                 if let Some(bridge) = self.remote() {
                     bridge.presence_write(&topic, false, &member.client, None, None);

@@ -54,6 +54,10 @@ pub trait Remote {
     /// acknowledgement is held until Redis confirms the SUBSCRIBE; returns
     /// false when there is nothing to wait for.
     fn set_interest(&self, topic: &str, interested: bool, ack: Option<InterestAck>) -> bool;
+    /// The node started or stopped holding subscribers of `topic`: the
+    /// link reports `topic_occupied` / `topic_vacated` when the change is
+    /// the cluster's first or last.
+    fn occupancy(&self, topic: &str, occupied: bool);
     /// Writes (or removes) a member of `topic` in the Redis copy of
     /// presence; a join with `ack` may hand it back when nothing is to wait
     /// for.

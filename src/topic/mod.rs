@@ -15,6 +15,11 @@ pub const RESERVED_PREFIX: &str = "$";
 /// Redis bridge's SUBSCRIBE (channel `[redis] channel_prefix` + this topic).
 pub const USER_PREFIX: &str = "$user:";
 
+/// Whether `topic` is one of the server's own (not a client's).
+pub fn is_internal(topic: &str) -> bool {
+    topic.starts_with(RESERVED_PREFIX)
+}
+
 /// The internal topic carrying `user`'s direct messages.
 pub fn user_topic(user: &str) -> String {
     let mut topic = String::with_capacity(USER_PREFIX.len() + user.len());

@@ -6,6 +6,7 @@ mod util;
 
 mod admin;
 mod auth;
+mod backend;
 mod bench;
 mod clients;
 mod conformance;
@@ -24,4 +25,5 @@ mod shutdown;
 mod sub_tokens;
 mod tls;
 mod topology;
+mod webhooks;
 mod wire;

@@ -120,6 +120,14 @@ impl Server {
             .sum()
     }
 
+    /// A node-wide metric without labels, from `/metrics`.
+    pub fn node_metric(&self, name: &str) -> u64 {
+        let page = http_get(self.admin(), "/metrics");
+        let prefix = format!("shardcast_{name} ");
+        let line = page.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix}in {page}"));
+        line[prefix.len()..].parse::<f64>().unwrap() as u64
+    }
+
     /// A metric with these labels (any others summed over), from `/metrics`.
     pub fn metric_labelled(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         let page = http_get(self.admin(), "/metrics");

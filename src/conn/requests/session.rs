@@ -116,10 +116,17 @@ impl Conn {
         self.session = ip.map(|ip| Box::new(Session { state: State::Anonymous, _ip: Some(ip), deferred: None }));
     }
 
+    /// The welcome frame; the first one also tells the webhooks
+    /// (`client_connected`).
     fn welcome(&self, user: Option<&str>, data: Option<&str>) -> bytes::Bytes {
         let shard = &self.shard;
         let encoding = self.peer.encoding();
-        encoding.welcome_frame(&shard.client_id(self.peer.id), &shard.config.server.node_id, shard.index, user, data)
+        let client = shard.client_id(self.peer.id);
+        let frame = encoding.welcome_frame(&client, &shard.config.server.node_id, shard.index, user, data);
+        if !self.peer.mark_welcomed() {
+            shard.client_event(true, client.into(), user);
+        }
+        frame
     }
 
     /// Whether the connect hook is still to be called (its first request is
