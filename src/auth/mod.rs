@@ -44,6 +44,9 @@ pub struct Identity {
     /// (left empty) once subscribed, so it is not held for the connection's
     /// life.
     pub channels: Box<[Box<str>]>,
+    /// JSON the connect hook attached to the connection, shown with it in
+    /// presence (`None` for a token's identity).
+    pub info: Option<Arc<str>>,
 }
 
 /// Longest `sub` (user id) accepted, in bytes.

@@ -164,6 +164,7 @@ mod tests {
             subscribe: subscribe.iter().map(|g| Glob::new(g)).collect(),
             publish: publish.iter().map(|g| Glob::new(g)).collect(),
             channels: Box::default(),
+            info: None,
         }
     }
 

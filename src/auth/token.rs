@@ -268,6 +268,7 @@ impl Verifier {
             subscribe: globs(claims.subscribe.as_ref())?,
             publish: globs(claims.publish.as_ref())?,
             channels: channels(claims.channels.as_ref())?,
+            info: None,
         })
     }
 

@@ -5,13 +5,13 @@
 //! bridge shard.
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use glommio::timer::sleep;
 
-use super::scripts::Script;
+use super::scripts::{self, Script};
 use super::{Bridge, OnReply, Outbound};
 use crate::ids::InterestAck;
+use crate::presence::Member;
 use crate::shard::Shard;
 
 /// Presence entries per write when the node refreshes a topic's entries.
@@ -21,8 +21,7 @@ const PRESENCE_CHUNK: usize = 1000;
 #[derive(Debug, Clone)]
 pub(super) struct PresenceOp {
     pub(super) join: bool,
-    pub(super) client: Arc<str>,
-    pub(super) user: Option<Arc<str>>,
+    pub(super) member: Member,
     /// The subscribe waiting for this entry to be in Redis.
     pub(super) ack: Option<InterestAck>,
 }
@@ -38,7 +37,8 @@ impl Bridge {
             .arg(keys.presence_expiry())
             .arg(self.config.presence_ttl.as_millis() as u64);
         for op in ops {
-            cmd.arg(if op.join { "+" } else { "-" }).arg(&*op.client).arg(op.user.as_deref().unwrap_or(""));
+            let m = &op.member;
+            cmd.arg(if op.join { "+" } else { "-" }).arg(&*m.client).arg(scripts::presence_value(m.user.as_deref(), m.info.as_deref()));
         }
         cmd.get_packed_command()
     }
@@ -72,7 +72,7 @@ pub(super) async fn presence_loop(shard: Rc<Shard>, bridge: Rc<Bridge>) {
         if bridge.presence_refresh.replace(false) || std::time::Instant::now() >= next_refresh {
             next_refresh = std::time::Instant::now() + period;
             shard.for_each_member(|topic, members| {
-                let ops: Vec<PresenceOp> = members.map(|m| PresenceOp { join: true, client: m.client.clone(), user: m.user.clone(), ack: None }).collect();
+                let ops: Vec<PresenceOp> = members.map(|m| PresenceOp { join: true, member: m.clone(), ack: None }).collect();
                 for chunk in ops.chunks(PRESENCE_CHUNK) {
                     bridge.push_command(bridge.presence_command(topic, chunk.iter()), bridge.slot(topic), stats);
                 }

@@ -13,6 +13,7 @@ use super::{envelope, Bridge, OnReply, Outbound, NODES_CHANNEL};
 use crate::auth::HistoryPolicy;
 use crate::bus::admin::RedisReport;
 use crate::history::{Query, ReplyTo};
+use crate::presence::Member;
 use crate::ids::{ConnId, InterestAck};
 use crate::metrics::ShardStats;
 use crate::protocol::{Kind, Outgoing};
@@ -109,13 +110,13 @@ impl Remote for Bridge {
         self.occupancy_changed(topic, occupied);
     }
 
-    fn presence_write(&self, topic: &str, join: bool, client: &Arc<str>, user: Option<&Arc<str>>, ack: Option<InterestAck>) -> Option<InterestAck> {
+    fn presence_write(&self, topic: &str, join: bool, member: &Member, ack: Option<InterestAck>) -> Option<InterestAck> {
         let up = self.route(self.slot(topic)).is_some_and(|l| l.publisher_connected.get());
         let ack = match ack {
             Some(ack) if !up => return Some(ack),
             ack => ack,
         };
-        let op = PresenceOp { join, client: client.clone(), user: user.cloned(), ack };
+        let op = PresenceOp { join, member: member.clone(), ack };
         self.presence_ops.borrow_mut().entry(topic.into()).or_default().push(op);
         self.presence_ready.raise();
         None

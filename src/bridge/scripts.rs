@@ -120,7 +120,6 @@ end
 return 1
 "#;
 
-/// Reads a topic's presence across nodes, dropping expired entries first.
 /// Marks (`+`) or unmarks (`-`) this node as holding subscribers of a
 /// topic, for the cluster-wide `topic_occupied` / `topic_vacated` webhooks
 /// (`docs/admin.md`, "Webhooks"). KEYS: the occupancy hash (node id ->
@@ -160,6 +159,7 @@ end
 return 0
 "#;
 
+/// Reads a topic's presence across nodes, dropping expired entries first.
 /// KEYS: presence hash, expiry set. ARGV: `list` | `stats`, max entries.
 /// Returns `{clients, users}` (stats), `{clients}` (more than max), or
 /// `{clients, {client, user, …}}`.
@@ -324,6 +324,17 @@ pub fn parse_read(reply: &Value, max_payload: usize) -> Option<(u64, String, Vec
     Some((top, epoch, publications))
 }
 
+/// A presence hash value: the user (`""`: anonymous) and, when the
+/// connection has `info`, a NUL and the info's JSON text (which cannot
+/// hold a raw NUL, so the last NUL splits them).
+pub fn presence_value(user: Option<&str>, info: Option<&str>) -> String {
+    let user = user.unwrap_or("");
+    match info {
+        Some(info) => format!("{user}\0{info}"),
+        None => user.to_string(),
+    }
+}
+
 /// A [`PRESENCE_READ`] reply. `None` when malformed; entries that are not
 /// valid client ids or users are skipped (counted by the caller as the
 /// difference, `skipped`).
@@ -341,9 +352,14 @@ pub fn parse_presence(reply: &Value, stats: bool) -> Option<(Found, u64)> {
     let mut skipped = 0;
     for pair in flat.chunks(2) {
         let [client, user] = pair else { return None };
-        match (text(client), text(user)) {
-            (Some(c), Some(u)) if !c.is_empty() && c.len() <= 512 && (u.is_empty() || crate::auth::is_user_id(u)) => {
-                list.push((c.to_string(), (!u.is_empty()).then(|| u.to_string())));
+        let value = text(user).map(|v| match v.rsplit_once('\0') {
+            Some((user, info)) => (user, Some(info)),
+            None => (v, None),
+        });
+        match (text(client), value) {
+            (Some(c), Some((u, info))) if !c.is_empty() && c.len() <= 512 && (u.is_empty() || crate::auth::is_user_id(u)) => {
+                let info = info.filter(|i| serde_json::from_str::<serde::de::IgnoredAny>(i).is_ok()).map(str::to_string);
+                list.push(Entry { client: c.to_string(), user: (!u.is_empty()).then(|| u.to_string()), info });
             }
             _ => skipped += 1,
         }
@@ -399,7 +415,8 @@ mod tests {
         let reply = Value::Array(vec![Value::Int(2), Value::Array(vec![bulk("n:0-1"), bulk("alice"), bulk("n:0-2"), bulk("")])]);
         let (found, skipped) = parse_presence(&reply, false).unwrap();
         assert_eq!(skipped, 0);
-        assert_eq!(found, Found::Clients(vec![("n:0-1".into(), Some("alice".into())), ("n:0-2".into(), None)]));
+        let entry = |c: &str, u: Option<&str>| Entry { client: c.into(), user: u.map(Into::into), info: None };
+        assert_eq!(found, Found::Clients(vec![entry("n:0-1", Some("alice")), entry("n:0-2", None)]));
         assert_eq!(parse_presence(&Value::Array(vec![Value::Int(20_000)]), false).unwrap().0, Found::TooMany(20_000));
         assert_eq!(parse_presence(&Value::Array(vec![Value::Int(3), Value::Int(2)]), true).unwrap().0, Found::Stats { clients: 3, users: 2 });
     }

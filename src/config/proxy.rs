@@ -22,6 +22,7 @@ pub struct RawProxy {
     pub timeout_ms: u64,
     pub max_inflight: u64,
     pub max_response_bytes: u64,
+    pub max_info_bytes: u64,
     pub ca_file: String,
     pub headers: Vec<String>,
     pub static_headers: BTreeMap<String, String>,
@@ -56,6 +57,8 @@ pub struct ProxyConfig {
     pub max_inflight: usize,
     /// Longest backend answer read; a longer one is a failure.
     pub max_response_bytes: usize,
+    /// Longest connect result `info` (JSON text); a longer one is a failure.
+    pub max_info_bytes: usize,
     /// The TLS client for `https://` hooks (the CAs of `ca_file`, or the
     /// public roots); `None` when no hook URL is `https://`.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
@@ -138,6 +141,7 @@ pub(super) fn validate(p: &RawProxy) -> Result<ProxyConfig, ConfigError> {
         timeout: ms(ranged::<u64>("proxy.timeout_ms", p.timeout_ms, 10, 600_000, "10..=600000 ms")?),
         max_inflight: ranged("proxy.max_inflight", p.max_inflight, 1, 1_000_000, "1..=1000000")?,
         max_response_bytes: ranged("proxy.max_response_bytes", p.max_response_bytes, 256, 16 << 20, "256..=16777216 bytes")?,
+        max_info_bytes: ranged("proxy.max_info_bytes", p.max_info_bytes, 2, 65_536, "2..=65536 bytes")?,
         tls,
         headers: p.headers.clone(),
         static_headers,

@@ -50,6 +50,15 @@ pub fn judge(hook: Hook, answer: Result<Answer, PostError>) -> HookAnswer {
     parse(hook, &answer.body).unwrap_or(HookAnswer::Failed(Failure::BadBody))
 }
 
+/// A judged answer held to the node's bounds: a connect result whose
+/// `info` is longer than `max_info_bytes` is a failure.
+pub fn bounded(answer: HookAnswer, max_info_bytes: usize) -> HookAnswer {
+    match &answer {
+        HookAnswer::Result(HookResult::Connect(r)) if r.info.as_ref().is_some_and(|i| i.get().len() > max_info_bytes) => HookAnswer::Failed(Failure::BadBody),
+        _ => answer,
+    }
+}
+
 fn parse(hook: Hook, body: &[u8]) -> Option<HookAnswer> {
     let envelope: Envelope<'_> = serde_json::from_slice(body).ok()?;
     match envelope {
@@ -128,6 +137,9 @@ mod tests {
             assert_eq!(failed(judge(Hook::Rpc, ok(bad))), Some(Failure::BadBody), "{bad}");
         }
         assert_eq!(failed(judge(Hook::Connect, ok(r#"{"result":{"user":5}}"#))), Some(Failure::BadBody));
+        let info = |n: usize| bounded(judge(Hook::Connect, ok(&format!(r#"{{"result":{{"info":"{}"}}}}"#, "i".repeat(n)))), 10);
+        assert_eq!(failed(info(8)), None, "10 bytes of JSON text");
+        assert_eq!(failed(info(9)), Some(Failure::BadBody), "11 bytes");
         assert_eq!(failed(judge(Hook::Connect, ok(&format!(r#"{{"result":{{"user":"{}"}}}}"#, "u".repeat(257))))), Some(Failure::BadBody));
         assert_eq!(failed(judge(Hook::Publish, ok(r#"{"result":{"payload":1,"payload_base64":"AA=="}}"#))), Some(Failure::BadBody));
         let status = judge(Hook::Rpc, Ok(Answer { status: 500, body: bytes::Bytes::new() }));

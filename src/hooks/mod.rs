@@ -88,7 +88,7 @@ async fn run(proxy: Arc<ProxyConfig>, client: HttpClient, mut call: HookCall, ma
             let started = Instant::now();
             let posted = client.post_json(url, &[], Bytes::from(std::mem::take(&mut call.body)), proxy.timeout).await;
             stats.observe(hook.index(), started.elapsed());
-            answer::judge(hook, posted)
+            answer::bounded(answer::judge(hook, posted), proxy.max_info_bytes)
         }
         // A shard calls only hooks with a URL; were one missing, it fails.
         None => HookAnswer::Failed(crate::bus::hooks::Failure::Transport),

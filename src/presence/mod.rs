@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use crate::ids::{ConnId, InterestAck};
 
-/// A client in a presence reply: its client id and user (`None`: anonymous).
-pub type Entry = (String, Option<String>);
+/// A client in a presence reply.
+pub use crate::protocol::PresenceEntry as Entry;
 
 /// What a presence query found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub enum PresenceMsg {
     /// With `ack`, its subscribe is acked once the owner has the entry in
     /// Redis (acknowledged like an interest change), so that a `presence`
     /// asked anywhere after the ack lists it.
-    Join { topic: Arc<str>, conn: ConnId, client: Arc<str>, user: Option<Arc<str>>, ack: Option<InterestAck> },
+    Join { topic: Arc<str>, conn: ConnId, member: Member, ack: Option<InterestAck> },
     /// It unsubscribed or closed.
     Leave { topic: Arc<str>, conn: ConnId },
     /// A `presence` (`stats` false) or `presence_stats` request of
@@ -51,6 +51,14 @@ pub enum PresenceMsg {
 pub struct Member {
     pub client: Arc<str>,
     pub user: Option<Arc<str>>,
+    /// The connect hook's `info` (JSON text).
+    pub info: Option<Arc<str>>,
+}
+
+impl Member {
+    pub fn entry(&self) -> Entry {
+        Entry { client: self.client.to_string(), user: self.user.as_deref().map(str::to_string), info: self.info.as_deref().map(str::to_string) }
+    }
 }
 
 /// The node's presence for the topics this shard owns.
@@ -95,7 +103,7 @@ impl Presence {
 
     /// Answers a query from this node's table alone.
     pub fn find(&self, topic: &str, stats: bool, max: usize) -> Found {
-        summarize(self.members(topic).map(|m| (m.client.to_string(), m.user.as_deref().map(str::to_string))), stats, max)
+        summarize(self.members(topic).map(Member::entry), stats, max)
     }
 
     pub fn topic_count(&self) -> usize {
@@ -110,9 +118,9 @@ pub fn summarize(entries: impl Iterator<Item = Entry>, stats: bool, max: usize) 
     if stats {
         let mut clients = 0;
         let mut users = HashSet::new();
-        for (_, user) in entries {
+        for entry in entries {
             clients += 1;
-            if let Some(u) = user {
+            if let Some(u) = entry.user {
                 users.insert(u);
             }
         }
@@ -138,7 +146,7 @@ mod tests {
     use super::*;
 
     fn member(client: &str, user: Option<&str>) -> Member {
-        Member { client: client.into(), user: user.map(Arc::from) }
+        Member { client: client.into(), user: user.map(Arc::from), info: None }
     }
 
     #[test]
@@ -152,7 +160,7 @@ mod tests {
         assert_eq!(p.find("t", false, 2), Found::TooMany(3));
         let Found::Clients(mut list) = p.find("t", false, 3) else { panic!() };
         list.sort();
-        assert_eq!(list[2], ("n:1-2".to_string(), None));
+        assert_eq!(list[2], Entry { client: "n:1-2".into(), user: None, info: None });
         assert!(p.leave("t", ConnId::new(0, 1)).is_some());
         assert!(p.leave("t", ConnId::new(0, 1)).is_none());
         p.leave("t", ConnId::new(1, 1));

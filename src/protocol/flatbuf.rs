@@ -219,10 +219,11 @@ pub fn reply_frame(reply: &Reply<'_>) -> Bytes {
         Reply::Presence { id, clients } => server_frame(Some(*id), Event::PresenceResult, |b| {
             let items: Vec<_> = clients
                 .iter()
-                .map(|(client, user)| {
-                    let client = b.create_string(client);
-                    let user = user.as_deref().map(|u| b.create_string(u));
-                    ClientInfo::create(b, &ClientInfoArgs { client: Some(client), user })
+                .map(|entry| {
+                    let client = b.create_string(&entry.client);
+                    let user = entry.user.as_deref().map(|u| b.create_string(u));
+                    let info = entry.info.as_deref().map(|i| b.create_vector(i.as_bytes()));
+                    ClientInfo::create(b, &ClientInfoArgs { client: Some(client), user, info })
                 })
                 .collect();
             let clients = b.create_vector(&items);
@@ -383,5 +384,10 @@ mod tests {
         assert_eq!(sf.event_type(), Event::Unsubscribed);
         let u = sf.event_as_unsubscribed().unwrap();
         assert_eq!((u.topic(), u.reason()), (Some("room:1"), Some("token expired")));
+        let clients = [crate::protocol::PresenceEntry { client: "n:0-1".into(), user: Some("al".into()), info: Some("{\"a\":1}".into()) }];
+        let f = reply_frame(&Reply::Presence { id: 4, clients: &clients });
+        let p = flatbuffers::root::<ServerFrame>(body(&f)).unwrap().event_as_presence_result().unwrap();
+        let c = p.clients().unwrap().get(0);
+        assert_eq!((c.client(), c.user(), c.info().map(|i| i.bytes())), (Some("n:0-1"), Some("al"), Some(&b"{\"a\":1}"[..])));
     }
 }

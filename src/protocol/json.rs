@@ -318,13 +318,19 @@ pub fn reply_frame(reply: &Reply<'_>) -> Bytes {
         }
         Reply::Presence { id, clients } => {
             body.extend_from_slice(format!(r#"{{"type":"presence","id":{id},"clients":{{"#).as_bytes());
-            for (i, (client, user)) in clients.iter().enumerate() {
+            for (i, entry) in clients.iter().enumerate() {
                 if i > 0 {
                     body.push(b',');
                 }
-                push_json_str(&mut body, client);
+                push_json_str(&mut body, &entry.client);
                 body.extend_from_slice(br#":{"user":"#);
-                push_json_nullable_str(&mut body, user.as_deref());
+                push_json_nullable_str(&mut body, entry.user.as_deref());
+                if let Some(info) = &entry.info {
+                    // Valid JSON: checked when the backend's answer was read
+                    // (or when Redis' copy was).
+                    body.extend_from_slice(br#","info":"#);
+                    body.extend_from_slice(info.as_bytes());
+                }
                 body.push(b'}');
             }
             body.push(b'}');
@@ -544,9 +550,13 @@ mod tests {
         let r = reply_frame(&Reply::History { id: 3, answer: &answer });
         assert_eq!(body(&r)["publications"][0]["offset"], 11);
         assert_eq!(body(&r)["type"], "history");
-        let clients = vec![("0-1".to_string(), Some("alice".to_string())), ("1-2".to_string(), None)];
+        let clients = vec![
+            crate::protocol::PresenceEntry { client: "0-1".into(), user: Some("alice".into()), info: Some(r#"{"role":"admin"}"#.into()) },
+            crate::protocol::PresenceEntry { client: "1-2".into(), user: None, info: None },
+        ];
         let r = reply_frame(&Reply::Presence { id: 1, clients: &clients });
-        assert_eq!(body(&r), serde_json::json!({"type":"presence","id":1,"clients":{"0-1":{"user":"alice"},"1-2":{"user":null}}}));
+        let want = serde_json::json!({"type":"presence","id":1,"clients":{"0-1":{"user":"alice","info":{"role":"admin"}},"1-2":{"user":null}}});
+        assert_eq!(body(&r), want);
         let r = reply_frame(&Reply::PresenceStats { id: 2, clients: 3, users: 2 });
         assert_eq!(body(&r), serde_json::json!({"type":"presence_stats","id":2,"clients":3,"users":2}));
     }

@@ -181,6 +181,16 @@ pub enum Command<'a> {
     History { topic: std::borrow::Cow<'a, str>, since: Option<Since>, limit: Option<u64> },
 }
 
+/// A client in a presence reply.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PresenceEntry {
+    pub client: String,
+    /// `None`: anonymous.
+    pub user: Option<String>,
+    /// The connect hook's `info` (JSON text), if it gave one.
+    pub info: Option<String>,
+}
+
 /// A reply that carries data, in whichever encoding the connection speaks.
 #[derive(Debug)]
 pub enum Reply<'a> {
@@ -189,7 +199,7 @@ pub enum Reply<'a> {
     Subscribed { id: u64, answer: &'a Answer, recovery: bool },
     History { id: u64, answer: &'a Answer },
     /// `(client id, user)` of every subscriber.
-    Presence { id: u64, clients: &'a [(String, Option<String>)] },
+    Presence { id: u64, clients: &'a [PresenceEntry] },
     PresenceStats { id: u64, clients: u64, users: u64 },
 }
 

@@ -26,7 +26,7 @@ impl Shard {
     /// Connection `conn` subscribed to a presence or join_leave topic;
     /// `ack` is released once the entry is in Redis (or at once without).
     pub(super) fn presence_join(&self, topic: &str, conn: ConnId, member: Member, ack: Option<InterestAck>) {
-        let msg = PresenceMsg::Join { topic: topic.into(), conn, client: member.client, user: member.user, ack };
+        let msg = PresenceMsg::Join { topic: topic.into(), conn, member, ack };
         self.to_presence_owner(topic, msg);
     }
 
@@ -48,11 +48,10 @@ impl Shard {
     /// the asking connection's shard (answers).
     pub(super) fn on_presence(&self, msg: PresenceMsg) {
         match msg {
-            PresenceMsg::Join { topic, conn, client, user, ack } => {
-                let member = Member { client: client.clone(), user: user.clone() };
-                let joined = self.presence.borrow_mut().join(&topic, conn, member);
+            PresenceMsg::Join { topic, conn, member, ack } => {
+                let joined = self.presence.borrow_mut().join(&topic, conn, member.clone());
                 let ack = match self.remote() {
-                    Some(bridge) if joined => bridge.presence_write(&topic, true, &client, user.as_ref(), ack),
+                    Some(bridge) if joined => bridge.presence_write(&topic, true, &member, ack),
                     _ => ack,
                 };
                 // Nothing to wait for (already present, no Redis, Redis down).
@@ -62,7 +61,8 @@ impl Shard {
                 if !joined {
                     return;
                 }
-                self.member_event(true, &topic, &client, user.as_ref());
+                self.member_event(true, &topic, &member.client, member.user.as_ref());
+                let Member { client, user, .. } = member;
                 if self.config.namespaces.options(&topic).join_leave {
                     // Everyone but the joining connection itself, once the
                     // node's SUBSCRIBE of the topic is confirmed.
@@ -81,7 +81,7 @@ impl Shard {
                 self.member_event(false, &topic, &member.client, member.user.as_ref());
                 let mut unannounced = false;
                 if let Some(bridge) = self.remote() {
-                    bridge.presence_write(&topic, false, &member.client, None, None);
+                    bridge.presence_write(&topic, false, &member, None);
                     unannounced = bridge.drop_held_join(&topic, conn);
                 }
                 if self.config.namespaces.options(&topic).join_leave && !unannounced {

@@ -61,7 +61,7 @@ pub trait Remote {
     /// Writes (or removes) a member of `topic` in the Redis copy of
     /// presence; a join with `ack` may hand it back when nothing is to wait
     /// for.
-    fn presence_write(&self, topic: &str, join: bool, client: &Arc<str>, user: Option<&Arc<str>>, ack: Option<InterestAck>) -> Option<InterestAck>;
+    fn presence_write(&self, topic: &str, join: bool, member: &Member, ack: Option<InterestAck>) -> Option<InterestAck>;
     /// Holds the announcement of `conn`'s join to `topic` while the node's
     /// SUBSCRIBE of the topic is unconfirmed; hands it back when there is
     /// nothing to wait for.

@@ -42,6 +42,7 @@ type Shared = (Arc<Mutex<Vec<Seen>>>, Arc<Answer>);
 pub struct Backend {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    tls: bool,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -60,11 +61,47 @@ impl Backend {
         let state = (seen.clone(), answer);
         let app = axum::Router::new().fallback(handle).with_state(state);
         runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Backend { addr, seen, _runtime: runtime }
+        Backend { addr, seen, tls: false, _runtime: runtime }
+    }
+
+    /// The same backend over HTTPS with `cert` and `key` (PEM); its
+    /// [`Backend::url`]s are then `https://`.
+    pub fn start_tls(cert: &str, key: &str, answer: impl Fn(&str, &Value) -> Reply + std::marker::Send + Sync + 'static) -> Backend {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let answer: Arc<Answer> = Arc::new(answer);
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0))).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let certs = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let app = axum::Router::new().fallback(handle).with_state((seen.clone(), answer));
+        runtime.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service).await;
+                });
+            }
+        });
+        Backend { addr, seen, tls: true, _runtime: runtime }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     pub fn calls(&self, path: &str) -> Vec<Seen> {

@@ -313,3 +313,81 @@ fn a_proxy_mode_without_its_url_is_a_config_error_naming_the_key() {
     let err = Server::try_start(NAMESPACES, &[]).err().expect("refused");
     assert!(err.contains("namespaces[0].subscribe") && err.contains("proxy.subscribe_url"), "{err}");
 }
+
+/// A backend whose connect result carries `info` for user `with-info`.
+fn with_info(path: &str, body: &Value) -> Reply {
+    match path {
+        "/connect" => {
+            let cookie = body["headers"]["cookie"].as_str().unwrap_or("");
+            let user = cookie.strip_prefix("session=").unwrap_or("");
+            Reply::Json(json!({"result": {"user": user, "info": {"name": format!("{user} the user"), "role": "admin"}}}))
+        }
+        _ => Reply::Json(json!({"result": {}})),
+    }
+}
+
+const PRESENCE: &str = "[[namespaces]]\npattern = \"room:*\"\nsubscribe = \"anyone\"\npublish = \"anyone\"\npresence = true\n";
+
+#[test]
+fn connect_info_is_shown_in_presence_on_a_node_and_through_redis() {
+    let backend = Backend::start(with_info);
+    let redis = crate::util::Redis::start();
+    let with_redis = format!("{PRESENCE}[redis]\nurl = \"{}\"\n", redis.url());
+    for extra in [PRESENCE.to_string(), with_redis] {
+        let server = server_with(&backend, "connect_wait_ms = 0", &extra);
+        let mut alice = with_cookie(&server, "session=alice");
+        assert_eq!(alice.expect_welcome()["user"], "alice");
+        alice.subscribe("room:1");
+        let mut anon = with_cookie(&server, "");
+        anon.expect_welcome();
+        anon.subscribe("room:1");
+        let reply = anon.request(json!({"type": "presence", "topic": "room:1"}), 5);
+        let me = &reply["clients"][&alice.id];
+        assert_eq!(me["info"], json!({"name": "alice the user", "role": "admin"}), "{reply}");
+        assert_eq!(me["user"], "alice");
+        assert!(reply["clients"][&anon.id]["user"].is_null(), "{reply}");
+    }
+}
+
+#[test]
+fn an_answer_over_max_response_bytes_or_an_info_over_max_info_bytes_is_a_failure() {
+    let backend = Backend::start(|path, body| match (path, body["method"].as_str()) {
+        ("/rpc", Some("big")) => Reply::Json(json!({"result": {"data": "x".repeat(600)}})),
+        ("/connect", _) => Reply::Json(json!({"result": {"user": "u", "info": "i".repeat(100)}})),
+        _ => Reply::Json(json!({"result": {"data": 1}})),
+    });
+    let server = server_with(&backend, "connect_wait_ms = 0\nmax_response_bytes = 512\nmax_info_bytes = 64\nconnect_on_failure = \"anonymous\"", "");
+    let mut c = with_cookie(&server, "");
+    assert!(c.expect_welcome()["user"].is_null(), "an info of 102 bytes is over 64: a failure, so anonymous");
+    assert_eq!(c.request(json!({"type": "rpc", "method": "small"}), 1)["data"], 1);
+    let reply = c.request(json!({"type": "rpc", "method": "big"}), 2);
+    assert_eq!((reply["type"].as_str(), reply["code"].as_str()), (Some("error"), Some("not_available")), "{reply}");
+    let m = |hook: &str| server.metric_labelled("proxy_requests_total", &[("hook", hook), ("result", "bad_body")]);
+    assert_eq!((m("connect"), m("rpc")), (1, 1));
+}
+
+#[test]
+fn a_connection_waiting_for_connect_is_bounded_by_handshake_timeout() {
+    let backend = Backend::start(|_, _| Reply::After(Duration::from_secs(3), json!({"result": {"user": "late"}})));
+    let server = server_with(&backend, "connect_wait_ms = 0\ntimeout_ms = 10000", "[server]\nhandshake_timeout_ms = 300\n");
+    let started = std::time::Instant::now();
+    let mut c = with_cookie(&server, "");
+    assert_eq!(closed(&mut c), (1011, "backend unavailable".into()));
+    assert!(started.elapsed() < Duration::from_secs(2), "closed at handshake_timeout_ms, not timeout_ms: {:?}", started.elapsed());
+}
+
+#[test]
+fn an_https_hook_is_verified_against_ca_file() {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, made.cert.pem()).unwrap();
+    let backend = Backend::start_tls(&made.cert.pem(), &made.signing_key.serialize_pem(), by_cookie);
+    assert!(backend.url("/connect").starts_with("https://"));
+    let trusted = server_with(&backend, &format!("connect_wait_ms = 0\nca_file = \"{}\"", ca.display()), "");
+    assert_eq!(with_cookie(&trusted, "session=tls").expect_welcome()["user"], "tls");
+    // Without the private CA the certificate is not trusted: a failure.
+    let untrusted = server_with(&backend, "connect_wait_ms = 0", "");
+    assert_eq!(closed(&mut with_cookie(&untrusted, "session=tls")), (1011, "backend unavailable".into()));
+    assert_eq!(untrusted.metric_labelled("proxy_requests_total", &[("hook", "connect"), ("result", "unreachable")]), 1);
+}

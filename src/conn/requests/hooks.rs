@@ -39,7 +39,7 @@ pub(in crate::conn) enum Pending {
 /// What the connect hook reports back to the session.
 pub(in crate::conn) enum Connected {
     /// Welcome as this user (or anonymous, `None`), with the result's `data`.
-    As { user: Option<String>, expire_at: Option<u64>, channels: Vec<String>, data: Option<String> },
+    As { user: Option<String>, expire_at: Option<u64>, channels: Vec<String>, info: Option<String>, data: Option<String> },
     /// Close with this code and reason.
     Refused { code: u16, reason: String },
 }
@@ -227,13 +227,14 @@ impl Conn {
                 user: (!r.user.is_empty()).then_some(r.user),
                 expire_at: r.expire_at,
                 channels: r.channels,
+                info: r.info.map(|i| i.get().to_owned()),
                 data: r.data.map(|d| d.get().to_owned()),
             },
             HookAnswer::Error { message, .. } => Connected::Refused { code: close::UNAUTHORIZED, reason: message },
             HookAnswer::Disconnect { code, reason } => Connected::Refused { code, reason },
             HookAnswer::Result(_) | HookAnswer::Failed(_) => match self.shard.config.proxy.connect_on_failure {
                 ConnectFailure::Reject => Connected::Refused { code: close::INTERNAL, reason: "backend unavailable".into() },
-                ConnectFailure::Anonymous => Connected::As { user: None, expire_at: None, channels: Vec::new(), data: None },
+                ConnectFailure::Anonymous => Connected::As { user: None, expire_at: None, channels: Vec::new(), info: None, data: None },
             },
         };
         self.finish_connect(connected);

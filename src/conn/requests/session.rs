@@ -7,6 +7,7 @@
 //! of these rare requests; the delivery path never looks at a session.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::auth::{Identity, IpSlot, TokenError, TopicOptions, UserSlot};
 use crate::metrics::ShardStats;
@@ -192,7 +193,7 @@ impl Conn {
             Some(State::Connecting(c)) => c.identity.take(),
             _ => return,
         };
-        let (user, expire_at, channels, data) = match connected {
+        let (user, expire_at, channels, info, data) = match connected {
             Connected::Refused { code, reason } => {
                 if code == close::UNAUTHORIZED {
                     ShardStats::add(&self.shard.stats().auth_failures, 1);
@@ -200,15 +201,17 @@ impl Conn {
                 // The close frame cuts a long reason (`ws::frame::close`).
                 return self.close_session(code, &reason);
             }
-            Connected::As { user, expire_at, channels, data } => (user, expire_at, channels, data),
+            Connected::As { user, expire_at, channels, info, data } => (user, expire_at, channels, info, data),
         };
         let identity = match (user, token_identity) {
             (Some(user), Some(token)) if *token.user == *user => Some(token),
-            (Some(user), _) => Some(Identity { user: user.into(), expires_at: None, subscribe: Box::default(), publish: Box::default(), channels: Box::default() }),
+            (Some(user), _) => Some(Identity { user: user.into(), expires_at: None, subscribe: Box::default(), publish: Box::default(), channels: Box::default(), info: None }),
             (None, token) => token,
         };
         match identity {
             Some(mut identity) => {
+                // Shown with the connection in presence.
+                identity.info = info.map(Arc::from);
                 // Subscribed before the welcome goes out (see authenticate).
                 identity.channels = channels.into_iter().map(String::into_boxed_str).chain(identity.channels.iter().cloned()).collect();
                 self.authenticate(identity, None, data.as_deref());
@@ -334,8 +337,8 @@ impl Conn {
         if fresh.user != current.user {
             return self.forbidden(id, "the token is for another user".into());
         }
-        // `channels` are subscribed at connect only.
-        let fresh = Identity { channels: Box::default(), ..fresh };
+        // `channels` are subscribed at connect only; `info` stays.
+        let fresh = Identity { channels: Box::default(), info: current.info.clone(), ..fresh };
         match fresh.expires_at {
             Some(at) => self.shard.set_deadline(self.peer.id, at, Deadline::Expiry),
             None => self.shard.clear_deadline(self.peer.id),

@@ -197,6 +197,7 @@ impl Conn {
         let member = (options.presence || options.join_leave).then(|| Member {
             client: shard.client_id(self.peer.id).into(),
             user: self.identity().map(|i| i.user.clone()),
+            info: self.identity().and_then(|i| i.info.clone()),
         });
         shard.subscribe(&self.peer, topic, options, then, member)
     }

@@ -3274,6 +3274,7 @@ impl ::core::fmt::Debug for Leave<'_> {
 pub enum ClientInfoOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// `info`: the connect hook's info for the connection, JSON text.
 pub struct ClientInfo<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -3289,6 +3290,7 @@ impl<'a> ::flatbuffers::Follow<'a> for ClientInfo<'a> {
 impl<'a> ClientInfo<'a> {
   pub const VT_CLIENT: ::flatbuffers::VOffsetT = 4;
   pub const VT_USER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_INFO: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3300,6 +3302,7 @@ impl<'a> ClientInfo<'a> {
     args: &'args ClientInfoArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ClientInfo<'bldr>> {
     let mut builder = ClientInfoBuilder::new(_fbb);
+    if let Some(x) = args.info { builder.add_info(x); }
     if let Some(x) = args.user { builder.add_user(x); }
     if let Some(x) = args.client { builder.add_client(x); }
     builder.finish()
@@ -3320,6 +3323,13 @@ impl<'a> ClientInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ClientInfo::VT_USER, None)}
   }
+  #[inline]
+  pub fn info(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ClientInfo::VT_INFO, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ClientInfo<'_> {
@@ -3330,6 +3340,7 @@ impl ::flatbuffers::Verifiable for ClientInfo<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client", Self::VT_CLIENT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("info", Self::VT_INFO, false)?
      .finish();
     Ok(())
   }
@@ -3337,6 +3348,7 @@ impl ::flatbuffers::Verifiable for ClientInfo<'_> {
 pub struct ClientInfoArgs<'a> {
     pub client: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub info: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for ClientInfoArgs<'a> {
   #[inline]
@@ -3344,6 +3356,7 @@ impl<'a> Default for ClientInfoArgs<'a> {
     ClientInfoArgs {
       client: None,
       user: None,
+      info: None,
     }
   }
 }
@@ -3360,6 +3373,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientInfoBuilder<'a, 'b, A> 
   #[inline]
   pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientInfo::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_info(&mut self, info: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientInfo::VT_INFO, info);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientInfoBuilder<'a, 'b, A> {
@@ -3381,6 +3398,7 @@ impl ::core::fmt::Debug for ClientInfo<'_> {
     let mut ds = f.debug_struct("ClientInfo");
       ds.field("client", &self.client());
       ds.field("user", &self.user());
+      ds.field("info", &self.info());
       ds.finish()
   }
 }
