@@ -2,8 +2,10 @@
 
 /** An error from the server (the protocol's `code`) or the client (`timeout`, `pending_full`, `disconnected`). */
 export class ShardcastError extends Error {
-  constructor(code: string, message: string);
+  constructor(code: string, message: string, backendCode?: number);
   readonly code: string;
+  /** The backend's own code when one of its hooks refused the request (the error frame's `backend_code`). */
+  readonly backendCode: number | undefined;
 }
 
 export interface ReconnectOptions {
@@ -27,6 +29,11 @@ export interface ShardcastOptions {
   maxPending?: number;
   /** A WebSocket class to use instead of the global one (or `ws` in Node.js). */
   WebSocket?: unknown;
+  /**
+   * Any JSON value: sent as `{"type":"connect","data":…}`, the first frame of
+   * every connection, for the server's connect hook (`[proxy] connect_url`).
+   */
+  connectData?: unknown;
 }
 
 export interface Welcome {
@@ -34,6 +41,8 @@ export interface Welcome {
   node: string;
   shard: number;
   user: string | null;
+  /** The connect hook's `data`, when it gave one. */
+  data?: unknown;
 }
 
 export interface Disconnected {
@@ -125,6 +134,11 @@ export class Shardcast {
   publish(topic: string, payload: unknown, options?: { skipSelf?: boolean }): Promise<void>;
   /** Like `publish`. */
   send(user: string, payload: unknown): Promise<void>;
+  /**
+   * Calls the backend's rpc hook: resolves with its answer's `data` (`null` when none), rejects
+   * with `backend_error` (and `backendCode`), `not_available` or `timeout`. Queued like `publish`.
+   */
+  rpc(method: string, data?: unknown): Promise<unknown>;
   on(event: "connecting", fn: Handler<void>): this;
   on(event: "connected", fn: Handler<Welcome>): this;
   on(event: "disconnected", fn: Handler<Disconnected>): this;

@@ -1,5 +1,5 @@
-// shardcast-client: the shardcast protocol (docs/protocol.md, JSON encoding)
-// for browsers and Node.js. One connection per `Shardcast`, to one of the
+// shardcast-client: the shardcast protocol (docs/protocol.md, JSON or
+// FlatBuffers encoding) for browsers and Node.js. One connection per `Shardcast`, to one of the
 // nodes it is given; it reconnects with jittered exponential backoff (to the
 // next node), resubscribes every `Subscription`,
 // recovers what history topics published meanwhile, refreshes its token
@@ -36,16 +36,26 @@ const PERMANENT_REFUSALS = new Set([
 /**
  * An error from the server (`code` is the protocol's error code, e.g.
  * `forbidden`, `rate_limited`) or from the client (`timeout`,
- * `pending_full`, `disconnected`).
+ * `pending_full`, `disconnected`). `backendCode` is the backend's own code
+ * when one of its hooks refused the request (the error frame's
+ * `backend_code`: a refused subscribe or publish in a `proxy` namespace, an
+ * rpc's `error`), else undefined.
  */
 export class ShardcastError extends Error {
-  /** @param {string} code @param {string} message */
-  constructor(code, message) {
+  /** @param {string} code @param {string} message @param {number} [backendCode] */
+  constructor(code, message, backendCode) {
     super(message);
     this.name = "ShardcastError";
     /** @type {string} */
     this.code = code;
+    /** @type {number|undefined} */
+    this.backendCode = backendCode;
   }
+}
+
+/** The ShardcastError of an error frame. */
+function serverError(msg) {
+  return new ShardcastError(msg.code, msg.message, msg.backend_code ?? undefined);
 }
 
 /**
@@ -185,7 +195,7 @@ export class Subscription extends Emitter {
  * A connection to shardcast: to one node at a time of those it is given.
  *
  * Events: `connecting`, `connected` (the welcome: {client, node, shard,
- * user}), `disconnected` {code, reason, reconnect}, `error`.
+ * user, data}), `disconnected` {code, reason, reconnect}, `direct`, `error`.
  */
 export class Shardcast extends Emitter {
   /**
@@ -203,6 +213,8 @@ export class Shardcast extends Emitter {
    * @param {number} [options.timeoutMs] how long a request waits for its reply
    * @param {number} [options.maxPending] publishes and sends queued while disconnected
    * @param {any} [options.WebSocket] a WebSocket class to use instead of the global one
+   * @param {any} [options.connectData] sent as `{"type":"connect","data":…}`,
+   *   the first frame of every connection, for the server's connect hook
    */
   constructor(url, options = {}) {
     super();
@@ -228,6 +240,7 @@ export class Shardcast extends Emitter {
       timeoutMs: options.timeoutMs ?? 10000,
       maxPending: options.maxPending ?? 1000,
       WebSocket: options.WebSocket,
+      connectData: options.connectData,
     };
     /** @type {"disconnected"|"connecting"|"connected"} */
     this.state = "disconnected";
@@ -325,6 +338,22 @@ export class Shardcast extends Emitter {
     return this._send({ type: "send", user, payload }).then(() => undefined);
   }
 
+  /**
+   * Calls the backend's rpc hook (`[proxy] rpc_url`) with `method` and
+   * `data` (any JSON value). Resolves with the `data` of its answer (`null`
+   * when it gave none); rejects with a ShardcastError (`backend_error` with
+   * the backend's `backendCode` when it answered an error, `not_available`
+   * when it failed, `timeout` after `timeoutMs`). Queued like `publish`.
+   * @param {string} method
+   * @param {any} [data]
+   * @returns {Promise<any>}
+   */
+  rpc(method, data) {
+    const req = { type: "rpc", method };
+    if (data !== undefined) req.data = data;
+    return this._send(req).then((reply) => reply.data ?? null);
+  }
+
   // ---- internals ----
 
   _send(req) {
@@ -385,6 +414,12 @@ export class Shardcast extends Emitter {
       this._ws = ws;
       const openedAt = Date.now();
       ws.onmessage = (ev) => this._onFrame(ws, ev.data);
+      // The connect hook's data goes first, before anything else on the
+      // connection (the server waits `[proxy] connect_wait_ms` for it).
+      ws.onopen = () => {
+        if (this._ws !== ws || this.options.connectData === undefined) return;
+        ws.send(this._codec.encode({ type: "connect", data: this.options.connectData }));
+      };
       ws.onclose = (ev) => {
         if (this._ws !== ws) return;
         this._ws = undefined;
@@ -433,16 +468,18 @@ export class Shardcast extends Emitter {
       const { resolve, reject, timer } = this._requests.get(msg.id);
       clearTimeout(timer);
       this._requests.delete(msg.id);
-      if (msg.type === "error") reject(new ShardcastError(msg.code, msg.message));
+      if (msg.type === "error") reject(serverError(msg));
       else resolve(msg);
     } else if (msg.type === "error") {
-      this.emit("error", new ShardcastError(msg.code, msg.message));
+      this.emit("error", serverError(msg));
     }
   }
 
   _onWelcome(welcome) {
     this.state = "connected";
     this.info = { client: welcome.client, node: welcome.node, shard: welcome.shard, user: welcome.user };
+    // The connect hook's data, when it gave some.
+    if (welcome.data !== undefined) this.info.data = welcome.data;
     this._scheduleRefresh();
     // What was there before this connection goes first: the subscriptions
     // again, then what was queued while away. Then the event, so that what
