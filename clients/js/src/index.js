@@ -103,6 +103,17 @@ class Emitter {
   }
 }
 
+/**
+ * How long to wait before renewing a token that expires at `exp` (seconds
+ * since the epoch): until a tenth of the time left (at least 1 s, at most
+ * 60 s) before it.
+ */
+function renewDelay(exp) {
+  const left = exp * 1000 - Date.now();
+  const margin = Math.max(1000, Math.min(60000, left / 10));
+  return Math.max(0, left - margin);
+}
+
 /** The seconds-since-epoch `exp` of a JWT, or undefined. */
 function tokenExpiry(token) {
   try {
@@ -131,14 +142,18 @@ async function webSocketClass() {
 /**
  * One subscription to a topic. Created by `Shardcast.subscribe`; survives
  * reconnects (it is subscribed again, recovering from the last offset it
- * delivered when the topic has history and `recover` was asked).
+ * delivered when the topic has history and `recover` was asked), with its
+ * `data` and its subscription token (a fresh one from `getToken` when given).
  *
- * Events: `subscribed` {recovered, offset, epoch}, `message` {payload,
+ * Events: `subscribed` {recovered, offset, epoch, data}, `message` {payload,
  * offset, epoch}, `join` / `leave` {client, user}, `error` (a
- * ShardcastError), `unsubscribed`.
+ * ShardcastError), `unsubscribed` {reason, server}.
  */
 export class Subscription extends Emitter {
-  /** @param {Shardcast} client @param {string} topic @param {{recover?: boolean}} options */
+  /**
+   * @param {Shardcast} client @param {string} topic
+   * @param {{recover?: boolean, data?: any, token?: string, getToken?: (topic: string) => Promise<string>}} options
+   */
   constructor(client, topic, options) {
     super();
     this.topic = topic;
@@ -146,6 +161,16 @@ export class Subscription extends Emitter {
     /** The last offset delivered and its epoch (history topics). */
     this.offset = undefined;
     this.epoch = undefined;
+    /** The `data` of the last subscribe ack (a `proxy` namespace's subscribe hook), or undefined. */
+    this.ackData = undefined;
+    /** Sent with every (re)subscribe: the subscribe hook's `data`. */
+    this._data = options.data;
+    /** The subscription token sent with every (re)subscribe (`token` namespaces). */
+    this._token = options.token;
+    /** Asked for a fresh token before every (re)subscribe and before the token's `exp`. */
+    this._getToken = options.getToken;
+    /** The timer of the renewal before the subscription token's `exp`. */
+    this._renew = undefined;
     /** @type {"unsubscribed"|"subscribing"|"subscribed"} */
     this.state = "unsubscribed";
     this._client = client;
@@ -195,7 +220,8 @@ export class Subscription extends Emitter {
  * A connection to shardcast: to one node at a time of those it is given.
  *
  * Events: `connecting`, `connected` (the welcome: {client, node, shard,
- * user, data}), `disconnected` {code, reason, reconnect}, `direct`, `error`.
+ * user, data}), `disconnected` {code, reason, reconnect}, `unsubscribed`
+ * {topic, reason} (the server ended a subscription), `direct`, `error`.
  */
 export class Shardcast extends Emitter {
   /**
@@ -300,10 +326,18 @@ export class Shardcast extends Emitter {
 
   /**
    * Subscribes to `topic` (now, or as soon as connected; again after every
-   * reconnect).
+   * reconnect, until `unsubscribe()` or the server ends it).
    * @param {string} topic
-   * @param {{recover?: boolean}} [options]
-   * @returns {Subscription}
+   * @param {object} [options]
+   * @param {boolean} [options.recover] recover what was missed while away (history topics)
+   * @param {any} [options.data] sent with every subscribe, for the backend's
+   *   subscribe hook (`proxy` namespaces)
+   * @param {string} [options.token] a subscription token (`token` namespaces)
+   * @param {(topic: string) => Promise<string>} [options.getToken] asked for
+   *   a subscription token before every subscribe and before its `exp` (the
+   *   subscription is then renewed with it)
+   * @returns {Subscription} the subscription to `topic`: a new one, or the
+   *   one there is (whose options stay as they were)
    */
   subscribe(topic, options = {}) {
     let sub = this._subs.get(topic);
@@ -461,6 +495,8 @@ export class Shardcast extends Emitter {
       }
       case "direct":
         return this.emit("direct", { from: msg.from, payload: msg.payload });
+      case "unsubscribed":
+        return this._onUnsubscribed(msg.topic, msg.reason);
       default:
         break;
     }
@@ -496,21 +532,34 @@ export class Shardcast extends Emitter {
   }
 
   async _subscribe(sub) {
-    this._cancelRetry(sub);
+    this._cancelTimers(sub);
     sub.state = "subscribing";
+    const ws = this._ws;
     const req = { type: "subscribe", topic: sub.topic };
     if (sub.recover && sub.offset !== undefined && sub.epoch !== undefined) req.recover = { offset: sub.offset, epoch: sub.epoch };
+    if (sub._data !== undefined) req.data = sub._data;
     let ack;
     try {
+      if (sub._getToken) {
+        const token = await sub._getToken(sub.topic);
+        // Unsubscribed meanwhile, or on another connection now (whose
+        // welcome subscribed it again).
+        if (this._subs.get(sub.topic) !== sub || this._ws !== ws || this.state !== "connected") return;
+        sub._token = token;
+      }
+      if (sub._token !== undefined) req.token = sub._token;
       ack = await this._request(req);
     } catch (e) {
       if (this._subs.get(sub.topic) !== sub) return;
-      sub._early = undefined;
       // A dropped connection resubscribes by itself, after its welcome.
       if (e.code === "disconnected") {
+        sub._early = undefined;
         sub.state = "unsubscribed";
         return;
       }
+      // getToken failed after the connection changed: the new one subscribes again.
+      if (this._ws !== ws || this.state !== "connected") return;
+      sub._early = undefined;
       // Retried before the event, so that the handler sees the state it
       // will be in (and may still unsubscribe).
       if (PERMANENT_REFUSALS.has(e.code)) sub.state = "unsubscribed";
@@ -529,8 +578,10 @@ export class Shardcast extends Emitter {
       sub.offset = ack.offset;
       sub.epoch = ack.epoch;
     }
+    sub.ackData = ack.data;
     sub.state = "subscribed";
-    sub.emit("subscribed", { recovered, offset: ack.offset, epoch: ack.epoch });
+    this._scheduleRenew(sub);
+    sub.emit("subscribed", { recovered, offset: ack.offset, epoch: ack.epoch, data: ack.data });
     if (recovered) for (const p of ack.publications ?? []) sub._deliver(p.payload, p.offset, ack.epoch);
     // Messages decoded after the ack but before this continuation ran (the
     // ones that came in the same read as the ack), in order. A conforming
@@ -555,30 +606,80 @@ export class Shardcast extends Emitter {
     }, delay);
   }
 
-  _cancelRetry(sub) {
+  /**
+   * Renews `sub`, subscribed with a token from its `getToken`, before that
+   * token's `exp`: a subscribe with a fresh token on the same connection
+   * (the server replaces the expiry; delivery goes on meanwhile). A failed
+   * renewal is reported as the subscription's `error`; the subscription then
+   * ends at the old `exp` (`unsubscribed`).
+   */
+  _scheduleRenew(sub) {
+    clearTimeout(sub._renew);
+    sub._renew = undefined;
+    if (!sub._getToken || sub._token === undefined) return;
+    const exp = tokenExpiry(sub._token);
+    if (exp === undefined) return;
+    const ws = this._ws;
+    const current = () => this._subs.get(sub.topic) === sub && this._ws === ws && this.state === "connected";
+    sub._renew = setTimeout(async () => {
+      sub._renew = undefined;
+      if (!current()) return;
+      try {
+        const token = await sub._getToken(sub.topic);
+        if (!current()) return;
+        await this._request({ type: "subscribe", topic: sub.topic, token });
+        if (!current()) {
+          // The server ended it (token expired) just before the renewal
+          // subscribed it again: nobody wants that subscription.
+          if (this._ws === ws && this.state === "connected" && !this._subs.has(sub.topic)) {
+            this._request({ type: "unsubscribe", topic: sub.topic }).catch(() => {});
+          }
+          return;
+        }
+        sub._token = token;
+        this._scheduleRenew(sub);
+      } catch (e) {
+        if (current()) sub.emit("error", e);
+      }
+    }, renewDelay(exp));
+  }
+
+  /** The server ended a subscription (its token expired): it is gone for good. */
+  _onUnsubscribed(topic, reason) {
+    const sub = this._subs.get(topic);
+    if (sub) {
+      this._subs.delete(topic);
+      this._cancelTimers(sub);
+      sub._early = undefined;
+      sub.state = "unsubscribed";
+      sub.emit("unsubscribed", { reason, server: true });
+    }
+    this.emit("unsubscribed", { topic, reason });
+  }
+
+  _cancelTimers(sub) {
     clearTimeout(sub._retry);
     sub._retry = undefined;
+    clearTimeout(sub._renew);
+    sub._renew = undefined;
   }
 
   _unsubscribe(sub) {
     if (this._subs.get(sub.topic) !== sub) return;
     this._subs.delete(sub.topic);
-    this._cancelRetry(sub);
+    this._cancelTimers(sub);
     const was = sub.state;
     sub.state = "unsubscribed";
     if (this.state === "connected" && was !== "unsubscribed") this._request({ type: "unsubscribe", topic: sub.topic }).catch(() => {});
-    sub.emit("unsubscribed");
+    sub.emit("unsubscribed", { reason: "unsubscribe", server: false });
   }
 
   _scheduleRefresh() {
     if (!this.options.getToken || !this._token) return;
     const exp = tokenExpiry(this._token);
     if (exp === undefined) return;
-    const left = exp * 1000 - Date.now();
-    // Refresh a tenth of the lifetime (at most 60 s, at least 1 s) before exp.
-    const margin = Math.max(1000, Math.min(60000, left / 10));
     const ws = this._ws;
-    this._later(Math.max(0, left - margin), async () => {
+    this._later(renewDelay(exp), async () => {
       if (this._ws !== ws || this.state !== "connected") return;
       try {
         const token = await this.options.getToken();
@@ -608,7 +709,7 @@ export class Shardcast extends Emitter {
     }
     this._requests.clear();
     for (const sub of this._subs.values()) {
-      this._cancelRetry(sub);
+      this._cancelTimers(sub);
       sub.state = "unsubscribed";
     }
     if (!reconnect && this._stopped === undefined) {
