@@ -1,9 +1,11 @@
 // shardcast-client: the shardcast protocol (docs/protocol.md, JSON or
-// FlatBuffers encoding) for browsers and Node.js. One connection per `Shardcast`, to one of the
-// nodes it is given; it reconnects with jittered exponential backoff (to the
-// next node), resubscribes every `Subscription`,
-// recovers what history topics published meanwhile, refreshes its token
-// before it expires, and queues publishes (boundedly) while disconnected.
+// FlatBuffers encoding) for browsers and Node.js. One connection per
+// `Shardcast`, to one of the nodes it is given; it reconnects with jittered
+// exponential backoff (to the next node), resubscribes every
+// `Subscription`, recovers what history topics published meanwhile,
+// refreshes its token (and subscription tokens) before it expires, and
+// queues publishes (boundedly) while disconnected. It speaks to the
+// server's backend hooks: connect data, subscribe data, rpc.
 //
 // No runtime dependency in browsers with the JSON protocol. In Node.js it
 // uses the global `WebSocket` when there is one (Node 22+), else the `ws`
