@@ -70,9 +70,13 @@ export async function flatbuffersCodec() {
       case "subscribe": {
         const topic = str(req.topic);
         const recover = req.recover ? position(b, req.recover) : 0;
+        const token = req.token !== undefined ? str(req.token) : 0;
+        const data = req.data !== undefined ? s.Subscribe.createDataVector(b, payloadBytes(req.data)) : 0;
         s.Subscribe.startSubscribe(b);
         s.Subscribe.addTopic(b, topic);
         if (recover) s.Subscribe.addRecover(b, recover);
+        if (token) s.Subscribe.addToken(b, token);
+        if (data) s.Subscribe.addData(b, data);
         return [R.Subscribe, s.Subscribe.endSubscribe(b)];
       }
       case "unsubscribe":
@@ -106,6 +110,20 @@ export async function flatbuffersCodec() {
         if (since) s.History.addSince(b, since);
         if (req.limit !== undefined) s.History.addLimit(b, BigInt(req.limit));
         return [R.History, s.History.endHistory(b)];
+      }
+      case "connect": {
+        const data = req.data !== undefined ? s.Connect.createDataVector(b, payloadBytes(req.data)) : 0;
+        s.Connect.startConnect(b);
+        if (data) s.Connect.addData(b, data);
+        return [R.Connect, s.Connect.endConnect(b)];
+      }
+      case "rpc": {
+        const method = str(req.method);
+        const data = req.data !== undefined ? s.Rpc.createDataVector(b, payloadBytes(req.data)) : 0;
+        s.Rpc.startRpc(b);
+        s.Rpc.addMethod(b, method);
+        if (data) s.Rpc.addData(b, data);
+        return [R.Rpc, s.Rpc.endRpc(b)];
       }
       default:
         throw new Error(`no FlatBuffers form for request ${req.type}`);
@@ -141,7 +159,10 @@ export async function flatbuffersCodec() {
       switch (frame.eventType()) {
         case E.Welcome: {
           const w = frame.event(new s.Welcome());
-          return { type: "welcome", client: w.client(), node: w.node(), shard: w.shard(), user: w.user() ?? null };
+          const msg = { type: "welcome", client: w.client(), node: w.node(), shard: w.shard(), user: w.user() ?? null };
+          const data = w.dataArray();
+          if (data) msg.data = payloadValue(data);
+          return msg;
         }
         case E.Ack: {
           const a = frame.event(new s.Ack());
@@ -150,6 +171,8 @@ export async function flatbuffersCodec() {
             msg.recovered = a.recovered();
             msg.publications = publications(a);
           }
+          const data = a.dataArray();
+          if (data) msg.data = payloadValue(data);
           return msg;
         }
         case E.Pong:
@@ -164,7 +187,9 @@ export async function flatbuffersCodec() {
         }
         case E.Error: {
           const e = frame.event(new s.Error());
-          return { type: "error", id, code: e.code(), message: e.message() };
+          const msg = { type: "error", id, code: e.code(), message: e.message() };
+          if (e.backendCode() !== null) msg.backend_code = e.backendCode();
+          return msg;
         }
         case E.Join:
         case E.Leave: {
@@ -187,6 +212,15 @@ export async function flatbuffersCodec() {
         case E.HistoryResult: {
           const h = frame.event(new s.HistoryResult());
           return { type: "history", id, publications: publications(h), offset: Number(h.offset()), epoch: h.epoch() };
+        }
+        case E.Unsubscribed: {
+          const u = frame.event(new s.Unsubscribed());
+          return { type: "unsubscribed", topic: u.topic(), reason: u.reason() ?? "" };
+        }
+        case E.RpcResult: {
+          // No data: `null`, as JSON's rpc_result says it.
+          const data = frame.event(new s.RpcResult()).dataArray();
+          return { type: "rpc_result", id, data: data ? payloadValue(data) : null };
         }
         default:
           return { type: "unknown" };

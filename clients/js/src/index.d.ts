@@ -2,8 +2,10 @@
 
 /** An error from the server (the protocol's `code`) or the client (`timeout`, `pending_full`, `disconnected`). */
 export class ShardcastError extends Error {
-  constructor(code: string, message: string);
+  constructor(code: string, message: string, backendCode?: number);
   readonly code: string;
+  /** The backend's own code when one of its hooks refused the request (the error frame's `backend_code`). */
+  readonly backendCode: number | undefined;
 }
 
 export interface ReconnectOptions {
@@ -27,6 +29,22 @@ export interface ShardcastOptions {
   maxPending?: number;
   /** A WebSocket class to use instead of the global one (or `ws` in Node.js). */
   WebSocket?: unknown;
+  /**
+   * Any JSON value: sent as `{"type":"connect","data":…}`, the first frame of
+   * every connection, for the server's connect hook (`[proxy] connect_url`).
+   */
+  connectData?: unknown;
+}
+
+export interface SubscribeOptions {
+  /** Recover what was published while away (namespaces with `recover = true`). */
+  recover?: boolean;
+  /** Any JSON value, sent with every (re)subscribe for the backend's subscribe hook (`proxy` namespaces). */
+  data?: unknown;
+  /** A subscription token (`token` namespaces), sent with every (re)subscribe. */
+  token?: string;
+  /** Asked for a subscription token before every (re)subscribe and before its `exp` (then renewed with it). */
+  getToken?: (topic: string) => Promise<string>;
 }
 
 export interface Welcome {
@@ -34,6 +52,8 @@ export interface Welcome {
   node: string;
   shard: number;
   user: string | null;
+  /** The connect hook's `data`, when it gave one. */
+  data?: unknown;
 }
 
 export interface Disconnected {
@@ -56,6 +76,15 @@ export interface SubscribedEvent {
   recovered: boolean;
   offset?: number;
   epoch?: string;
+  /** The ack's `data`: what a `proxy` namespace's subscribe hook gave, if anything. */
+  data?: unknown;
+}
+
+export interface UnsubscribedEvent {
+  /** The server's reason (e.g. "token expired"), or "unsubscribe" after `unsubscribe()`. */
+  reason: string;
+  /** Whether the server ended it (then it is not subscribed again after a reconnect). */
+  server: boolean;
 }
 
 export interface PresenceEvent {
@@ -82,6 +111,8 @@ export class Subscription {
   /** The last offset delivered and its epoch (history topics). */
   readonly offset: number | undefined;
   readonly epoch: string | undefined;
+  /** The `data` of the last subscribe ack (a `proxy` namespace's subscribe hook), if any. */
+  readonly ackData: unknown;
   /**
    * "subscribing" also while a refusal that may heal (e.g. `not_available`)
    * waits for its retry; "unsubscribed" after one that cannot (e.g. `forbidden`).
@@ -92,7 +123,8 @@ export class Subscription {
   on(event: "join" | "leave", fn: Handler<PresenceEvent>): this;
   /** A refused subscribe (retried with backoff unless it cannot heal), or another request's error. */
   on(event: "error", fn: Handler<ShardcastError>): this;
-  on(event: "unsubscribed", fn: Handler<void>): this;
+  /** After `unsubscribe()`, or when the server ended the subscription (`server: true`). */
+  on(event: "unsubscribed", fn: Handler<UnsubscribedEvent>): this;
   off(event: string, fn: Function): this;
   unsubscribe(): void;
   presence(): Promise<Record<string, { user: string | null }>>;
@@ -119,16 +151,24 @@ export class Shardcast {
   connect(): void;
   /** Closes; queued publishes and sends reject with `disconnected`, and so do new ones until `connect()`. */
   disconnect(): void;
-  subscribe(topic: string, options?: { recover?: boolean }): Subscription;
+  /** A new subscription, or the one there is for `topic` (whose options stay as they were). */
+  subscribe(topic: string, options?: SubscribeOptions): Subscription;
   getSubscription(topic: string): Subscription | undefined;
   /** Queued while (re)connecting; rejects at once with `disconnected` once the client has stopped. */
   publish(topic: string, payload: unknown, options?: { skipSelf?: boolean }): Promise<void>;
   /** Like `publish`. */
   send(user: string, payload: unknown): Promise<void>;
+  /**
+   * Calls the backend's rpc hook: resolves with its answer's `data` (`null` when none), rejects
+   * with `backend_error` (and `backendCode`), `not_available` or `timeout`. Queued like `publish`.
+   */
+  rpc(method: string, data?: unknown): Promise<unknown>;
   on(event: "connecting", fn: Handler<void>): this;
   on(event: "connected", fn: Handler<Welcome>): this;
   on(event: "disconnected", fn: Handler<Disconnected>): this;
   on(event: "direct", fn: Handler<{ from: string | null; payload: unknown }>): this;
+  /** The server ended a subscription (its subscription token expired); also emitted by the Subscription. */
+  on(event: "unsubscribed", fn: Handler<{ topic: string; reason: string }>): this;
   on(event: "error", fn: Handler<ShardcastError>): this;
   off(event: string, fn: Function): this;
 }

@@ -1,9 +1,11 @@
-// shardcast-client: the shardcast protocol (docs/protocol.md, JSON encoding)
-// for browsers and Node.js. One connection per `Shardcast`, to one of the
-// nodes it is given; it reconnects with jittered exponential backoff (to the
-// next node), resubscribes every `Subscription`,
-// recovers what history topics published meanwhile, refreshes its token
-// before it expires, and queues publishes (boundedly) while disconnected.
+// shardcast-client: the shardcast protocol (docs/protocol.md, JSON or
+// FlatBuffers encoding) for browsers and Node.js. One connection per
+// `Shardcast`, to one of the nodes it is given; it reconnects with jittered
+// exponential backoff (to the next node), resubscribes every
+// `Subscription`, recovers what history topics published meanwhile,
+// refreshes its token (and subscription tokens) before it expires, and
+// queues publishes (boundedly) while disconnected. It speaks to the
+// server's backend hooks: connect data, subscribe data, rpc.
 //
 // No runtime dependency in browsers with the JSON protocol. In Node.js it
 // uses the global `WebSocket` when there is one (Node 22+), else the `ws`
@@ -36,16 +38,26 @@ const PERMANENT_REFUSALS = new Set([
 /**
  * An error from the server (`code` is the protocol's error code, e.g.
  * `forbidden`, `rate_limited`) or from the client (`timeout`,
- * `pending_full`, `disconnected`).
+ * `pending_full`, `disconnected`). `backendCode` is the backend's own code
+ * when one of its hooks refused the request (the error frame's
+ * `backend_code`: a refused subscribe or publish in a `proxy` namespace, an
+ * rpc's `error`), else undefined.
  */
 export class ShardcastError extends Error {
-  /** @param {string} code @param {string} message */
-  constructor(code, message) {
+  /** @param {string} code @param {string} message @param {number} [backendCode] */
+  constructor(code, message, backendCode) {
     super(message);
     this.name = "ShardcastError";
     /** @type {string} */
     this.code = code;
+    /** @type {number|undefined} */
+    this.backendCode = backendCode;
   }
+}
+
+/** The ShardcastError of an error frame. */
+function serverError(msg) {
+  return new ShardcastError(msg.code, msg.message, msg.backend_code ?? undefined);
 }
 
 /**
@@ -93,6 +105,17 @@ class Emitter {
   }
 }
 
+/**
+ * How long to wait before renewing a token that expires at `exp` (seconds
+ * since the epoch): until a tenth of the time left (at least 1 s, at most
+ * 60 s) before it.
+ */
+function renewDelay(exp) {
+  const left = exp * 1000 - Date.now();
+  const margin = Math.max(1000, Math.min(60000, left / 10));
+  return Math.max(0, left - margin);
+}
+
 /** The seconds-since-epoch `exp` of a JWT, or undefined. */
 function tokenExpiry(token) {
   try {
@@ -121,14 +144,18 @@ async function webSocketClass() {
 /**
  * One subscription to a topic. Created by `Shardcast.subscribe`; survives
  * reconnects (it is subscribed again, recovering from the last offset it
- * delivered when the topic has history and `recover` was asked).
+ * delivered when the topic has history and `recover` was asked), with its
+ * `data` and its subscription token (a fresh one from `getToken` when given).
  *
- * Events: `subscribed` {recovered, offset, epoch}, `message` {payload,
+ * Events: `subscribed` {recovered, offset, epoch, data}, `message` {payload,
  * offset, epoch}, `join` / `leave` {client, user}, `error` (a
- * ShardcastError), `unsubscribed`.
+ * ShardcastError), `unsubscribed` {reason, server}.
  */
 export class Subscription extends Emitter {
-  /** @param {Shardcast} client @param {string} topic @param {{recover?: boolean}} options */
+  /**
+   * @param {Shardcast} client @param {string} topic
+   * @param {{recover?: boolean, data?: any, token?: string, getToken?: (topic: string) => Promise<string>}} options
+   */
   constructor(client, topic, options) {
     super();
     this.topic = topic;
@@ -136,6 +163,16 @@ export class Subscription extends Emitter {
     /** The last offset delivered and its epoch (history topics). */
     this.offset = undefined;
     this.epoch = undefined;
+    /** The `data` of the last subscribe ack (a `proxy` namespace's subscribe hook), or undefined. */
+    this.ackData = undefined;
+    /** Sent with every (re)subscribe: the subscribe hook's `data`. */
+    this._data = options.data;
+    /** The subscription token sent with every (re)subscribe (`token` namespaces). */
+    this._token = options.token;
+    /** Asked for a fresh token before every (re)subscribe and before the token's `exp`. */
+    this._getToken = options.getToken;
+    /** The timer of the renewal before the subscription token's `exp`. */
+    this._renew = undefined;
     /** @type {"unsubscribed"|"subscribing"|"subscribed"} */
     this.state = "unsubscribed";
     this._client = client;
@@ -185,7 +222,8 @@ export class Subscription extends Emitter {
  * A connection to shardcast: to one node at a time of those it is given.
  *
  * Events: `connecting`, `connected` (the welcome: {client, node, shard,
- * user}), `disconnected` {code, reason, reconnect}, `error`.
+ * user, data}), `disconnected` {code, reason, reconnect}, `unsubscribed`
+ * {topic, reason} (the server ended a subscription), `direct`, `error`.
  */
 export class Shardcast extends Emitter {
   /**
@@ -203,6 +241,8 @@ export class Shardcast extends Emitter {
    * @param {number} [options.timeoutMs] how long a request waits for its reply
    * @param {number} [options.maxPending] publishes and sends queued while disconnected
    * @param {any} [options.WebSocket] a WebSocket class to use instead of the global one
+   * @param {any} [options.connectData] sent as `{"type":"connect","data":…}`,
+   *   the first frame of every connection, for the server's connect hook
    */
   constructor(url, options = {}) {
     super();
@@ -228,6 +268,7 @@ export class Shardcast extends Emitter {
       timeoutMs: options.timeoutMs ?? 10000,
       maxPending: options.maxPending ?? 1000,
       WebSocket: options.WebSocket,
+      connectData: options.connectData,
     };
     /** @type {"disconnected"|"connecting"|"connected"} */
     this.state = "disconnected";
@@ -287,10 +328,18 @@ export class Shardcast extends Emitter {
 
   /**
    * Subscribes to `topic` (now, or as soon as connected; again after every
-   * reconnect).
+   * reconnect, until `unsubscribe()` or the server ends it).
    * @param {string} topic
-   * @param {{recover?: boolean}} [options]
-   * @returns {Subscription}
+   * @param {object} [options]
+   * @param {boolean} [options.recover] recover what was missed while away (history topics)
+   * @param {any} [options.data] sent with every subscribe, for the backend's
+   *   subscribe hook (`proxy` namespaces)
+   * @param {string} [options.token] a subscription token (`token` namespaces)
+   * @param {(topic: string) => Promise<string>} [options.getToken] asked for
+   *   a subscription token before every subscribe and before its `exp` (the
+   *   subscription is then renewed with it)
+   * @returns {Subscription} the subscription to `topic`: a new one, or the
+   *   one there is (whose options stay as they were)
    */
   subscribe(topic, options = {}) {
     let sub = this._subs.get(topic);
@@ -323,6 +372,22 @@ export class Shardcast extends Emitter {
   /** A direct message to every connection of `user` (queued like `publish`). */
   send(user, payload) {
     return this._send({ type: "send", user, payload }).then(() => undefined);
+  }
+
+  /**
+   * Calls the backend's rpc hook (`[proxy] rpc_url`) with `method` and
+   * `data` (any JSON value). Resolves with the `data` of its answer (`null`
+   * when it gave none); rejects with a ShardcastError (`backend_error` with
+   * the backend's `backendCode` when it answered an error, `not_available`
+   * when it failed, `timeout` after `timeoutMs`). Queued like `publish`.
+   * @param {string} method
+   * @param {any} [data]
+   * @returns {Promise<any>}
+   */
+  rpc(method, data) {
+    const req = { type: "rpc", method };
+    if (data !== undefined) req.data = data;
+    return this._send(req).then((reply) => reply.data ?? null);
   }
 
   // ---- internals ----
@@ -385,6 +450,12 @@ export class Shardcast extends Emitter {
       this._ws = ws;
       const openedAt = Date.now();
       ws.onmessage = (ev) => this._onFrame(ws, ev.data);
+      // The connect hook's data goes first, before anything else on the
+      // connection (the server waits `[proxy] connect_wait_ms` for it).
+      ws.onopen = () => {
+        if (this._ws !== ws || this.options.connectData === undefined) return;
+        ws.send(this._codec.encode({ type: "connect", data: this.options.connectData }));
+      };
       ws.onclose = (ev) => {
         if (this._ws !== ws) return;
         this._ws = undefined;
@@ -426,6 +497,8 @@ export class Shardcast extends Emitter {
       }
       case "direct":
         return this.emit("direct", { from: msg.from, payload: msg.payload });
+      case "unsubscribed":
+        return this._onUnsubscribed(msg.topic, msg.reason);
       default:
         break;
     }
@@ -433,16 +506,18 @@ export class Shardcast extends Emitter {
       const { resolve, reject, timer } = this._requests.get(msg.id);
       clearTimeout(timer);
       this._requests.delete(msg.id);
-      if (msg.type === "error") reject(new ShardcastError(msg.code, msg.message));
+      if (msg.type === "error") reject(serverError(msg));
       else resolve(msg);
     } else if (msg.type === "error") {
-      this.emit("error", new ShardcastError(msg.code, msg.message));
+      this.emit("error", serverError(msg));
     }
   }
 
   _onWelcome(welcome) {
     this.state = "connected";
     this.info = { client: welcome.client, node: welcome.node, shard: welcome.shard, user: welcome.user };
+    // The connect hook's data, when it gave some.
+    if (welcome.data !== undefined) this.info.data = welcome.data;
     this._scheduleRefresh();
     // What was there before this connection goes first: the subscriptions
     // again, then what was queued while away. Then the event, so that what
@@ -459,21 +534,34 @@ export class Shardcast extends Emitter {
   }
 
   async _subscribe(sub) {
-    this._cancelRetry(sub);
+    this._cancelTimers(sub);
     sub.state = "subscribing";
+    const ws = this._ws;
     const req = { type: "subscribe", topic: sub.topic };
     if (sub.recover && sub.offset !== undefined && sub.epoch !== undefined) req.recover = { offset: sub.offset, epoch: sub.epoch };
+    if (sub._data !== undefined) req.data = sub._data;
     let ack;
     try {
+      if (sub._getToken) {
+        const token = await sub._getToken(sub.topic);
+        // Unsubscribed meanwhile, or on another connection now (whose
+        // welcome subscribed it again).
+        if (this._subs.get(sub.topic) !== sub || this._ws !== ws || this.state !== "connected") return;
+        sub._token = token;
+      }
+      if (sub._token !== undefined) req.token = sub._token;
       ack = await this._request(req);
     } catch (e) {
       if (this._subs.get(sub.topic) !== sub) return;
-      sub._early = undefined;
       // A dropped connection resubscribes by itself, after its welcome.
       if (e.code === "disconnected") {
+        sub._early = undefined;
         sub.state = "unsubscribed";
         return;
       }
+      // getToken failed after the connection changed: the new one subscribes again.
+      if (this._ws !== ws || this.state !== "connected") return;
+      sub._early = undefined;
       // Retried before the event, so that the handler sees the state it
       // will be in (and may still unsubscribe).
       if (PERMANENT_REFUSALS.has(e.code)) sub.state = "unsubscribed";
@@ -492,8 +580,10 @@ export class Shardcast extends Emitter {
       sub.offset = ack.offset;
       sub.epoch = ack.epoch;
     }
+    sub.ackData = ack.data;
     sub.state = "subscribed";
-    sub.emit("subscribed", { recovered, offset: ack.offset, epoch: ack.epoch });
+    this._scheduleRenew(sub);
+    sub.emit("subscribed", { recovered, offset: ack.offset, epoch: ack.epoch, data: ack.data });
     if (recovered) for (const p of ack.publications ?? []) sub._deliver(p.payload, p.offset, ack.epoch);
     // Messages decoded after the ack but before this continuation ran (the
     // ones that came in the same read as the ack), in order. A conforming
@@ -518,30 +608,80 @@ export class Shardcast extends Emitter {
     }, delay);
   }
 
-  _cancelRetry(sub) {
+  /**
+   * Renews `sub`, subscribed with a token from its `getToken`, before that
+   * token's `exp`: a subscribe with a fresh token on the same connection
+   * (the server replaces the expiry; delivery goes on meanwhile). A failed
+   * renewal is reported as the subscription's `error`; the subscription then
+   * ends at the old `exp` (`unsubscribed`).
+   */
+  _scheduleRenew(sub) {
+    clearTimeout(sub._renew);
+    sub._renew = undefined;
+    if (!sub._getToken || sub._token === undefined) return;
+    const exp = tokenExpiry(sub._token);
+    if (exp === undefined) return;
+    const ws = this._ws;
+    const current = () => this._subs.get(sub.topic) === sub && this._ws === ws && this.state === "connected";
+    sub._renew = setTimeout(async () => {
+      sub._renew = undefined;
+      if (!current()) return;
+      try {
+        const token = await sub._getToken(sub.topic);
+        if (!current()) return;
+        await this._request({ type: "subscribe", topic: sub.topic, token });
+        if (!current()) {
+          // The server ended it (token expired) just before the renewal
+          // subscribed it again: nobody wants that subscription.
+          if (this._ws === ws && this.state === "connected" && !this._subs.has(sub.topic)) {
+            this._request({ type: "unsubscribe", topic: sub.topic }).catch(() => {});
+          }
+          return;
+        }
+        sub._token = token;
+        this._scheduleRenew(sub);
+      } catch (e) {
+        if (current()) sub.emit("error", e);
+      }
+    }, renewDelay(exp));
+  }
+
+  /** The server ended a subscription (its token expired): it is gone for good. */
+  _onUnsubscribed(topic, reason) {
+    const sub = this._subs.get(topic);
+    if (sub) {
+      this._subs.delete(topic);
+      this._cancelTimers(sub);
+      sub._early = undefined;
+      sub.state = "unsubscribed";
+      sub.emit("unsubscribed", { reason, server: true });
+    }
+    this.emit("unsubscribed", { topic, reason });
+  }
+
+  _cancelTimers(sub) {
     clearTimeout(sub._retry);
     sub._retry = undefined;
+    clearTimeout(sub._renew);
+    sub._renew = undefined;
   }
 
   _unsubscribe(sub) {
     if (this._subs.get(sub.topic) !== sub) return;
     this._subs.delete(sub.topic);
-    this._cancelRetry(sub);
+    this._cancelTimers(sub);
     const was = sub.state;
     sub.state = "unsubscribed";
     if (this.state === "connected" && was !== "unsubscribed") this._request({ type: "unsubscribe", topic: sub.topic }).catch(() => {});
-    sub.emit("unsubscribed");
+    sub.emit("unsubscribed", { reason: "unsubscribe", server: false });
   }
 
   _scheduleRefresh() {
     if (!this.options.getToken || !this._token) return;
     const exp = tokenExpiry(this._token);
     if (exp === undefined) return;
-    const left = exp * 1000 - Date.now();
-    // Refresh a tenth of the lifetime (at most 60 s, at least 1 s) before exp.
-    const margin = Math.max(1000, Math.min(60000, left / 10));
     const ws = this._ws;
-    this._later(Math.max(0, left - margin), async () => {
+    this._later(renewDelay(exp), async () => {
       if (this._ws !== ws || this.state !== "connected") return;
       try {
         const token = await this.options.getToken();
@@ -571,7 +711,7 @@ export class Shardcast extends Emitter {
     }
     this._requests.clear();
     for (const sub of this._subs.values()) {
-      this._cancelRetry(sub);
+      this._cancelTimers(sub);
       sub.state = "unsubscribed";
     }
     if (!reconnect && this._stopped === undefined) {

@@ -164,10 +164,10 @@ export function countingWebSocket() {
   return { WebSocket: Counting, stats };
 }
 
-/** An HS256 JWT for `sub`, expiring in `seconds`. */
-export function token(sub, seconds = 600, secret = SECRET) {
+/** An HS256 JWT for `sub`, expiring in `seconds`, with `claims` added (e.g. a subscription token's `channel`). */
+export function token(sub, seconds = 600, secret = SECRET, claims = {}) {
   const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
-  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + seconds })}`;
+  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + seconds, ...claims })}`;
   return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
 }
 
