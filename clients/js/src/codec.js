@@ -202,6 +202,9 @@ export async function flatbuffersCodec() {
           for (let i = 0; i < p.clientsLength(); i++) {
             const c = p.clients(i);
             clients[c.client()] = { user: c.user() ?? null };
+            // The connect hook's info, JSON text, when the connection has one.
+            const info = c.infoArray();
+            if (info) clients[c.client()].info = JSON.parse(text.decode(info));
           }
           return { type: "presence", id, clients };
         }

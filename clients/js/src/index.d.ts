@@ -127,7 +127,7 @@ export class Subscription {
   on(event: "unsubscribed", fn: Handler<UnsubscribedEvent>): this;
   off(event: string, fn: Function): this;
   unsubscribe(): void;
-  presence(): Promise<Record<string, { user: string | null }>>;
+  presence(): Promise<Record<string, { user: string | null; info?: unknown }>>;
   presenceStats(): Promise<{ clients: number; users: number }>;
   history(opts?: { since?: { offset: number; epoch: string }; limit?: number }): Promise<HistoryResult>;
 }

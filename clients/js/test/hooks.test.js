@@ -58,7 +58,8 @@ function app(path, body) {
   switch (path) {
     case "/connect": {
       const user = body.data?.user ?? "";
-      return { result: { user, data: { hello: user, got: body.data, encoding: body.encoding } } };
+      const info = user ? { name: `${user} the user` } : undefined;
+      return { result: { user, info, data: { hello: user, got: body.data, encoding: body.encoding } } };
     }
     case "/subscribe":
       if (body.topic === "p:open") return { result: { data: { welcome: body.user, got: body.data } } };
@@ -100,6 +101,12 @@ publish = "anyone"
 pattern = "room:*"
 subscribe = "token"
 publish = "anyone"
+
+[[namespaces]]
+pattern = "here:*"
+subscribe = "anyone"
+publish = "anyone"
+presence = true
 
 [limits]
 publish_rate = 0
@@ -183,6 +190,15 @@ for (const protocol of PROTOCOLS) {
     assert.deepEqual(anonWelcome.data, { hello: "", got: null, encoding: protocol });
     assert.deepEqual(await reply, { echo: 7 }, "anonymous: no user in the call");
     anon.disconnect();
+  });
+
+  test(`${protocol}: presence lists the connect hook's info`, async () => {
+    const c = await connected(server, protocol, { connectData: { user: "ivy" } });
+    const sub = c.subscribe("here:1");
+    await next(sub, "subscribed");
+    const clients = await sub.presence();
+    assert.deepEqual(clients[c.info.client], { user: "ivy", info: { name: "ivy the user" } });
+    c.disconnect();
   });
 
   test(`${protocol}: rpc resolves with the backend's data and rejects with its code`, async () => {
