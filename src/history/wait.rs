@@ -41,6 +41,8 @@ pub struct Request {
     pub id: Option<u64>,
     /// `recover`'s position, if any.
     pub recover: Option<Since>,
+    /// The subscribe hook's `data` for the ack (JSON text), if it gave some.
+    pub data: Option<std::rc::Rc<str>>,
 }
 
 /// One connection's wait for its position on one topic.
@@ -196,7 +198,7 @@ mod tests {
     fn release_drops_what_the_answer_covers_and_keeps_order() {
         let mut holds = Holds::default();
         let conn = ConnId::new(0, 1);
-        holds.start(conn, "t".into(), Request { id: Some(1), recover: None });
+        holds.start(conn, "t".into(), Request { id: Some(1), recover: None, data: None });
         assert!(holds.holds(conn, "t") && !holds.holds(conn, "u"));
         for m in [msg(Some(4)), msg(Some(5)), msg(None), msg(Some(6)), msg(Some(6)), msg(Some(7))] {
             assert!(holds.hold(conn, &m, 10));
@@ -230,11 +232,11 @@ mod tests {
     fn a_subscribe_to_another_topic_keeps_the_first_topics_fence() {
         let mut holds = Holds::default();
         let conn = ConnId::new(0, 1);
-        holds.start(conn, "t".into(), Request { id: Some(1), recover: None });
+        holds.start(conn, "t".into(), Request { id: Some(1), recover: None, data: None });
         let hold = holds.finish(conn, "t").unwrap();
         assert_eq!(hold.topic.as_ref(), "t");
         holds.fence(conn, "t".into(), 1140);
-        holds.start(conn, "u".into(), Request { id: Some(2), recover: None });
+        holds.start(conn, "u".into(), Request { id: Some(2), recover: None, data: None });
         assert!(holds.holds(conn, "u") && !holds.holds(conn, "t"));
         assert!(!holds.pass(conn, "t", 1101), "t's late message is still fenced");
         assert!(holds.hold(conn, &msg_on("u", 7), 10));
@@ -253,7 +255,7 @@ mod tests {
     fn a_hold_is_bounded() {
         let mut holds = Holds::default();
         let conn = ConnId::new(0, 1);
-        holds.start(conn, "t".into(), Request { id: None, recover: None });
+        holds.start(conn, "t".into(), Request { id: None, recover: None, data: None });
         assert!(holds.hold(conn, &msg(Some(1)), 1));
         assert!(!holds.hold(conn, &msg(Some(2)), 1));
         assert!(holds.finish(conn, "t").unwrap().overflowed);

@@ -198,15 +198,16 @@ pub fn reply_frame(reply: &Reply<'_>) -> Bytes {
         b.create_vector(&items)
     }
     match reply {
-        Reply::Subscribed { id, answer, recovery } => server_frame(Some(*id), Event::Ack, |b| {
+        Reply::Subscribed { id, answer, recovery, data } => server_frame(Some(*id), Event::Ack, |b| {
             let pubs = recovery.then(|| publications(b, answer));
             let epoch = b.create_string(&answer.position.epoch);
+            let data = data.map(|d| b.create_vector(d.as_bytes()));
             let args = AckArgs {
                 recovered: recovery.then_some(answer.recovered),
                 publications: pubs,
                 offset: Some(answer.position.offset),
                 epoch: Some(epoch),
-                data: None,
+                data,
             };
             Ack::create(b, &args).as_union_value()
         }),

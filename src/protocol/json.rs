@@ -302,8 +302,14 @@ fn push_answer(body: &mut Vec<u8>, answer: &Answer) {
 pub fn reply_frame(reply: &Reply<'_>) -> Bytes {
     let mut body = Vec::with_capacity(128);
     match reply {
-        Reply::Subscribed { id, answer, recovery } => {
+        Reply::Subscribed { id, answer, recovery, data } => {
             body.extend_from_slice(format!(r#"{{"type":"ack","id":{id},"#).as_bytes());
+            if let Some(data) = data {
+                // Valid JSON: checked when the backend's answer was read.
+                body.extend_from_slice(br#""data":"#);
+                body.extend_from_slice(data.as_bytes());
+                body.push(b',');
+            }
             if *recovery {
                 body.extend_from_slice(format!(r#""recovered":{},"#, answer.recovered).as_bytes());
                 push_answer(&mut body, answer);
@@ -540,13 +546,13 @@ mod tests {
             Publication { offset: 12, payload: Bytes::from_static(b"\x00"), json: false },
         ];
         let answer = Answer { position: Position { offset: 12, epoch: "ep".into() }, publications, recovered: true, from_newest: false };
-        let r = reply_frame(&Reply::Subscribed { id: 4, answer: &answer, recovery: true });
+        let r = reply_frame(&Reply::Subscribed { id: 4, answer: &answer, recovery: true, data: None });
         assert_eq!(
             body(&r),
             serde_json::json!({"type":"ack","id":4,"recovered":true,"publications":[{"offset":11,"payload":{"a":1}},{"offset":12,"payload_base64":"AA=="}],"offset":12,"epoch":"ep"})
         );
-        let r = reply_frame(&Reply::Subscribed { id: 5, answer: &answer, recovery: false });
-        assert_eq!(body(&r), serde_json::json!({"type":"ack","id":5,"offset":12,"epoch":"ep"}));
+        let r = reply_frame(&Reply::Subscribed { id: 5, answer: &answer, recovery: false, data: Some(r#"{"k":1}"#) });
+        assert_eq!(body(&r), serde_json::json!({"type":"ack","id":5,"data":{"k":1},"offset":12,"epoch":"ep"}));
         let r = reply_frame(&Reply::History { id: 3, answer: &answer });
         assert_eq!(body(&r)["publications"][0]["offset"], 11);
         assert_eq!(body(&r)["type"], "history");

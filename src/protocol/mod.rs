@@ -195,10 +195,11 @@ pub struct PresenceEntry {
 #[derive(Debug)]
 pub enum Reply<'a> {
     /// The ack of a subscribe to a history topic: its position and, for a
-    /// subscribe with `recover`, the outcome and what was missed.
-    Subscribed { id: u64, answer: &'a Answer, recovery: bool },
+    /// subscribe with `recover`, the outcome and what was missed; `data`:
+    /// the subscribe hook's (JSON text).
+    Subscribed { id: u64, answer: &'a Answer, recovery: bool, data: Option<&'a str> },
     History { id: u64, answer: &'a Answer },
-    /// `(client id, user)` of every subscriber.
+    /// Every subscriber: client id, user, info.
     Presence { id: u64, clients: &'a [PresenceEntry] },
     PresenceStats { id: u64, clients: u64, users: u64 },
 }

@@ -181,7 +181,8 @@ impl Shard {
                     ShardStats::add(if answer.recovered { &stats.recoveries } else { &stats.recoveries_failed }, 1);
                 }
                 if let Some(id) = hold.request.id {
-                    peer.push(encoding.reply_frame(&Reply::Subscribed { id, answer: &answer, recovery }), self.queueing());
+                    let data = hold.request.data.as_deref();
+                    peer.push(encoding.reply_frame(&Reply::Subscribed { id, answer: &answer, recovery, data }), self.queueing());
                 }
                 if hold.overflowed {
                     ShardStats::add(&stats.slow_consumer_disconnects, 1);

@@ -100,7 +100,7 @@ impl Conn {
         // interest (and, on a history topic, once its position is known);
         // without an id there is no ack.
         let then = match options.history {
-            Some(_) => Then::Position(WaitRequest { id, recover }),
+            Some(_) => Then::Position(WaitRequest { id, recover, data: ack_data.map(std::rc::Rc::from) }),
             None => Then::Frame(id.map(|id| match ack_data {
                 Some(data) => self.peer.encoding().ack_data_frame(id, data),
                 None => self.peer.encoding().ack_frame(id),
