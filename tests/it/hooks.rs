@@ -162,8 +162,8 @@ fn subscribe_proxy_adds_data_to_the_ack_or_refuses_with_the_backends_code() {
     assert_eq!((m["topic"].as_str(), m["payload"].as_i64()), (Some("p:open"), Some(2)));
     // A history topic's ack carries its position, and the data too.
     let history = "[[namespaces]]\npattern = \"p:*\"\nsubscribe = \"proxy\"\npublish = \"anyone\"\nhistory_size = 10\nhistory_ttl_ms = 60000\n";
-    let server = server(&backend, history);
-    let mut c = with_cookie(&server, "session=erin");
+    let with_history = self::server(&backend, history);
+    let mut c = with_cookie(&with_history, "session=erin");
     c.expect_welcome();
     let ack = c.request(json!({"type": "subscribe", "topic": "p:open", "data": 7}), 1);
     assert_eq!((&ack["data"], &ack["offset"]), (&json!({"welcome": 7}), &json!(0)), "{ack}");
