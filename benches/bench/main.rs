@@ -456,6 +456,10 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
     if let (Some(path), Some(h)) = (&c.plot, &hist) {
         report::plot(path, &format!("shardcast-bench {}: latency", report.scenario), h)?;
     }
+    // The clients' tasks (and so their sockets) go first: a server stopped
+    // while they are open waits its [shutdown] drain_timeout_ms (5 s) for
+    // them to answer its closes, which nothing reads any more.
+    drop(local);
     drop(spawned);
     Ok(report)
 }
