@@ -249,6 +249,22 @@ pub struct ConnectArgs {
     /// Concurrent connectors.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Connect, upgrade, welcome, close: no subscribe. The latency is then
+    /// from the TCP connect to the welcome read (the handshake itself).
+    #[arg(long)]
+    welcome_only: bool,
+    /// Send `{"type":"connect"}` right after the upgrade, for a server with
+    /// a connect hook (`[proxy] connect_url`): it calls the hook at once
+    /// instead of waiting `connect_wait_ms` for a first request.
+    #[arg(long)]
+    connect_frame: bool,
+    /// Connection tokens, one per line: connection i presents line
+    /// i mod N as `?token=` (many users, not one; overrides --token).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// A welcome that names no user counts as a failed handshake.
+    #[arg(long)]
+    expect_user: bool,
 }
 
 #[derive(Debug, Clone, Args)]

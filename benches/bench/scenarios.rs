@@ -600,29 +600,67 @@ impl Loops {
 pub async fn connect(run: &Run, a: &ConnectArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
     let loops = Loops::new();
     let (target, sources, offset, stride) = (run.target.clone(), run.sources, run.source_offset, a.concurrency);
-    // Each loop's state: the index of its next connection (for its source address).
+    // With --token-file, connection i presents token i mod N.
+    let targets: Rc<Vec<Target>> = Rc::new(match &a.token_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let base = target.path.split('?').next().unwrap_or("/ws").to_string();
+            let v: Vec<Target> = text.lines().filter(|l| !l.trim().is_empty()).map(|t| target.with_path(&format!("{base}?token={}", t.trim()))).collect();
+            if v.is_empty() {
+                return Err(format!("{}: no tokens", file.display()));
+            }
+            v
+        }
+        None => vec![target],
+    });
+    let (welcome_only, connect_frame, expect_user, tokens) = (a.welcome_only, a.connect_frame, a.expect_user, targets.len());
+    // Each loop's state: the index of its next connection (for its source
+    // address and its token).
     let tasks = loops.spawn_each(0..a.concurrency, async move |i: &mut usize| {
-        let source = source(*i, sources, offset);
+        let (source, target) = (source(*i, sources, offset), &targets[*i % targets.len()]);
         *i += stride;
         let cycle = async {
-            let mut ws = Ws::connect(&target, source, true).await?;
-            ws.welcome_and_subscribe("connect").await?;
+            let mut ws = Ws::connect(target, source, true).await?;
+            if connect_frame {
+                ws.send_text(br#"{"type":"connect"}"#).await?;
+            }
+            let welcome = ws.next_text().await?;
+            let welcomed = now_ns();
+            if !welcome.starts_with(br#"{"type":"welcome""#) || (expect_user && field_str(&welcome, br#""user":""#).is_none()) {
+                return Err(std::io::Error::other("not welcomed as a user"));
+            }
+            if !welcome_only {
+                ws.subscribe("connect").await?;
+            }
             let mut close = Vec::new();
             put_frame(&mut close, crate::ws::OP_CLOSE, &1000u16.to_be_bytes());
-            ws.write_raw(&close).await
+            ws.write_raw(&close).await?;
+            Ok::<u64, std::io::Error>(welcomed)
         };
-        if cycle.await.is_ok() {
-            Op::Done
-        } else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            Op::Failed
+        match cycle.await {
+            // The handshake's latency ends at the welcome.
+            Ok(welcomed) if welcome_only => Op::DoneAt(welcomed),
+            Ok(_) => Op::Done,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Op::Failed
+            }
         }
     });
     let (ops, m, hist) = loops.measure(run, progress, tasks).await;
     let report = with_latency(Report::new("connect", &run.url, m, "handshakes", ops), &hist)
         .detail("concurrency", a.concurrency as f64)
+        .detail("welcome_only", f64::from(u8::from(a.welcome_only)))
+        .detail("tokens", if a.token_file.is_some() { tokens as f64 } else { 0.0 })
         .detail("failed", loops.failed.get() as f64);
     Ok((report, hist))
+}
+
+/// The string after `key` (which ends with the opening quote), when there is one.
+fn field_str<'a>(text: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let len = text[at..].iter().position(|&b| b == b'"')?;
+    Some(&text[at..at + len])
 }
 
 pub async fn echo(run: &Run, a: &EchoArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {

@@ -281,6 +281,11 @@ impl Ws {
     /// Reads the welcome frame, subscribes with an id, waits for the ack.
     pub async fn welcome_and_subscribe(&mut self, topic: &str) -> io::Result<()> {
         self.next_text().await?;
+        self.subscribe(topic).await
+    }
+
+    /// Subscribes with an id and waits for the ack.
+    pub async fn subscribe(&mut self, topic: &str) -> io::Result<()> {
         let req = format!(r#"{{"type":"subscribe","topic":"{topic}","id":1}}"#);
         self.send_text(req.as_bytes()).await?;
         loop {
