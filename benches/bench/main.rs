@@ -53,6 +53,9 @@ enum Scenario {
     Connect(ConnectArgs),
     /// Round trips on the echo endpoint.
     Echo(EchoArgs),
+    /// Acknowledged publishes: C connections each publishing with an id,
+    /// at most W awaiting their ack; ops are acks, latency publish to ack.
+    Publish(PublishArgs),
     /// Run one scenario against shardcast and the baseline, alternating.
     Compare(CompareArgs),
     /// What auth costs: handshakes per server CPU-second with no token, an
@@ -194,6 +197,31 @@ pub struct RecoverArgs {
     /// The history topic.
     #[arg(long, default_value = "hist:recover")]
     topic: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Publishing connections, each with at most --window publishes awaiting their ack.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Publishes in flight (sent, not yet acknowledged) per connection.
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Topics: connection i publishes to PREFIX(i mod T).
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Subscribers (subscriber j on PREFIX(j mod T)), checking that every
+    /// acknowledged publish arrives, once and in its publisher's order.
+    #[arg(long, default_value_t = 1)]
+    subscribers: usize,
+    /// Topics are named PREFIX0, PREFIX1, ... (e.g. a prefix a proxy namespace matches).
+    #[arg(long, default_value = "pub-")]
+    topic_prefix: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -342,6 +370,7 @@ fn common(s: &Scenario) -> &CommonArgs {
         Scenario::Echo(a) => &a.common,
         Scenario::Api(a) => &a.common,
         Scenario::Recover(a) => &a.common,
+        Scenario::Publish(a) => &a.common,
         Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) | Scenario::Bridge(_) | Scenario::Soak(_) | Scenario::Slowloris(_) => {
             unreachable!("compare, auth, wire, admin and history run other scenarios")
         }
@@ -466,6 +495,7 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
             Scenario::Echo(a) => scenarios::echo(&run, a, &Progress::new("round trips")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Api(a) => scenarios::api(&run, a, &Progress::new("publishes")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Recover(a) => scenarios::recover(&run, a, &Progress::new("recoveries")).await.map(|(r, h)| (r, Some(h))),
+            Scenario::Publish(a) => scenarios::publish(&run, a, &Progress::new("acked publishes")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) | Scenario::Bridge(_) | Scenario::Soak(_) | Scenario::Slowloris(_) => unreachable!(),
         }
     })?;

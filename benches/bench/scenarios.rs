@@ -15,7 +15,7 @@ use tokio::task::spawn_local;
 use crate::progress::Progress;
 use crate::report::{Latency, Report, Window};
 use crate::ws::{field, put_frame, Target, Ws, OP_TEXT};
-use crate::{ApiArgs, ConnectArgs, EchoArgs, FanoutArgs, IdleArgs, RecoverArgs, RoomsArgs, Run};
+use crate::{ApiArgs, ConnectArgs, EchoArgs, FanoutArgs, IdleArgs, PublishArgs, RecoverArgs, RoomsArgs, Run};
 
 /// Connections opened at once while setting up.
 const SETUP_PARALLELISM: usize = 256;
@@ -678,6 +678,144 @@ pub async fn echo(run: &Run, a: &EchoArgs, progress: &Progress) -> Result<(Repor
     let report = with_latency(Report::new("echo", &run.url, m, "round_trips", ops), &hist)
         .detail("connections", a.connections as f64)
         .detail("payload_bytes", a.payload as f64);
+    Ok((report, hist))
+}
+
+/// `publish`: `connections` connections each publish to their topic with an
+/// id, at most `window` awaiting their ack (closed loop); `subscribers`
+/// receive the topics and check every acknowledged publish arrives once and
+/// in its publisher's order. Ops are acks; latency is publish sent to ack
+/// read.
+pub async fn publish(run: &Run, a: &PublishArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
+    let topics = a.topics.max(1);
+    let prefix: Rc<str> = a.topic_prefix.clone().into();
+    progress.phase("connecting subscribers");
+    let p = prefix.clone();
+    let subs = connect_many(run, &run.target, a.subscribers, move |i, mut ws| {
+        let t = format!("{p}{}", i % topics);
+        async move {
+            ws.welcome_and_subscribe(&t).await?;
+            Ok(ws)
+        }
+    })
+    .await?;
+    let deliveries = Deliveries::new(a.connections);
+    let mut checks = Vec::new();
+    for mut ws in subs {
+        let check = Rc::new(SeqCheck::new(a.connections));
+        checks.push(check.clone());
+        let d = deliveries.clone();
+        spawn_local(async move {
+            while let Ok(true) = ws
+                .read_frames(|op, text| {
+                    if op == OP_TEXT {
+                        if let Some((p, s)) = d.record(text) {
+                            check.see(p, s);
+                        }
+                    }
+                })
+                .await
+            {}
+        });
+    }
+    progress.phase("connecting publishers");
+    let publishers = connect_many(run, &run.target, a.connections, |_, mut ws| async move {
+        ws.next_text().await?;
+        Ok(ws)
+    })
+    .await?;
+    let loops = Loops::new();
+    // Per publisher: publishes acknowledged (each owed to its topic's subscribers).
+    let acked: Rc<Vec<Cell<u64>>> = Rc::new((0..a.connections).map(|_| Cell::new(0)).collect());
+    let misordered = Rc::new(Cell::new(0u64));
+    let (window, size) = (a.window.max(1), a.payload);
+    let mut tasks = Vec::new();
+    for (p, mut ws) in publishers.into_iter().enumerate() {
+        let topic = format!("{prefix}{}", p % topics);
+        let (loops, acked, misordered) = (loops.clone(), acked.clone(), misordered.clone());
+        tasks.push(spawn_local(async move {
+            // (id, send time) of the publishes awaiting their ack, oldest first:
+            // replies to one connection come in request order.
+            let mut waiting: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::with_capacity(window);
+            let (mut seq, mut buf) = (0u64, Vec::with_capacity(4096));
+            loop {
+                if !loops.stop.get() && waiting.len() < window {
+                    buf.clear();
+                    while waiting.len() < window {
+                        let req = format!(r#"{{"type":"publish","topic":"{topic}","payload":{},"id":{seq}}}"#, payload(seq, p, size));
+                        put_frame(&mut buf, OP_TEXT, req.as_bytes());
+                        waiting.push_back((seq, now_ns()));
+                        seq += 1;
+                    }
+                    if ws.write_raw(&buf).await.is_err() {
+                        loops.failed.set(loops.failed.get() + 1);
+                        return;
+                    }
+                }
+                if waiting.is_empty() {
+                    return;
+                }
+                let read = ws.read_frames(|op, text| {
+                    if op != OP_TEXT {
+                        return;
+                    }
+                    let ack = text.starts_with(br#"{"type":"ack""#);
+                    if !ack && !text.starts_with(br#"{"type":"error""#) {
+                        return;
+                    }
+                    let Some((id, sent)) = waiting.pop_front() else { return };
+                    if field(text, br#""id":"#) != Some(id) {
+                        misordered.set(misordered.get() + 1);
+                    }
+                    if ack {
+                        loops.completed(sent, now_ns());
+                        acked[p].set(acked[p].get() + 1);
+                    } else {
+                        loops.failed.set(loops.failed.get() + 1);
+                    }
+                });
+                // After the window, the last acks are waited for a while, not forever.
+                let limit = if loops.stop.get() { Duration::from_secs(5) } else { Duration::from_secs(3600) };
+                match tokio::time::timeout(limit, read).await {
+                    Ok(Ok(true)) => {}
+                    _ => {
+                        loops.failed.set(loops.failed.get() + waiting.len() as u64);
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    let (ops, m, hist) = loops.measure(run, progress, tasks).await;
+    // Drain: wait until deliveries stop arriving.
+    progress.phase("draining");
+    let mut last = u64::MAX;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while deliveries.total.get() != last && Instant::now() < deadline {
+        last = deliveries.total.get();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut report = with_latency(Report::new("publish", &run.url, m, "publishes", ops), &hist);
+    for (i, check) in checks.iter().enumerate() {
+        let next = check.next.borrow();
+        for (p, acked) in acked.iter().enumerate() {
+            if p % topics == i % topics {
+                report.lost += acked.get().saturating_sub(next[p]);
+            }
+        }
+        report.lost += check.lost.get();
+        report.duplicated += check.duplicated.get();
+        report.out_of_order += check.out_of_order.get();
+    }
+    let report = report
+        .detail("connections", a.connections as f64)
+        .detail("window", window as f64)
+        .detail("topics", topics as f64)
+        .detail("subscribers", a.subscribers as f64)
+        .detail("payload_bytes", a.payload as f64)
+        .detail("failed", loops.failed.get() as f64)
+        .detail("acks_out_of_order", misordered.get() as f64)
+        .detail("deliveries", deliveries.total.get() as f64);
     Ok((report, hist))
 }
 
