@@ -182,6 +182,14 @@ pub struct FanoutArgs {
     /// namespace matches).
     #[arg(long, default_value = "fanout-")]
     topic_prefix: String,
+    /// Meanwhile, this many connections a second (open loop) connect, are
+    /// welcomed, subscribe to a topic of their own (--churn-prefix N) and
+    /// close: the connection and topic events webhooks report. 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    churn_rate: f64,
+    /// The churning connections' topics are PREFIX0, PREFIX1, ...
+    #[arg(long, default_value = "churn-")]
+    churn_prefix: String,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -311,6 +311,11 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
         (true, Some(admin)) => Some(spawn_local(poll_dashboard(admin.clone(), a.poll_admin_hz, None, stop.clone()))),
         (true, None) => return Err("--poll-admin-hz needs the admin listener: --admin HOST:PORT, or --spawn a server that has one".into()),
     };
+    let churned = (a.churn_rate > 0.0).then(|| {
+        let counts = Rc::new(Churned::default());
+        spawn_local(churn(run.target.clone(), a.churn_rate, a.churn_prefix.clone(), (run.sources, run.source_offset), stop.clone(), counts.clone()));
+        counts
+    });
     let d = deliveries.clone();
     let (ops, m) = measure(run, progress, move || d.total.get(), Some(&deliveries.recording)).await;
     stop.set(true);
@@ -333,6 +338,17 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
     let mut report = Report::new("fanout", &run.url, m, "deliveries", ops);
     if let Some(polls) = polls {
         report = report.detail("dashboard_polls", polls as f64).detail("poll_admin_hz", a.poll_admin_hz);
+    }
+    if let Some(c) = churned {
+        let seconds = match (c.started.get(), c.ended.get()) {
+            (Some(start), Some(end)) => end.duration_since(start).as_secs_f64().max(1e-9),
+            _ => f64::INFINITY,
+        };
+        report = report
+            .detail("churn_rate", a.churn_rate)
+            .detail("churn_cycles_per_second", (c.done.get() as f64 / seconds).round())
+            .detail("churn_failed", c.failed.get() as f64)
+            .detail("churn_behind", c.behind.get() as f64);
     }
     for (i, check) in checks.iter().enumerate() {
         let next = check.next.borrow();
@@ -362,6 +378,61 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
     };
     drop(keep);
     Ok((report, hist))
+}
+
+/// What the churning connections of `fanout --churn-rate` did.
+#[derive(Default)]
+struct Churned {
+    /// The churn's span: from its start to `stop`.
+    started: Cell<Option<Instant>>,
+    ended: Cell<Option<Instant>>,
+    done: Cell<u64>,
+    failed: Cell<u64>,
+    /// Cycles not started on time because `CHURN_INFLIGHT` were under way.
+    behind: Cell<u64>,
+}
+
+/// Churn cycles under way at once, at most.
+const CHURN_INFLIGHT: usize = 256;
+
+/// Until `stop`: `rate` times a second, a connection connects, is welcomed,
+/// subscribes to a topic of its own and closes (a reset after its close
+/// frame: no TIME_WAIT).
+async fn churn(target: Target, rate: f64, prefix: String, (sources, offset): (usize, usize), stop: Rc<Cell<bool>>, counts: Rc<Churned>) {
+    let started = Instant::now();
+    counts.started.set(Some(started));
+    let inflight = Rc::new(Cell::new(0usize));
+    let mut n = 0u64;
+    while !stop.get() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        while n < due {
+            if inflight.get() >= CHURN_INFLIGHT {
+                counts.behind.set(counts.behind.get() + (due - n));
+                n = due;
+                break;
+            }
+            let (target, topic, src) = (target.clone(), format!("{prefix}{n}"), source(n as usize, sources, offset));
+            let (inflight, counts) = (inflight.clone(), counts.clone());
+            inflight.set(inflight.get() + 1);
+            n += 1;
+            spawn_local(async move {
+                let cycle = async {
+                    let mut ws = Ws::connect(&target, src, true).await?;
+                    ws.welcome_and_subscribe(&topic).await?;
+                    let mut close = Vec::new();
+                    put_frame(&mut close, crate::ws::OP_CLOSE, &1000u16.to_be_bytes());
+                    ws.write_raw(&close).await
+                };
+                match cycle.await {
+                    Ok(()) => counts.done.set(counts.done.get() + 1),
+                    Err(_) => counts.failed.set(counts.failed.get() + 1),
+                }
+                inflight.set(inflight.get() - 1);
+            });
+        }
+    }
+    counts.ended.set(Some(Instant::now()));
 }
 
 pub async fn rooms(run: &Run, a: &RoomsArgs, progress: &Progress) -> Result<(Report, Histogram<u64>), String> {
