@@ -13,6 +13,7 @@
 
 mod admin;
 mod auth;
+mod backend;
 mod bridge;
 mod history;
 mod proc;

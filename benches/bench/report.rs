@@ -63,6 +63,9 @@ pub struct Report {
     pub details: BTreeMap<String, f64>,
 }
 
+/// The server's thread that makes the backend hooks' and webhooks' HTTP calls.
+const HOOKS_THREAD: &str = "shardcast-hooks";
+
 /// Snapshot at the start of the measured window.
 pub struct Window {
     started: Instant,
@@ -70,6 +73,10 @@ pub struct Window {
     server: Option<Usage>,
     generator_cpu: f64,
     others: Vec<(u32, Option<Usage>)>,
+    /// The in-process hook backend's counters and CPU, when one runs.
+    backend: Option<crate::backend::Snapshot>,
+    /// The server's `shardcast-hooks` thread's CPU, when it has one.
+    hooks_thread: Option<f64>,
 }
 
 /// Deltas over the window.
@@ -79,6 +86,9 @@ pub struct Measured {
     pub generator_cpu_seconds: f64,
     /// CPU seconds of each `--also-pid` process over the window.
     pub others: Vec<(u32, f64)>,
+    /// More figures for the report's details (the hook backend's, the
+    /// server's hooks thread's).
+    pub extra: Vec<(String, f64)>,
 }
 
 impl Window {
@@ -89,6 +99,8 @@ impl Window {
             server: pid.and_then(proc::usage),
             generator_cpu: proc::self_cpu_seconds(),
             others: others.iter().map(|&p| (p, proc::usage(p))).collect(),
+            backend: crate::backend::Snapshot::take(),
+            hooks_thread: pid.and_then(|p| proc::thread_cpu_seconds(p, HOOKS_THREAD)),
         }
     }
 
@@ -109,14 +121,27 @@ impl Window {
             .iter()
             .filter_map(|&(p, before)| Some((p, proc::usage(p)?.cpu_seconds - before?.cpu_seconds)))
             .collect();
-        Measured { seconds, server, generator_cpu_seconds: proc::self_cpu_seconds() - self.generator_cpu, others }
+        let mut generator_cpu_seconds = proc::self_cpu_seconds() - self.generator_cpu;
+        let mut extra = Vec::new();
+        if let (Some(before), Some(after)) = (self.backend, crate::backend::Snapshot::take()) {
+            // The backend thread is in this process, but it is not the generator.
+            generator_cpu_seconds -= before.cpu_delta(&after).unwrap_or(0.0);
+            extra.extend(before.details(&after));
+        }
+        if let Some(after) = self.pid.and_then(|p| proc::thread_cpu_seconds(p, HOOKS_THREAD)) {
+            let cpu = after - self.hooks_thread.unwrap_or(0.0);
+            extra.push(("server_hooks_thread_cpu_seconds".to_string(), (cpu * 1000.0).round() / 1000.0));
+        }
+        Measured { seconds, server, generator_cpu_seconds, others, extra }
     }
 }
 
 impl Report {
     pub fn new(scenario: &str, url: &str, m: Measured, ops_kind: &'static str, ops: u64) -> Report {
         let per_cpu = m.server.as_ref().filter(|s| s.cpu_seconds > 0.0).map(|s| ops as f64 / s.cpu_seconds);
-        let details = m.others.iter().map(|(p, cpu)| (format!("pid_{p}_cpu_seconds"), (cpu * 1000.0).round() / 1000.0)).collect();
+        let mut details: BTreeMap<String, f64> =
+            m.others.iter().map(|(p, cpu)| (format!("pid_{p}_cpu_seconds"), (cpu * 1000.0).round() / 1000.0)).collect();
+        details.extend(m.extra);
         Report {
             scenario: scenario.to_string(),
             url: url.to_string(),
