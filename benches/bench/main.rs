@@ -16,6 +16,7 @@ mod auth;
 mod backend;
 mod bridge;
 mod history;
+mod hooks;
 mod proc;
 mod progress;
 mod report;
@@ -95,6 +96,21 @@ enum Scenario {
     /// Normal connect times on an idle node vs while N clients send their
     /// upgrade a byte a second; checks they are closed at handshake_timeout_ms.
     Slowloris(soak::SlowlorisArgs),
+    /// What the connect hook costs: handshakes (connect, upgrade, welcome,
+    /// close) per server CPU-second and their latency with no auth, a JWT
+    /// and the connect hook (`[proxy] connect_url` on a backend in this
+    /// process). Interleaved rounds.
+    Handshakes(hooks::HandshakesArgs),
+    /// What the publish hook costs: acknowledged publishes per server
+    /// CPU-second and publish-to-ack latency to a `publish = "proxy"`
+    /// namespace vs the same namespace with `publish = "anyone"`.
+    /// Interleaved rounds.
+    PublishProxy(hooks::PublishProxyArgs),
+    /// What webhooks cost: fan-out deliveries per server CPU-second while
+    /// connections churn (connect, subscribe to a presence topic, close),
+    /// with `[webhooks]` posting the events to a backend in this process vs
+    /// off. Interleaved rounds.
+    Webhooks(hooks::WebhooksArgs),
 }
 
 /// Options every scenario takes.
@@ -380,7 +396,17 @@ fn common(s: &Scenario) -> &CommonArgs {
         Scenario::Api(a) => &a.common,
         Scenario::Recover(a) => &a.common,
         Scenario::Publish(a) => &a.common,
-        Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) | Scenario::Bridge(_) | Scenario::Soak(_) | Scenario::Slowloris(_) => {
+        Scenario::Compare(_)
+        | Scenario::Auth(_)
+        | Scenario::Wire(_)
+        | Scenario::Admin(_)
+        | Scenario::History(_)
+        | Scenario::Bridge(_)
+        | Scenario::Soak(_)
+        | Scenario::Slowloris(_)
+        | Scenario::Handshakes(_)
+        | Scenario::PublishProxy(_)
+        | Scenario::Webhooks(_) => {
             unreachable!("compare, auth, wire, admin and history run other scenarios")
         }
     }
@@ -449,6 +475,9 @@ fn main() {
         Scenario::Bridge(a) => bridge::run(a),
         Scenario::Soak(a) => soak::soak(a),
         Scenario::Slowloris(a) => soak::slowloris(a),
+        Scenario::Handshakes(a) => hooks::handshakes(a),
+        Scenario::PublishProxy(a) => hooks::publish_proxy(a),
+        Scenario::Webhooks(a) => hooks::webhooks(a),
         Scenario::Idle(a) if a.child => idle_child(&a),
         s => run_once(&s).map(|r| r.print(common(&s).json)),
     };
@@ -505,7 +534,17 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
             Scenario::Api(a) => scenarios::api(&run, a, &Progress::new("publishes")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Recover(a) => scenarios::recover(&run, a, &Progress::new("recoveries")).await.map(|(r, h)| (r, Some(h))),
             Scenario::Publish(a) => scenarios::publish(&run, a, &Progress::new("acked publishes")).await.map(|(r, h)| (r, Some(h))),
-            Scenario::Compare(_) | Scenario::Auth(_) | Scenario::Wire(_) | Scenario::Admin(_) | Scenario::History(_) | Scenario::Bridge(_) | Scenario::Soak(_) | Scenario::Slowloris(_) => unreachable!(),
+            Scenario::Compare(_)
+        | Scenario::Auth(_)
+        | Scenario::Wire(_)
+        | Scenario::Admin(_)
+        | Scenario::History(_)
+        | Scenario::Bridge(_)
+        | Scenario::Soak(_)
+        | Scenario::Slowloris(_)
+        | Scenario::Handshakes(_)
+        | Scenario::PublishProxy(_)
+        | Scenario::Webhooks(_) => unreachable!(),
         }
     })?;
     if let (Some(path), Some(h)) = (&c.plot, &hist) {
