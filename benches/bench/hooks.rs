@@ -10,11 +10,13 @@
 //!   the backend answers `{"result":{"user":"u<n>"}}`). The client sends
 //!   `{"type":"connect"}` right after the upgrade, so the hook is called at
 //!   once, not after `[proxy] connect_wait_ms`. Latency: TCP connect to
-//!   the welcome.
+//!   the welcome. Loaded (`--concurrency`), then one at a time
+//!   (`--latency-concurrency`).
 //! - `publish-proxy`: acknowledged publishes (`publish`, C connections with
 //!   W in flight each) to a namespace with `publish = "proxy"` against the
 //!   same namespace with `publish = "anyone"`; latency is publish to ack,
-//!   and the p99 the hook adds is the headline.
+//!   and the p99 the hook adds is the headline. Loaded (`--connections`),
+//!   then one at a time (`--latency-connections`).
 //! - `webhooks`: fan-out (`--max --window W`) to S subscribers while
 //!   `--churn-rate` connections a second connect, subscribe to a presence
 //!   topic of their own and close (6 events each: client_connected,
@@ -38,9 +40,10 @@ pub struct HandshakesArgs {
     /// Concurrent connect loops.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Then the same at this few loops, for latency with neither side
-    /// saturated (at --concurrency it is mostly queueing); 0 = skip.
-    #[arg(long, default_value_t = 4)]
+    /// Then the same with this many loops, for the latency of one
+    /// handshake at a time (at --concurrency it is mostly queueing: even 4
+    /// loops keep one server core ~85% busy); 0 = skip.
+    #[arg(long, default_value_t = 1)]
     latency_concurrency: usize,
     /// Distinct users of the JWT variant: tokens for u0 … u(N-1), used in turn.
     #[arg(long, default_value_t = 1000)]
@@ -61,9 +64,9 @@ pub struct PublishProxyArgs {
     /// hook call at a time per connection, so more queue on the server).
     #[arg(long, default_value_t = 1)]
     window: usize,
-    /// Then the same with this few connections, for latency with neither
-    /// side saturated; 0 = skip.
-    #[arg(long, default_value_t = 4)]
+    /// Then the same with this many connections, for the latency of one
+    /// publish at a time (at --connections it is mostly queueing); 0 = skip.
+    #[arg(long, default_value_t = 1)]
     latency_connections: usize,
     /// Topics the connections publish to (connection i to topic i mod T).
     #[arg(long, default_value_t = 1)]
