@@ -224,7 +224,6 @@ fn publish_proxy_smoke() {
 }
 
 #[test]
-#[ignore = "needs [webhooks] in the server; un-ignore when it lands"]
 fn webhooks_smoke() {
     let runs = bench(&["webhooks", "--rounds", "1", "--subscribers", "10", "--churn-rate", "100", "--max-delay-ms", "20"]);
     let names: Vec<&str> = runs.iter().map(|r| r["server_name"].as_str().unwrap()).collect();
