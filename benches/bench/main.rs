@@ -5,7 +5,9 @@
 //! (one scenario against shardcast and the tokio baseline, alternating), and
 //! `auth` (what connection tokens cost: handshakes without a token, with
 //! HS256 and with RS256, and fan-out with auth off and on, interleaved), and
-//! `wire` (TLS vs plain, compress-once vs per-subscriber, interleaved).
+//! `wire` (TLS vs plain, compress-once vs per-subscriber, interleaved), and
+//! `handshakes`, `publish-proxy`, `webhooks` (what the backend hooks and
+//! webhooks cost, against a backend in this process: `backend.rs`).
 //! Every run reports the server's CPU seconds and RSS (`--server-pid`, or
 //! `--spawn "CMD"`), the generator's own CPU, and the efficiency figure
 //! "per server CPU-second". The generator runs on one thread; see
