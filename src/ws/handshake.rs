@@ -83,7 +83,7 @@ fn has_token(value: Option<&[u8]>, token: &str) -> bool {
 
 /// The connection token: the `token` query parameter of the URL (what a
 /// browser can send), else an `Authorization: Bearer` header; first found wins.
-fn token(target: &str, req: &httparse::Request<'_, '_>) -> Option<String> {
+pub fn token(target: &str, req: &httparse::Request<'_, '_>) -> Option<String> {
     if let Some((_, query)) = target.split_once('?') {
         if let Some((_, value)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token") {
             return Some(value.into_owned());
