@@ -100,12 +100,16 @@ fn connect_token(connect: &str) -> Option<String> {
 
 impl Conn {
     /// The connect request a fallback session opened with (its token
-    /// already taken): a `connect` one's `data` goes to the connect hook
-    /// when it decides this connection; anything else is done.
+    /// already taken): when the connect hook decides this connection, it
+    /// is called now, with a `connect` request's `data` (no later first
+    /// request can come on a stream: `connect_wait_ms` is not waited).
     pub(super) fn fallback_connect(&mut self, connect: String) {
-        let Ok(serde_json::Value::Object(mut request)) = serde_json::from_str(&connect) else { return };
-        if request.get("type").and_then(|t| t.as_str()) != Some("connect") || !self.connect_uncalled() {
+        if !self.connect_uncalled() {
             return;
+        }
+        let Ok(serde_json::Value::Object(mut request)) = serde_json::from_str(&connect) else { return };
+        if request.get("type").and_then(|t| t.as_str()) != Some("connect") || !request.contains_key("data") {
+            return self.call_connect(None);
         }
         request.remove("token");
         let first = serde_json::Value::Object(request).to_string();
