@@ -11,7 +11,9 @@ use futures_lite::AsyncReadExt;
 
 use super::upgrade::{admit, answer, forwarded, Upgraded};
 use super::{Conn, Transport};
+use crate::codes::close;
 use crate::fallback::framing::{cors, head};
+use crate::metrics::ShardStats;
 use crate::fallback::request::{self, Decision, Route};
 use crate::protocol::{Encoding, Wire};
 use crate::shard::{NotTaken, Shard};
@@ -104,6 +106,13 @@ impl Conn {
     /// is called now, with a `connect` request's `data` (no later first
     /// request can come on a stream: `connect_wait_ms` is not waited).
     pub(super) fn fallback_connect(&mut self, connect: String) {
+        if self.awaiting_auth() {
+            // Its `auth` would need the session id, which only the welcome
+            // brings: the token must come with the connect request.
+            self.shard.clear_deadline(self.peer.id);
+            ShardStats::add(&self.shard.stats().auth_failures, 1);
+            return self.peer.close(close::UNAUTHORIZED, "authentication required: send the token in the connect request", true);
+        }
         if !self.connect_uncalled() {
             return;
         }
@@ -123,7 +132,7 @@ impl Conn {
             return false;
         }
         let Some(request) = self.shard.take_emulated(self.peer.id) else { return false };
-        crate::metrics::ShardStats::add(&self.shard.stats().emulation_requests, 1);
+        ShardStats::add(&self.shard.stats().emulation_requests, 1);
         self.on_message(Opcode::Text, &mut request.into_bytes());
         true
     }

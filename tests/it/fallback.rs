@@ -333,3 +333,14 @@ fn the_connect_hook_decides_a_stream_by_its_cookie_at_once() {
     assert_eq!(sse.welcome["data"]["transport"], "sse");
     assert!(started.elapsed() < Duration::from_secs(4), "neither waited connect_wait_ms: {:?}", started.elapsed());
 }
+
+#[test]
+fn a_session_that_must_authenticate_brings_its_token_or_is_closed() {
+    let server = Server::start("[auth]\nhmac_secret = \"fallback-secret\"\n", &["--shards", "1"]);
+    let request = "POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+    let answer = raw_request(&addr(&server), request.as_bytes());
+    assert!(answer.contains(r#"{"type":"close","code":4001,"reason":"authentication required: send the token in the connect request"}"#), "{answer}");
+    assert!(answer.ends_with("0\r\n\r\n"), "the response ends: {answer:?}");
+    let s = Session::stream(&addr(&server), json!({"type": "connect", "token": token_for("lia")}));
+    assert_eq!(s.welcome["user"], "lia");
+}
