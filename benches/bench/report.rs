@@ -45,6 +45,9 @@ pub struct ServerUsage {
 pub struct Report {
     pub scenario: String,
     pub url: String,
+    /// How the subscribers were connected (`fanout`, `idle`: `--transport`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<&'static str>,
     /// Measured window, in seconds (after warm-up).
     pub seconds: f64,
     /// What `ops` counts: deliveries, handshakes, round_trips, connections.
@@ -145,6 +148,7 @@ impl Report {
         Report {
             scenario: scenario.to_string(),
             url: url.to_string(),
+            transport: None,
             seconds: m.seconds,
             ops_kind,
             ops,
@@ -158,6 +162,11 @@ impl Report {
             generator_cpu_seconds: m.generator_cpu_seconds,
             details,
         }
+    }
+
+    pub fn transport(mut self, t: crate::fallback::Transport) -> Report {
+        self.transport = Some(t.name());
+        self
     }
 
     pub fn detail(mut self, key: &str, value: f64) -> Report {
@@ -174,6 +183,9 @@ impl Report {
             (self.ops_kind.into(), self.ops.to_string()),
             (format!("{}/s", self.ops_kind), format!("{:.0}", self.ops_per_second)),
         ];
+        if let Some(t) = self.transport {
+            rows.insert(2, ("transport".into(), t.to_string()));
+        }
         if let Some(e) = self.ops_per_server_cpu_second {
             rows.push((format!("{} per server CPU-s", self.ops_kind), format!("{e:.0}")));
         }
