@@ -626,7 +626,7 @@ pub async fn idle(run: &Run, a: &IdleArgs, progress: &Progress) -> Result<Report
     let pid = run.server_pid;
     let before = pid.and_then(crate::proc::usage);
     progress.phase("connecting");
-    let per_proc = crate::fd_budget();
+    let per_proc = sessions_per_process(crate::fd_budget(), a.transport);
     let mut children = Vec::new();
     let stop = Rc::new(Notify::new());
     if a.connections > per_proc {
@@ -664,6 +664,16 @@ pub async fn idle(run: &Run, a: &IdleArgs, progress: &Progress) -> Result<Report
         report = report.detail("server_idle_cpu_percent", (idle_cpu * 1000.0).round() / 1000.0);
     }
     Ok(report.detail("processes", children_count(a.connections, per_proc) as f64))
+}
+
+/// Connections one process may hold with `budget` descriptors: a fallback
+/// session's subscribe takes a second descriptor for its POST while it is
+/// set up, for up to `SETUP_PARALLELISM` sessions at once.
+fn sessions_per_process(budget: usize, transport: Transport) -> usize {
+    match transport {
+        Transport::WebSocket => budget,
+        _ => budget - SETUP_PARALLELISM.min(budget / 2),
+    }
 }
 
 fn children_count(n: usize, per_proc: usize) -> usize {
