@@ -7,8 +7,9 @@
 //! HS256 and with RS256, and fan-out with auth off and on, interleaved), and
 //! `wire` (TLS vs plain, compress-once vs per-subscriber, interleaved), and
 //! `handshakes`, `publish-proxy`, `webhooks` (what the backend hooks and
-//! webhooks cost, against a backend in this process: `backend.rs`).
-//! `fanout` and `idle` take `--transport` (WebSocket, HTTP-streaming, SSE).
+//! webhooks cost, against a backend in this process: `backend.rs`), and
+//! `transports` (fan-out and idle memory over WebSocket, HTTP-streaming and
+//! SSE, interleaved; `fanout` and `idle` take `--transport`).
 //! Every run reports the server's CPU seconds and RSS (`--server-pid`, or
 //! `--spawn "CMD"`), the generator's own CPU, and the efficiency figure
 //! "per server CPU-second". The generator runs on one thread; see
@@ -26,6 +27,7 @@ mod progress;
 mod report;
 mod scenarios;
 mod soak;
+mod transports;
 mod wire;
 mod ws;
 
@@ -115,6 +117,11 @@ enum Scenario {
     /// with `[webhooks]` posting the events to a backend in this process vs
     /// off. Interleaved rounds.
     Webhooks(hooks::WebhooksArgs),
+    /// What the fallback transports cost: fan-out deliveries per server
+    /// CPU-second to subscribers on WebSocket, HTTP-streaming and SSE
+    /// (`--max` and at a fixed rate), and server RSS per idle session on
+    /// each. Interleaved rounds.
+    Transports(transports::TransportsArgs),
 }
 
 /// Options every scenario takes.
@@ -419,7 +426,8 @@ fn common(s: &Scenario) -> &CommonArgs {
         | Scenario::Slowloris(_)
         | Scenario::Handshakes(_)
         | Scenario::PublishProxy(_)
-        | Scenario::Webhooks(_) => {
+        | Scenario::Webhooks(_)
+        | Scenario::Transports(_) => {
             unreachable!("compare, auth, wire, admin and history run other scenarios")
         }
     }
@@ -491,6 +499,7 @@ fn main() {
         Scenario::Handshakes(a) => hooks::handshakes(a),
         Scenario::PublishProxy(a) => hooks::publish_proxy(a),
         Scenario::Webhooks(a) => hooks::webhooks(a),
+        Scenario::Transports(a) => transports::run(a),
         Scenario::Idle(a) if a.child => idle_child(&a),
         s => run_once(&s).map(|r| r.print(common(&s).json)),
     };
@@ -557,7 +566,8 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
         | Scenario::Slowloris(_)
         | Scenario::Handshakes(_)
         | Scenario::PublishProxy(_)
-        | Scenario::Webhooks(_) => unreachable!(),
+        | Scenario::Webhooks(_)
+        | Scenario::Transports(_) => unreachable!(),
         }
     })?;
     if let (Some(path), Some(h)) = (&c.plot, &hist) {
