@@ -35,6 +35,9 @@ pub struct ServerUsage {
     pub pid: u32,
     /// utime + stime of the server during the measured window.
     pub cpu_seconds: f64,
+    /// Of which in user space (utime; the rest is the kernel's, mostly the
+    /// sockets' sends).
+    pub user_cpu_seconds: f64,
     /// Of one core.
     pub cpu_percent: f64,
     pub rss_before_bytes: u64,
@@ -113,6 +116,7 @@ impl Window {
             (Some(pid), Some(before)) => proc::usage(pid).map(|after| ServerUsage {
                 pid,
                 cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+                user_cpu_seconds: after.user_seconds - before.user_seconds,
                 cpu_percent: (after.cpu_seconds - before.cpu_seconds) / seconds * 100.0,
                 rss_before_bytes: before.rss_bytes,
                 rss_after_bytes: after.rss_bytes,
@@ -197,7 +201,7 @@ impl Report {
             ));
         }
         if let Some(s) = &self.server {
-            rows.push(("server CPU".into(), format!("{:.2} s ({:.0}% of a core)", s.cpu_seconds, s.cpu_percent)));
+            rows.push(("server CPU".into(), format!("{:.2} s ({:.0}% of a core; user {:.2} s)", s.cpu_seconds, s.cpu_percent, s.user_cpu_seconds)));
             rows.push(("server RSS before/after".into(), format!("{:.1} / {:.1} MiB", mib(s.rss_before_bytes), mib(s.rss_after_bytes))));
         }
         rows.push((

@@ -410,7 +410,9 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
         counts
     });
     let d = deliveries.clone();
+    let sends_before = send_counters(run.admin.as_deref()).await;
     let (ops, m) = measure(run, progress, move || d.total.get(), Some(&deliveries.recording)).await;
+    let sends_after = send_counters(run.admin.as_deref()).await;
     stop.set(true);
     let polls = match poller {
         Some(p) => Some(p.await.map_err(|e| e.to_string())?),
@@ -429,6 +431,14 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut report = Report::new("fanout", &subscriber_url(run, a.transport), m, "deliveries", ops).transport(a.transport);
+    if let (Some((frames0, writes0)), Some((frames1, writes1))) = (sends_before, sends_after) {
+        if writes1 > writes0 {
+            // Over the warm-up and the window: frames per sendmsg, which
+            // the window and the readers' pace decide, and with them the
+            // CPU per delivery.
+            report = report.detail("server_frames_per_send", ((frames1 - frames0) / (writes1 - writes0) * 100.0).round() / 100.0);
+        }
+    }
     if ops > 0 {
         report = report.detail("subscriber_bytes_per_delivery", (wire_bytes.get() as f64 / ops as f64 * 10.0).round() / 10.0);
     }
@@ -1034,6 +1044,27 @@ impl Http {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+impl Http {
+    /// The body of the last response.
+    fn body(&self) -> &[u8] {
+        memchr::memmem::find(&self.buf, b"\r\n\r\n").map_or(&[][..], |at| &self.buf[at + 4..])
+    }
+}
+
+/// The server's `frames_written` and `socket_writes` counters (all shards),
+/// from `/metrics` on its admin listener, when it has one.
+async fn send_counters(admin: Option<&str>) -> Option<(f64, f64)> {
+    let mut http = Http::connect(admin?).await.ok()?;
+    if http.request(&http_get("/metrics", None)).await.ok()? != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(http.body()).into_owned();
+    let sum = |name: &str| -> f64 {
+        text.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    Some((sum("shardcast_frames_written_total"), sum("shardcast_socket_writes_total")))
 }
 
 /// A GET request for `path` (keep-alive), with the API key when there is one.

@@ -47,7 +47,8 @@ const TRANSPORTS: [Transport; 3] = [Transport::WebSocket, Transport::HttpStream,
 type Section = (String, Vec<(&'static str, Metric)>, Vec<Vec<Report>>);
 
 pub fn run(a: TransportsArgs) -> Result<(), String> {
-    let server = format!("{}{} --listen 127.0.0.1:0 --config {}", a.rounds.server_prefix, sibling("shardcast")?, bench_config()?);
+    // The admin listener's /metrics gives the frames per send.
+    let server = format!("{}{} --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --config {}", a.rounds.server_prefix, sibling("shardcast")?, bench_config()?);
     let common = a.rounds.run_options();
     let variants = |scenario: &str, extra: &[String]| -> Vec<Variant> {
         TRANSPORTS
@@ -65,9 +66,16 @@ pub fn run(a: TransportsArgs) -> Result<(), String> {
         ("deliveries/s", |r: &Report| Some(r.ops_per_second)),
         ("deliveries per server CPU-s", |r: &Report| r.ops_per_server_cpu_second),
         ("server CPU %", |r: &Report| r.server.as_ref().map(|s| s.cpu_percent)),
+        ("server user-space ns per delivery", |r: &Report| {
+            r.server.as_ref().filter(|_| r.ops > 0).map(|s| s.user_cpu_seconds * 1e9 / r.ops as f64)
+        }),
+        ("server kernel ns per delivery", |r: &Report| {
+            r.server.as_ref().filter(|_| r.ops > 0).map(|s| (s.cpu_seconds - s.user_cpu_seconds) * 1e9 / r.ops as f64)
+        }),
         ("generator CPU %", |r: &Report| Some(r.generator_cpu_seconds / r.seconds * 100.0)),
         ("p50 latency µs", |r: &Report| r.latency.as_ref().map(|l| l.p50_us)),
         ("p99 latency µs", |r: &Report| r.latency.as_ref().map(|l| l.p99_us)),
+        ("server frames per send", |r: &Report| r.details.get("server_frames_per_send").copied()),
         ("subscriber bytes per delivery", |r: &Report| r.details.get("subscriber_bytes_per_delivery").copied()),
         ("lost + dup + out of order", |r: &Report| Some((r.lost + r.duplicated + r.out_of_order) as f64)),
     ];
