@@ -43,15 +43,6 @@ impl Transport {
             Transport::Sse => "sse",
         }
     }
-
-    /// 0, 1, 2: the order of the reports' `transport` detail.
-    pub fn index(self) -> f64 {
-        match self {
-            Transport::WebSocket => 0.0,
-            Transport::HttpStream => 1.0,
-            Transport::Sse => 2.0,
-        }
-    }
 }
 
 /// Opens a TCP connection to `addr` (from `source`, when given).
@@ -203,6 +194,55 @@ impl Session {
         }
     }
 
+    /// Reads a chunk-size line at `raw_start`: `Some(size)` and advances
+    /// past it, `None` when the line is not whole yet.
+    fn chunk_size(&mut self) -> io::Result<Option<usize>> {
+        let avail = &self.raw[self.raw_start..self.raw_end];
+        // Hex digits, maybe `;extensions`, CRLF.
+        let Some(eol) = memchr::memchr(b'\n', avail) else { return Ok(None) };
+        let line = &avail[..eol];
+        let hex = line.split(|&b| b == b';' || b == b'\r').next().unwrap_or(b"");
+        let size = std::str::from_utf8(hex)
+            .ok()
+            .and_then(|h| usize::from_str_radix(h.trim(), 16).ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {:?}", String::from_utf8_lossy(line))))?;
+        self.raw_start += eol + 1;
+        if size == 0 {
+            // The last chunk; its trailer is not read.
+            self.ended = true;
+        }
+        Ok(Some(size))
+    }
+
+    /// The common case, without copying: while nothing is left over in the
+    /// body and whole chunks are read, splits their data in place (the
+    /// server writes one frame per chunk); a frame cut between chunks goes
+    /// to the body. Returns the items taken (see [`split_items`]).
+    fn whole_chunks(&mut self, on_frame: &mut impl FnMut(&[u8]), one: bool) -> io::Result<usize> {
+        let mut items = 0;
+        while self.body.is_empty() && self.chunk_left == 0 && self.crlf_left == 0 && !self.ended {
+            let line_at = self.raw_start;
+            let Some(size) = self.chunk_size()? else { break };
+            if size == 0 {
+                break;
+            }
+            if self.raw_end - self.raw_start < size + 2 {
+                // Not whole yet: read it again once it is.
+                self.raw_start = line_at;
+                break;
+            }
+            let data = &self.raw[self.raw_start..self.raw_start + size];
+            let (used, n, frames) = split_items(data, self.sse, on_frame, one);
+            self.body.extend_from_slice(&data[used..]);
+            self.raw_start += size + 2;
+            items += n;
+            if one && frames > 0 {
+                break;
+            }
+        }
+        Ok(items)
+    }
+
     /// Moves the chunks' data of what was read into the body; false when
     /// nothing was moved.
     fn dechunk(&mut self) -> io::Result<bool> {
@@ -220,82 +260,20 @@ impl Session {
                 self.crlf_left -= take;
                 self.raw_start += take;
             } else {
-                // A chunk-size line: hex digits, maybe `;extensions`, CRLF.
-                let Some(eol) = memchr::memchr(b'\n', avail) else { break };
-                let line = &avail[..eol];
-                let hex = line.split(|&b| b == b';' || b == b'\r').next().unwrap_or(b"");
-                let size = std::str::from_utf8(hex)
-                    .ok()
-                    .and_then(|h| usize::from_str_radix(h.trim(), 16).ok())
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {:?}", String::from_utf8_lossy(line))))?;
-                self.raw_start += eol + 1;
-                if size == 0 {
-                    // The last chunk; its trailer is not read.
-                    self.ended = true;
-                } else {
-                    self.chunk_left = size;
-                    self.crlf_left = 2;
+                match self.chunk_size()? {
+                    None => break,
+                    Some(0) => {}
+                    Some(size) => (self.chunk_left, self.crlf_left) = (size, 2),
                 }
             }
         }
         Ok(moved)
     }
 
-    /// Hands every whole frame of the body to `on_frame` (heartbeats and
-    /// comments are skipped); returns how many items (frames, heartbeats,
-    /// comments) were taken.
-    /// `one`: stop after the first frame, leaving the rest buffered.
+    /// Hands the whole frames of the body to `on_frame`; returns the items taken.
     fn split(&mut self, on_frame: &mut impl FnMut(&[u8]), one: bool) -> usize {
-        let mut items = 0;
-        let mut frames = 0;
-        while !(one && frames > 0) {
-            let rest = &self.body[self.body_start..];
-            if self.sse {
-                // An event ends with an empty line.
-                let Some(end) = memchr::memmem::find(rest, b"\n\n") else { break };
-                let event = &rest[..end];
-                self.body_start += end + 2;
-                items += 1;
-                // One `data:` line per event from this server (JSON has no
-                // raw newlines); several would be joined by newlines.
-                let mut data: Option<Vec<u8>> = None;
-                let mut single: Option<&[u8]> = None;
-                for line in event.split(|&b| b == b'\n') {
-                    let Some(value) = line.strip_prefix(b"data:") else { continue };
-                    let value = value.strip_prefix(b" ").unwrap_or(value);
-                    match (&mut data, single) {
-                        (None, None) => single = Some(value),
-                        (None, Some(first)) => {
-                            let mut joined = first.to_vec();
-                            joined.push(b'\n');
-                            joined.extend_from_slice(value);
-                            data = Some(joined);
-                        }
-                        (Some(joined), _) => {
-                            joined.push(b'\n');
-                            joined.extend_from_slice(value);
-                        }
-                    }
-                }
-                match (data, single) {
-                    (Some(joined), _) => on_frame(&joined),
-                    (None, Some(value)) => on_frame(value),
-                    (None, None) => continue,
-                }
-                frames += 1;
-            } else {
-                let Some(end) = memchr::memchr(b'\n', rest) else { break };
-                let line = &rest[..end];
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                let frame = !line.is_empty();
-                if frame {
-                    on_frame(line);
-                }
-                self.body_start += end + 1;
-                items += 1;
-                frames += usize::from(frame);
-            }
-        }
+        let (used, items, _) = split_items(&self.body[self.body_start..], self.sse, on_frame, one);
+        self.body_start += used;
         if self.body_start == self.body.len() {
             self.body.clear();
             self.body_start = 0;
@@ -316,6 +294,9 @@ impl Session {
     async fn read(&mut self, mut on_frame: impl FnMut(&[u8]), one: bool) -> io::Result<bool> {
         loop {
             if self.split(&mut on_frame, one) > 0 {
+                return Ok(true);
+            }
+            if self.whole_chunks(&mut on_frame, one)? > 0 {
                 return Ok(true);
             }
             if self.dechunk()? {
@@ -352,5 +333,121 @@ impl Session {
             }
         }
         Ok(got.unwrap())
+    }
+}
+
+/// Splits the whole items at the start of `body` (NDJSON lines, or SSE
+/// events ended by an empty line) and hands each frame's JSON to
+/// `on_frame` (heartbeats, comments and the padding are items without a
+/// frame). `one`: stop after the first frame. Returns (bytes used, items,
+/// frames).
+fn split_items(body: &[u8], sse: bool, on_frame: &mut impl FnMut(&[u8]), one: bool) -> (usize, usize, usize) {
+    let (mut at, mut items, mut frames) = (0, 0, 0);
+    while !(one && frames > 0) {
+        let rest = &body[at..];
+        if sse {
+            // An event ends with an empty line: the first "\n\n".
+            let mut end = None;
+            let mut from = 0;
+            while let Some(nl) = memchr::memchr(b'\n', &rest[from..]) {
+                let nl = from + nl;
+                if rest.get(nl + 1) == Some(&b'\n') {
+                    end = Some(nl);
+                    break;
+                }
+                from = nl + 1;
+            }
+            let Some(end) = end else { break };
+            let event = &rest[..end];
+            at += end + 2;
+            items += 1;
+            // One `data:` line per event from this server (JSON has no raw
+            // newlines); several are joined by newlines.
+            let mut data: Option<Vec<u8>> = None;
+            let mut single: Option<&[u8]> = None;
+            for line in event.split(|&b| b == b'\n') {
+                let Some(value) = line.strip_prefix(b"data:") else { continue };
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                match (&mut data, single) {
+                    (None, None) => single = Some(value),
+                    (None, Some(first)) => data = Some([first, b"\n", value].concat()),
+                    (Some(joined), _) => {
+                        joined.push(b'\n');
+                        joined.extend_from_slice(value);
+                    }
+                }
+            }
+            match (data, single) {
+                (Some(joined), _) => on_frame(&joined),
+                (None, Some(value)) => on_frame(value),
+                (None, None) => continue,
+            }
+            frames += 1;
+        } else {
+            let Some(end) = memchr::memchr(b'\n', rest) else { break };
+            let line = &rest[..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            at += end + 1;
+            items += 1;
+            if !line.is_empty() {
+                on_frame(line);
+                frames += 1;
+            }
+        }
+    }
+    (at, items, frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(body: &[u8], sse: bool) -> (usize, usize, Vec<String>) {
+        let mut got = Vec::new();
+        let (used, items, n) = split_items(body, sse, &mut |f: &[u8]| got.push(String::from_utf8(f.to_vec()).unwrap()), false);
+        assert_eq!(n, got.len());
+        (used, items, got)
+    }
+
+    #[test]
+    fn ndjson_lines_and_sse_events_split_heartbeats_skipped() {
+        assert_eq!(frames(b"{\"a\":1}\n\n{\"b\":2}\n{\"c\"", false), (17, 3, vec![r#"{"a":1}"#.into(), r#"{"b":2}"#.into()]));
+        let sse = b":   padding\n\ndata: {\"a\":1}\n\n: ping\n\ndata:{\"b\":2}\ndata: 3\n\ndata: {\"cut";
+        assert_eq!(frames(sse, true), (sse.len() - 11, 4, vec![r#"{"a":1}"#.into(), "{\"b\":2}\n3".into()]));
+    }
+
+    /// A response cut into 5-byte chunks (as a proxy may re-chunk it),
+    /// written a few at a time: frames span chunks and reads; and in one
+    /// chunk holding every frame.
+    #[tokio::test]
+    async fn sessions_decode_frames_cut_across_chunks_and_reads() {
+        for (transport, cut) in [(Transport::HttpStream, 5), (Transport::Sse, 5), (Transport::HttpStream, 4096), (Transport::Sse, 4096)] {
+            let body = match transport {
+                Transport::Sse => format!(":{}\n\ndata: {{\"type\":\"welcome\",\"session\":\"s1\"}}\n\ndata: {{\"n\":1}}\n\n: ping\n\ndata: {{\"n\":2}}\n\n", " ".repeat(100)),
+                _ => "{\"type\":\"welcome\",\"session\":\"s1\"}\n{\"n\":1}\n\n{\"n\":2}\n".to_string(),
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (mut c, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 4096];
+                let _ = c.read(&mut request).await.unwrap();
+                c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+                for (i, piece) in body.as_bytes().chunks(cut).enumerate() {
+                    c.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await.unwrap();
+                    c.write_all(piece).await.unwrap();
+                    c.write_all(b"\r\n").await.unwrap();
+                    if i % 3 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                c.write_all(b"0\r\n\r\n").await.unwrap();
+            });
+            let mut s = Session::open(addr, None, transport, "").await.unwrap();
+            assert_eq!(s.id, "s1");
+            let mut got = Vec::new();
+            while s.read_frames(|f| got.push(String::from_utf8(f.to_vec()).unwrap())).await.unwrap() {}
+            assert_eq!(got, [r#"{"n":1}"#, r#"{"n":2}"#], "{transport:?} in chunks of {cut}");
+        }
     }
 }

@@ -322,6 +322,9 @@ fn transports_smoke() {
     for r in &runs[..6] {
         assert_measured(r, "deliveries");
         assert_eq!((r["lost"].as_u64(), r["out_of_order"].as_u64()), (Some(0), Some(0)), "{r}");
+        // Its servers have an admin listener: the frames per send are read from /metrics.
+        assert!(r["details"]["server_frames_per_send"].as_f64().unwrap() >= 1.0, "{r}");
+        assert!(r["server"]["user_cpu_seconds"].as_f64().unwrap() <= r["server"]["cpu_seconds"].as_f64().unwrap(), "{r}");
     }
     for r in &runs[6..] {
         assert!(r["details"]["server_rss_per_connection_bytes"].as_f64().is_some(), "{r}");
