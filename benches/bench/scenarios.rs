@@ -664,7 +664,12 @@ pub async fn idle(run: &Run, a: &IdleArgs, progress: &Progress) -> Result<Report
     report.ops_per_server_cpu_second = None;
     if let (Some(b), Some(c)) = (before, connected) {
         let per_conn = c.rss_bytes.saturating_sub(b.rss_bytes) as f64 / a.connections.max(1) as f64;
+        // Connecting, welcome and subscribe (on a fallback transport: the
+        // stream's request, and the subscribe's POST on a connection of
+        // its own), plus the settling second's idle CPU.
+        let setup_us = (c.cpu_seconds - b.cpu_seconds) * 1e6 / a.connections.max(1) as f64;
         report = report
+            .detail("server_cpu_us_per_connection_setup", (setup_us * 10.0).round() / 10.0)
             .detail("server_rss_per_connection_bytes", per_conn.round())
             .detail("server_rss_before_connecting_bytes", b.rss_bytes as f64)
             .detail("server_rss_connected_bytes", c.rss_bytes as f64);

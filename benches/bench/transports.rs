@@ -8,7 +8,9 @@
 //!    on the subscriber's wire.
 //! 2. The same at a fixed rate (`--rate`, one frame per send, mostly).
 //! 3. C idle subscribed sessions on each transport (`idle --transport`):
-//!    server RSS per session and idle CPU.
+//!    server RSS per session, idle CPU, and the server's CPU per session
+//!    set up (connect, welcome, subscribe: on a fallback transport the
+//!    subscribe is a POST on a connection of its own).
 //!
 //! Publishers are WebSocket clients in every run; a fallback subscriber
 //! opens its stream, reads its welcome and subscribes with one
@@ -101,6 +103,7 @@ pub fn run(a: TransportsArgs) -> Result<(), String> {
             ("server RSS per session, bytes", |r: &Report| r.details.get("server_rss_per_connection_bytes").copied()),
             ("server RSS connected, MiB", |r: &Report| r.details.get("server_rss_connected_bytes").map(|b| b / 1048576.0)),
             ("server idle CPU %", |r: &Report| r.details.get("server_idle_cpu_percent").copied()),
+            ("server CPU µs per session set up", |r: &Report| r.details.get("server_cpu_us_per_connection_setup").copied()),
         ];
         sections.push((format!("{conns} idle subscribed sessions (100 topics)"), rows, reports));
     }
