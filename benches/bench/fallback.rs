@@ -327,8 +327,7 @@ impl Session {
     pub async fn next_text(&mut self) -> io::Result<Vec<u8>> {
         let mut got = None;
         while got.is_none() {
-            if !self.read(|f| got = Some(f.to_vec()), true).await?
-            {
+            if !self.read(|f| got = Some(f.to_vec()), true).await? {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended"));
             }
         }
@@ -423,7 +422,10 @@ mod tests {
     async fn sessions_decode_frames_cut_across_chunks_and_reads() {
         for (transport, cut) in [(Transport::HttpStream, 5), (Transport::Sse, 5), (Transport::HttpStream, 4096), (Transport::Sse, 4096)] {
             let body = match transport {
-                Transport::Sse => format!(":{}\n\ndata: {{\"type\":\"welcome\",\"session\":\"s1\"}}\n\ndata: {{\"n\":1}}\n\n: ping\n\ndata: {{\"n\":2}}\n\n", " ".repeat(100)),
+                Transport::Sse => format!(
+                    ":{}\n\ndata: {{\"type\":\"welcome\",\"session\":\"s1\"}}\n\ndata: {{\"n\":1}}\n\n: ping\n\ndata: {{\"n\":2}}\n\n",
+                    " ".repeat(100)
+                ),
                 _ => "{\"type\":\"welcome\",\"session\":\"s1\"}\n{\"n\":1}\n\n{\"n\":2}\n".to_string(),
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -50,7 +50,8 @@ type Section = (String, Vec<(&'static str, Metric)>, Vec<Vec<Report>>);
 
 pub fn run(a: TransportsArgs) -> Result<(), String> {
     // The admin listener's /metrics gives the frames per send.
-    let server = format!("{}{} --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --config {}", a.rounds.server_prefix, sibling("shardcast")?, bench_config()?);
+    let server =
+        format!("{}{} --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --config {}", a.rounds.server_prefix, sibling("shardcast")?, bench_config()?);
     let common = a.rounds.run_options();
     let variants = |scenario: &str, extra: &[String]| -> Vec<Variant> {
         TRANSPORTS
@@ -68,9 +69,7 @@ pub fn run(a: TransportsArgs) -> Result<(), String> {
         ("deliveries/s", |r: &Report| Some(r.ops_per_second)),
         ("deliveries per server CPU-s", |r: &Report| r.ops_per_server_cpu_second),
         ("server CPU %", |r: &Report| r.server.as_ref().map(|s| s.cpu_percent)),
-        ("server user-space ns per delivery", |r: &Report| {
-            r.server.as_ref().filter(|_| r.ops > 0).map(|s| s.user_cpu_seconds * 1e9 / r.ops as f64)
-        }),
+        ("server user-space ns per delivery", |r: &Report| r.server.as_ref().filter(|_| r.ops > 0).map(|s| s.user_cpu_seconds * 1e9 / r.ops as f64)),
         ("server kernel ns per delivery", |r: &Report| {
             r.server.as_ref().filter(|_| r.ops > 0).map(|s| (s.cpu_seconds - s.user_cpu_seconds) * 1e9 / r.ops as f64)
         }),
