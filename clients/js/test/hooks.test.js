@@ -136,7 +136,7 @@ async function connected(s, protocol, options = {}) {
 
 /** Drops `c`'s connection as a network would (no close frame). */
 function dropConnection(c) {
-  c._ws.terminate ? c._ws.terminate() : c._ws.close();
+  c._conn.drop();
 }
 
 /** A subscription token: `sub` may subscribe to `channel` for `seconds`. */
