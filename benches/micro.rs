@@ -31,7 +31,7 @@ fn shard(shards: usize) -> (Shard, Vec<bus::Inbox>) {
     let (mailboxes, inboxes) = bus::build(shards, 1 << 16).unwrap();
     let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
     let readiness = std::rc::Rc::new(shardcast::readiness::Readiness::new("micro", || {}).unwrap());
-    (Shard::new(0, Arc::new(config), mailboxes, stats, Arc::new(AtomicUsize::new(0)), Default::default(), readiness), inboxes)
+    (Shard::new(0, Arc::new(config), mailboxes, stats, shardcast::shard::NodeShared { connections: Arc::new(AtomicUsize::new(0)), admission: Default::default(), sessions: Arc::new(shardcast::bus::sessions::Sessions::new(1)) }, readiness), inboxes)
 }
 
 fn codec(c: &mut Criterion) {

@@ -11,6 +11,8 @@
 //! - [`ws`]: RFC 6455 frames, the HTTP upgrade, permessage-deflate.
 //! - [`protocol`]: requests, replies, the shared outgoing message and its
 //!   wire forms (JSON, FlatBuffers), positions in a topic's history.
+//! - [`fallback`]: the HTTP-streaming and SSE transports' requests,
+//!   framing and session ids.
 //! - [`auth`]: tokens (JWT) -> identity, namespace permissions, node-wide
 //!   per-user / per-IP counts. [`tls`]: rustls server and client sides, a
 //!   stream plain or under TLS.
@@ -62,6 +64,7 @@ pub mod clock;
 pub mod codes;
 pub mod config;
 pub mod conn;
+pub mod fallback;
 pub mod history;
 pub mod hooks;
 pub mod ids;

@@ -98,7 +98,11 @@ macro_rules! stats {
 
 // Counters are named without `_total`: the encoder adds it.
 stats! {
-    connections: Gauge, "Open WebSocket connections.";
+    connections: Gauge, "Open client connections, every transport (WebSocket, HTTP-streaming, SSE).";
+    stream_sessions: Gauge, "Open HTTP-streaming sessions (part of connections).";
+    sse_sessions: Gauge, "Open SSE sessions (part of connections).";
+    emulation_requests: Counter, "Requests POSTed to emulation_path for a fallback session that were run.";
+    emulation_dropped: Counter, "Requests forwarded over Redis for a session of this node that was gone or full.";
     connections_accepted: Counter, "WebSocket connections accepted since start.";
     handshakes_rejected: Counter, "HTTP requests answered without an upgrade (4xx/5xx).";
     publishes: Counter, "Publish requests accepted from clients on this shard.";

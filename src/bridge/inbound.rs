@@ -65,7 +65,7 @@ impl Bridge {
                 }
                 // Redis drops the subscriptions of a slot the primary no longer
                 // owns (a migration): subscribe them again on the new owner.
-                b"sunsubscribe" if topic.is_some_and(|t| self.wanted.borrow().contains(t) || t == NODES_CHANNEL) => {
+                b"sunsubscribe" if topic.is_some_and(|t| self.wanted.borrow().contains(t) || t == NODES_CHANNEL || t == self.own_channel()) => {
                     self.resync.set(true);
                     self.refresh.raise();
                 }
@@ -88,6 +88,10 @@ impl Bridge {
             if let Some(slot) = slot {
                 bridge.drain_heard(slot);
             }
+            return;
+        }
+        if topic.is_some_and(|t| t == bridge.own_channel()) {
+            shard.emulation_from_node(data);
             return;
         }
         if topic == Some(NODES_CHANNEL) {

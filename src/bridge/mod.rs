@@ -41,6 +41,7 @@
 //! (history gaps), `link` and `topology` (connections and discovery).
 
 pub mod cluster;
+mod emulation;
 pub mod endpoint;
 pub mod envelope;
 mod fence;
@@ -325,6 +326,7 @@ impl Bridge {
         if self.announcements.is_some() {
             topics.push(Rc::from(NODES_CHANNEL));
         }
+        topics.push(Rc::from(self.own_channel()));
         topics.retain(|t| self.route(self.slot(t)).is_some_and(|l| std::ptr::eq(&*l, link)));
         topics.extend(self.fences.borrow().markers_on(link));
         topics.into_iter().map(|t| Rc::from(self.channel(&t))).collect()

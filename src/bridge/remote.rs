@@ -162,6 +162,10 @@ impl Remote for Bridge {
         self.push_command(command, self.slot(&topic), stats);
     }
 
+    fn forward_emulation(&self, node: &str, body: &[u8], stats: &ShardStats) {
+        self.forward_to_node(node, body, stats);
+    }
+
     fn announce_node(&self, summary: &[u8], stats: &ShardStats) {
         let slot = self.slot(NODES_CHANNEL);
         if !self.route(slot).is_some_and(|l| l.publisher_connected.get()) {

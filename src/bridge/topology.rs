@@ -182,6 +182,7 @@ impl Bridge {
         if self.announcements.is_some() {
             topics.push(Rc::from(NODES_CHANNEL));
         }
+        topics.push(Rc::from(self.own_channel()));
         for topic in topics {
             let slot = self.slot(&topic);
             let (old, new) = (old_owner(slot), self.route(slot));

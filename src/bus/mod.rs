@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod hooks;
+pub mod sessions;
 pub mod webhooks;
 pub mod interest;
 
@@ -92,6 +93,13 @@ pub enum ControlMsg {
     History(HistoryMsg),
     /// Presence changes and queries to the topic's owner, and their answers.
     Presence(PresenceMsg),
+    /// Requests for fallback session `conn` of this shard (POSTed to
+    /// `emulation_path` on any shard or node), counted in its slot's
+    /// pending requests.
+    Emulation { conn: ConnId, requests: Vec<String> },
+    /// Requests for a fallback session of node `node`, to the bridge shard,
+    /// which forwards them over Redis (`body`: the emulation POST's JSON).
+    ForwardEmulation { node: String, body: Vec<u8> },
     /// Stop accepting, close every client with 1001, drain, exit.
     Shutdown,
     /// Shard `from` passed `step` of its shutdown (see `shard::shutdown`).

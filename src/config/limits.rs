@@ -17,6 +17,8 @@ pub struct RawLimits {
     pub max_connections_per_ip: u64,
     pub max_presence_clients: u64,
     pub history_memory_bytes: u64,
+    pub max_emulation_body_bytes: u64,
+    pub max_emulation_pending: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,11 @@ pub struct LimitsConfig {
     /// shards, each the home of its share of topics); the least recently
     /// published topics' rings are evicted beyond it.
     pub history_memory_bytes: usize,
+    /// Longest body of a fallback transport's POST (the stream's connect
+    /// request, an emulation batch).
+    pub max_emulation_body_bytes: usize,
+    /// Requests a fallback session holds that it has not run yet.
+    pub max_emulation_pending: usize,
 }
 
 pub(super) fn validate(l: &RawLimits) -> Result<LimitsConfig, ConfigError> {
@@ -53,6 +60,8 @@ pub(super) fn validate(l: &RawLimits) -> Result<LimitsConfig, ConfigError> {
         max_connections_per_ip: ranged("limits.max_connections_per_ip", l.max_connections_per_ip, 0, 100_000_000, "0 (unlimited)..=100000000")?,
         max_presence_clients: ranged("limits.max_presence_clients", l.max_presence_clients, 1, 10_000_000, "1..=10000000")?,
         history_memory_bytes: ranged("limits.history_memory_bytes", l.history_memory_bytes, 1 << 20, 1 << 40, "1048576..=1099511627776 bytes")?,
+        max_emulation_body_bytes: ranged("limits.max_emulation_body_bytes", l.max_emulation_body_bytes, 256, 64 << 20, "256..=67108864 bytes")?,
+        max_emulation_pending: ranged("limits.max_emulation_pending", l.max_emulation_pending, 1, 1_000_000, "1..=1000000")?,
     };
     Ok(limits)
 }

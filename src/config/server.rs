@@ -17,6 +17,9 @@ pub struct RawServer {
     pub ws_path: String,
     pub echo_path: String,
     pub metrics_path: String,
+    pub stream_path: String,
+    pub sse_path: String,
+    pub emulation_path: String,
     pub allowed_origins: Vec<String>,
     pub max_connections: u64,
     pub handshake_timeout_ms: u64,
@@ -42,6 +45,11 @@ pub struct ServerConfig {
     pub echo_path: Option<String>,
     /// `None` when disabled.
     pub metrics_path: Option<String>,
+    /// The fallback transports' paths (HTTP-streaming, SSE, the requests
+    /// of both); `None` when disabled.
+    pub stream_path: Option<String>,
+    pub sse_path: Option<String>,
+    pub emulation_path: Option<String>,
     /// Empty = any origin.
     pub allowed_origins: Vec<String>,
     pub max_connections: usize,
@@ -80,8 +88,14 @@ pub(super) fn validate(s: &RawServer) -> Result<ServerConfig, ConfigError> {
     let ws_path = check_path("server.ws_path", &s.ws_path, false)?.expect("non-empty");
     let echo_path = check_path("server.echo_path", &s.echo_path, true)?;
     let metrics_path = check_path("server.metrics_path", &s.metrics_path, true)?;
-    if echo_path.as_deref() == Some(&ws_path) || metrics_path.as_deref() == Some(&ws_path) || (echo_path.is_some() && echo_path == metrics_path) {
-        return Err(invalid("server.ws_path", format!("{ws_path:?}"), "ws_path, echo_path and metrics_path must differ"));
+    let stream_path = check_path("server.stream_path", &s.stream_path, true)?;
+    let sse_path = check_path("server.sse_path", &s.sse_path, true)?;
+    let emulation_path = check_path("server.emulation_path", &s.emulation_path, true)?;
+    let paths = [Some(&ws_path), echo_path.as_ref(), metrics_path.as_ref(), stream_path.as_ref(), sse_path.as_ref(), emulation_path.as_ref()];
+    let set: Vec<&String> = paths.iter().flatten().copied().collect();
+    if (1..set.len()).any(|i| set[..i].contains(&set[i])) {
+        let expected = "ws_path, echo_path, metrics_path, stream_path, sse_path and emulation_path must differ";
+        return Err(invalid("server.ws_path", format!("{ws_path:?}"), expected));
     }
     let server = ServerConfig {
         listen,
@@ -91,6 +105,9 @@ pub(super) fn validate(s: &RawServer) -> Result<ServerConfig, ConfigError> {
         ws_path,
         echo_path,
         metrics_path,
+        stream_path,
+        sse_path,
+        emulation_path,
         allowed_origins: s.allowed_origins.clone(),
         max_connections: ranged("server.max_connections", s.max_connections, 1, 100_000_000, "1..=100000000")?,
         handshake_timeout: ms(ranged::<u64>("server.handshake_timeout_ms", s.handshake_timeout_ms, 1, 3_600_000, "1..=3600000 ms")?),

@@ -16,7 +16,7 @@ fn idle_connection_structures_stay_small() {
         let (m, _) = crate::bus::build(1, 4).unwrap();
         let cfg = std::sync::Arc::new(crate::config::Config::defaults());
         let stats: std::sync::Arc<[crate::metrics::ShardStats]> = vec![crate::metrics::ShardStats::default()].into();
-        let shard = std::rc::Rc::new(crate::shard::Shard::new(0, cfg, m, stats, Default::default(), Default::default(), readiness));
+        let shard = std::rc::Rc::new(crate::shard::Shard::new(0, cfg, m, stats, crate::shard::NodeShared { connections: Default::default(), admission: Default::default(), sessions: std::sync::Arc::new(crate::bus::sessions::Sessions::new(1)) }, readiness));
         let task = super::serve(shard, s);
         assert!(std::mem::size_of_val(&task) <= 256, "connection task is {} bytes", std::mem::size_of_val(&task));
         // Rc<Peer> must fit mimalloc's 128-byte size class.

@@ -16,6 +16,7 @@
 //! only.
 
 mod accept;
+mod fallback;
 mod flush;
 mod rate;
 mod requests;
@@ -202,6 +203,10 @@ impl Conn {
                 return Poll::Pending;
             }
             budget -= 1;
+            // Requests POSTed for a fallback session, one at a time.
+            if self.run_emulated() {
+                continue;
+            }
             if self.resume {
                 self.resume = false;
                 let mut buf = std::mem::take(&mut self.partial);
@@ -284,7 +289,8 @@ impl Conn {
         };
         let mut pos = 0;
         while pos < buf.len() {
-            if self.input_closed {
+            // A fallback session's socket carries no requests.
+            if self.input_closed || self.peer.transport.get().is_fallback() {
                 return buf.len();
             }
             if self.blocked.is_some() || self.peer.awaiting() {

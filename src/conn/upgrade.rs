@@ -41,16 +41,22 @@ pub(super) async fn upgrade(shard: Rc<Shard>, stream: Socket) -> Option<Conn> {
         Ok(handshake(&shard, &mut stream).await.map(|up| (up, stream)))
     })
     .await;
-    let Ok(Some((Upgraded { endpoint, response, leftover, token, ip, wire, headers }, stream))) = upgraded else { return None };
+    let Ok(Some((Upgraded { endpoint, response, leftover, token, ip, wire, headers, fallback }, stream))) = upgraded else { return None };
     let peer = Rc::new(Peer::new(shard.next_conn_id(), Instant::now()));
     peer.wire.set(wire);
     if let Transport::Plain(tcp) = &stream {
         peer.send_directly_on(tcp.as_raw_fd());
     }
     shard.add_peer(peer.clone());
-    // The 101 goes out with whatever the session queues next (the welcome):
-    // one send, one segment, one wake-up of the client for both.
+    // The 101 (or a fallback's 200 head) goes out with whatever the session
+    // queues next (the welcome): one send, one segment, one wake-up of the
+    // client for both.
     peer.push(response.into(), shard.queueing());
+    if let Some((transport, _)) = &fallback {
+        // From now on its frames are re-framed for the transport.
+        peer.transport.set(*transport);
+        shard.open_fallback(peer.id, *transport);
+    }
     let bucket = TokenBucket::new(shard.config.limits.publish_burst);
     let mut conn = Conn {
         shard,
@@ -63,7 +69,8 @@ pub(super) async fn upgrade(shard: Rc<Shard>, stream: Socket) -> Option<Conn> {
         topics: Vec::new(),
         bucket,
         limited: RateStrikes::default(),
-        close_received: false,
+        // A fallback's client has no close frame to send.
+        close_received: fallback.is_some(),
         input_closed: false,
         write_shut: false,
         blocked: None,
@@ -73,24 +80,31 @@ pub(super) async fn upgrade(shard: Rc<Shard>, stream: Socket) -> Option<Conn> {
         Endpoint::PubSub => conn.begin_session(token, ip, headers),
         Endpoint::Echo => conn.hold_ip(ip),
     }
+    if let Some((_, Some(connect))) = fallback {
+        conn.fallback_connect(connect);
+    }
     Some(conn)
 }
 
-/// A request that was answered with 101 Switching Protocols.
-struct Upgraded {
-    endpoint: Endpoint,
-    /// The 101 Switching Protocols response, to send first.
-    response: Vec<u8>,
+/// A request that opened a connection: a WebSocket upgrade, or a
+/// fallback transport's session.
+pub(super) struct Upgraded {
+    pub(super) endpoint: Endpoint,
+    /// The 101 Switching Protocols response (a fallback's 200 head), to
+    /// send first.
+    pub(super) response: Vec<u8>,
     /// Bytes read past the request: already WebSocket data.
-    leftover: Vec<u8>,
-    token: Option<String>,
+    pub(super) leftover: Vec<u8>,
+    pub(super) token: Option<String>,
     /// The connection's count against `max_connections_per_ip`, if limited.
-    ip: Option<IpSlot>,
+    pub(super) ip: Option<IpSlot>,
     /// The negotiated encoding and compression.
-    wire: Wire,
+    pub(super) wire: Wire,
     /// The request headers the connect hook forwards (`[proxy] headers`),
     /// when a connect hook is configured.
-    headers: Vec<(String, String)>,
+    pub(super) headers: Vec<(String, String)>,
+    /// A fallback session's transport, and its connect request.
+    pub(super) fallback: Option<(crate::fallback::Transport, Option<String>)>,
 }
 
 /// Reads and answers the HTTP upgrade request. `None` when the connection
@@ -104,6 +118,7 @@ async fn handshake(shard: &Shard, stream: &mut Transport) -> Option<Upgraded> {
         allowed_origins: &server.allowed_origins,
         compression: shard.config.compression.enabled,
         subprotocols: &Encoding::SUBPROTOCOLS,
+        plain_paths: [server.stream_path.as_deref(), server.sse_path.as_deref(), server.emulation_path.as_deref()],
     };
     let mut buf = Vec::new();
     let mut filled = 0;
@@ -131,30 +146,21 @@ async fn handshake(shard: &Shard, stream: &mut Transport) -> Option<Upgraded> {
         }
     };
     let reply = match decision {
-        Decision::Upgrade { endpoint, response, consumed, token, subprotocol, deflate } => {
-            let encoding = Encoding::of_subprotocol(subprotocol);
-            // The peer's address is looked up only when per-IP limits need it.
-            let ip = if shard.admission.limits_ips() { shard.admission.admit_ip(stream.peer_ip()?) } else { Ok(None) };
-            let open = shard.node_connections.fetch_add(1, Ordering::Relaxed);
-            if ip.is_err() {
-                shard.node_connections.fetch_sub(1, Ordering::Relaxed);
-                ShardStats::add(&shard.stats().ip_limit_rejections, 1);
-                handshake::response(429, "Too Many Requests", "Retry-After: 1\r\n", "text/plain", b"too many connections from this address\n")
-            } else if open >= server.max_connections {
-                shard.node_connections.fetch_sub(1, Ordering::Relaxed);
-                handshake::response(503, "Service Unavailable", "Retry-After: 1\r\n", "text/plain", b"server is at max_connections\n")
-            } else {
+        Decision::Upgrade { endpoint, response, consumed, token, subprotocol, deflate } => match admit(shard, stream) {
+            Ok(ip) => {
                 // The connection now counts against max_connections; its
                 // task's end (`Shard::remove_peer`) gives the count back.
                 let leftover = buf[consumed..filled].to_vec();
+                let encoding = Encoding::of_subprotocol(subprotocol);
                 let wire = Wire { encoding, deflate: deflate.map_or(Mode::Off, |a| a.mode()) };
-                let proxy = &shard.config.proxy;
-                let headers = match proxy.connect_url {
-                    Some(_) => handshake::forwarded_headers(&buf[..consumed], &proxy.headers),
-                    None => Vec::new(),
-                };
-                return Some(Upgraded { endpoint, response, leftover, token, ip: ip.unwrap_or_default(), wire, headers });
+                let headers = forwarded(shard, &buf[..consumed]);
+                return Some(Upgraded { endpoint, response, leftover, token, ip, wire, headers, fallback: None });
             }
+            Err(refusal) => refusal?,
+        },
+        Decision::Plain(i) => {
+            buf.truncate(filled);
+            return super::fallback::handshake(shard, stream, buf, i).await;
         }
         Decision::Metrics => {
             let page = shard.metrics_page();
@@ -165,8 +171,41 @@ async fn handshake(shard: &Shard, stream: &mut Transport) -> Option<Upgraded> {
         }
         Decision::Incomplete => unreachable!("loop exits only with a decision"),
     };
-    ShardStats::add(&shard.stats().handshakes_rejected, u64::from(!reply.starts_with(b"HTTP/1.1 200")));
-    let _ = stream.write_all(&reply).await;
-    let _ = stream.close().await;
+    answer(shard, stream, &reply).await;
     None
+}
+
+/// Writes a whole answer that ends the connection.
+pub(super) async fn answer(shard: &Shard, stream: &mut Transport, reply: &[u8]) {
+    ShardStats::add(&shard.stats().handshakes_rejected, u64::from(!(reply.starts_with(b"HTTP/1.1 200") || reply.starts_with(b"HTTP/1.1 204"))));
+    let _ = stream.write_all(reply).await;
+    let _ = stream.close().await;
+}
+
+/// Counts a new connection against `max_connections` and the per-IP
+/// limit. `Err(Some(answer))`: refused with that answer; `Err(None)`: the
+/// peer's address could not be read.
+pub(super) fn admit(shard: &Shard, stream: &Transport) -> Result<Option<IpSlot>, Option<Vec<u8>>> {
+    // The peer's address is looked up only when per-IP limits need it.
+    let ip = if shard.admission.limits_ips() { shard.admission.admit_ip(stream.peer_ip().ok_or(None)?) } else { Ok(None) };
+    let open = shard.node_connections.fetch_add(1, Ordering::Relaxed);
+    if ip.is_err() {
+        shard.node_connections.fetch_sub(1, Ordering::Relaxed);
+        ShardStats::add(&shard.stats().ip_limit_rejections, 1);
+        return Err(Some(handshake::response(429, "Too Many Requests", "Retry-After: 1\r\n", "text/plain", b"too many connections from this address\n")));
+    }
+    if open >= shard.config.server.max_connections {
+        shard.node_connections.fetch_sub(1, Ordering::Relaxed);
+        return Err(Some(handshake::response(503, "Service Unavailable", "Retry-After: 1\r\n", "text/plain", b"server is at max_connections\n")));
+    }
+    Ok(ip.unwrap_or_default())
+}
+
+/// The request headers the connect hook forwards, when it is configured.
+pub(super) fn forwarded(shard: &Shard, request: &[u8]) -> Vec<(String, String)> {
+    let proxy = &shard.config.proxy;
+    match proxy.connect_url {
+        Some(_) => handshake::forwarded_headers(request, &proxy.headers),
+        None => Vec::new(),
+    }
 }

@@ -23,6 +23,7 @@ use crate::codes::close;
 use crate::config::{Overflow, QueueConfig};
 use crate::ids::ConnId;
 use crate::metrics::ShardStats;
+use crate::fallback::Transport;
 use crate::protocol::{Encoding, Wire};
 use crate::ws::frame;
 
@@ -160,6 +161,7 @@ const HOOK_EVENT: u8 = 8;
 /// See [`Peer::mark_welcomed`].
 const WELCOMED: u8 = 16;
 
+
 /// Where a shard queues frames: the bounds and overflow policy, its
 /// counters, and the cork that sends what was queued.
 #[derive(Clone, Copy)]
@@ -194,6 +196,10 @@ pub struct Peer {
     /// How its messages are sent: the negotiated subprotocol's encoding and
     /// permessage-deflate mode. Set once, at the upgrade.
     pub wire: Cell<Wire>,
+    /// How frames reach the client: WebSocket, or a fallback transport
+    /// whose frames are re-framed as they are queued. Set once, after the
+    /// response head is queued.
+    pub transport: Cell<Transport>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -213,6 +219,7 @@ impl Peer {
             last_ping: Cell::new(Stamp::from(now)),
             flags: Cell::new(0),
             wire: Cell::new(Wire::default()),
+            transport: Cell::new(Transport::WebSocket),
         }
     }
 
@@ -272,6 +279,7 @@ impl Peer {
         if out.closing.is_some() {
             return Pushed::Closed;
         }
+        let Some(frame) = self.reframe(frame) else { return Pushed::Queued };
         let mut result = Pushed::Queued;
         if !out.fits(frame.len(), limits) {
             match limits.overflow {
@@ -279,7 +287,8 @@ impl Peer {
                     let dropped = out.clear_unsent();
                     ShardStats::add(&stats.dropped_frames, dropped as u64 + 1);
                     ShardStats::add(&stats.slow_consumer_disconnects, 1);
-                    out.enqueue(frame::close(close::TRY_AGAIN_LATER, "slow consumer"), now);
+                    let close = self.reframe(frame::close(close::TRY_AGAIN_LATER, "slow consumer"));
+                    out.enqueue(close.expect("a close frame has a form on every transport"), now);
                     out.closing = Some(now);
                     drop(out);
                     self.wake();
@@ -326,10 +335,20 @@ impl Peer {
             out.clear_unsent();
         }
         let now = Stamp::now();
-        out.enqueue(frame::close(code, reason), now);
+        let close = self.reframe(frame::close(code, reason));
+        out.enqueue(close.expect("a close frame has a form on every transport"), now);
         out.closing = Some(now);
         drop(out);
         self.wake();
+    }
+
+    /// `frame` as this connection's transport carries it (`None`: it has no
+    /// form there, e.g. a pong on a fallback stream).
+    fn reframe(&self, frame: Bytes) -> Option<Bytes> {
+        match self.transport.get() {
+            Transport::WebSocket => Some(frame),
+            fallback => crate::fallback::framing::reframe(fallback, &frame),
+        }
     }
 
     /// When the close frame was queued, if it was.

@@ -253,7 +253,8 @@ fn push_json_nullable_str(out: &mut Vec<u8>, s: Option<&str>) {
 
 /// The first frame of an authenticated (or anonymous: `user` = `None`) connection.
 /// The welcome; `data` (JSON text, from the connect hook) as its `data`.
-pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>, data: Option<&str>) -> Bytes {
+/// `fallback`: a fallback session's `(transport, session id)`.
+pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>, data: Option<&str>, fallback: Option<(&str, &str)>) -> Bytes {
     let mut body = Vec::with_capacity(80 + client.len() + node.len() + user.map_or(0, str::len) + data.map_or(0, str::len));
     body.extend_from_slice(br#"{"type":"welcome","client":"#);
     push_json_str(&mut body, client);
@@ -264,6 +265,12 @@ pub fn welcome_frame(client: &str, node: &str, shard: usize, user: Option<&str>,
     if let Some(data) = data {
         body.extend_from_slice(br#","data":"#);
         body.extend_from_slice(data.as_bytes());
+    }
+    if let Some((transport, session)) = fallback {
+        body.extend_from_slice(br#","transport":"#);
+        push_json_str(&mut body, transport);
+        body.extend_from_slice(br#","session":"#);
+        push_json_str(&mut body, session);
     }
     body.push(b'}');
     text_frame(&body)
@@ -522,10 +529,10 @@ mod tests {
         let e = RequestError { id: None, code: ErrorCode::RateLimited, message: "slow \"down\"".into() };
         assert_eq!(body(&error_frame(&e)), serde_json::json!({"type":"error","code":"rate_limited","message":"slow \"down\""}));
         assert_eq!(
-            body(&welcome_frame("c1", "n", 2, None, None)),
+            body(&welcome_frame("c1", "n", 2, None, None, None)),
             serde_json::json!({"type":"welcome","client":"c1","node":"n","shard":2,"user":null})
         );
-        assert_eq!(body(&welcome_frame("c1", "n", 2, Some("a\"b"), None))["user"], "a\"b");
+        assert_eq!(body(&welcome_frame("c1", "n", 2, Some("a\"b"), None, None))["user"], "a\"b");
         let d = direct_frame(Some("bob"), br#"{"t":1}"#, true);
         assert_eq!(body(&d), serde_json::json!({"type":"direct","from":"bob","payload":{"t":1}}));
         assert_eq!(&embedded_payload(&d, 7)[..], br#"{"t":1}"#);

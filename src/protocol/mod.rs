@@ -90,9 +90,11 @@ impl Encoding {
     }
 
     /// The welcome; `data` (JSON text) from the connect hook.
-    pub fn welcome_frame(self, client: &str, node: &str, shard: usize, user: Option<&str>, data: Option<&str>) -> Bytes {
+    /// `fallback`: a fallback session's `(transport, session id)` (JSON
+    /// only: fallback sessions speak nothing else).
+    pub fn welcome_frame(self, client: &str, node: &str, shard: usize, user: Option<&str>, data: Option<&str>, fallback: Option<(&str, &str)>) -> Bytes {
         match self {
-            Encoding::Json => json::welcome_frame(client, node, shard, user, data),
+            Encoding::Json => json::welcome_frame(client, node, shard, user, data, fallback),
             Encoding::FlatBuffers => flatbuf::welcome_frame(client, node, shard, user, data),
         }
     }

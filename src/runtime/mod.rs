@@ -196,6 +196,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let bridge_shard = config.redis.as_ref().map(|r| r.bridge_shard);
     let stats: Arc<[ShardStats]> = (0..shards).map(|_| ShardStats::default()).collect();
     let node_connections = Arc::new(AtomicUsize::new(0));
+    let sessions = Arc::new(crate::bus::sessions::Sessions::new(config.limits.max_emulation_pending));
     let admission = Arc::new(Admission::new(config.limits.max_connections_per_user, config.limits.max_connections_per_ip));
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(RuntimeError::Signals)?;
     let cpus = allowed_cpus();
@@ -235,8 +236,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             inbox,
             mailboxes: mailboxes.clone(),
             stats: stats.clone(),
-            node_connections: node_connections.clone(),
-            admission: admission.clone(),
+            node: crate::shard::NodeShared { connections: node_connections.clone(), admission: admission.clone(), sessions: sessions.clone() },
             announcements: (admin_bound.is_some() && bridge_shard == Some(index)).then(|| announce_tx.clone()),
             hooks: hooks.clone(),
             webhooks: webhooks.clone(),

@@ -4,7 +4,6 @@
 //! then, at the shutdown signal, the shutdown (`shard::shutdown`).
 
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use glommio::spawn_local;
@@ -26,8 +25,8 @@ pub struct ShardInit {
     pub inbox: Inbox,
     pub mailboxes: Vec<Mailbox>,
     pub stats: Arc<[ShardStats]>,
-    pub node_connections: Arc<AtomicUsize>,
-    pub admission: Arc<crate::auth::Admission>,
+    /// Counts and tables every shard shares.
+    pub node: crate::shard::NodeShared,
     /// Where the bridge shard hands other nodes' announcements to the admin thread.
     pub announcements: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
     /// The way to the backend hooks' thread, when `[proxy]` sets a URL.
@@ -39,7 +38,7 @@ pub struct ShardInit {
 /// The shard's whole life, run inside its pinned executor. `ready` is called
 /// once it accepts connections.
 pub async fn run(init: ShardInit, ready: impl FnOnce()) {
-    let ShardInit { index, config, listener, inbox, mailboxes, stats, node_connections, admission, announcements, hooks, webhooks } = init;
+    let ShardInit { index, config, listener, inbox, mailboxes, stats, node, announcements, hooks, webhooks } = init;
     let bridge = config
         .redis
         .as_ref()
@@ -54,7 +53,7 @@ pub async fn run(init: ShardInit, ready: impl FnOnce()) {
         Ok(listener) => listener,
         Err(e) => return error!(shard = index, "cannot watch the shard's listener: {e}"),
     };
-    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node_connections, admission, readiness));
+    let shard = Rc::new(Shard::new(index, config, mailboxes, stats, node, readiness));
     if let Some(bridge) = &bridge {
         shard.attach_remote(bridge.clone());
     }

@@ -28,6 +28,7 @@ impl Shard {
         }
         self.deadlines.borrow_mut().clear(id);
         self.forget_hook_events(id);
+        self.close_fallback(id);
         self.sub_deadlines.borrow_mut().clear_connection(id);
         self.peers.borrow_mut().remove(&id);
         ShardStats::sub(&self.stats().connections, 1);
@@ -122,7 +123,9 @@ impl Shard {
                 }
                 continue;
             }
-            if let Some(timeout) = hb.timeout {
+            // A fallback session's client cannot send on its stream: its
+            // end shows as the socket's.
+            if let Some(timeout) = hb.timeout.filter(|_| !peer.transport.get().is_fallback()) {
                 if now.since(peer.last_seen.get()) >= timeout {
                     ShardStats::add(&self.stats().heartbeat_timeouts, 1);
                     peer.close(crate::codes::close::POLICY, "heartbeat timeout", false);

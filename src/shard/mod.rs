@@ -8,7 +8,8 @@
 //!   presence owner, and as the asker of others;
 //! - `admin`: calls from the admin plane; `hooks`: the backend's answers
 //!   on their way to a connection; `webhooks`: the events the backend
-//!   hears of; `shutdown`: quiesce and drain;
+//!   hears of; `fallback`: the HTTP-streaming and SSE sessions and the
+//!   requests POSTed for them; `shutdown`: quiesce and drain;
 //! - [`tasks`]: the loops every shard runs (bus, flush, sweeper, deadlines).
 //!
 //! Everything in [`Shard`] is `!Send` and touched only by its own executor.
@@ -19,6 +20,8 @@ mod connections;
 pub mod deadline;
 mod fanout;
 mod history;
+mod fallback;
+pub use fallback::NotTaken;
 pub mod hooks;
 mod webhooks;
 mod interest;
@@ -151,6 +154,10 @@ pub struct Shard {
     hooks: std::cell::OnceCell<crate::bus::hooks::HookSender>,
     /// Hook answers and deadlines waiting for their connection's task.
     hook_events: RefCell<hooks::HookEvents>,
+    /// The node's fallback sessions by id (shared by every shard).
+    pub sessions: Arc<crate::bus::sessions::Sessions>,
+    /// This shard's fallback sessions.
+    fallbacks: RefCell<fallback::Sessions>,
     /// The webhooks' queue, when `[webhooks] url` is set.
     webhooks: std::cell::OnceCell<crate::bus::webhooks::WebhookQueue>,
     /// On the shard that reports occupancy (`webhooks`), the node's
@@ -158,16 +165,19 @@ pub struct Shard {
     occupied: RefCell<std::collections::HashSet<Rc<str>, ahash::RandomState>>,
 }
 
+/// What every shard of the node shares (besides the bus): counts and
+/// tables touched off the delivery path.
+#[derive(Debug, Clone)]
+pub struct NodeShared {
+    /// Open connections, every shard's.
+    pub connections: Arc<AtomicUsize>,
+    pub admission: Arc<Admission>,
+    pub sessions: Arc<crate::bus::sessions::Sessions>,
+}
+
 impl Shard {
-    pub fn new(
-        index: usize,
-        config: Arc<Config>,
-        mailboxes: Vec<Mailbox>,
-        all_stats: Arc<[ShardStats]>,
-        node_connections: Arc<AtomicUsize>,
-        admission: Arc<Admission>,
-        readiness: Rc<Readiness>,
-    ) -> Shard {
+    pub fn new(index: usize, config: Arc<Config>, mailboxes: Vec<Mailbox>, all_stats: Arc<[ShardStats]>, node: NodeShared, readiness: Rc<Readiness>) -> Shard {
+        let NodeShared { connections: node_connections, admission, sessions } = node;
         let scratch = vec![0; config.server.read_buffer_bytes];
         let write_scratch = Vec::with_capacity(config.server.write_buffer_bytes);
         let bridge_shard = config.redis.as_ref().map(|r| r.bridge_shard);
@@ -216,6 +226,8 @@ impl Shard {
             drained: Default::default(),
             hooks: std::cell::OnceCell::new(),
             hook_events: RefCell::default(),
+            sessions,
+            fallbacks: RefCell::default(),
             webhooks: std::cell::OnceCell::new(),
             occupied: RefCell::default(),
         }
@@ -300,6 +312,11 @@ impl Shard {
             ControlMsg::Hook(reply) => self.on_hook_reply(reply),
             ControlMsg::History(msg) => self.on_history(msg),
             ControlMsg::Presence(msg) => self.on_presence(msg),
+            ControlMsg::Emulation { conn, requests } => self.on_emulation(conn, requests),
+            ControlMsg::ForwardEmulation { node, body } => match self.remote() {
+                Some(link) => link.forward_emulation(&node, &body, self.stats()),
+                None => ShardStats::add(&self.stats().emulation_dropped, 1),
+            },
             ControlMsg::Drained { step, .. } => self.on_drained(step),
             ControlMsg::Shutdown => unreachable!("handled by the bus loop"),
         }

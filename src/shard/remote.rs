@@ -58,6 +58,9 @@ pub trait Remote {
     /// link reports `topic_occupied` / `topic_vacated` when the change is
     /// the cluster's first or last.
     fn occupancy(&self, topic: &str, occupied: bool);
+    /// Requests for a fallback session of node `node` (an emulation POST's
+    /// JSON), published on that node's channel.
+    fn forward_emulation(&self, node: &str, body: &[u8], stats: &ShardStats);
     /// Writes (or removes) a member of `topic` in the Redis copy of
     /// presence; a join with `ack` may hand it back when nothing is to wait
     /// for.

@@ -23,6 +23,9 @@ pub struct Rules<'a> {
     pub compression: bool,
     /// The subprotocols the pub/sub endpoint speaks (`Sec-WebSocket-Protocol`).
     pub subprotocols: &'a [&'static str],
+    /// Paths served over plain HTTP by the layer above (the fallback
+    /// transports): a request to one is [`Decision::Plain`] with its index.
+    pub plain_paths: [Option<&'a str>; 3],
 }
 
 /// What to do with a request.
@@ -39,6 +42,9 @@ pub enum Decision {
     Upgrade { endpoint: Endpoint, response: Vec<u8>, consumed: usize, token: Option<String>, subprotocol: Option<&'static str>, deflate: Option<Agreement> },
     /// Serve the metrics page.
     Metrics,
+    /// A request to `plain_paths[i]`, for the layer above to read whole
+    /// and answer.
+    Plain(usize),
     /// Refuse with this status and short text.
     Refuse { status: u16, reason: &'static str, body: &'static str, extra_headers: &'static str },
 }
@@ -83,7 +89,7 @@ fn has_token(value: Option<&[u8]>, token: &str) -> bool {
 
 /// The connection token: the `token` query parameter of the URL (what a
 /// browser can send), else an `Authorization: Bearer` header; first found wins.
-fn token(target: &str, req: &httparse::Request<'_, '_>) -> Option<String> {
+pub fn token(target: &str, req: &httparse::Request<'_, '_>) -> Option<String> {
     if let Some((_, query)) = target.split_once('?') {
         if let Some((_, value)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token") {
             return Some(value.into_owned());
@@ -121,6 +127,8 @@ pub fn decide(buf: &[u8], rules: &Rules<'_>) -> Decision {
         Endpoint::Echo
     } else if Some(path) == rules.metrics_path && req.method == Some("GET") {
         return Decision::Metrics;
+    } else if let Some(i) = rules.plain_paths.iter().position(|p| *p == Some(path)) {
+        return Decision::Plain(i);
     } else {
         return refuse(404, "Not Found", "no such endpoint\n");
     };
@@ -206,6 +214,7 @@ mod tests {
             allowed_origins: &[],
             compression: false,
             subprotocols: &["shardcast.json.v1", "shardcast.flatbuffers.v1"],
+            plain_paths: [None, Some("/sse"), None],
         };
 
     fn upgrade(path: &str, extra: &str) -> String {
@@ -299,6 +308,7 @@ mod tests {
         let no_key = upgrade("/ws", "").replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
         assert_eq!(status(decide(no_key.as_bytes(), &RULES)), 400);
         assert_eq!(decide(b"GET /metrics HTTP/1.1\r\n\r\n", &RULES), Decision::Metrics);
+        assert_eq!(decide(b"GET /sse?token=x HTTP/1.1\r\n\r\n", &RULES), Decision::Plain(1), "the layer above reads it");
         // Issue 22.12-13: HTTP/1.0, and keys of the right length that are
         // not base64 of 16 bytes.
         assert_eq!(status(decide(upgrade("/ws", "").replace("HTTP/1.1", "HTTP/1.0").as_bytes(), &RULES)), 400);

@@ -11,6 +11,7 @@ mod bench;
 mod clients;
 mod conformance;
 mod errors;
+mod fallback;
 mod faults;
 mod history;
 mod hooks;

@@ -86,7 +86,7 @@ impl Conn {
         let mut body = Map::new();
         body.insert("client".into(), shard.client_id(self.peer.id).into());
         body.insert("node".into(), shard.config.server.node_id.clone().into());
-        body.insert("transport".into(), "websocket".into());
+        body.insert("transport".into(), self.peer.transport.get().name().into());
         let encoding = match self.peer.encoding() {
             Encoding::Json => "json",
             Encoding::FlatBuffers => "flatbuffers",

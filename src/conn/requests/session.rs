@@ -123,7 +123,9 @@ impl Conn {
         let shard = &self.shard;
         let encoding = self.peer.encoding();
         let client = shard.client_id(self.peer.id);
-        let frame = encoding.welcome_frame(&client, &shard.config.server.node_id, shard.index, user, data);
+        let session = shard.fallback_of(self.peer.id);
+        let fallback = session.as_ref().map(|(transport, id)| (transport.name(), &**id));
+        let frame = encoding.welcome_frame(&client, &shard.config.server.node_id, shard.index, user, data, fallback);
         if !self.peer.mark_welcomed() {
             shard.client_event(true, client.into(), user);
         }
