@@ -39,6 +39,14 @@ export const DEFAULT_PATHS = { http_stream: "stream", sse: "sse", emulation: "em
  * larger than that still goes, alone.
  */
 const MAX_BATCH_BYTES = 32 * 1024;
+/**
+ * An emulation POST holds at most this many requests to begin with (the
+ * server's default `[limits] max_emulation_pending` is 256, and it refuses,
+ * 429, a batch that would take a session over it). A 429 for a batch of
+ * several halves it for the rest of the session, so that a server with a
+ * smaller bound still takes them.
+ */
+const MAX_BATCH_REQUESTS = 64;
 
 /**
  * The HTTP URL of a fallback endpoint for the WebSocket URL `wsUrl`:
@@ -147,6 +155,8 @@ function fallbackSession(transport, { fetch, emulationUrl }) {
   let posting = false;
   /** After a 413 for a batch: one request per POST from then on. */
   let singles = false;
+  /** The most requests in one POST (halved by a 429 for a batch of several). */
+  let maxRequests = MAX_BATCH_REQUESTS;
   let ended = false;
   let retryTimer;
   const conn = {
@@ -213,7 +223,7 @@ function fallbackSession(transport, { fetch, emulationUrl }) {
     let bytes = 0;
     while (n < queue.length) {
       const size = JSON.stringify(queue[n]).length;
-      if (n > 0 && (singles || bytes + size > MAX_BATCH_BYTES)) break;
+      if (n > 0 && (singles || n >= maxRequests || bytes + size > MAX_BATCH_BYTES)) break;
       bytes += size;
       n++;
     }
@@ -253,8 +263,10 @@ function fallbackSession(transport, { fetch, emulationUrl }) {
         break;
       case 429: {
         // The session holds too many requests it has not run yet: these
-        // were not taken; they go again first, after the server's delay.
+        // were not taken; they go again first, after the server's delay (in
+        // smaller POSTs: a batch over the server's bound is never taken).
         queue = batch.concat(queue);
+        if (batch.length > 1) maxRequests = Math.max(1, Math.floor(batch.length / 2));
         const after = Number(res.headers.get("retry-after"));
         posting = true;
         retryTimer = setTimeout(() => {
