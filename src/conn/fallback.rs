@@ -11,7 +11,9 @@ use futures_lite::AsyncReadExt;
 
 use super::upgrade::{admit, answer, forwarded, Upgraded};
 use super::{Conn, Transport};
+use crate::codes::close;
 use crate::fallback::framing::{cors, head};
+use crate::metrics::ShardStats;
 use crate::fallback::request::{self, Decision, Route};
 use crate::protocol::{Encoding, Wire};
 use crate::shard::{NotTaken, Shard};
@@ -100,12 +102,23 @@ fn connect_token(connect: &str) -> Option<String> {
 
 impl Conn {
     /// The connect request a fallback session opened with (its token
-    /// already taken): a `connect` one's `data` goes to the connect hook
-    /// when it decides this connection; anything else is done.
+    /// already taken): when the connect hook decides this connection, it
+    /// is called now, with a `connect` request's `data` (no later first
+    /// request can come on a stream: `connect_wait_ms` is not waited).
     pub(super) fn fallback_connect(&mut self, connect: String) {
-        let Ok(serde_json::Value::Object(mut request)) = serde_json::from_str(&connect) else { return };
-        if request.get("type").and_then(|t| t.as_str()) != Some("connect") || !self.connect_uncalled() {
+        if self.awaiting_auth() {
+            // Its `auth` would need the session id, which only the welcome
+            // brings: the token must come with the connect request.
+            self.shard.clear_deadline(self.peer.id);
+            ShardStats::add(&self.shard.stats().auth_failures, 1);
+            return self.peer.close(close::UNAUTHORIZED, "authentication required: send the token in the connect request", true);
+        }
+        if !self.connect_uncalled() {
             return;
+        }
+        let Ok(serde_json::Value::Object(mut request)) = serde_json::from_str(&connect) else { return };
+        if request.get("type").and_then(|t| t.as_str()) != Some("connect") || !request.contains_key("data") {
+            return self.call_connect(None);
         }
         request.remove("token");
         let first = serde_json::Value::Object(request).to_string();
@@ -119,7 +132,7 @@ impl Conn {
             return false;
         }
         let Some(request) = self.shard.take_emulated(self.peer.id) else { return false };
-        crate::metrics::ShardStats::add(&self.shard.stats().emulation_requests, 1);
+        ShardStats::add(&self.shard.stats().emulation_requests, 1);
         self.on_message(Opcode::Text, &mut request.into_bytes());
         true
     }

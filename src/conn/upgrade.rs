@@ -80,8 +80,8 @@ pub(super) async fn upgrade(shard: Rc<Shard>, stream: Socket) -> Option<Conn> {
         Endpoint::PubSub => conn.begin_session(token, ip, headers),
         Endpoint::Echo => conn.hold_ip(ip),
     }
-    if let Some((_, Some(connect))) = fallback {
-        conn.fallback_connect(connect);
+    if let Some((_, connect)) = fallback {
+        conn.fallback_connect(connect.unwrap_or_else(|| "{}".into()));
     }
     Some(conn)
 }

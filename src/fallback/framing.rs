@@ -90,7 +90,8 @@ pub fn reframe(transport: Transport, frame: &[u8]) -> Option<Bytes> {
                 Some((code, reason)) => (u16::from_be_bytes(*code), String::from_utf8_lossy(reason)),
                 None => (1005, "".into()),
             };
-            let line = serde_json::json!({"type": "close", "code": code, "reason": reason}).to_string();
+            let reason = serde_json::Value::from(reason).to_string();
+            let line = format!(r#"{{"type":"close","code":{code},"reason":{reason}}}"#);
             let close = match transport {
                 Transport::Sse => [b"data: ".as_slice(), line.as_bytes(), b"\n\n"].concat(),
                 _ => [line.as_bytes(), b"\n"].concat(),

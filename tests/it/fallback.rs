@@ -311,3 +311,36 @@ fn bad_posts_get_their_status_and_harm_nothing() {
     assert_eq!(s.post(None, json!([{"type": "ping", "id": 5}])), 204);
     assert_eq!(s.recv(), json!({"type": "pong", "id": 5}));
 }
+
+#[test]
+fn the_connect_hook_decides_a_stream_by_its_cookie_at_once() {
+    let backend = crate::backend::Backend::start(|_, body| {
+        let cookie = body["headers"]["cookie"].as_str().unwrap_or("").to_string();
+        let user = cookie.strip_prefix("session=").unwrap_or("").to_string();
+        crate::backend::Reply::Json(json!({"result": {"user": user, "data": {"transport": body["transport"], "got": body["data"]}}}))
+    });
+    // connect_wait_ms is long: a stream must not wait for a first request.
+    let proxy = format!("[proxy]\nconnect_url = \"{}\"\nconnect_wait_ms = 5000\n", backend.url("/connect"));
+    let server = server("", &proxy, "1");
+    let started = std::time::Instant::now();
+    let body = "{\"type\":\"connect\",\"data\":{\"device\":\"kiosk\"}}\n";
+    let request = format!("POST /stream HTTP/1.1\r\nHost: x\r\nCookie: session=jo\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let s = Session::open(&addr(&server), &request, false);
+    assert_eq!(s.welcome["user"], "jo");
+    assert_eq!(s.welcome["data"], json!({"transport": "http_stream", "got": {"device": "kiosk"}}));
+    let sse = Session::open(&addr(&server), "GET /sse HTTP/1.1\r\nHost: x\r\nCookie: session=kai\r\n\r\n", true);
+    assert_eq!(sse.welcome["user"], "kai");
+    assert_eq!(sse.welcome["data"]["transport"], "sse");
+    assert!(started.elapsed() < Duration::from_secs(4), "neither waited connect_wait_ms: {:?}", started.elapsed());
+}
+
+#[test]
+fn a_session_that_must_authenticate_brings_its_token_or_is_closed() {
+    let server = Server::start("[auth]\nhmac_secret = \"fallback-secret\"\n", &["--shards", "1"]);
+    let request = "POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+    let answer = raw_request(&addr(&server), request.as_bytes());
+    assert!(answer.contains(r#"{"type":"close","code":4001,"reason":"authentication required: send the token in the connect request"}"#), "{answer}");
+    assert!(answer.ends_with("0\r\n\r\n"), "the response ends: {answer:?}");
+    let s = Session::stream(&addr(&server), json!({"type": "connect", "token": token_for("lia")}));
+    assert_eq!(s.welcome["user"], "lia");
+}
