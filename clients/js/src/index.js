@@ -11,7 +11,8 @@
 //
 // No runtime dependency in browsers with the JSON protocol. In Node.js it
 // uses the global `WebSocket` when there is one (Node 22+), else the `ws`
-// package. The FlatBuffers protocol needs the `flatbuffers` package.
+// package; with neither, HTTP-streaming still works (fetch, Node 18+). The
+// FlatBuffers protocol needs the `flatbuffers` package (WebSocket only).
 
 import { jsonCodec, flatbuffersCodec } from "./codec.js";
 import { TRANSPORTS, DEFAULT_PATHS, endpointUrl, webSocketConnection, httpStreamConnection, sseConnection } from "./transports.js";
