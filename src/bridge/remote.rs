@@ -181,7 +181,9 @@ impl Remote for Bridge {
         crate::bus::admin::RedisReport {
             subscriber_connected: all(|l| l.subscriber_connected.get()),
             publisher_connected: all(|l| l.publisher_connected.get()),
-            channels: self.wanted.borrow().len() + 1,
+            // The topics, this node's own channel and, when the admin
+            // plane listens, the nodes' one.
+            channels: self.wanted.borrow().len() + 1 + usize::from(self.announcements.is_some()),
         }
     }
 }

@@ -432,10 +432,12 @@ impl Redis {
     }
 
     /// Topic channels with at least one subscriber (`PUBSUB CHANNELS`),
-    /// leaving out the admin planes' `shardcast:$nodes`.
+    /// sorted, leaving out the nodes' own channels (`shardcast:$nodes`, the
+    /// admin planes'; `shardcast:$node:<id>`, requests for a node's
+    /// fallback sessions).
     pub fn channels(&self) -> Vec<String> {
         let mut v: Vec<String> = redis::cmd("PUBSUB").arg("CHANNELS").query(&mut self.connection()).unwrap();
-        v.retain(|c| c != "shardcast:$nodes");
+        v.retain(|c| c != "shardcast:$nodes" && !c.starts_with("shardcast:$node:"));
         v.sort();
         v
     }
