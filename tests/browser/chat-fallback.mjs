@@ -25,8 +25,11 @@ import { chromium } from "playwright-core";
 import { Server, freePort, token, SECRET } from "../../clients/js/test/server.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+/** Processes to kill however the test ends (a failure exits at once). */
+const children = [];
 const fail = (message) => {
   console.error("chat fallback test: " + message);
+  for (const child of children) child.kill("SIGKILL");
   process.exit(1);
 };
 const timer = setTimeout(() => fail("gave up after 120 s"), 120_000);
@@ -36,6 +39,7 @@ const redisPort = await freePort();
 const redis = spawn(process.env.REDIS_SERVER ?? "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", mkdtempSync(join(tmpdir(), "shardcast-chat-redis-"))], {
   stdio: "ignore",
 });
+children.push(redis);
 await new Promise((r) => setTimeout(r, 300));
 const config = `[[namespaces]]
 pattern = "chat:*"
@@ -54,8 +58,10 @@ reconnect_min_ms = 50
 reconnect_max_ms = 500
 presence_ttl_ms = 1000
 `;
-const a = await Server.start(config);
-const b = await Server.start(config);
+const a = await Server.start(config).catch((e) => fail(`node A: ${e}`));
+const b = await Server.start(config).catch((e) => fail(`node B: ${e}`));
+// (`child` changes when a node restarts.)
+children.push({ kill: (signal) => a.child.kill(signal) }, { kill: (signal) => b.child.kill(signal) });
 
 // The page and the package, served as a site would serve them.
 const TYPES = { ".html": "text/html", ".js": "text/javascript" };
