@@ -33,6 +33,7 @@ const fail = (message) => {
   process.exit(1);
 };
 const timer = setTimeout(() => fail("gave up after 120 s"), 120_000);
+process.on("uncaughtException", (e) => fail(`uncaught: ${e}`));
 
 // Redis, and two nodes sharing it.
 const redisPort = await freePort();
