@@ -7,7 +7,9 @@
 //! HS256 and with RS256, and fan-out with auth off and on, interleaved), and
 //! `wire` (TLS vs plain, compress-once vs per-subscriber, interleaved), and
 //! `handshakes`, `publish-proxy`, `webhooks` (what the backend hooks and
-//! webhooks cost, against a backend in this process: `backend.rs`).
+//! webhooks cost, against a backend in this process: `backend.rs`), and
+//! `transports` (fan-out and idle memory over WebSocket, HTTP-streaming and
+//! SSE, interleaved; `fanout` and `idle` take `--transport`).
 //! Every run reports the server's CPU seconds and RSS (`--server-pid`, or
 //! `--spawn "CMD"`), the generator's own CPU, and the efficiency figure
 //! "per server CPU-second". The generator runs on one thread; see
@@ -17,6 +19,7 @@ mod admin;
 mod auth;
 mod backend;
 mod bridge;
+mod fallback;
 mod history;
 mod hooks;
 mod proc;
@@ -24,6 +27,7 @@ mod progress;
 mod report;
 mod scenarios;
 mod soak;
+mod transports;
 mod wire;
 mod ws;
 
@@ -113,6 +117,11 @@ enum Scenario {
     /// with `[webhooks]` posting the events to a backend in this process vs
     /// off. Interleaved rounds.
     Webhooks(hooks::WebhooksArgs),
+    /// What the fallback transports cost: fan-out deliveries per server
+    /// CPU-second to subscribers on WebSocket, HTTP-streaming and SSE
+    /// (`--max` and at a fixed rate), and server RSS per idle session on
+    /// each. Interleaved rounds.
+    Transports(transports::TransportsArgs),
 }
 
 /// Options every scenario takes.
@@ -209,6 +218,11 @@ pub struct FanoutArgs {
     /// The churning connections' topics are PREFIX0, PREFIX1, ...
     #[arg(long, default_value = "churn-")]
     churn_prefix: String,
+    /// The subscribers' transport: `websocket`, or a fallback session
+    /// (`http_stream`: `POST /stream`; `sse`: `GET /sse`) subscribed with
+    /// one `POST /emulation`. Publishers stay on WebSocket.
+    #[arg(long, value_enum, default_value = "websocket")]
+    transport: fallback::Transport,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -292,6 +306,10 @@ pub struct IdleArgs {
     connections: usize,
     #[arg(long, default_value_t = 100)]
     topics: usize,
+    /// The connections' transport: `websocket`, or fallback sessions
+    /// (`http_stream`, `sse`), each subscribed with one `POST /emulation`.
+    #[arg(long, value_enum, default_value = "websocket")]
+    transport: fallback::Transport,
     /// Internal: run as a child holding connections until stdin closes.
     #[arg(long, hide = true)]
     child: bool,
@@ -408,7 +426,8 @@ fn common(s: &Scenario) -> &CommonArgs {
         | Scenario::Slowloris(_)
         | Scenario::Handshakes(_)
         | Scenario::PublishProxy(_)
-        | Scenario::Webhooks(_) => {
+        | Scenario::Webhooks(_)
+        | Scenario::Transports(_) => {
             unreachable!("compare, auth, wire, admin and history run other scenarios")
         }
     }
@@ -435,11 +454,11 @@ fn raise_fd_limit() {
 }
 
 /// Starts a child process holding `count` idle connections.
-pub fn spawn_idle_child(run: &Run, count: usize, topics: usize, offset: usize) -> Result<Child, String> {
+pub fn spawn_idle_child(run: &Run, count: usize, topics: usize, transport: fallback::Transport, offset: usize) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.args(["idle", "--child", "--url", &run.url])
-        .args(["--connections", &count.to_string(), "--topics", &topics.to_string()])
+        .args(["--connections", &count.to_string(), "--topics", &topics.to_string(), "--transport", transport.name()])
         .args(["--sources", &run.sources.to_string(), "--source-offset", &offset.to_string()]);
     if let Some(ca) = &run.ca {
         cmd.args(["--ca", ca]);
@@ -480,6 +499,7 @@ fn main() {
         Scenario::Handshakes(a) => hooks::handshakes(a),
         Scenario::PublishProxy(a) => hooks::publish_proxy(a),
         Scenario::Webhooks(a) => hooks::webhooks(a),
+        Scenario::Transports(a) => transports::run(a),
         Scenario::Idle(a) if a.child => idle_child(&a),
         s => run_once(&s).map(|r| r.print(common(&s).json)),
     };
@@ -546,7 +566,8 @@ fn run_once(s: &Scenario) -> Result<Report, String> {
         | Scenario::Slowloris(_)
         | Scenario::Handshakes(_)
         | Scenario::PublishProxy(_)
-        | Scenario::Webhooks(_) => unreachable!(),
+        | Scenario::Webhooks(_)
+        | Scenario::Transports(_) => unreachable!(),
         }
     })?;
     if let (Some(path), Some(h)) = (&c.plot, &hist) {
@@ -580,7 +601,7 @@ fn idle_child(a: &IdleArgs) -> Result<(), String> {
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
         let stop = std::rc::Rc::new(tokio::sync::Notify::new());
-        if let Err(e) = scenarios::hold_idle(&run, a.connections, a.topics, stop).await {
+        if let Err(e) = scenarios::hold_idle(&run, a.connections, a.topics, a.transport, stop).await {
             println!("error {e}");
             return;
         }

@@ -8,25 +8,32 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Usage {
     pub cpu_seconds: f64,
+    /// Of which in user space (utime): the rest is the kernel's.
+    pub user_seconds: f64,
     pub rss_bytes: u64,
 }
 
 pub fn usage(pid: u32) -> Option<Usage> {
-    let cpu_seconds = stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let (user_seconds, system_seconds) = stat_cpu_times(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(Usage { cpu_seconds, rss_bytes: rss_kib * 1024 })
+    Some(Usage { cpu_seconds: user_seconds + system_seconds, user_seconds, rss_bytes: rss_kib * 1024 })
 }
 
 /// utime + stime, in seconds, of a `/proc/.../stat` line.
 fn stat_cpu_seconds(stat: &str) -> Option<f64> {
+    stat_cpu_times(stat).map(|(user, system)| user + system)
+}
+
+/// (utime, stime), in seconds, of a `/proc/.../stat` line.
+fn stat_cpu_times(stat: &str) -> Option<(f64, f64)> {
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let after = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after.split(' ').collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let (user, system): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(ticks as f64 / hz)
+    Some((user as f64 / hz, system as f64 / hz))
 }
 
 /// CPU seconds (user + system) of the thread of `pid` named `name`.

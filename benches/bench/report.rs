@@ -35,6 +35,9 @@ pub struct ServerUsage {
     pub pid: u32,
     /// utime + stime of the server during the measured window.
     pub cpu_seconds: f64,
+    /// Of which in user space (utime; the rest is the kernel's, mostly the
+    /// sockets' sends).
+    pub user_cpu_seconds: f64,
     /// Of one core.
     pub cpu_percent: f64,
     pub rss_before_bytes: u64,
@@ -45,6 +48,9 @@ pub struct ServerUsage {
 pub struct Report {
     pub scenario: String,
     pub url: String,
+    /// How the subscribers were connected (`fanout`, `idle`: `--transport`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<&'static str>,
     /// Measured window, in seconds (after warm-up).
     pub seconds: f64,
     /// What `ops` counts: deliveries, handshakes, round_trips, connections.
@@ -110,6 +116,7 @@ impl Window {
             (Some(pid), Some(before)) => proc::usage(pid).map(|after| ServerUsage {
                 pid,
                 cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+                user_cpu_seconds: after.user_seconds - before.user_seconds,
                 cpu_percent: (after.cpu_seconds - before.cpu_seconds) / seconds * 100.0,
                 rss_before_bytes: before.rss_bytes,
                 rss_after_bytes: after.rss_bytes,
@@ -145,6 +152,7 @@ impl Report {
         Report {
             scenario: scenario.to_string(),
             url: url.to_string(),
+            transport: None,
             seconds: m.seconds,
             ops_kind,
             ops,
@@ -158,6 +166,11 @@ impl Report {
             generator_cpu_seconds: m.generator_cpu_seconds,
             details,
         }
+    }
+
+    pub fn transport(mut self, t: crate::fallback::Transport) -> Report {
+        self.transport = Some(t.name());
+        self
     }
 
     pub fn detail(mut self, key: &str, value: f64) -> Report {
@@ -174,6 +187,9 @@ impl Report {
             (self.ops_kind.into(), self.ops.to_string()),
             (format!("{}/s", self.ops_kind), format!("{:.0}", self.ops_per_second)),
         ];
+        if let Some(t) = self.transport {
+            rows.insert(2, ("transport".into(), t.to_string()));
+        }
         if let Some(e) = self.ops_per_server_cpu_second {
             rows.push((format!("{} per server CPU-s", self.ops_kind), format!("{e:.0}")));
         }
@@ -185,7 +201,7 @@ impl Report {
             ));
         }
         if let Some(s) = &self.server {
-            rows.push(("server CPU".into(), format!("{:.2} s ({:.0}% of a core)", s.cpu_seconds, s.cpu_percent)));
+            rows.push(("server CPU".into(), format!("{:.2} s ({:.0}% of a core; user {:.2} s)", s.cpu_seconds, s.cpu_percent, s.user_cpu_seconds)));
             rows.push(("server RSS before/after".into(), format!("{:.1} / {:.1} MiB", mib(s.rss_before_bytes), mib(s.rss_after_bytes))));
         }
         rows.push((

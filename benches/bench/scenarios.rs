@@ -14,6 +14,7 @@ use tokio::task::spawn_local;
 
 use crate::progress::Progress;
 use crate::report::{Latency, Report, Window};
+use crate::fallback::{self, Transport};
 use crate::ws::{field, put_frame, Target, Ws, OP_TEXT};
 use crate::{ApiArgs, ConnectArgs, EchoArgs, FanoutArgs, IdleArgs, PublishArgs, RecoverArgs, RoomsArgs, Run};
 
@@ -42,6 +43,26 @@ pub fn source(i: usize, sources: usize, offset: usize) -> Option<IpAddr> {
     })
 }
 
+/// Runs `open(i)` for i in 0..n, `SETUP_PARALLELISM` at a time; their results in order.
+async fn in_batches<T, F, Fut>(n: usize, open: F) -> Result<Vec<T>, String>
+where
+    T: 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>> + 'static,
+{
+    let mut out = Vec::with_capacity(n);
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<_> = (i..(i + SETUP_PARALLELISM).min(n)).map(|j| spawn_local(open(j))).collect();
+        for task in batch {
+            let conn = task.await.map_err(|e| e.to_string())?.map_err(|e| format!("connection {i}: {e}"))?;
+            out.push(conn);
+        }
+        i = (i + SETUP_PARALLELISM).min(n);
+    }
+    Ok(out)
+}
+
 /// Opens `n` connections, `SETUP_PARALLELISM` at a time; `prepare` runs on
 /// each (e.g. welcome + subscribe).
 async fn connect_many<F, Fut>(run: &Run, target: &Target, n: usize, prepare: F) -> Result<Vec<Ws>, String>
@@ -49,27 +70,100 @@ where
     F: Fn(usize, Ws) -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = std::io::Result<Ws>> + 'static,
 {
-    let mut out = Vec::with_capacity(n);
-    let mut i = 0;
-    while i < n {
-        let batch: Vec<_> = (i..(i + SETUP_PARALLELISM).min(n))
-            .map(|j| {
-                let target = target.clone();
-                let prepare = prepare.clone();
-                let src = source(j, run.sources, run.source_offset);
-                spawn_local(async move {
-                    let ws = Ws::connect(&target, src, false).await?;
-                    prepare(j, ws).await
-                })
-            })
-            .collect();
-        for task in batch {
-            let ws = task.await.map_err(|e| e.to_string())?.map_err(|e| format!("connection {i}: {e}"))?;
-            out.push(ws);
+    let (sources, offset) = (run.sources, run.source_offset);
+    in_batches(n, |j| {
+        let target = target.clone();
+        let prepare = prepare.clone();
+        let src = source(j, sources, offset);
+        async move {
+            let ws = Ws::connect(&target, src, false).await?;
+            prepare(j, ws).await
         }
-        i = (i + SETUP_PARALLELISM).min(n);
+    })
+    .await
+}
+
+/// A subscriber: a WebSocket or a fallback session (`--transport`).
+pub enum Sub {
+    Ws(Ws),
+    Fallback(fallback::Session),
+}
+
+impl Sub {
+    /// Calls `on_text(json)` for every text frame of one read (see
+    /// `Ws::read_frames`); false once the connection or stream is over.
+    pub async fn read_texts(&mut self, mut on_text: impl FnMut(&[u8])) -> std::io::Result<bool> {
+        match self {
+            Sub::Ws(ws) => {
+                ws.read_frames(|op, text| {
+                    if op == OP_TEXT {
+                        on_text(text)
+                    }
+                })
+                .await
+            }
+            Sub::Fallback(s) => s.read_frames(on_text).await,
+        }
     }
-    Ok(out)
+
+    /// Bytes read from the socket since the upgrade or the response head.
+    pub fn bytes_read(&self) -> u64 {
+        match self {
+            Sub::Ws(ws) => ws.bytes_read,
+            Sub::Fallback(s) => s.bytes_read,
+        }
+    }
+}
+
+/// Refuses what the fallback clients do not do (TLS, compression).
+fn check_fallback(run: &Run, transport: Transport) -> Result<(), String> {
+    if transport != Transport::WebSocket && (run.target.tls.is_some() || run.target.deflate) {
+        return Err(format!("--transport {}: plain http:// only (no --ca, no --deflate: fallback sessions are not compressed)", transport.name()));
+    }
+    Ok(())
+}
+
+/// What a subscriber on `transport` connects to, for the report.
+fn subscriber_url(run: &Run, transport: Transport) -> String {
+    match transport {
+        Transport::WebSocket => run.url.clone(),
+        Transport::HttpStream => format!("http://{}{}", run.target.addr, fallback::STREAM_PATH),
+        Transport::Sse => format!("http://{}{}", run.target.addr, fallback::SSE_PATH),
+    }
+}
+
+/// Opens `n` subscribers on `transport`, subscriber i to `topic(i)`: a
+/// WebSocket reads its welcome and subscribes; a fallback session opens
+/// its stream, reads its welcome, and subscribes with one
+/// `POST /emulation`. Each waits for its ack.
+async fn subscribers<F>(run: &Run, transport: Transport, n: usize, topic: F) -> Result<Vec<Sub>, String>
+where
+    F: Fn(usize) -> String + Clone + 'static,
+{
+    check_fallback(run, transport)?;
+    if transport == Transport::WebSocket {
+        let subs = connect_many(run, &run.target, n, move |i, mut ws| {
+            let t = topic(i);
+            async move {
+                ws.welcome_and_subscribe(&t).await?;
+                Ok(ws)
+            }
+        })
+        .await?;
+        return Ok(subs.into_iter().map(Sub::Ws).collect());
+    }
+    // A token in the URL (`?token=`) goes on the stream's request as it is.
+    let query = run.target.path.find('?').map_or(String::new(), |at| run.target.path[at..].to_string());
+    let (addr, sources, offset) = (run.target.addr, run.sources, run.source_offset);
+    in_batches(n, |j| {
+        let (query, t, src) = (query.clone(), topic(j), source(j, sources, offset));
+        async move {
+            let mut s = fallback::Session::open(addr, src, transport, &query).await?;
+            s.subscribe(&t).await?;
+            Ok(Sub::Fallback(s))
+        }
+    })
+    .await
 }
 
 /// `{"s":SEQ,"p":PUB,"t":NANOS,"x":"..."}` padded to `size` bytes.
@@ -217,31 +311,30 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
     let topic = |i: usize| format!("{prefix}{}", i % topics);
     progress.phase("connecting subscribers");
     let sub_prefix = a.topic_prefix.clone();
-    let subs = connect_many(run, &target, a.subscribers, move |i, mut ws| {
-        let t = format!("{sub_prefix}{}", i % topics);
-        async move {
-            ws.welcome_and_subscribe(&t).await?;
-            Ok(ws)
-        }
-    })
-    .await?;
+    let subs = subscribers(run, a.transport, a.subscribers, move |i| format!("{sub_prefix}{}", i % topics)).await?;
     let deliveries = Deliveries::new(a.publishers);
+    // Bytes the subscribers read while measuring: the framing's cost on the wire.
+    let wire_bytes = Rc::new(Cell::new(0u64));
     let mut checks = Vec::new();
-    for mut ws in subs {
+    for mut sub in subs {
         let check = Rc::new(SeqCheck::new(a.publishers));
         checks.push(check.clone());
-        let d = deliveries.clone();
+        let (d, wire_bytes) = (deliveries.clone(), wire_bytes.clone());
         spawn_local(async move {
-            while let Ok(true) = ws
-                .read_frames(|op, text| {
-                    if op == OP_TEXT {
-                        if let Some((p, s)) = d.record(text) {
-                            check.see(p, s);
-                        }
+            let mut read = sub.bytes_read();
+            while let Ok(true) = sub
+                .read_texts(|text| {
+                    if let Some((p, s)) = d.record(text) {
+                        check.see(p, s);
                     }
                 })
                 .await
-            {}
+            {
+                if d.recording.get() {
+                    wire_bytes.set(wire_bytes.get() + sub.bytes_read() - read);
+                }
+                read = sub.bytes_read();
+            }
         });
     }
     progress.phase("connecting publishers");
@@ -317,7 +410,9 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
         counts
     });
     let d = deliveries.clone();
+    let sends_before = send_counters(run.admin.as_deref()).await;
     let (ops, m) = measure(run, progress, move || d.total.get(), Some(&deliveries.recording)).await;
+    let sends_after = send_counters(run.admin.as_deref()).await;
     stop.set(true);
     let polls = match poller {
         Some(p) => Some(p.await.map_err(|e| e.to_string())?),
@@ -335,7 +430,18 @@ pub async fn fanout(run: &Run, a: &FanoutArgs, progress: &Progress) -> Result<(R
         last = deliveries.total.get();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut report = Report::new("fanout", &run.url, m, "deliveries", ops);
+    let mut report = Report::new("fanout", &subscriber_url(run, a.transport), m, "deliveries", ops).transport(a.transport);
+    if let (Some((frames0, writes0)), Some((frames1, writes1))) = (sends_before, sends_after) {
+        if writes1 > writes0 {
+            // Over the warm-up and the window: frames per sendmsg, which
+            // the window and the readers' pace decide, and with them the
+            // CPU per delivery.
+            report = report.detail("server_frames_per_send", ((frames1 - frames0) / (writes1 - writes0) * 100.0).round() / 100.0);
+        }
+    }
+    if ops > 0 {
+        report = report.detail("subscriber_bytes_per_delivery", (wire_bytes.get() as f64 / ops as f64 * 10.0).round() / 10.0);
+    }
     if let Some(polls) = polls {
         report = report.detail("dashboard_polls", polls as f64).detail("poll_admin_hz", a.poll_admin_hz);
     }
@@ -505,22 +611,19 @@ pub async fn rooms(run: &Run, a: &RoomsArgs, progress: &Progress) -> Result<(Rep
     Ok((report, hist))
 }
 
-/// Opens and holds `n` subscribed connections in this process. Returns once
-/// all are connected; they answer pings until `stop`.
-pub async fn hold_idle(run: &Run, n: usize, topics: usize, stop: Rc<Notify>) -> Result<(), String> {
+/// Opens and holds `n` subscribed connections (or fallback sessions) in
+/// this process. Returns once all are connected; they answer pings (read
+/// heartbeats) until `stop`.
+pub async fn hold_idle(run: &Run, n: usize, topics: usize, transport: Transport, stop: Rc<Notify>) -> Result<(), String> {
     let topics = topics.max(1);
-    let conns = connect_many(run, &run.target, n, move |i, mut ws| async move {
-        ws.welcome_and_subscribe(&format!("idle-{}", i % topics)).await?;
-        Ok(ws)
-    })
-    .await?;
-    for mut ws in conns {
+    let subs = subscribers(run, transport, n, move |i| format!("idle-{}", i % topics)).await?;
+    for mut sub in subs {
         let stop = stop.clone();
         spawn_local(async move {
             loop {
                 tokio::select! {
                     _ = stop.notified() => return,
-                    r = ws.read_frames(|_, _| {}) => if !matches!(r, Ok(true)) { return },
+                    r = sub.read_texts(|_| {}) => if !matches!(r, Ok(true)) { return },
                 }
             }
         });
@@ -529,10 +632,11 @@ pub async fn hold_idle(run: &Run, n: usize, topics: usize, stop: Rc<Notify>) -> 
 }
 
 pub async fn idle(run: &Run, a: &IdleArgs, progress: &Progress) -> Result<Report, String> {
+    check_fallback(run, a.transport)?;
     let pid = run.server_pid;
     let before = pid.and_then(crate::proc::usage);
     progress.phase("connecting");
-    let per_proc = crate::fd_budget();
+    let per_proc = sessions_per_process(crate::fd_budget(), a.transport);
     let mut children = Vec::new();
     let stop = Rc::new(Notify::new());
     if a.connections > per_proc {
@@ -540,14 +644,14 @@ pub async fn idle(run: &Run, a: &IdleArgs, progress: &Progress) -> Result<Report
         let mut offset = 0;
         while offset < a.connections {
             let k = per_proc.min(a.connections - offset);
-            children.push(crate::spawn_idle_child(run, k, a.topics, offset)?);
+            children.push(crate::spawn_idle_child(run, k, a.topics, a.transport, offset)?);
             offset += k;
         }
         for c in &mut children {
             crate::await_child_ready(c)?;
         }
     } else {
-        hold_idle(run, a.connections, a.topics, stop.clone()).await?;
+        hold_idle(run, a.connections, a.topics, a.transport, stop.clone()).await?;
     }
     progress.phase("settling");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -555,12 +659,17 @@ pub async fn idle(run: &Run, a: &IdleArgs, progress: &Progress) -> Result<Report
     let (_, m) = measure(run, progress, || 0, None).await;
     stop.notify_waiters();
     drop(children);
-    let mut report = Report::new("idle", &run.url, m, "connections", a.connections as u64);
+    let mut report = Report::new("idle", &subscriber_url(run, a.transport), m, "connections", a.connections as u64).transport(a.transport);
     report.ops_per_second = 0.0;
     report.ops_per_server_cpu_second = None;
     if let (Some(b), Some(c)) = (before, connected) {
         let per_conn = c.rss_bytes.saturating_sub(b.rss_bytes) as f64 / a.connections.max(1) as f64;
+        // Connecting, welcome and subscribe (on a fallback transport: the
+        // stream's request, and the subscribe's POST on a connection of
+        // its own), plus the settling second's idle CPU.
+        let setup_us = (c.cpu_seconds - b.cpu_seconds) * 1e6 / a.connections.max(1) as f64;
         report = report
+            .detail("server_cpu_us_per_connection_setup", (setup_us * 10.0).round() / 10.0)
             .detail("server_rss_per_connection_bytes", per_conn.round())
             .detail("server_rss_before_connecting_bytes", b.rss_bytes as f64)
             .detail("server_rss_connected_bytes", c.rss_bytes as f64);
@@ -570,6 +679,16 @@ pub async fn idle(run: &Run, a: &IdleArgs, progress: &Progress) -> Result<Report
         report = report.detail("server_idle_cpu_percent", (idle_cpu * 1000.0).round() / 1000.0);
     }
     Ok(report.detail("processes", children_count(a.connections, per_proc) as f64))
+}
+
+/// Connections one process may hold with `budget` descriptors: a fallback
+/// session's subscribe takes a second descriptor for its POST while it is
+/// set up, for up to `SETUP_PARALLELISM` sessions at once.
+fn sessions_per_process(budget: usize, transport: Transport) -> usize {
+    match transport {
+        Transport::WebSocket => budget,
+        _ => budget - SETUP_PARALLELISM.min(budget / 2),
+    }
 }
 
 fn children_count(n: usize, per_proc: usize) -> usize {
@@ -728,7 +847,7 @@ pub async fn connect(run: &Run, a: &ConnectArgs, progress: &Progress) -> Result<
 }
 
 /// The string after `key` (which ends with the opening quote), when there is one.
-fn field_str<'a>(text: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+pub fn field_str<'a>(text: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     let at = text.windows(key.len()).position(|w| w == key)? + key.len();
     let len = text[at..].iter().position(|&b| b == b'"')?;
     Some(&text[at..at + len])
@@ -930,6 +1049,27 @@ impl Http {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+impl Http {
+    /// The body of the last response.
+    fn body(&self) -> &[u8] {
+        memchr::memmem::find(&self.buf, b"\r\n\r\n").map_or(&[][..], |at| &self.buf[at + 4..])
+    }
+}
+
+/// The server's `frames_written` and `socket_writes` counters (all shards),
+/// from `/metrics` on its admin listener, when it has one.
+async fn send_counters(admin: Option<&str>) -> Option<(f64, f64)> {
+    let mut http = Http::connect(admin?).await.ok()?;
+    if http.request(&http_get("/metrics", None)).await.ok()? != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(http.body()).into_owned();
+    let sum = |name: &str| -> f64 {
+        text.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    Some((sum("shardcast_frames_written_total"), sum("shardcast_socket_writes_total")))
 }
 
 /// A GET request for `path` (keep-alive), with the API key when there is one.

@@ -133,6 +133,8 @@ pub struct Ws {
     pub stream: Stream,
     /// The code of the server's close frame, once one was read (0: none given).
     pub closed: Option<u16>,
+    /// Bytes read from the socket since the upgrade's response.
+    pub bytes_read: u64,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -183,7 +185,7 @@ impl Ws {
                     return Err(io::Error::new(io::ErrorKind::ConnectionRefused, head));
                 }
                 let start = pos + 4;
-                return Ok(Ws { stream, closed: None, buf, start, end });
+                return Ok(Ws { stream, closed: None, bytes_read: (end - start) as u64, buf, start, end });
             }
             if end == buf.len() {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "handshake response too large"));
@@ -258,6 +260,7 @@ impl Ws {
                 return Ok(false);
             }
             self.end += n;
+            self.bytes_read += n as u64;
         }
     }
 

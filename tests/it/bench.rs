@@ -270,3 +270,63 @@ fn slowloris_smoke() {
     let min: u64 = closed.split("min ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!((1000..3000).contains(&min), "{closed}");
 }
+
+#[test]
+fn fanout_and_idle_over_the_fallback_transports_smoke() {
+    let spawn = spawn_cmd();
+    for transport in ["http_stream", "sse"] {
+        let r = one(&["fanout", "--spawn", &spawn, "--subscribers", "20", "--topics", "2", "--publishers", "2", "--max", "--transport", transport]);
+        assert_measured(&r, "deliveries");
+        assert_eq!(r["transport"], transport, "{r}");
+        assert_eq!((r["lost"].as_u64(), r["duplicated"].as_u64(), r["out_of_order"].as_u64()), (Some(0), Some(0), Some(0)), "{r}");
+        assert!(r["url"].as_str().unwrap().starts_with("http://"), "{r}");
+        // A 64 B payload in a message frame, plus the transport's framing.
+        let bytes = r["details"]["subscriber_bytes_per_delivery"].as_f64().unwrap();
+        assert!((100.0..200.0).contains(&bytes), "{r}");
+        let fixed = one(&["fanout", "--spawn", &spawn, "--subscribers", "5", "--rate", "200", "--transport", transport]);
+        assert_eq!(fixed["lost"], 0, "{fixed}");
+        let idle = one(&["idle", "--spawn", &spawn, "--connections", "100", "--transport", transport]);
+        assert_eq!(idle["transport"], transport, "{idle}");
+        assert!(idle["details"]["server_rss_per_connection_bytes"].as_f64().is_some(), "{idle}");
+    }
+}
+
+#[test]
+fn idle_fallback_sessions_spread_over_child_processes() {
+    let server = crate::util::Server::start(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/server.toml")).unwrap(),
+        &["--shards", "1"],
+    );
+    let script = format!(
+        "ulimit -n 200 && exec {BENCH} idle --url ws://{}/ws --server-pid {} --connections 300 --transport sse --duration 0.3 --warmup 0 --json",
+        server.addr,
+        server.child.id()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["details"]["processes"].as_f64().unwrap() >= 2.0, "{r}");
+    assert_eq!((r["ops"].as_u64(), r["transport"].as_str()), (Some(300), Some("sse")), "{r}");
+    // The children subscribed SSE sessions: one POSTed request each.
+    assert!(server.metric("emulation_requests_total") >= 300, "{r}");
+}
+
+#[test]
+fn transports_smoke() {
+    let runs = bench(&["transports", "--rounds", "1", "--subscribers", "10", "--rate", "100", "--connections", "50"]);
+    let names: Vec<&str> = runs.iter().map(|r| r["server_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["websocket", "http_stream", "sse"].repeat(3), "fan-out --max, fan-out --rate, idle; interleaved");
+    for r in &runs {
+        assert_eq!(r["transport"], r["server_name"], "{r}");
+    }
+    for r in &runs[..6] {
+        assert_measured(r, "deliveries");
+        assert_eq!((r["lost"].as_u64(), r["out_of_order"].as_u64()), (Some(0), Some(0)), "{r}");
+        // Its servers have an admin listener: the frames per send are read from /metrics.
+        assert!(r["details"]["server_frames_per_send"].as_f64().unwrap() >= 1.0, "{r}");
+        assert!(r["server"]["user_cpu_seconds"].as_f64().unwrap() <= r["server"]["cpu_seconds"].as_f64().unwrap(), "{r}");
+    }
+    for r in &runs[6..] {
+        assert!(r["details"]["server_rss_per_connection_bytes"].as_f64().is_some(), "{r}");
+    }
+}
