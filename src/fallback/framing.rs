@@ -47,8 +47,9 @@ pub fn cors(origin: Option<&str>) -> String {
 
 /// Appends one HTTP chunk holding `pieces` to `out`.
 fn chunk(out: &mut Vec<u8>, pieces: &[&[u8]]) {
+    use std::io::Write;
     let len: usize = pieces.iter().map(|p| p.len()).sum();
-    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+    write!(out, "{len:x}\r\n").expect("writing to a Vec cannot fail");
     for piece in pieces {
         out.extend_from_slice(piece);
     }
@@ -105,6 +106,35 @@ pub fn reframe(transport: Transport, frame: &[u8]) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
+/// The last frame re-framed for each fallback transport, so that a
+/// message fanned out to many fallback sessions is re-framed once, as it
+/// is encoded once: the same frame (the same shared buffer) gets the same
+/// re-framed buffer. One per shard. Holding the input keeps its buffer
+/// alive, so a pointer match can only be that very frame.
+#[derive(Debug, Default)]
+pub struct Reframer {
+    last: [Option<(Bytes, Bytes)>; 2],
+}
+
+impl Reframer {
+    /// [`reframe`], once per frame and transport.
+    pub fn reframe(&mut self, transport: Transport, frame: Bytes) -> Option<Bytes> {
+        let slot = match transport {
+            Transport::WebSocket => return Some(frame),
+            Transport::HttpStream => &mut self.last[0],
+            Transport::Sse => &mut self.last[1],
+        };
+        if let Some((input, output)) = slot {
+            if input.as_ptr() == frame.as_ptr() && input.len() == frame.len() {
+                return Some(output.clone());
+            }
+        }
+        let output = reframe(transport, &frame)?;
+        *slot = Some((frame, output.clone()));
+        Some(output)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +174,21 @@ mod tests {
         assert!(head.contains("Access-Control-Allow-Origin: https://app.example\r\n"));
         assert!(head.ends_with(&format!("{:x}\r\n:{}\n\n\r\n", SSE_PADDING + 3, " ".repeat(SSE_PADDING))));
         assert!(!String::from_utf8(super::head(Transport::HttpStream, None)).unwrap().contains("Access-Control"));
+    }
+
+    #[test]
+    fn the_same_frame_is_reframed_once_per_transport() {
+        let mut reframer = Reframer::default();
+        let frame = frame::build(Opcode::Text, &[b"{}"]);
+        let a = reframer.reframe(Transport::Sse, frame.clone()).unwrap();
+        let b = reframer.reframe(Transport::Sse, frame.clone()).unwrap();
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one buffer for every session");
+        let ndjson = reframer.reframe(Transport::HttpStream, frame.clone()).unwrap();
+        assert_eq!(&ndjson[..], b"3\r\n{}\n\r\n");
+        let other = frame::build(Opcode::Text, &[b"{}"]);
+        let c = reframer.reframe(Transport::Sse, other).unwrap();
+        assert_ne!(c.as_ptr(), a.as_ptr(), "an equal frame in another buffer is framed anew");
+        assert_eq!(c, a);
     }
 
     #[test]

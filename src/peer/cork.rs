@@ -116,7 +116,8 @@ mod tests {
         peer.send_directly_on(ours.as_raw_fd());
         let (cork, stats) = (Cork::default(), ShardStats::default());
         let limits = QueueConfig { max_messages: 1000, max_bytes: 1 << 20, overflow: Overflow::Disconnect, close_timeout: Duration::from_secs(1) };
-        let q = Queueing { limits: &limits, stats: &stats, cork: &cork };
+        let reframer = std::cell::RefCell::default();
+        let q = Queueing { limits: &limits, stats: &stats, cork: &cork, reframer: &reframer };
         let (mut batch, mut scratch) = (Vec::new(), Vec::with_capacity(4096));
         let mut flush = |batch: &mut Vec<Rc<Peer>>| {
             cork.take(batch);

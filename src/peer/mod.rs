@@ -23,6 +23,7 @@ use crate::codes::close;
 use crate::config::{Overflow, QueueConfig};
 use crate::ids::ConnId;
 use crate::metrics::ShardStats;
+use crate::fallback::framing::Reframer;
 use crate::fallback::Transport;
 use crate::protocol::{Encoding, Wire};
 use crate::ws::frame;
@@ -169,6 +170,8 @@ pub struct Queueing<'a> {
     pub limits: &'a QueueConfig,
     pub stats: &'a ShardStats,
     pub cork: &'a Cork,
+    /// The shard's re-framing for fallback sessions (once per message).
+    pub reframer: &'a RefCell<Reframer>,
 }
 
 /// The shared half of a connection, held by the connection task, the shard's
@@ -274,12 +277,19 @@ impl Peer {
     /// shard's cork (sent after the current batch of work), or wakes its task
     /// when only the task can send (TLS).
     pub fn push_at(self: &Rc<Self>, frame: Bytes, now: Stamp, q: Queueing<'_>) -> Pushed {
-        let Queueing { limits, stats, cork } = q;
+        let Queueing { limits, stats, cork, reframer } = q;
         let mut out = self.outbox.borrow_mut();
         if out.closing.is_some() {
             return Pushed::Closed;
         }
-        let Some(frame) = self.reframe(frame) else { return Pushed::Queued };
+        let frame = match self.transport.get() {
+            Transport::WebSocket => frame,
+            fallback => match reframer.borrow_mut().reframe(fallback, frame) {
+                Some(frame) => frame,
+                // No form on this transport (a pong).
+                None => return Pushed::Queued,
+            },
+        };
         let mut result = Pushed::Queued;
         if !out.fits(frame.len(), limits) {
             match limits.overflow {
@@ -343,7 +353,8 @@ impl Peer {
     }
 
     /// `frame` as this connection's transport carries it (`None`: it has no
-    /// form there, e.g. a pong on a fallback stream).
+    /// form there, e.g. a pong on a fallback stream). For its own frames
+    /// (a close); what is fanned out goes through the shard's [`Reframer`].
     fn reframe(&self, frame: Bytes) -> Option<Bytes> {
         match self.transport.get() {
             Transport::WebSocket => Some(frame),
@@ -426,7 +437,7 @@ mod tests {
     }
 
     fn push(p: &Rc<Peer>, frame: Bytes, limits: &QueueConfig, stats: &ShardStats) -> Pushed {
-        p.push(frame, Queueing { limits, stats, cork: &Cork::default() })
+        p.push(frame, Queueing { limits, stats, cork: &Cork::default(), reframer: &RefCell::default() })
     }
 
     fn frame(n: usize) -> Bytes {

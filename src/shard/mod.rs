@@ -158,6 +158,8 @@ pub struct Shard {
     pub sessions: Arc<crate::bus::sessions::Sessions>,
     /// This shard's fallback sessions.
     fallbacks: RefCell<fallback::Sessions>,
+    /// A message's frame re-framed once for all fallback sessions here.
+    reframer: RefCell<crate::fallback::framing::Reframer>,
     /// The webhooks' queue, when `[webhooks] url` is set.
     webhooks: std::cell::OnceCell<crate::bus::webhooks::WebhookQueue>,
     /// On the shard that reports occupancy (`webhooks`), the node's
@@ -228,6 +230,7 @@ impl Shard {
             hook_events: RefCell::default(),
             sessions,
             fallbacks: RefCell::default(),
+            reframer: RefCell::default(),
             webhooks: std::cell::OnceCell::new(),
             occupied: RefCell::default(),
         }
@@ -235,7 +238,7 @@ impl Shard {
 
     /// How this shard queues frames to its connections.
     pub fn queueing(&self) -> Queueing<'_> {
-        Queueing { limits: &self.config.queue, stats: self.stats(), cork: &self.cork }
+        Queueing { limits: &self.config.queue, stats: self.stats(), cork: &self.cork, reframer: &self.reframer }
     }
 
     pub fn stats(&self) -> &ShardStats {
