@@ -1,6 +1,8 @@
 // The chat page: rooms, who is here (presence), join/leave lines and direct
 // messages, on shardcast-client exactly as a browser loads it (an ES module,
-// no bundler). Query parameters: `server` (the WebSocket URL, default this
+// no bundler). Where WebSocket cannot get through, the client falls back to
+// HTTP-streaming, then SSE, on the same server (its /stream, /sse and
+// /emulation paths beside /ws). Query parameters: `server` (the WebSocket URL, default this
 // host's /ws), `token` (a connection token: in a real app, fetched from the
 // app's backend), `room` (default chat:lobby).
 import { Shardcast } from "/shardcast-client/index.js";
@@ -51,7 +53,9 @@ async function refreshPresence() {
 client.on("connecting", () => setState("connecting"));
 client.on("connected", (info) => {
   setState("connected");
-  $("me").textContent = `as ${info.user ?? "guest"} on ${info.node}`;
+  // `transport`: "websocket", or the fallback the client fell back to
+  // where WebSocket could not get through ("http_stream", "sse").
+  $("me").textContent = `as ${info.user ?? "guest"} on ${info.node} over ${info.transport}`;
 });
 client.on("disconnected", ({ code, reconnect }) => {
   setState("disconnected");

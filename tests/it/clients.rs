@@ -1,5 +1,6 @@
 //! The bundled clients, run against the real binary: `clients/js`'s own
-//! `node --test` suite (tests/run.sh runs `npm ci` there first).
+//! `node --test` suite (tests/run.sh runs `npm ci` there first), and the
+//! chat example in headless Chromium, over WebSocket and over the fallbacks.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -18,7 +19,15 @@ fn the_js_client_suite_passes() {
         .filter(|p| p.ends_with(".test.js"))
         .collect();
     assert!(!tests.is_empty());
+    // Node's EventSource (for the SSE tests) is behind a flag in Node 20.18+
+    // and 22; an older Node refuses the flag (then those tests skip).
+    let eventsource = Command::new("node")
+        .args(["--experimental-eventsource", "-e", "0"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     let mut node = Command::new("node")
+        .args(eventsource.then_some("--experimental-eventsource"))
         .args(["--test", "--test-force-exit", "--test-timeout", "60000"])
         .args(&tests)
         .current_dir(dir)
@@ -73,6 +82,34 @@ fn the_chat_example_works_across_nodes_and_a_node_restart_in_chromium() {
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.trim() == "ok", "chat test failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for s in &shots {
+        assert!(std::fs::metadata(s).map(|m| m.len()).unwrap_or(0) > 10_000, "a real screenshot at {s}");
+    }
+}
+
+/// The chat example in headless Chromium with `WebSocket` made to fail: it
+/// falls back to HTTP-streaming, then (without `ReadableStream`) to SSE, and
+/// talks both ways with a WebSocket user on another node, across a restart
+/// of its own node (`tests/browser/chat-fallback.mjs`, issue 26).
+#[test]
+fn the_chat_example_falls_back_to_http_streaming_and_sse_in_chromium() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    assert!(
+        std::path::Path::new(&format!("{root}/tests/browser/node_modules/playwright-core")).exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "playwright-core or chromium missing: run `bash tests/run.sh` (it installs both)"
+    );
+    let shots = [format!("{root}/target/chat-fallback-http_stream.png"), format!("{root}/target/chat-fallback-sse.png")];
+    for s in &shots {
+        let _ = std::fs::remove_file(s);
+    }
+    let out = Command::new("node")
+        .arg(format!("{root}/tests/browser/chat-fallback.mjs"))
+        .env("SHARDCAST_BIN", env!("CARGO_BIN_EXE_shardcast"))
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.trim() == "ok", "chat fallback test failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for s in &shots {
         assert!(std::fs::metadata(s).map(|m| m.len()).unwrap_or(0) > 10_000, "a real screenshot at {s}");
     }

@@ -1,6 +1,9 @@
 // Types of shardcast-client (src/index.js).
 
-/** An error from the server (the protocol's `code`) or the client (`timeout`, `pending_full`, `disconnected`). */
+/**
+ * An error from the server (the protocol's `code`) or the client (`timeout`, `pending_full`,
+ * `disconnected`, `message_too_large` for a request over the server's emulation body limit).
+ */
 export class ShardcastError extends Error {
   constructor(code: string, message: string, backendCode?: number);
   readonly code: string;
@@ -15,12 +18,18 @@ export interface ReconnectOptions {
   maxDelayMs?: number;
 }
 
+/** How a session travels: a WebSocket, or a fallback where WebSocket cannot get through. */
+export type Transport = "websocket" | "http_stream" | "sse";
+
 export interface ShardcastOptions {
   /** A connection token (JWT), sent as `?token=`. */
   token?: string;
   /** Called on every connect and before the token expires (then sent as `refresh`). */
   getToken?: () => Promise<string>;
-  /** The encoding (default "json"); "flatbuffers" needs the `flatbuffers` package. */
+  /**
+   * The encoding (default "json"); "flatbuffers" needs the `flatbuffers` package. It applies to
+   * WebSocket only: a fallback session speaks JSON whatever this says.
+   */
   protocol?: "json" | "flatbuffers";
   reconnect?: ReconnectOptions;
   /** How long a request waits for its reply, in ms (default 10000). */
@@ -31,9 +40,30 @@ export interface ShardcastOptions {
   WebSocket?: unknown;
   /**
    * Any JSON value: sent as `{"type":"connect","data":…}`, the first frame of
-   * every connection, for the server's connect hook (`[proxy] connect_url`).
+   * every connection, for the server's connect hook (`[proxy] connect_url`); in the connect
+   * request of a fallback session.
    */
   connectData?: unknown;
+  /**
+   * The transports, in the order tried at every (re)connect (default all three, in this order).
+   * One that fails before its welcome, or does not get through within `fallbackDelayMs`, gives
+   * way to the next; the fallback that last got through is tried right after WebSocket.
+   */
+  transports?: Transport[];
+  /**
+   * How long a transport that is not the last one has to get through, in ms (default 3000): a
+   * WebSocket to open, a fallback to bring its welcome.
+   */
+  fallbackDelayMs?: number;
+  /**
+   * The fallback endpoints' paths (default "stream", "sse", "emulation"): from `/` on they
+   * replace the URL's path, else its last segment (`wss://host/ws` → `https://host/stream`).
+   */
+  paths?: { http_stream?: string; sse?: string; emulation?: string };
+  /** A fetch to use instead of the global one (HTTP-streaming and the fallbacks' requests). */
+  fetch?: (input: string, init?: unknown) => Promise<unknown>;
+  /** An EventSource class to use instead of the global one (SSE). */
+  EventSource?: unknown;
 }
 
 export interface SubscribeOptions {
@@ -52,6 +82,8 @@ export interface Welcome {
   node: string;
   shard: number;
   user: string | null;
+  /** The transport this connection came over. */
+  transport: Transport;
   /** The connect hook's `data`, when it gave one. */
   data?: unknown;
 }
@@ -144,6 +176,10 @@ export class Shardcast {
   /** Every URL given, in the order they are tried. */
   readonly urls: readonly string[];
   readonly protocol: "json" | "flatbuffers";
+  /** The transports, in the order they are tried. */
+  readonly transports: readonly Transport[];
+  /** The transport of the current connection, when connected. */
+  readonly transport: Transport | undefined;
   readonly state: "disconnected" | "connecting" | "connected";
   /** The current connection's welcome. */
   readonly info: Welcome | undefined;

@@ -5,13 +5,17 @@
 // `Subscription`, recovers what history topics published meanwhile,
 // refreshes its token (and subscription tokens) before it expires, and
 // queues publishes (boundedly) while disconnected. It speaks to the
-// server's backend hooks: connect data, subscribe data, rpc.
+// server's backend hooks: connect data, subscribe data, rpc. Where WebSocket
+// cannot get through it falls back to HTTP-streaming, then to SSE
+// (src/transports.js), and does all of the above over them too.
 //
 // No runtime dependency in browsers with the JSON protocol. In Node.js it
 // uses the global `WebSocket` when there is one (Node 22+), else the `ws`
-// package. The FlatBuffers protocol needs the `flatbuffers` package.
+// package; with neither, HTTP-streaming still works (fetch, Node 18+). The
+// FlatBuffers protocol needs the `flatbuffers` package (WebSocket only).
 
 import { jsonCodec, flatbuffersCodec } from "./codec.js";
+import { TRANSPORTS, DEFAULT_PATHS, endpointUrl, webSocketConnection, httpStreamConnection, sseConnection } from "./transports.js";
 
 /** Close codes after which the client does not come back by itself. */
 const FINAL_CLOSES = new Set([4008, 4010]);
@@ -129,6 +133,7 @@ function tokenExpiry(token) {
 }
 
 let cachedWs;
+/** The WebSocket class: the global one, else the `ws` package's (Node.js before 22). */
 async function webSocketClass() {
   if (typeof globalThis.WebSocket === "function") return globalThis.WebSocket;
   if (!cachedWs) {
@@ -219,11 +224,13 @@ export class Subscription extends Emitter {
 }
 
 /**
- * A connection to shardcast: to one node at a time of those it is given.
+ * A connection to shardcast: to one node at a time of those it is given,
+ * over the first of `transports` that gets through.
  *
  * Events: `connecting`, `connected` (the welcome: {client, node, shard,
- * user, data}), `disconnected` {code, reason, reconnect}, `unsubscribed`
- * {topic, reason} (the server ended a subscription), `direct`, `error`.
+ * user, transport, data}), `disconnected` {code, reason, reconnect},
+ * `unsubscribed` {topic, reason} (the server ended a subscription),
+ * `direct`, `error`.
  */
 export class Shardcast extends Emitter {
   /**
@@ -243,6 +250,20 @@ export class Shardcast extends Emitter {
    * @param {any} [options.WebSocket] a WebSocket class to use instead of the global one
    * @param {any} [options.connectData] sent as `{"type":"connect","data":…}`,
    *   the first frame of every connection, for the server's connect hook
+   *   (in the connect request of a fallback session)
+   * @param {("websocket"|"http_stream"|"sse")[]} [options.transports] the
+   *   transports, in the order tried at every (re)connect (default all
+   *   three, in this order); one that fails before its welcome, or does not
+   *   get through within `fallbackDelayMs`, gives way to the next
+   * @param {number} [options.fallbackDelayMs] how long a transport that is
+   *   not the last one has to get through (default 3000): a WebSocket to
+   *   open, an HTTP-streaming response to bring its welcome
+   * @param {{http_stream?: string, sse?: string, emulation?: string}} [options.paths]
+   *   the fallback endpoints' paths: from `/` on they replace the URL's
+   *   path, else its last segment (default "stream", "sse", "emulation":
+   *   `wss://host/ws` → `https://host/stream`)
+   * @param {typeof fetch} [options.fetch] a fetch to use instead of the global one
+   * @param {any} [options.EventSource] an EventSource class to use instead of the global one
    */
   constructor(url, options = {}) {
     super();
@@ -251,8 +272,21 @@ export class Shardcast extends Emitter {
       throw new ShardcastError("bad_option", `protocol must be "json" or "flatbuffers", not ${JSON.stringify(protocol)}`);
     }
     this.protocol = protocol;
-    /** The codec, once loaded (FlatBuffers loads its package on first connect). */
+    /** The WebSocket codec, once loaded (FlatBuffers loads its package on first connect). */
     this._codec = protocol === "json" ? jsonCodec : undefined;
+    const transports = options.transports ?? TRANSPORTS;
+    if (
+      !Array.isArray(transports) ||
+      transports.length === 0 ||
+      !transports.every((t) => TRANSPORTS.includes(t)) ||
+      new Set(transports).size !== transports.length
+    ) {
+      throw new ShardcastError("bad_option", `transports must be a non-empty list of distinct ${TRANSPORTS.map((t) => JSON.stringify(t)).join(", ")}`);
+    }
+    /** The transports, in the order they are tried. */
+    this.transports = [...transports];
+    /** The fallback transport that last got a welcome: tried right after WebSocket from then on. */
+    this._fellBackTo = undefined;
     const urls = typeof url === "string" ? [url] : Array.isArray(url) ? [...url] : [];
     if (urls.length === 0 || !urls.every((u) => typeof u === "string" && u !== "")) {
       throw new ShardcastError("bad_option", "url must be a URL or a non-empty list of URLs");
@@ -269,6 +303,10 @@ export class Shardcast extends Emitter {
       maxPending: options.maxPending ?? 1000,
       WebSocket: options.WebSocket,
       connectData: options.connectData,
+      fallbackDelayMs: options.fallbackDelayMs ?? 3000,
+      paths: { ...DEFAULT_PATHS, ...(options.paths ?? {}) },
+      fetch: options.fetch,
+      EventSource: options.EventSource,
     };
     /** @type {"disconnected"|"connecting"|"connected"} */
     this.state = "disconnected";
@@ -289,7 +327,8 @@ export class Shardcast extends Emitter {
     /** Bumped by every attempt and by disconnect(): an older attempt still
      * awaiting its token sees it changed and opens nothing. */
     this._generation = 0;
-    this._ws = undefined;
+    /** The current connection (src/transports.js), welcomed or not yet. */
+    this._conn = undefined;
     this._token = options.token;
     this._timers = new Set();
   }
@@ -297,6 +336,11 @@ export class Shardcast extends Emitter {
   /** The URL of the current connection, or of the next attempt. */
   get url() {
     return this.urls[this._urlIndex];
+  }
+
+  /** The transport of the current connection ("websocket", "http_stream" or "sse"), or undefined. */
+  get transport() {
+    return this.state === "connected" ? this._conn?.transport : undefined;
   }
 
   /**
@@ -319,9 +363,9 @@ export class Shardcast extends Emitter {
     this._generation++;
     for (const t of this._timers) clearTimeout(t);
     this._timers.clear();
-    const ws = this._ws;
-    this._ws = undefined;
-    if (ws) ws.close(1000);
+    const conn = this._conn;
+    this._conn = undefined;
+    if (conn) conn.close(1000);
     this._stop("disconnect() was called");
     this._dropped(1000, "client disconnect", false);
   }
@@ -411,7 +455,7 @@ export class Shardcast extends Emitter {
         reject(new ShardcastError("timeout", `no reply within ${this.options.timeoutMs} ms`));
       }, this.options.timeoutMs);
       this._requests.set(id, { resolve, reject, timer });
-      this._ws.send(this._codec.encode({ ...req, id }));
+      this._conn.send({ ...req, id });
     });
   }
 
@@ -432,54 +476,156 @@ export class Shardcast extends Emitter {
     const superseded = () => generation !== this._generation || !this._wanted;
     this.state = "connecting";
     this.emit("connecting");
-    let url = this.url;
+    const url = this.url;
+    let WS;
+    let noWebSocket;
     try {
       if (this.options.getToken) {
         const token = await this.options.getToken();
         if (superseded()) return;
         this._token = token;
       }
-      if (this._token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(this._token);
-      const WS = this.options.WebSocket ?? (await webSocketClass());
-      this._codec ??= await flatbuffersCodec().catch(() => {
-        throw new ShardcastError("no_flatbuffers", 'protocol "flatbuffers" needs the `flatbuffers` package (npm install flatbuffers)');
-      });
+      if (this.transports.includes("websocket")) {
+        // Without a WebSocket class the other transports may still do.
+        WS = this.options.WebSocket ?? (await webSocketClass().catch((e) => void (noWebSocket = e)));
+        this._codec ??= await flatbuffersCodec().catch(() => {
+          throw new ShardcastError("no_flatbuffers", 'protocol "flatbuffers" needs the `flatbuffers` package (npm install flatbuffers)');
+        });
+      }
       if (superseded()) return;
-      const ws = new WS(url, this._codec.subprotocol);
-      ws.binaryType = "arraybuffer";
-      this._ws = ws;
-      const openedAt = Date.now();
-      ws.onmessage = (ev) => this._onFrame(ws, ev.data);
-      // The connect hook's data goes first, before anything else on the
-      // connection (the server waits `[proxy] connect_wait_ms` for it).
-      ws.onopen = () => {
-        if (this._ws !== ws || this.options.connectData === undefined) return;
-        ws.send(this._codec.encode({ type: "connect", data: this.options.connectData }));
-      };
-      ws.onclose = (ev) => {
-        if (this._ws !== ws) return;
-        this._ws = undefined;
-        if (Date.now() - openedAt >= STABLE_MS && this.state === "connected") this._attempt = 0;
-        this._onClose(ev.code, ev.reason ?? "");
-      };
-      ws.onerror = () => {};
     } catch (e) {
       if (superseded()) return;
       this.emit("error", e);
       // A missing package will not appear by retrying.
-      const fixable = e?.code !== "no_flatbuffers" && e?.code !== "no_websocket";
+      const fixable = e?.code !== "no_flatbuffers";
       this._dropped(1006, String(e?.message ?? e), fixable);
-    }
-  }
-
-  _onFrame(ws, data) {
-    if (this._ws !== ws) return;
-    let msg;
-    try {
-      msg = this._codec.decode(data);
-    } catch {
       return;
     }
+    this._tryTransport({ url, WS, noWebSocket, order: this._transportOrder(), failures: [], generation }, 0);
+  }
+
+  /**
+   * The transports in the order this attempt tries them: as given, except
+   * that the fallback that last got through comes right after WebSocket
+   * (WebSocket is tried again at every reconnect: the network may have
+   * changed; when it has not, the fallback that worked is next).
+   */
+  _transportOrder() {
+    const order = [...this.transports];
+    const worked = this._fellBackTo;
+    if (worked && order[0] === "websocket" && order.includes(worked)) {
+      order.splice(order.indexOf(worked), 1);
+      order.splice(1, 0, worked);
+    }
+    return order;
+  }
+
+  /**
+   * Opens transport `attempt.order[i]` to `attempt.url`; when it fails
+   * before its welcome (or brings none within `fallbackDelayMs`, unless it
+   * is the last), the next one. When none got through, the attempt has
+   * failed: backoff, and the next URL.
+   */
+  _tryTransport(attempt, i) {
+    const { url, order, failures, generation } = attempt;
+    if (generation !== this._generation || !this._wanted) return;
+    if (i >= order.length) {
+      const reason = failures.map((f) => `${f.transport}: ${f.reason}`).join("; ");
+      if (failures.every((f) => f.error)) {
+        // No transport can even be tried here: retrying will not help.
+        const e = failures.length === 1 ? failures[0].error : new ShardcastError("no_transport", `no transport can be used here (${reason})`);
+        this.emit("error", e);
+        this._dropped(1006, String(e.message), false);
+      } else {
+        this._dropped(1006, reason, true);
+      }
+      return;
+    }
+    const transport = order[i];
+    const next = (reason, error) => {
+      failures.push({ transport, reason, error });
+      this._tryTransport(attempt, i + 1);
+    };
+    let conn;
+    try {
+      conn = this._connection(transport, attempt);
+    } catch (e) {
+      next(String(e?.message ?? e), e instanceof ShardcastError ? e : new ShardcastError("no_transport", String(e?.message ?? e)));
+      return;
+    }
+    this._conn = conn;
+    const openedAt = Date.now();
+    let welcomed = false;
+    let timer;
+    const stopTimer = () => {
+      clearTimeout(timer);
+      this._timers.delete(timer);
+    };
+    if (i < order.length - 1) {
+      const ms = this.options.fallbackDelayMs;
+      timer = setTimeout(() => {
+        this._timers.delete(timer);
+        if (this._conn !== conn || welcomed) return;
+        this._conn = undefined;
+        conn.close(1000);
+        next(`no welcome within ${ms} ms`);
+      }, ms);
+      this._timers.add(timer);
+    }
+    // A WebSocket that opened has got through (frames are not buffered on
+    // the way): its welcome may take its time (a connect hook, the server's
+    // connect_wait_ms). A fallback proves itself with its welcome only: a
+    // buffering proxy passes the response's head but holds its body.
+    conn.onopen = () => {
+      if (this._conn === conn && transport === "websocket") stopTimer();
+    };
+    conn.onframe = (msg) => {
+      if (this._conn !== conn) return;
+      if (msg.type === "welcome" && !welcomed) {
+        welcomed = true;
+        stopTimer();
+        if (transport !== "websocket") this._fellBackTo = transport;
+      }
+      this._onFrame(msg);
+    };
+    conn.onend = (code, reason, through) => {
+      if (this._conn !== conn) return;
+      stopTimer();
+      this._conn = undefined;
+      // Refused, unreachable, broken by a proxy: the next transport. A close
+      // the server chose (a refused token, too many connections) is an
+      // answer: every transport would get the same.
+      if (!welcomed && !through) return next(reason || `closed (${code}) before the welcome`);
+      if (Date.now() - openedAt >= STABLE_MS && this.state === "connected") this._attempt = 0;
+      this._onClose(code, reason);
+    };
+  }
+
+  /** A new connection over `transport` (throws when it cannot be used here). */
+  _connection(transport, { url, WS, noWebSocket }) {
+    const token = this._token;
+    const connectData = this.options.connectData;
+    if (transport === "websocket") {
+      if (!WS) throw noWebSocket ?? new ShardcastError("no_websocket", "no WebSocket class");
+      return webSocketConnection({ WebSocket: WS, url, token, codec: this._codec, connectData });
+    }
+    const fetch = this.options.fetch ?? (typeof globalThis.fetch === "function" ? (...args) => globalThis.fetch(...args) : undefined);
+    if (!fetch) throw new ShardcastError("no_transport", `${transport} needs fetch`);
+    const paths = this.options.paths;
+    const emulationUrl = endpointUrl(url, paths.emulation);
+    if (transport === "http_stream") {
+      if (!this.options.fetch && typeof globalThis.ReadableStream !== "function") {
+        throw new ShardcastError("no_transport", "HTTP-streaming needs fetch with streaming bodies (ReadableStream)");
+      }
+      return httpStreamConnection({ fetch, streamUrl: endpointUrl(url, paths.http_stream), emulationUrl, token, connectData });
+    }
+    const ES = this.options.EventSource ?? globalThis.EventSource;
+    if (typeof ES !== "function") throw new ShardcastError("no_transport", "SSE needs EventSource");
+    return sseConnection({ EventSource: ES, fetch, sseUrl: endpointUrl(url, paths.sse), emulationUrl, token, connectData });
+  }
+
+  /** One server frame of the current connection, decoded. */
+  _onFrame(msg) {
     switch (msg.type) {
       case "welcome":
         return this._onWelcome(msg);
@@ -515,7 +661,7 @@ export class Shardcast extends Emitter {
 
   _onWelcome(welcome) {
     this.state = "connected";
-    this.info = { client: welcome.client, node: welcome.node, shard: welcome.shard, user: welcome.user };
+    this.info = { client: welcome.client, node: welcome.node, shard: welcome.shard, user: welcome.user, transport: this._conn.transport };
     // The connect hook's data, when it gave some.
     if (welcome.data !== undefined) this.info.data = welcome.data;
     this._scheduleRefresh();
@@ -536,7 +682,7 @@ export class Shardcast extends Emitter {
   async _subscribe(sub) {
     this._cancelTimers(sub);
     sub.state = "subscribing";
-    const ws = this._ws;
+    const conn = this._conn;
     const req = { type: "subscribe", topic: sub.topic };
     if (sub.recover && sub.offset !== undefined && sub.epoch !== undefined) req.recover = { offset: sub.offset, epoch: sub.epoch };
     if (sub._data !== undefined) req.data = sub._data;
@@ -546,7 +692,7 @@ export class Shardcast extends Emitter {
         const token = await sub._getToken(sub.topic);
         // Unsubscribed meanwhile, or on another connection now (whose
         // welcome subscribed it again).
-        if (this._subs.get(sub.topic) !== sub || this._ws !== ws || this.state !== "connected") return;
+        if (this._subs.get(sub.topic) !== sub || this._conn !== conn || this.state !== "connected") return;
         sub._token = token;
       }
       if (sub._token !== undefined) req.token = sub._token;
@@ -560,7 +706,7 @@ export class Shardcast extends Emitter {
         return;
       }
       // getToken failed after the connection changed: the new one subscribes again.
-      if (this._ws !== ws || this.state !== "connected") return;
+      if (this._conn !== conn || this.state !== "connected") return;
       sub._early = undefined;
       // Retried before the event, so that the handler sees the state it
       // will be in (and may still unsubscribe).
@@ -598,12 +744,12 @@ export class Shardcast extends Emitter {
    * own attempt count. It stays "subscribing" meanwhile.
    */
   _retrySubscribe(sub) {
-    const ws = this._ws;
+    const conn = this._conn;
     const delay = backoffDelay(sub._attempt++, this.options.reconnect);
     sub._retry = setTimeout(() => {
       sub._retry = undefined;
       // Unsubscribed, or a newer connection (its welcome resubscribed it).
-      if (this._subs.get(sub.topic) !== sub || this._ws !== ws || this.state !== "connected") return;
+      if (this._subs.get(sub.topic) !== sub || this._conn !== conn || this.state !== "connected") return;
       this._subscribe(sub);
     }, delay);
   }
@@ -621,8 +767,8 @@ export class Shardcast extends Emitter {
     if (!sub._getToken || sub._token === undefined) return;
     const exp = tokenExpiry(sub._token);
     if (exp === undefined) return;
-    const ws = this._ws;
-    const current = () => this._subs.get(sub.topic) === sub && this._ws === ws && this.state === "connected";
+    const conn = this._conn;
+    const current = () => this._subs.get(sub.topic) === sub && this._conn === conn && this.state === "connected";
     sub._renew = setTimeout(async () => {
       sub._renew = undefined;
       if (!current()) return;
@@ -633,7 +779,7 @@ export class Shardcast extends Emitter {
         if (!current()) {
           // The server ended it (token expired) just before the renewal
           // subscribed it again: nobody wants that subscription.
-          if (this._ws === ws && this.state === "connected" && !this._subs.has(sub.topic)) {
+          if (this._conn === conn && this.state === "connected" && !this._subs.has(sub.topic)) {
             this._request({ type: "unsubscribe", topic: sub.topic }).catch(() => {});
           }
           return;
@@ -680,9 +826,9 @@ export class Shardcast extends Emitter {
     if (!this.options.getToken || !this._token) return;
     const exp = tokenExpiry(this._token);
     if (exp === undefined) return;
-    const ws = this._ws;
+    const conn = this._conn;
     this._later(renewDelay(exp), async () => {
-      if (this._ws !== ws || this.state !== "connected") return;
+      if (this._conn !== conn || this.state !== "connected") return;
       try {
         const token = await this.options.getToken();
         await this._request({ type: "refresh", token });

@@ -87,7 +87,7 @@ test("messages published while away are recovered exactly once, in order", async
   await until(() => seen.length === 50, "the first 50");
   // The network drops (no close frame): the client must come back by itself.
   const resubscribed = next(sub, "subscribed");
-  c._ws.terminate ? c._ws.terminate() : c._ws.close();
+  c._conn.drop();
   const published = [];
   for (let i = 51; i <= 250; i++) published.push(p.publish("chat:room", i));
   await Promise.all(published);
@@ -220,7 +220,7 @@ test("the FlatBuffers protocol: recovery, presence, history and bytes", async ()
   for (let i = 1; i <= 20; i++) await p.publish("chat:fb", { i });
   await until(() => seen.length === 20, "20 messages");
   const back = next(sub, "subscribed");
-  c._ws.terminate ? c._ws.terminate() : c._ws.close();
+  c._conn.drop();
   for (let i = 21; i <= 40; i++) await p.publish("chat:fb", { i });
   assert.equal((await back).recovered, true);
   await until(() => seen.length === 40, "40 messages");

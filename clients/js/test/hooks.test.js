@@ -136,7 +136,7 @@ async function connected(s, protocol, options = {}) {
 
 /** Drops `c`'s connection as a network would (no close frame). */
 function dropConnection(c) {
-  c._ws.terminate ? c._ws.terminate() : c._ws.close();
+  c._conn.drop();
 }
 
 /** A subscription token: `sub` may subscribe to `channel` for `seconds`. */
@@ -254,6 +254,42 @@ for (const protocol of PROTOCOLS) {
     const again = next(sub, "message");
     await c.publish(topic, { n: 2 });
     assert.deepEqual((await again).payload, { n: 2 });
+    assert.deepEqual(c.errors, []);
+    c.disconnect();
+  });
+}
+
+// The hooks over the fallback transports (issue 26): connectData travels
+// in the connect request (the hook is called at once, no connect_wait_ms),
+// and the session speaks JSON whatever the protocol option says.
+const hasEventSource = typeof globalThis.EventSource === "function";
+for (const transport of ["http_stream", "sse"]) {
+  const skip = transport === "sse" && !hasEventSource ? "no global EventSource: run node with --experimental-eventsource" : false;
+  test(`${transport}: connectData goes to the connect hook at once; presence info, subscribe data and rpc work`, { skip }, async () => {
+    const connectData = { user: "alice", device: transport };
+    const started = Date.now();
+    const c = await connected(server, "flatbuffers", { connectData, transports: [transport] });
+    assert.ok(Date.now() - started < 4000, `welcomed after ${Date.now() - started} ms`);
+    assert.equal(c.transport, transport);
+    assert.equal(c.info.user, "alice");
+    assert.deepEqual(c.info.data, { hello: "alice", got: connectData, encoding: "json" }, "a JSON session");
+    assert.deepEqual(await c.rpc("echo", 5), { echo: 5, user: "alice" });
+    await assert.rejects(c.rpc("nope"), (e) => e.code === "backend_error" && e.backendCode === 1404);
+    const sub = c.subscribe("p:open", { data: { seat: 3 } });
+    assert.deepEqual((await next(sub, "subscribed")).data, { welcome: "alice", got: { seat: 3 } });
+    const refused = c.subscribe("p:closed");
+    const e = await next(refused, "error");
+    assert.equal(e.code, "forbidden");
+    assert.equal(e.backendCode, 403);
+    const here = c.subscribe("here:fallback");
+    await next(here, "subscribed");
+    assert.deepEqual((await here.presence())[c.info.client], { user: "alice", info: { name: "alice the user" } });
+    // A new session calls the hook again, and subscribes with data again.
+    const again = next(c, "connected");
+    const resubscribed = next(sub, "subscribed");
+    dropConnection(c);
+    assert.deepEqual((await again).data, { hello: "alice", got: connectData, encoding: "json" });
+    assert.deepEqual((await resubscribed).data, { welcome: "alice", got: { seat: 3 } });
     assert.deepEqual(c.errors, []);
     c.disconnect();
   });
