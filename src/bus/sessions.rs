@@ -37,6 +37,8 @@ pub enum Refused {
     Unknown,
     /// It holds `max_emulation_pending` requests already.
     Full,
+    /// More requests at once than `max_emulation_pending`: never accepted.
+    TooMany,
 }
 
 /// Every fallback session of the node.
@@ -65,6 +67,9 @@ impl Sessions {
     /// them to, when they fit.
     pub fn admit(&self, id: &str, n: usize) -> Result<Arc<Slot>, Refused> {
         let slot = self.map.get(id).map(|s| s.clone()).ok_or(Refused::Unknown)?;
+        if n > self.max_pending {
+            return Err(Refused::TooMany);
+        }
         let before = slot.pending.fetch_add(n, Ordering::Relaxed);
         if before + n > self.max_pending {
             slot.ran(n);
@@ -100,6 +105,7 @@ mod tests {
         let slot = sessions.admit("s", 2).unwrap();
         assert_eq!((slot.shard, slot.conn), (1, conn));
         assert_eq!(sessions.admit("s", 2).unwrap_err(), Refused::Full, "2 + 2 > 3: nothing taken");
+        assert_eq!(sessions.admit("s", 4).unwrap_err(), Refused::TooMany, "4 > 3 could never fit");
         assert!(sessions.admit("s", 1).is_ok());
         slot.ran(3);
         assert!(sessions.admit("s", 3).is_ok());

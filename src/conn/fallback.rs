@@ -54,6 +54,9 @@ pub(super) async fn handshake(shard: &Shard, stream: &mut Transport, mut buf: Ve
             let reply = match shard.emulate(&session, requests, body.as_bytes()) {
                 Ok(()) => response(204, "No Content", &cors(origin.as_deref()), "text/plain", b""),
                 Err(NotTaken::Unknown) => response(404, "Not Found", &cors(origin.as_deref()), "text/plain", b"no such session\n"),
+                Err(NotTaken::TooMany) => {
+                    response(413, "Payload Too Large", &cors(origin.as_deref()), "text/plain", b"more requests than limits.max_emulation_pending in one POST\n")
+                }
                 Err(NotTaken::Full) => {
                     let extra = format!("Retry-After: 1\r\n{}", cors(origin.as_deref()));
                     response(429, "Too Many Requests", &extra, "text/plain", b"the session has too many requests waiting\n")

@@ -40,7 +40,9 @@ pub fn head(transport: Transport, origin: Option<&str>) -> Vec<u8> {
 /// `allowed_origins`); none without one.
 pub fn cors(origin: Option<&str>) -> String {
     match origin {
-        Some(origin) => format!("Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n"),
+        Some(origin) => format!(
+            "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Allow-Credentials: true\r\nAccess-Control-Expose-Headers: Retry-After\r\nVary: Origin\r\n"
+        ),
         None => String::new(),
     }
 }

@@ -34,6 +34,8 @@ pub enum NotTaken {
     Unknown,
     /// The session holds `max_emulation_pending` requests: 429.
     Full,
+    /// More requests in one POST than `max_emulation_pending`: 413.
+    TooMany,
 }
 
 impl Shard {
@@ -79,6 +81,7 @@ impl Shard {
                 Ok(())
             }
             Err(Refused::Full) => Err(NotTaken::Full),
+            Err(Refused::TooMany) => Err(NotTaken::TooMany),
             Err(Refused::Unknown) => match (session::node_of(id), self.bridge_shard) {
                 (Some(node), Some(bridge)) if node != self.config.server.node_id => {
                     self.post(bridge, ControlMsg::ForwardEmulation { node: node.to_string(), body: body.to_vec() });

@@ -298,7 +298,7 @@ fn bad_posts_get_their_status_and_harm_nothing() {
     let chunked = "POST /emulation HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     assert_eq!(status(&raw_request(&server_addr, chunked.as_bytes())), 411);
     let three = json!([{"type": "ping", "id": 1}, {"type": "ping", "id": 2}, {"type": "ping", "id": 3}]);
-    assert_eq!(s.post(None, three), 429, "more than max_emulation_pending at once");
+    assert_eq!(s.post(None, three), 413, "more than max_emulation_pending at once can never be taken");
     assert_eq!(s.post(None, json!([{"type": "ping", "id": 4}])), 204);
     assert_eq!(s.recv(), json!({"type": "pong", "id": 4}), "the refused batch ran nothing");
     // Malformed lines for a new stream: refused before any session opens.
@@ -343,4 +343,24 @@ fn a_session_that_must_authenticate_brings_its_token_or_is_closed() {
     assert!(answer.ends_with("0\r\n\r\n"), "the response ends: {answer:?}");
     let s = Session::stream(&addr(&server), json!({"type": "connect", "token": token_for("lia")}));
     assert_eq!(s.welcome["user"], "lia");
+}
+
+#[test]
+fn a_session_that_cannot_keep_up_with_its_posts_gets_429() {
+    // A publish hook that takes a second: the session runs one request at a
+    // time, so what is POSTed meanwhile waits, up to max_emulation_pending.
+    let backend = crate::backend::Backend::start(|_, _| crate::backend::Reply::After(Duration::from_secs(1), json!({"result": {}})));
+    let proxy = format!("[[namespaces]]\npattern = \"slow:*\"\nsubscribe = \"anyone\"\npublish = \"proxy\"\n[proxy]\npublish_url = \"{}\"\n", backend.url("/publish"));
+    let server = Server::start(&format!("{proxy}[limits]\nmax_emulation_pending = 2\n"), &["--shards", "1"]);
+    let mut s = Session::stream(&addr(&server), json!({}));
+    let publish = |id: u64| json!([{"type": "publish", "topic": "slow:1", "payload": id, "id": id}]);
+    assert_eq!(s.post(None, publish(1)), 204);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.post(None, publish(2)), 204);
+    assert_eq!(s.post(None, publish(3)), 204);
+    assert_eq!(s.post(None, publish(4)), 429, "two wait already");
+    for id in 1..=3 {
+        assert_eq!(s.recv_type("ack")["id"], id);
+    }
+    assert_eq!(s.post(None, publish(5)), 204, "room again once they ran");
 }
