@@ -2,7 +2,8 @@
 //! set) and the HTTP upgrade, under one `handshake_timeout_ms`; refusals
 //! answered here with their status (`ws::handshake` decides); admission
 //! against `max_connections` and the per-IP limit; then the [`Conn`],
-//! registered with its shard, its session begun.
+//! registered with its shard, its session begun. A request to a fallback
+//! transport's path is read and answered by `fallback` instead.
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
