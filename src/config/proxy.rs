@@ -75,12 +75,13 @@ impl ProxyConfig {
     }
 }
 
-/// An optional hook URL: `""` is off, anything else must be http(s) with a host.
-fn hook_url(key: &'static str, value: &str) -> Result<Option<url::Url>, ConfigError> {
+/// An optional backend URL (a hook's, the webhooks'): `""` is off,
+/// anything else must be http(s) with a host.
+pub(super) fn hook_url(key: &'static str, value: &str) -> Result<Option<url::Url>, ConfigError> {
     if value.is_empty() {
         return Ok(None);
     }
-    let expected = "\"\" (off) or an http:// or https:// URL such as \"http://127.0.0.1:3000/shardcast/connect\"";
+    let expected = "\"\" (off) or an http:// or https:// URL such as \"http://127.0.0.1:3000/shardcast/hook\"";
     let url = url::Url::parse(value).map_err(|_| invalid(key, format!("{value:?}"), expected))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
         return Err(invalid(key, format!("{value:?}"), expected));

@@ -98,14 +98,7 @@ pub(super) fn validate(w: &RawWebhooks) -> Result<Option<WebhooksConfig>, Config
     }
     let max_retry = ms(ranged::<u64>("webhooks.max_retry_ms", w.max_retry_ms, 0, 86_400_000, "0..=86400000 ms")?);
     let timeout = ms(ranged::<u64>("webhooks.timeout_ms", w.timeout_ms, 10, 600_000, "10..=600000 ms")?);
-    if w.url.is_empty() {
-        return Ok(None);
-    }
-    let expected = "\"\" (off) or an http:// or https:// URL such as \"http://127.0.0.1:3000/shardcast/webhooks\"";
-    let url = url::Url::parse(&w.url).map_err(|_| invalid("webhooks.url", format!("{:?}", w.url), expected))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("webhooks.url", format!("{:?}", w.url), expected));
-    }
+    let Some(url) = super::proxy::hook_url("webhooks.url", &w.url)? else { return Ok(None) };
     Ok(Some(WebhooksConfig { url, secret: w.secret.clone(), events, max_batch, max_delay, queue_size, max_retry, timeout }))
 }
 

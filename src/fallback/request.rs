@@ -56,6 +56,25 @@ struct Batch<'a> {
     requests: Vec<&'a RawValue>,
 }
 
+/// Why an emulation body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadBatch {
+    /// Not `{"session":"…","requests":[…]}`.
+    Shape,
+    /// A request that is not a JSON object.
+    NotObject,
+}
+
+/// An emulation POST's body: the session id and each request's JSON
+/// text. Also what a node forwards to another over Redis.
+pub fn parse_batch(body: &[u8]) -> Result<(String, Vec<String>), BadBatch> {
+    let batch = serde_json::from_slice::<Batch<'_>>(body).map_err(|_| BadBatch::Shape)?;
+    if batch.requests.iter().any(|r| !r.get().starts_with('{')) {
+        return Err(BadBatch::NotObject);
+    }
+    Ok((batch.session, batch.requests.iter().map(|r| r.get().to_string()).collect()))
+}
+
 /// Decides what to answer to the request at the start of `buf`, which came
 /// to the fallback path `route`.
 pub fn decide(buf: &[u8], route: Route, rules: &Rules<'_>) -> Decision {
@@ -107,14 +126,11 @@ pub fn decide(buf: &[u8], route: Route, rules: &Rules<'_>) -> Decision {
         return refuse(400, "Bad Request", "", origin_ref, "the body is not UTF-8\n");
     };
     if route == Route::Emulation {
-        let Ok(batch) = serde_json::from_str::<Batch<'_>>(body) else {
-            return refuse(400, "Bad Request", "", origin_ref, "expected {\"session\":\"…\",\"requests\":[{…},…]}\n");
+        return match parse_batch(body.as_bytes()) {
+            Ok((session, requests)) => Decision::Emulate { session, requests, origin },
+            Err(BadBatch::Shape) => refuse(400, "Bad Request", "", origin_ref, "expected {\"session\":\"…\",\"requests\":[{…},…]}\n"),
+            Err(BadBatch::NotObject) => refuse(400, "Bad Request", "", origin_ref, "every request must be a JSON object\n"),
         };
-        if batch.requests.iter().any(|r| !r.get().starts_with('{')) {
-            return refuse(400, "Bad Request", "", origin_ref, "every request must be a JSON object\n");
-        }
-        let requests = batch.requests.iter().map(|r| r.get().to_string()).collect();
-        return Decision::Emulate { session: batch.session, requests, origin };
     }
     let line = body.split('\n').next().unwrap_or("").trim();
     let line = if line.is_empty() { "{}" } else { line };

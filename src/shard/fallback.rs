@@ -118,18 +118,10 @@ impl Shard {
     /// JSON, untrusted): taken like a local POST's, dropped (and counted)
     /// when the session is gone or full.
     pub fn emulation_from_node(&self, body: &[u8]) {
-        #[derive(serde::Deserialize)]
-        struct Batch<'a> {
-            session: String,
-            #[serde(borrow)]
-            requests: Vec<&'a serde_json::value::RawValue>,
-        }
-        let batch = match serde_json::from_slice::<Batch<'_>>(body) {
-            Ok(batch) if batch.requests.iter().all(|r| r.get().starts_with('{')) => batch,
-            _ => return ShardStats::add(&self.stats().redis_bad_messages, 1),
+        let Ok((session, requests)) = crate::fallback::request::parse_batch(body) else {
+            return ShardStats::add(&self.stats().redis_bad_messages, 1);
         };
-        let requests: Vec<String> = batch.requests.iter().map(|r| r.get().to_string()).collect();
-        match self.sessions.admit(&batch.session, requests.len()) {
+        match self.sessions.admit(&session, requests.len()) {
             Ok(slot) => self.post(slot.shard, ControlMsg::Emulation { conn: slot.conn, requests }),
             Err(_) => ShardStats::add(&self.stats().emulation_dropped, requests.len() as u64),
         }
