@@ -26,7 +26,7 @@ pub use accept::accept_loop;
 /// The byte stream under a connection's frames. Only the plain one has the
 /// direct `sendmsg` path (`peer::send`): under TLS every byte goes through
 /// the record layer.
-pub type Transport = crate::tls::MaybeTls<Socket, futures_rustls::server::TlsStream<Socket>>;
+pub type Transport = crate::tls::MaybeTls<Socket, crate::tls::ServerStream<Socket>>;
 
 use std::pin::Pin;
 use std::rc::Rc;
@@ -151,6 +151,8 @@ pub struct Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        // A TLS client is told the stream ends here, not cut off.
+        self.stream.close_notify_now();
         // The descriptor closes with `stream`, and may be reused at once.
         self.peer.detach();
         if matches!(self.blocked.as_deref(), Some(Blocked::Bus { .. })) {
@@ -184,6 +186,7 @@ impl Conn {
                 // answered with a reset that would destroy our close frame
                 // before it is read.
                 Poll::Ready(Ok(())) if self.peer.closing_since().is_some() && self.input_closed && !self.write_shut => {
+                    self.stream.close_notify_now();
                     // SAFETY: shutdown(2) on the socket this task owns.
                     unsafe { libc::shutdown(self.stream.raw_fd(), libc::SHUT_WR) };
                     self.write_shut = true;

@@ -33,7 +33,7 @@ pub(super) async fn upgrade(shard: Rc<Shard>, stream: Socket) -> Option<Conn> {
     let upgraded = glommio::timer::timeout(timeout, async {
         let mut stream = match &shard.tls {
             // Garbage, plain HTTP or an unsupported version: this connection alone ends.
-            Some(acceptor) => match acceptor.accept(stream).await {
+            Some(config) => match crate::tls::ServerStream::accept(config.clone(), stream).await {
                 Ok(tls) => Transport::Tls(Box::new(tls)),
                 Err(_) => return Ok(None),
             },

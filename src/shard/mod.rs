@@ -103,7 +103,7 @@ pub struct Shard {
     pub compressor: RefCell<Compressor>,
     pub decompressor: RefCell<Decompressor>,
     /// TLS termination for this shard's listener (`[tls]`); `None`: plain.
-    pub tls: Option<futures_rustls::TlsAcceptor>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pending_interest: RefCell<HashMap<u64, PendingInterest>>,
     /// API publishes waiting for their turn ([`admin::api_publish_loop`]).
     api_queue: RefCell<admin::ApiQueue>,
@@ -186,7 +186,7 @@ impl Shard {
         let history_budget = config.limits.history_memory_bytes / config.server.shards.max(1);
         let shards = mailboxes.len();
         let compressor = Compressor::new(config.compression.level);
-        let tls = config.tls.as_ref().map(|t| crate::tls::server_config(t.certificates.clone(), t.min_version).into());
+        let tls = config.tls.as_ref().map(|t| crate::tls::server_config(t.certificates.clone(), t.min_version));
         Shard {
             index,
             config,

@@ -5,13 +5,16 @@
 //! Handshakes read the current certificate through [`Certificates`] (a read
 //! lock taken once per TLS handshake, never on the delivery path); a reload
 //! swaps it for new handshakes, and a bad new file leaves the old one in
-//! place. `stream`: a TCP stream, plain or under TLS; [`client_config`]:
-//! what `rediss://` connections verify their server with.
+//! place. [`ServerStream`]: a client's connection under TLS, holding no
+//! buffer while idle; `stream`: a TCP stream, plain or under TLS;
+//! [`client_config`]: what `rediss://` connections verify their server with.
 
 mod client;
+mod server;
 mod stream;
 
 pub use client::client_config;
+pub use server::ServerStream;
 pub use stream::{MaybeTls, Over};
 
 use std::path::{Path, PathBuf};

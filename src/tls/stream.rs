@@ -20,11 +20,18 @@ pub enum MaybeTls<S, T> {
 /// A TLS stream over a TCP stream `S` (server or client side).
 pub trait Over<S>: AsyncRead + AsyncWrite + Unpin {
     fn tcp(&self) -> &S;
+
+    /// Sends close_notify if it can go now, without waiting.
+    fn close_notify_now(&mut self) {}
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Over<S> for futures_rustls::server::TlsStream<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Over<S> for super::ServerStream<S> {
     fn tcp(&self) -> &S {
-        self.get_ref().0
+        self.get_ref()
+    }
+
+    fn close_notify_now(&mut self) {
+        super::ServerStream::close_notify_now(self);
     }
 }
 
@@ -44,6 +51,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + AsRawFd, T: Over<S>> MaybeTls<S, T> {
         match self {
             MaybeTls::Plain(s) => s,
             MaybeTls::Tls(s) => s.tcp(),
+        }
+    }
+
+    /// Under TLS, tells the peer the stream ends here (close_notify), if
+    /// that can be sent without waiting; a connection that is ending calls
+    /// it before it shuts its socket down.
+    pub fn close_notify_now(&mut self) {
+        if let MaybeTls::Tls(s) = self {
+            s.close_notify_now();
         }
     }
 

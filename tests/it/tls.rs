@@ -185,3 +185,33 @@ fn a_stalled_tls_handshake_is_closed_at_handshake_timeout_ms() {
     let (mut ws, _) = wss(&server, &cert.der);
     assert_eq!(request(&mut ws, json!({"type":"ping","id":1}))["type"], "pong");
 }
+
+#[test]
+fn tls_1_2_and_1_3_echo_every_size_and_close_cleanly() {
+    // Messages from 1 byte to several TLS records, pipelined, both ways
+    // through the server's record layer; then a close handshake.
+    let cert = Cert::new();
+    let server = Server::start(&cert.config(""), &["--shards", "1"]);
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let tls = tls_connect(&server.addr, &cert.der, &[version]).unwrap();
+        let (mut ws, _) = tungstenite::client(format!("wss://{}/echo", server.addr), tls).unwrap();
+        let sizes = [1, 125, 126, 16_000, 16_384, 16_385, 40_000, 65_000, 7, 0];
+        for (i, &n) in sizes.iter().enumerate() {
+            ws.send(Message::binary((0..n).map(|b| (b * 7 + i) as u8).collect::<Vec<u8>>())).unwrap();
+        }
+        for (i, &n) in sizes.iter().enumerate() {
+            match ws.read().unwrap() {
+                Message::Binary(got) => assert!(got.len() == n && got.iter().enumerate().all(|(b, &x)| x == (b * 7 + i) as u8), "{version:?}: message {i} ({n} bytes)"),
+                other => panic!("{other:?}"),
+            }
+        }
+        ws.close(None).unwrap();
+        loop {
+            match ws.read() {
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("{version:?}: {e}"),
+            }
+        }
+    }
+}
