@@ -326,6 +326,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
                 receive.copy_within(start..end, 0);
                 (start, end) = (0, end - start);
             }
+            if end == receive.len() {
+                // A whole buffer that is not one record yet: rustls refuses
+                // records this large before it comes to this.
+                break Poll::Ready(Err(invalid("TLS record larger than the receive buffer")));
+            }
             match Pin::new(&mut self.io).poll_read(cx, &mut receive[end..]) {
                 Poll::Pending => break Poll::Pending,
                 Poll::Ready(Ok(0)) => {
