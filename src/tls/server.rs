@@ -310,15 +310,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
         self.incoming = Vec::new();
         let mut filled = 0;
         let result = loop {
-            let mut used = 0;
-            let stop = self.process_slice(&mut receive[start..end], &mut used, out, &mut filled, None);
-            start += used;
-            match stop {
-                Err(e) => break Poll::Ready(Err(e)),
-                Ok(Stop::OutFull) => break Poll::Ready(Ok(filled)),
-                Ok(Stop::PeerClosed | Stop::Closed) => break Poll::Ready(Ok(filled)),
-                Ok(Stop::NeedInput | Stop::Sealed(_)) if filled > 0 => break Poll::Ready(Ok(filled)),
-                Ok(Stop::NeedInput | Stop::Sealed(_)) => {}
+            // With no input, rustls has nothing to do: straight to the socket.
+            if start < end {
+                let mut used = 0;
+                let stop = self.process_slice(&mut receive[start..end], &mut used, out, &mut filled, None);
+                start += used;
+                match stop {
+                    Err(e) => break Poll::Ready(Err(e)),
+                    Ok(Stop::OutFull) => break Poll::Ready(Ok(filled)),
+                    Ok(Stop::PeerClosed | Stop::Closed) => break Poll::Ready(Ok(filled)),
+                    Ok(Stop::NeedInput | Stop::Sealed(_)) if filled > 0 => break Poll::Ready(Ok(filled)),
+                    Ok(Stop::NeedInput | Stop::Sealed(_)) => {}
+                }
             }
             if start == end {
                 (start, end) = (0, 0);
