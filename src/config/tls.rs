@@ -1,4 +1,5 @@
-//! `[tls]`: the certificate and key of `wss://`, and the lowest version.
+//! `[tls]`: the certificate and key of `wss://`, the lowest version, and
+//! session resumption.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ pub struct RawTls {
     pub cert_file: String,
     pub key_file: String,
     pub min_version: String,
+    pub session_tickets: bool,
 }
 
 /// `[tls]`, with the certificate and key loaded (and checked to match).
@@ -22,6 +24,10 @@ pub struct RawTls {
 pub struct TlsConfig {
     pub certificates: Arc<Certificates>,
     pub min_version: MinVersion,
+    /// The node's session ticket keys (`session_tickets`), shared by every
+    /// shard so that a client resumes on whichever shard it lands on.
+    /// `None`: no resumption.
+    pub tickets: Option<Arc<dyn rustls::server::ProducesTickets>>,
 }
 
 pub(super) fn validate(t: &RawTls) -> Result<Option<TlsConfig>, ConfigError> {
@@ -44,5 +50,9 @@ pub(super) fn validate(t: &RawTls) -> Result<Option<TlsConfig>, ConfigError> {
         let value = if key == "tls.cert_file" { &t.cert_file } else { &t.key_file };
         invalid(key, format!("{value:?}"), e.to_string())
     })?;
-    Ok(Some(TlsConfig { certificates: Arc::new(certificates), min_version }))
+    let tickets = match t.session_tickets {
+        true => Some(rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| invalid("tls.session_tickets", "true", format!("false (no ticket key: {e})")))?),
+        false => None,
+    };
+    Ok(Some(TlsConfig { certificates: Arc::new(certificates), min_version, tickets }))
 }

@@ -186,7 +186,7 @@ impl Shard {
         let history_budget = config.limits.history_memory_bytes / config.server.shards.max(1);
         let shards = mailboxes.len();
         let compressor = Compressor::new(config.compression.level);
-        let tls = config.tls.as_ref().map(|t| crate::tls::server_config(t.certificates.clone(), t.min_version));
+        let tls = config.tls.as_ref().map(|t| crate::tls::server_config(t.certificates.clone(), t.min_version, t.tickets.clone()));
         Shard {
             index,
             config,

@@ -23,7 +23,7 @@ use std::sync::{Arc, RwLock};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
+use rustls::server::{ClientHello, NoServerSessionStorage, ProducesTickets, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
 
 /// Why the certificate or key cannot be used. Names the file.
@@ -107,8 +107,9 @@ impl ResolvesServerCert for Certificates {
 }
 
 /// The rustls server config: TLS 1.3 (and 1.2 unless `min_version` is 1.3),
-/// ALPN `http/1.1`, certificates from `certs`.
-pub fn server_config(certs: Arc<Certificates>, min_version: MinVersion) -> Arc<ServerConfig> {
+/// ALPN `http/1.1`, certificates from `certs`; sessions resumed with
+/// `tickets` (stateless tickets: nothing kept per session), or never.
+pub fn server_config(certs: Arc<Certificates>, min_version: MinVersion, tickets: Option<Arc<dyn ProducesTickets>>) -> Arc<ServerConfig> {
     let versions: &[&rustls::SupportedProtocolVersion] = match min_version {
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         MinVersion::Tls13 => &[&rustls::version::TLS13],
@@ -119,6 +120,13 @@ pub fn server_config(certs: Arc<Certificates>, min_version: MinVersion) -> Arc<S
         .with_no_client_auth()
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    match tickets {
+        Some(tickets) => config.ticketer = tickets,
+        None => {
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
+    }
     Arc::new(config)
 }
 
@@ -141,7 +149,7 @@ mod tests {
         ] {
             let certs = Certificates::load(&key(cert), &key(k)).unwrap_or_else(|e| panic!("{cert} + {k}: {e}"));
             certs.reload().unwrap();
-            let _ = server_config(Arc::new(certs), MinVersion::Tls12);
+            let _ = server_config(Arc::new(certs), MinVersion::Tls12, None);
         }
     }
 

@@ -49,8 +49,10 @@ impl Cert {
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
-/// A TLS connection trusting `trusted` only; `versions` limits the client.
-fn tls_connect(addr: &str, trusted: &CertificateDer<'static>, versions: &[&'static rustls::SupportedProtocolVersion]) -> std::io::Result<Tls> {
+/// A client config trusting `trusted` only; `versions` limits it. It keeps
+/// the sessions it is given (rustls' default store), so connections made
+/// with one config resume when the server lets them.
+fn client_config(trusted: &CertificateDer<'static>, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trusted.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -59,7 +61,16 @@ fn tls_connect(addr: &str, trusted: &CertificateDer<'static>, versions: &[&'stat
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap().to_owned()).unwrap();
+    Arc::new(config)
+}
+
+/// A TLS connection trusting `trusted` only; `versions` limits the client.
+fn tls_connect(addr: &str, trusted: &CertificateDer<'static>, versions: &[&'static rustls::SupportedProtocolVersion]) -> std::io::Result<Tls> {
+    tls_connect_with(addr, client_config(trusted, versions))
+}
+
+fn tls_connect_with(addr: &str, config: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
+    let conn = rustls::ClientConnection::new(config, ServerName::try_from("127.0.0.1").unwrap().to_owned()).unwrap();
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
@@ -211,6 +222,39 @@ fn tls_1_2_and_1_3_echo_every_size_and_close_cleanly() {
                 Ok(_) => {}
                 Err(tungstenite::Error::ConnectionClosed) => break,
                 Err(e) => panic!("{version:?}: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn returning_clients_resume_on_any_shard_unless_session_tickets_is_off() {
+    let cert = Cert::new();
+    for (tickets, resumed) in [("true", true), ("false", false)] {
+        let server = Server::start(&cert.config(&format!("session_tickets = {tickets}")), &["--shards", "2"]);
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let config = client_config(&cert.der, &[version]);
+            let mut kinds = Vec::new();
+            let mut shards = std::collections::BTreeSet::new();
+            // 16 connections: SO_REUSEPORT puts them all on one shard once in 30,000 runs.
+            for _ in 0..16 {
+                let tls = tls_connect_with(&server.addr, config.clone()).unwrap();
+                let (mut ws, _) = tungstenite::client(format!("wss://{}/ws", server.addr), tls).unwrap();
+                // The welcome (read after the tickets, which come first) names the shard.
+                let welcome: serde_json::Value = match ws.read().unwrap() {
+                    Message::Text(t) => serde_json::from_str(&t).unwrap(),
+                    other => panic!("{other:?}"),
+                };
+                shards.insert(welcome["shard"].as_u64());
+                kinds.push(ws.get_ref().conn.handshake_kind().unwrap());
+                ws.close(None).unwrap();
+                while ws.read().is_ok() {}
+            }
+            let expected = if resumed { rustls::HandshakeKind::Resumed } else { rustls::HandshakeKind::Full };
+            assert_eq!(kinds[0], rustls::HandshakeKind::Full, "{version:?}");
+            assert!(kinds[1..].iter().all(|k| *k == expected), "{version:?}, session_tickets = {tickets}: {kinds:?}");
+            if resumed {
+                assert_eq!(shards.len(), 2, "{version:?}: the connections should land on both shards");
             }
         }
     }
