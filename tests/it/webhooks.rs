@@ -129,6 +129,29 @@ fn a_failed_post_is_retried_and_a_4xx_is_not() {
 }
 
 #[test]
+fn a_post_that_outlives_timeout_ms_is_retried_until_max_retry_ms_then_failed() {
+    // The backend takes every POST and never answers in time.
+    let backend = Backend::start(|_, _| Reply::After(Duration::from_secs(5), json!({})));
+    let config = webhooks(&backend.url("/hooks"), "events = [\"topic_occupied\"]\ntimeout_ms = 200\nmax_retry_ms = 1500");
+    let server = Server::start(&config, &["--shards", "1"]);
+    let mut c = server.client();
+    let started = Instant::now();
+    c.subscribe("slow");
+    eventually(Duration::from_secs(10), "the batch given up", || {
+        server.metric_labelled("webhook_events_total", &[("result", "failed")]) == 1
+    });
+    let took = started.elapsed();
+    let attempts = backend.calls("/hooks").len();
+    // Attempts of 200 ms with a doubling backoff from 100 ms fit 3 to 5 times in 1.5 s.
+    assert!((3..=6).contains(&attempts), "each attempt cut at timeout_ms and retried: {attempts} attempts");
+    assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(5), "given up at max_retry_ms, not before: {took:?}");
+    assert!(server.node_metric("webhook_retries_total") >= 2);
+    assert_eq!(server.metric_labelled("webhook_events_total", &[("result", "sent")]), 0);
+    // The connection whose subscribe made the event never waited for any of it.
+    c.subscribe("after");
+}
+
+#[test]
 fn a_backend_down_for_ten_seconds_blocks_nothing_and_loses_only_the_overflow() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/hooks");
