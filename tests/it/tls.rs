@@ -1,5 +1,7 @@
 //! TLS: certificates generated here (rcgen), a rustls client, SIGHUP
-//! rotation, and bad input on the TLS port.
+//! rotation, bad input on the TLS port, messages of every size both ways,
+//! session resumption across shards, and a fallback (SSE) session with its
+//! POSTs over TLS.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -258,4 +260,45 @@ fn returning_clients_resume_on_any_shard_unless_session_tickets_is_off() {
             }
         }
     }
+}
+
+/// Reads from `tls` until what was read contains `needle` (or the deadline).
+fn read_until(tls: &mut Tls, seen: &mut String, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0; 4096];
+    while !seen.contains(needle) {
+        assert!(std::time::Instant::now() < deadline, "no {needle:?} in {seen:?}");
+        match tls.read(&mut buf) {
+            Ok(0) => panic!("the stream ended before {needle:?}: {seen:?}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) => panic!("{e} before {needle:?}: {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_sse_session_and_its_posts_work_over_tls() {
+    let cert = Cert::new();
+    let server = Server::start(&cert.config(""), &["--shards", "2"]);
+    let mut sse = tls_connect(&server.addr, &cert.der, BOTH).unwrap();
+    sse.write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut seen = String::new();
+    read_until(&mut sse, &mut seen, "\"type\":\"welcome\"");
+    assert!(seen.starts_with("HTTP/1.1 200") && seen.contains("text/event-stream"), "{seen}");
+    let session = seen.split("\"session\":\"").nth(1).and_then(|s| s.split('"').next()).unwrap().to_string();
+    // Its requests come as POSTs on other TLS connections, to either shard.
+    let post = |requests: serde_json::Value| {
+        let body = json!({"session": session, "requests": requests}).to_string();
+        let mut tls = tls_connect(&server.addr, &cert.der, BOTH).unwrap();
+        write!(tls, "POST /emulation HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        let mut answer = String::new();
+        let _ = tls.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    };
+    post(json!([{"type":"subscribe","topic":"over-tls","id":1}]));
+    read_until(&mut sse, &mut seen, "\"type\":\"ack\"");
+    let (mut publisher, _) = wss(&server, &cert.der);
+    let big = "y".repeat(40_000);
+    publisher.send(Message::text(json!({"type":"publish","topic":"over-tls","payload":{"big": big}}).to_string())).unwrap();
+    read_until(&mut sse, &mut seen, &format!("\"big\":\"{big}\""));
 }
