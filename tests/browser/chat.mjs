@@ -7,18 +7,11 @@
 //   SHARDCAST_BIN=target/debug/shardcast node tests/browser/chat.mjs
 //
 // Prints "ok" at the end; anything else is a failure (exit 1).
-import { spawn } from "node:child_process";
-import { createServer } from "node:http";
-import { readFile } from "node:fs/promises";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, dirname, extname } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { join } from "node:path";
 
-import { Server, freePort, token, SECRET } from "../../clients/js/test/server.js";
+import { Server, token } from "../../clients/js/test/server.js";
+import { ROOT, startRedis, chatConfig, serveChatPage, launchChromium, say, count, logShows, pageLogs } from "./chat-harness.mjs";
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const fail = (message) => {
   console.error("chat test: " + message);
   process.exit(1);
@@ -26,53 +19,13 @@ const fail = (message) => {
 const timer = setTimeout(() => fail("gave up after 90 s"), 90_000);
 
 // Redis, and two nodes sharing it.
-const redisPort = await freePort();
-const redis = spawn(process.env.REDIS_SERVER ?? "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", mkdtempSync(join(tmpdir(), "shardcast-chat-redis-"))], {
-  stdio: "ignore",
-});
-await new Promise((r) => setTimeout(r, 300));
-const config = `[[namespaces]]
-pattern = "chat:*"
-subscribe = "users"
-publish = "users"
-presence = true
-join_leave = true
-history_size = 100
-history_ttl_ms = 600000
-recover = true
-[auth]
-hmac_secret = "${SECRET}"
-[redis]
-url = "redis://127.0.0.1:${redisPort}"
-reconnect_min_ms = 50
-reconnect_max_ms = 500
-presence_ttl_ms = 1000
-`;
+const { child: redis, port: redisPort } = await startRedis();
+const config = chatConfig(redisPort);
 const a = await Server.start(config);
 const b = await Server.start(config);
 
-// The page and the package, served as a site would serve them.
-const TYPES = { ".html": "text/html", ".js": "text/javascript" };
-const site = createServer(async (req, res) => {
-  const path = new URL(req.url, "http://x").pathname;
-  const file = path.startsWith("/shardcast-client/")
-    ? join(ROOT, "clients/js/src", path.slice("/shardcast-client/".length))
-    : join(ROOT, "examples/chat", path === "/" ? "index.html" : path);
-  try {
-    const body = await readFile(file);
-    res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
-    res.end(body);
-  } catch {
-    res.writeHead(404).end();
-  }
-});
-await new Promise((r) => site.listen(0, "127.0.0.1", r));
-const origin = `http://127.0.0.1:${site.address().port}`;
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"],
-});
+const { site, origin } = await serveChatPage();
+const browser = await launchChromium();
 const errors = [];
 async function open(user, node) {
   step = `opening ${user}'s page`;
@@ -82,16 +35,11 @@ async function open(user, node) {
   await page.waitForFunction(() => document.body.dataset.state === "connected", null, { timeout: 10_000 });
   return page;
 }
-const say = async (page, text) => {
-  await page.fill("#text", text);
-  await page.click("#say button");
-};
 let step = "starting";
-const sees = (page, text, ms = 10_000) => {
+const sees = (page, text, ms) => {
   step = `waiting for "${text}"`;
-  return page.waitForFunction((t) => [...document.querySelectorAll("#log li")].some((li) => li.textContent.includes(t)), text, { timeout: ms });
+  return logShows(page, text, ms);
 };
-const count = (page, text) => page.evaluate((t) => [...document.querySelectorAll("#log li")].filter((li) => li.textContent.includes(t)).length, text);
 
 try {
   const alice = await open("alice", a);
@@ -142,9 +90,7 @@ try {
   if (errors.length) fail("page errors: " + errors.join("; "));
   console.log("ok");
 } catch (e) {
-  const logs = [];
-  for (const p of browser.contexts().flatMap((c) => c.pages())) logs.push(await p.evaluate(() => document.getElementById("log").innerText).catch(() => "?"));
-  fail(`${step}: ${e}\n${logs.join("\n---\n")}`);
+  fail(`${step}: ${e}\n${await pageLogs(browser)}`);
 } finally {
   clearTimeout(timer);
   await browser.close();

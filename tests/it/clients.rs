@@ -61,30 +61,37 @@ fn the_js_client_suite_passes() {
     assert!(stdout.contains("# fail 0"), "{stdout}");
 }
 
-/// The chat example in two headless Chromium pages on two nodes sharing a
-/// Redis, with one node killed and restarted (`tests/browser/chat.mjs`).
-#[test]
-fn the_chat_example_works_across_nodes_and_a_node_restart_in_chromium() {
+/// Runs the Chromium test `tests/browser/<script>` against this build's
+/// binary: it must print "ok" and leave a real screenshot at each of
+/// `target/<shot>`.
+fn run_chromium_test(script: &str, shots: &[&str]) {
     let root = env!("CARGO_MANIFEST_DIR");
     assert!(
         std::path::Path::new(&format!("{root}/tests/browser/node_modules/playwright-core")).exists()
             && std::path::Path::new("/usr/bin/chromium").exists(),
         "playwright-core or chromium missing: run `bash tests/run.sh` (it installs both)"
     );
-    let shots = [format!("{root}/target/chat-alice.png"), format!("{root}/target/chat-bob.png")];
+    let shots: Vec<String> = shots.iter().map(|s| format!("{root}/target/{s}")).collect();
     for s in &shots {
         let _ = std::fs::remove_file(s);
     }
     let out = Command::new("node")
-        .arg(format!("{root}/tests/browser/chat.mjs"))
+        .arg(format!("{root}/tests/browser/{script}"))
         .env("SHARDCAST_BIN", env!("CARGO_BIN_EXE_shardcast"))
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.trim() == "ok", "chat test failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.trim() == "ok", "{script} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for s in &shots {
         assert!(std::fs::metadata(s).map(|m| m.len()).unwrap_or(0) > 10_000, "a real screenshot at {s}");
     }
+}
+
+/// The chat example in two headless Chromium pages on two nodes sharing a
+/// Redis, with one node killed and restarted (`tests/browser/chat.mjs`).
+#[test]
+fn the_chat_example_works_across_nodes_and_a_node_restart_in_chromium() {
+    run_chromium_test("chat.mjs", &["chat-alice.png", "chat-bob.png"]);
 }
 
 /// The chat example in headless Chromium with `WebSocket` made to fail: it
@@ -93,24 +100,5 @@ fn the_chat_example_works_across_nodes_and_a_node_restart_in_chromium() {
 /// of its own node (`tests/browser/chat-fallback.mjs`, issue 26).
 #[test]
 fn the_chat_example_falls_back_to_http_streaming_and_sse_in_chromium() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    assert!(
-        std::path::Path::new(&format!("{root}/tests/browser/node_modules/playwright-core")).exists()
-            && std::path::Path::new("/usr/bin/chromium").exists(),
-        "playwright-core or chromium missing: run `bash tests/run.sh` (it installs both)"
-    );
-    let shots = [format!("{root}/target/chat-fallback-http_stream.png"), format!("{root}/target/chat-fallback-sse.png")];
-    for s in &shots {
-        let _ = std::fs::remove_file(s);
-    }
-    let out = Command::new("node")
-        .arg(format!("{root}/tests/browser/chat-fallback.mjs"))
-        .env("SHARDCAST_BIN", env!("CARGO_BIN_EXE_shardcast"))
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.trim() == "ok", "chat fallback test failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for s in &shots {
-        assert!(std::fs::metadata(s).map(|m| m.len()).unwrap_or(0) > 10_000, "a real screenshot at {s}");
-    }
+    run_chromium_test("chat-fallback.mjs", &["chat-fallback-http_stream.png", "chat-fallback-sse.png"]);
 }
