@@ -17,7 +17,7 @@ import WsPackage from "ws";
 
 import { Shardcast, ShardcastError } from "../src/index.js";
 import { endpointUrl } from "../src/transports.js";
-import { Server, SECRET, HISTORY, token, next, until } from "./server.js";
+import { Server, SECRET, HISTORY, token, next, until, connectedClient } from "./server.js";
 
 const fast = { minDelayMs: 20, maxDelayMs: 200 };
 const hasEventSource = typeof globalThis.EventSource === "function";
@@ -38,14 +38,8 @@ async function server(config = CONFIG) {
 }
 
 /** A client of `user` that uses `transport` only, connected; its errors in `errors`. */
-async function connected(s, user, transport, options = {}) {
-  const c = new Shardcast(s.url, { reconnect: fast, token: token(user), ...(transport ? { transports: [transport] } : {}), ...options });
-  c.errors = [];
-  c.on("error", (e) => c.errors.push(e));
-  const up = next(c, "connected");
-  c.connect();
-  await up;
-  return c;
+function connected(s, user, transport, options = {}) {
+  return connectedClient(s.url, { reconnect: fast, token: token(user), ...(transport ? { transports: [transport] } : {}), ...options });
 }
 
 /** A WebSocket class whose every socket fails as a proxy stripping `Upgrade` makes it: error, then close 1006. */

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { createServer } from "node:http";
 
 import { Shardcast, ShardcastError } from "../src/index.js";
-import { Server, SECRET, token, next, until } from "./server.js";
+import { Server, SECRET, token, next, until, connectedClient } from "./server.js";
 
 const fast = { minDelayMs: 20, maxDelayMs: 200 };
 const PROTOCOLS = ["json", "flatbuffers"];
@@ -124,14 +124,8 @@ timeout_ms = 3000
 }
 
 /** A client of `protocol` that collects its `error` events in `errors`, connected. */
-async function connected(s, protocol, options = {}) {
-  const c = new Shardcast(s.url, { reconnect: fast, protocol, ...options });
-  c.errors = [];
-  c.on("error", (e) => c.errors.push(e));
-  const up = next(c, "connected");
-  c.connect();
-  await up;
-  return c;
+function connected(s, protocol, options = {}) {
+  return connectedClient(s.url, { reconnect: fast, protocol, ...options });
 }
 
 /** Drops `c`'s connection as a network would (no close frame). */

@@ -1,4 +1,4 @@
-// Test helpers: the real shardcast binary on a loopback port, and HS256 tokens.
+// Test helpers: the real shardcast binary on a loopback port, HS256 tokens, and connected clients.
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { writeFileSync, mkdtempSync } from "node:fs";
@@ -7,6 +7,8 @@ import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createServer } from "node:net";
 import WebSocket from "ws";
+
+import { Shardcast } from "../src/index.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 /** The binary the test command built (override with SHARDCAST_BIN). */
@@ -169,6 +171,17 @@ export function token(sub, seconds = 600, secret = SECRET, claims = {}) {
   const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
   const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + seconds, ...claims })}`;
   return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
+}
+
+/** A client with `options`, its `error` events collected in `errors`, once connected. */
+export async function connectedClient(url, options) {
+  const c = new Shardcast(url, options);
+  c.errors = [];
+  c.on("error", (e) => c.errors.push(e));
+  const up = next(c, "connected");
+  c.connect();
+  await up;
+  return c;
 }
 
 /** Resolves with the next `event` of `emitter` (rejects after `ms`). */
